@@ -1,0 +1,48 @@
+/**
+ * The error catalogue: every error the HTTP API can answer with has a stable `code`,
+ * a default status and a message that is safe to show a client. 5xx bodies never carry
+ * internals (stack, upstream body, Redis reply): the route's logger gets those instead.
+ */
+
+export const ErrorCodes = {
+  BAD_REQUEST: 400,
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  METHOD_NOT_ALLOWED: 405,
+  PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  SOURCE_NOT_FOUND: 404,
+  RATE_LIMITED: 429,
+  INTERNAL: 500,
+  UPSTREAM_REJECTED: 502,
+  UPSTREAM_UNSUPPORTED: 502,
+  UPSTREAM_UNAVAILABLE: 503,
+  STORE_UNAVAILABLE: 503,
+} as const
+
+export type ErrorCode = keyof typeof ErrorCodes
+
+/** An error that may be shown to the client as is. */
+export class BrokerError extends Error {
+  readonly code: ErrorCode
+  readonly statusCode: number
+  /** Seconds, sent as `Retry-After` on 429 and 503. */
+  readonly retryAfter?: number
+
+  constructor (code: ErrorCode, message: string, opts: { retryAfter?: number, cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause })
+    this.name = 'BrokerError'
+    this.code = code
+    this.statusCode = ErrorCodes[code]
+    if (opts.retryAfter !== undefined) this.retryAfter = Math.max(1, Math.ceil(opts.retryAfter))
+  }
+}
+
+export const badRequest = (message: string): BrokerError => new BrokerError('BAD_REQUEST', message)
+export const unauthenticated = (message = 'Missing or unknown client credential.'): BrokerError =>
+  new BrokerError('UNAUTHENTICATED', message)
+export const forbidden = (message: string): BrokerError => new BrokerError('FORBIDDEN', message)
+export const notFound = (message: string): BrokerError => new BrokerError('NOT_FOUND', message)
+export const storeUnavailable = (cause?: unknown): BrokerError =>
+  new BrokerError('STORE_UNAVAILABLE', 'The token store (Redis) is not answering; try again shortly.', { retryAfter: 2, cause })
