@@ -1,0 +1,158 @@
+import { randomUUID } from 'node:crypto'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
+import type { Redis } from 'ioredis'
+import pino, { type DestinationStream, type Logger } from 'pino'
+import type { Config, ServerConfig } from './config.ts'
+import { deriveKeys } from './broker/crypto.ts'
+import { TokenIssuer, type IssuedToken } from './broker/issuer.ts'
+import { createKeys } from './broker/keys.ts'
+import { ServerStates } from './broker/server-state.ts'
+import { type RequestContext, TokenStore } from './broker/token-store.ts'
+import { RejectionCheck } from './broker/rejection-check.ts'
+import { PlexClient } from './plex/client.ts'
+import auth, { type DenialReason } from './plugins/auth.ts'
+import errorHandler, { describe } from './plugins/error-handler.ts'
+import { loggerOptions } from './logger.ts'
+import { createRedis } from './redis.ts'
+import healthRoutes from './routes/health.ts'
+import tokenRoutes from './routes/tokens.ts'
+import { ErrorSchema } from './schemas/common.ts'
+
+/** The broker's services, shared by routes and jobs. */
+export interface Broker {
+  config: Readonly<Config>
+  logger: Logger
+  servers: Map<string, ServerConfig>
+  redis: Redis
+  store: TokenStore
+  plex: PlexClient
+  states: ServerStates
+  issuer: TokenIssuer
+  /** Audits and counts a refused request; never throws. */
+  denied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
+  /** Counts a token handed out. */
+  served: (server: string, source: 'cache' | 'upstream') => void
+  /** `POST /v1/tokens` with `rejectedTokenId`. */
+  reportRejected: (client: string, server: ServerConfig, tokenId: string, ctx: RequestContext) => Promise<IssuedToken>
+  /** Each readiness check: 'ok' or what is wrong. */
+  readiness: () => Promise<Record<string, string>>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    broker: Broker
+  }
+}
+
+export interface AppOverrides {
+  /** Where logs go (tests capture them). */
+  logStream?: DestinationStream
+  now?: () => number
+  /** Stable X-Plex-Client-Identifier; by default derived from REDIS_PREFIX so all instances share one. */
+  plexClientIdentifier?: string
+}
+
+/**
+ * Builds the whole application: production (server.ts) and tests use the same function.
+ * Plugins are registered by hand, in dependency order (STYLE.md §2).
+ */
+export async function buildApp (config: Readonly<Config>, overrides: AppOverrides = {}): Promise<FastifyInstance> {
+  const logger = overrides.logStream === undefined ? pino(loggerOptions(config.logLevel)) : pino(loggerOptions(config.logLevel), overrides.logStream)
+  const app = Fastify({
+    loggerInstance: logger,
+    disableRequestLogging: true,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id']
+      return typeof given === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(given) ? given : randomUUID()
+    },
+    requestIdHeader: false,
+    trustProxy: config.trustProxy,
+    bodyLimit: 16 * 1024,
+    // Explicit timeouts: slow clients (slowloris) cannot hold sockets forever.
+    connectionTimeout: 10_000,
+    requestTimeout: 15_000,
+    keepAliveTimeout: 72_000,
+    routerOptions: { maxParamLength: 128 },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  })
+  app.addSchema(ErrorSchema)
+
+  const redis = createRedis(config.redisUrl, 'cache', logger)
+  const keys = createKeys(config.redisPrefix)
+  const store = new TokenStore({
+    redis,
+    keys,
+    crypto: deriveKeys(config.brokerSecret),
+    auditMaxEvents: config.auditMaxEvents,
+    recordTtlMs: config.tokenLifetimeMs,
+    now: overrides.now,
+  })
+  const plex = new PlexClient({
+    clientIdentifier: overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`,
+    timeoutMs: config.plexTimeoutMs,
+    concurrency: config.plexConcurrency,
+  })
+  const states = new ServerStates(store, plex)
+  const issuer = new TokenIssuer({
+    store,
+    plex,
+    logger,
+    tokenLifetimeMs: config.tokenLifetimeMs,
+    tokenRenewAfterMs: config.tokenRenewAfterMs,
+    mintWaitMs: config.plexTimeoutMs * 2 + 2000,
+    lockTtlMs: config.plexTimeoutMs * 2 + 1000,
+    machineIdentifier: (s) => states.machineIdentifier(s),
+  })
+  const rejection = new RejectionCheck({ store, plex, issuer, logger })
+
+  const broker: Broker = {
+    config,
+    logger,
+    servers: new Map(config.servers.map((s) => [s.name, s])),
+    redis,
+    store,
+    plex,
+    states,
+    issuer,
+    denied: (request, reason, client, detail) => {
+      request.log.info({ reason, client }, 'request denied')
+      store.audit({ action: 'auth.denied', client, detail: { reason, route: request.routeOptions.url, ...detail } },
+        { requestId: request.id, ip: request.ip }).catch((err: unknown) => request.log.warn({ err: describe(err) }, 'audit write failed'))
+    },
+    served: () => {},
+    reportRejected: (client, server, tokenId, ctx) => rejection.report(client, server, tokenId, ctx),
+    readiness: async () => {
+      const checks: Record<string, string> = {}
+      try {
+        await store.call(() => redis.ping())
+        checks.redis = 'ok'
+      } catch {
+        checks.redis = 'unreachable'
+      }
+      return checks
+    },
+  }
+  app.decorate('broker', broker)
+
+  await app.register(errorHandler)
+  await app.register(auth, { clients: config.clients, onDenied: broker.denied })
+
+  // One log line per request: id, client, route pattern, status and duration (pino adds time).
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info({
+      client: request.client?.id,
+      method: request.method,
+      route: request.routeOptions.url ?? 'unmatched',
+      statusCode: reply.statusCode,
+      durationMs: Math.round(reply.elapsedTime * 1000) / 1000,
+    }, 'request')
+  })
+  app.addHook('onClose', async () => {
+    await plex.close()
+    await redis.quit().catch(() => redis.disconnect())
+  })
+
+  await app.register(healthRoutes)
+  await app.register(tokenRoutes)
+  return app
+}

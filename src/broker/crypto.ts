@@ -1,0 +1,56 @@
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
+
+/**
+ * Key handling. BROKER_SECRET is key material, not a key: two independent keys are derived from
+ * it with HKDF, so the audit fingerprint key never doubles as the encryption key.
+ * Tokens are sealed with AES-256-GCM; the token id is the associated data, so a ciphertext
+ * copied onto another record fails to open instead of serving the wrong client's token.
+ */
+export interface BrokerKeys {
+  encryption: Buffer
+  fingerprint: Buffer
+}
+
+export function deriveKeys (secret: Buffer): BrokerKeys {
+  const derive = (info: string): Buffer => Buffer.from(hkdfSync('sha256', secret, 'plex-token-broker', info, 32))
+  return { encryption: derive('token-encryption-v1'), fingerprint: derive('audit-fingerprint-v1') }
+}
+
+const VERSION = 'v1'
+
+export function seal (key: Buffer, plaintext: string, aad: string): string {
+  const iv = randomBytes(12)
+  const cipher = createCipheriv('aes-256-gcm', key, iv)
+  cipher.setAAD(Buffer.from(aad))
+  const body = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final()])
+  return `${VERSION}.${Buffer.concat([iv, cipher.getAuthTag(), body]).toString('base64url')}`
+}
+
+export function open (key: Buffer, sealed: string, aad: string): string {
+  const [version, payload] = sealed.split('.')
+  if (version !== VERSION || payload === undefined) throw new Error('unknown sealed token format')
+  const raw = Buffer.from(payload, 'base64url')
+  const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, 12))
+  decipher.setAAD(Buffer.from(aad))
+  decipher.setAuthTag(raw.subarray(12, 28))
+  return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8')
+}
+
+/** HMAC-SHA256 of a token: lets ops trace a leaked token to its holder without storing it. */
+export function fingerprint (key: Buffer, token: string): string {
+  return createHmac('sha256', key).update(token).digest('hex')
+}
+
+/** Opaque, unguessable token id; never all digits and never containing `:` (BullMQ job ids embed it). */
+export function newTokenId (): string {
+  return `tk_${randomBytes(16).toString('base64url')}`
+}
+
+export function sha256 (value: string): Buffer {
+  return createHash('sha256').update(value).digest()
+}
+
+/** Constant-time comparison of two SHA-256 digests. */
+export function digestEquals (a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b)
+}

@@ -1,0 +1,158 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Logger } from 'pino'
+import type { ServerConfig } from '../config.ts'
+import { BrokerError } from '../errors.ts'
+import { PlexBadResponseError, type PlexClient, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
+import type { RequestContext, ServedToken, TokenStore } from './token-store.ts'
+
+export interface IssuerOptions {
+  store: TokenStore
+  plex: PlexClient
+  logger: Logger
+  tokenLifetimeMs: number
+  tokenRenewAfterMs: number
+  /** Longest a request waits for another mint of the same (client, server) before answering 503. */
+  mintWaitMs: number
+  /** Mint lock lifetime: longer than one PMS call, short enough that a crashed holder does not block for long. */
+  lockTtlMs: number
+  /** Looks up (and caches in Redis) the machineIdentifier of a server. */
+  machineIdentifier: (server: ServerConfig) => Promise<string>
+  /** Called after every upstream mint attempt (metrics). */
+  onMint?: (server: string, result: 'ok' | 'rejected' | 'unavailable' | 'error') => void
+  /** Called when a served token is past its renewAt: the rotation job was lost or is failing. */
+  onOverdue?: (client: string, server: string, tokenId: string) => void
+}
+
+export type IssuedToken = ServedToken & { source: 'cache' | 'upstream' }
+
+/** Maps a PMS failure to the error a client sees. Never includes a token. */
+export function upstreamError (server: string, err: unknown): BrokerError {
+  if (err instanceof PlexRejectedError) {
+    return new BrokerError('UPSTREAM_REJECTED',
+      `PMS "${server}" rejected the broker's admin token; ops must replace the server's token in the broker configuration.`, { cause: err })
+  }
+  if (err instanceof PlexUnavailableError) {
+    return new BrokerError('UPSTREAM_UNAVAILABLE', `PMS "${server}" is unavailable; try again later.`,
+      { retryAfter: err.retryAfterSeconds, cause: err })
+  }
+  if (err instanceof PlexBadResponseError) {
+    return new BrokerError('UPSTREAM_UNAVAILABLE', `PMS "${server}" sent an unusable answer; try again later.`, { retryAfter: 5, cause: err })
+  }
+  if (err instanceof BrokerError) return err
+  return new BrokerError('INTERNAL', 'Internal error.', { cause: err })
+}
+
+/**
+ * Issues tokens: serves the cached one when it is live, otherwise mints exactly one upstream.
+ * Single-flight has two layers: an in-process map (one waiter per key per process, so a herd of
+ * requests costs one Redis lock attempt) and a Redis lock (one mint across every broker process).
+ */
+export class TokenIssuer {
+  readonly #o: IssuerOptions
+  readonly #flights = new Map<string, Promise<boolean>>()
+
+  constructor (opts: IssuerOptions) {
+    this.#o = opts
+  }
+
+  async issue (client: string, server: ServerConfig, ctx: RequestContext): Promise<IssuedToken> {
+    const { store } = this.#o
+    // A revocation or invalidation can land between our mint and our read; a few rounds settle it.
+    for (let round = 0; round < 3; round++) {
+      const hit = await store.serve(client, server.name, 'cache', ctx)
+      if (hit !== undefined) return this.#checked(client, server.name, hit, 'cache')
+      const key = `${client}\u0000${server.name}`
+      let flight = this.#flights.get(key)
+      const leader = flight === undefined
+      if (flight === undefined) {
+        flight = this.ensure(client, server).finally(() => this.#flights.delete(key))
+        this.#flights.set(key, flight)
+      }
+      const minted = await flight
+      const served = await store.serve(client, server.name, leader && minted ? 'upstream' : 'cache', ctx)
+      if (served !== undefined) return this.#checked(client, server.name, served, leader && minted ? 'upstream' : 'cache')
+    }
+    throw new BrokerError('UPSTREAM_UNAVAILABLE', 'Could not settle a token for this server; try again.', { retryAfter: 1 })
+  }
+
+  #checked (client: string, server: string, t: ServedToken, source: 'cache' | 'upstream'): IssuedToken {
+    const now = this.#o.store.now()
+    // issuedAt in the future means our clock stepped back: the token's age is unknown, so it is due.
+    if (now >= t.renewAt || t.issuedAt > now) this.#o.onOverdue?.(client, server, t.tokenId)
+    return { ...t, source }
+  }
+
+  /**
+   * Makes sure (client, server) has a live current token, minting one if needed.
+   * Returns true when this call minted it.
+   */
+  async ensure (client: string, server: ServerConfig): Promise<boolean> {
+    const { store, mintWaitMs, lockTtlMs } = this.#o
+    const lockKey = store.keys.mintLock(client, server.name)
+    const deadline = Date.now() + mintWaitMs
+    let pause = 20
+    while (true) {
+      if (await store.peek(client, server.name) !== undefined) return false
+      const owner = await store.lock(lockKey, lockTtlMs)
+      if (owner !== undefined) {
+        try {
+          // Someone may have minted between our peek and our lock.
+          if (await store.peek(client, server.name) !== undefined) return false
+          const stored = await this.mint(client, server, {})
+          return stored !== undefined
+        } finally {
+          await store.unlock(lockKey, owner).catch(() => {})
+        }
+      }
+      if (Date.now() >= deadline) {
+        throw new BrokerError('UPSTREAM_UNAVAILABLE', `Timed out waiting for a token from PMS "${server.name}".`, { retryAfter: 2 })
+      }
+      // Waiters poll with jittered, growing pauses: cheap for Redis, quick to notice the mint.
+      await sleep(pause + Math.random() * pause)
+      pause = Math.min(pause * 2, 200)
+    }
+  }
+
+  /**
+   * One upstream mint and store. Call with the mint lock held (or from a rotation job that holds it).
+   * With `expectCurrent`, the new token replaces that one only if it is still current (rotation).
+   */
+  async mint (client: string, server: ServerConfig, opts: {
+    expectCurrent?: string
+    audit?: { action: string, detail: Record<string, unknown> }
+    ctx?: RequestContext
+  }): Promise<string | undefined> {
+    const { store, plex, logger, onMint } = this.#o
+    let token: string
+    let machineIdentifier: string
+    try {
+      machineIdentifier = await this.#o.machineIdentifier(server)
+      token = await plex.mintTransient(server)
+      onMint?.(server.name, 'ok')
+    } catch (err) {
+      const result = err instanceof PlexRejectedError ? 'rejected' : err instanceof PlexUnavailableError || err instanceof PlexBadResponseError ? 'unavailable' : 'error'
+      onMint?.(server.name, result)
+      logger.warn({ client, server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'mint failed')
+      throw upstreamError(server.name, err)
+    }
+    const issuedAt = store.now()
+    const put = await store.put({
+      client,
+      server: server.name,
+      token,
+      issuedAt,
+      lifetimeMs: this.#o.tokenLifetimeMs,
+      renewAfterMs: this.#o.tokenRenewAfterMs,
+      machineIdentifier,
+      expectCurrent: opts.expectCurrent,
+      audit: opts.audit,
+      ctx: opts.ctx,
+    })
+    if (put === undefined) {
+      logger.info({ client, server: server.name }, 'minted token discarded: current token changed meanwhile')
+      return undefined
+    }
+    logger.info({ client, server: server.name, tokenId: put.tokenId, previous: put.previous }, 'token minted')
+    return put.tokenId
+  }
+}

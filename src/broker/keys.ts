@@ -1,0 +1,53 @@
+/**
+ * Every Redis key the broker uses is built here, under REDIS_PREFIX, so deployments and test
+ * runs can share one Redis. Client ids and server names are validated by config to contain no
+ * `:`, so a key can always be split back into its parts. BullMQ queues live under `<prefix>:q`
+ * (BullMQ's own `prefix` option; ioredis `keyPrefix` is never used, BullMQ forbids it).
+ */
+export interface Keys {
+  prefix: string
+  /** Hash of one token record: state, enc, fp, issuedAt, expiresAt, renewAt, lastUsedAt, client, server, mid. */
+  token: (tokenId: string) => string
+  /** The string prefix of token keys, for Lua scripts that address records by id. */
+  tokenPrefix: string
+  /** String: tokenId currently served for (client, server). */
+  current: (client: string, server: string) => string
+  /** The string prefix of `current` keys (`<currentPrefix><client>:<server>`), for Lua scripts. */
+  currentPrefix: string
+  /** Single-flight mint lock for (client, server). */
+  mintLock: (client: string, server: string) => string
+  /** ZSET client → last time it asked for a token of this server (ms); "active" clients. */
+  active: (server: string) => string
+  /** ZSETs tokenId → expiresAt, for revocation selectors and listing. */
+  byClient: (client: string) => string
+  byServer: (server: string) => string
+  allTokens: string
+  /** Stream: the audit trail. */
+  audit: string
+  /** Hash: probed state of a PMS server. */
+  server: (server: string) => string
+  /** Lock key used to make scheduler setup safe when several instances boot at once. */
+  schedulerLock: string
+  /** BullMQ prefix. */
+  queuePrefix: string
+}
+
+export function createKeys (prefix: string): Keys {
+  const p = `${prefix}:`
+  return {
+    prefix,
+    token: (id) => `${p}tok:${id}`,
+    tokenPrefix: `${p}tok:`,
+    current: (c, s) => `${p}cur:${c}:${s}`,
+    currentPrefix: `${p}cur:`,
+    mintLock: (c, s) => `${p}lock:mint:${c}:${s}`,
+    active: (s) => `${p}active:${s}`,
+    byClient: (c) => `${p}idx:client:${c}`,
+    byServer: (s) => `${p}idx:server:${s}`,
+    allTokens: `${p}idx:all`,
+    audit: `${p}audit`,
+    server: (s) => `${p}srv:${s}`,
+    schedulerLock: `${p}lock:schedulers`,
+    queuePrefix: `${p}q`,
+  }
+}

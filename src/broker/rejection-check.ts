@@ -1,0 +1,69 @@
+import type { Logger } from 'pino'
+import type { ServerConfig } from '../config.ts'
+import { notFound } from '../errors.ts'
+import type { PlexClient } from '../plex/client.ts'
+import { type IssuedToken, type TokenIssuer, upstreamError } from './issuer.ts'
+import type { RequestContext, TokenStore } from './token-store.ts'
+
+export interface RejectionCheckOptions {
+  store: TokenStore
+  plex: PlexClient
+  issuer: TokenIssuer
+  logger: Logger
+  /** How long a verdict on one token is reused, so reports cannot be used to hammer PMS. */
+  verdictTtlMs?: number
+  /** A confirmed rejection hints that PMS restarted: check the server now. */
+  onConfirmed?: (server: string) => void
+}
+
+/**
+ * A client says PMS answered 401 to its token. The broker checks that token itself, once per
+ * token however many clients report it (in-process single-flight plus a verdict cached in Redis),
+ * and only replaces it when PMS really rejects it: a client cannot force mints.
+ */
+export class RejectionCheck {
+  readonly #o: RejectionCheckOptions
+  readonly #inFlight = new Map<string, Promise<'valid' | 'rejected'>>()
+
+  constructor (opts: RejectionCheckOptions) {
+    this.#o = opts
+  }
+
+  async report (client: string, server: ServerConfig, tokenId: string, ctx: RequestContext): Promise<IssuedToken> {
+    const record = await this.#o.store.get(tokenId)
+    if (record === undefined || record.client !== client || record.server !== server.name) {
+      throw notFound('No such token for this client and server.')
+    }
+    if (record.state === 'active' || record.state === 'rotated') {
+      let check = this.#inFlight.get(tokenId)
+      if (check === undefined) {
+        check = this.#verdict(server, tokenId).finally(() => this.#inFlight.delete(tokenId))
+        this.#inFlight.set(tokenId, check)
+      }
+      if (await check === 'rejected') {
+        await this.#o.store.retire({ tokenId }, 'invalidated', 'token.invalidate',
+          { reason: 'rejected_by_pms', reportedBy: client }, ctx)
+        this.#o.logger.info({ client, server: server.name, tokenId }, 'reported token confirmed dead at PMS; invalidated')
+        this.#o.onConfirmed?.(server.name)
+      }
+    }
+    return await this.#o.issuer.issue(client, server, ctx)
+  }
+
+  async #verdict (server: ServerConfig, tokenId: string): Promise<'valid' | 'rejected'> {
+    const { store, plex } = this.#o
+    const key = `${store.keys.prefix}:verdict:${tokenId}`
+    const cached = await store.call(() => store.redis.get(key))
+    if (cached === 'valid' || cached === 'rejected') return cached
+    const token = await store.reveal(tokenId)
+    if (token === undefined) return 'rejected'
+    let verdict: 'valid' | 'rejected'
+    try {
+      verdict = await plex.checkToken(server, token)
+    } catch (err) {
+      throw upstreamError(server.name, err)
+    }
+    await store.call(() => store.redis.set(key, verdict, 'PX', this.#o.verdictTtlMs ?? 10_000))
+    return verdict
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * Lua scripts: each runs atomically in one round trip. The hot path (a cache hit) is one call of
+ * `serve`, which reads the current token, marks the client active and appends the audit event
+ * together, so the audit write costs no extra latency and a token is never handed out unaudited.
+ * Scripts address token records by `tokPrefix .. id`; the broker targets a single Redis (or a
+ * primary with replicas), not Redis Cluster.
+ */
+
+/** Shared by every script that appends to the audit stream. */
+const AUDIT_FN = `
+local function audit(stream, maxlen, now, action, client, server, tokenId, fp, requestId, ip, detail)
+  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+    'time', now, 'action', action, 'client', client, 'server', server, 'tokenId', tokenId,
+    'fingerprint', fp, 'requestId', requestId, 'ip', ip, 'detail', detail)
+end
+`
+
+/**
+ * KEYS: current, active, audit
+ * ARGV: tokPrefix, client, server, now, requestId, ip, source, maxlen
+ * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid} | {'miss', reason}
+ */
+export const SERVE = `${AUDIT_FN}
+local id = redis.call('GET', KEYS[1])
+if not id then return {'miss', 'none'} end
+local tk = ARGV[1] .. id
+local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp')
+if not f[1] then return {'miss', 'none'} end
+if f[1] ~= 'active' then return {'miss', f[1]} end
+local now = tonumber(ARGV[4])
+if now >= tonumber(f[4]) then return {'miss', 'expired'} end
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('HSET', tk, 'lastUsedAt', now)
+audit(KEYS[3], ARGV[8], ARGV[4], 'token.issue', ARGV[2], ARGV[3], id, f[7], ARGV[5], ARGV[6], cjson.encode({source = ARGV[7]}))
+return {'hit', id, f[2], f[3], f[4], f[5], f[6] or ''}
+`
+
+/**
+ * KEYS: current
+ * ARGV: tokPrefix, now
+ * → id of the live active current token, or false. Read-only: used by waiters of a mint lock.
+ */
+export const PEEK = `
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'expiresAt')
+if f[1] ~= 'active' or tonumber(ARGV[2]) >= tonumber(f[2]) then return false end
+return id
+`
+
+/**
+ * Store a freshly minted token and make it the one served.
+ * KEYS: current, active, byClient, byServer, allTokens, audit, newToken
+ * ARGV: tokPrefix, client, server, tokenId, enc, fp, issuedAt, expiresAt, renewAt, mid, now,
+ *       expectCurrent ('' = only if no live active token), oldState, auditAction ('' = none),
+ *       requestId, ip, detail, maxlen, recordTtlMs
+ * → {'ok', previousId} | {'conflict', currentId}
+ */
+export const STORE = `${AUDIT_FN}
+local tp = ARGV[1]
+local now = tonumber(ARGV[11])
+local old = redis.call('GET', KEYS[1])
+if ARGV[12] ~= '' then
+  if old ~= ARGV[12] then return {'conflict', old or ''} end
+elseif old then
+  local f = redis.call('HMGET', tp .. old, 'state', 'expiresAt')
+  if f[1] == 'active' and now < tonumber(f[2]) then return {'conflict', old} end
+end
+local exp = tonumber(ARGV[8])
+local ttl = tonumber(ARGV[19])
+redis.call('HSET', KEYS[7], 'client', ARGV[2], 'server', ARGV[3], 'state', 'active', 'enc', ARGV[5],
+  'fp', ARGV[6], 'issuedAt', ARGV[7], 'expiresAt', ARGV[8], 'renewAt', ARGV[9], 'mid', ARGV[10], 'lastUsedAt', ARGV[11])
+redis.call('PEXPIREAT', KEYS[7], exp + ttl)
+if old then
+  local ok = tp .. old
+  if redis.call('HGET', ok, 'state') == 'active' then redis.call('HSET', ok, 'state', ARGV[13]) end
+end
+redis.call('SET', KEYS[1], ARGV[4], 'PXAT', exp)
+for i = 3, 5 do
+  redis.call('ZADD', KEYS[i], exp, ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
+end
+if ARGV[14] ~= '' then
+  audit(KEYS[6], ARGV[18], ARGV[11], ARGV[14], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[15], ARGV[16], ARGV[17])
+end
+return {'ok', old or ''}
+`
+
+/**
+ * Move tokens to a terminal state (revoked or invalidated), drop them from being served and audit
+ * each one. Tokens already expired or already terminal are left alone and not counted.
+ * KEYS: audit, index (a ZSET of tokenId → expiresAt; ignored in 'one' mode)
+ * ARGV: tokPrefix, curPrefix, now, mode ('one' | 'index'), tokenId, filterClient, filterServer,
+ *       newState, action, requestId, ip, detail, maxlen
+ * → {count, latestExpiresAt}
+ */
+export const RETIRE = `${AUDIT_FN}
+local tp, cp, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ids
+if ARGV[4] == 'one' then ids = {ARGV[5]} else ids = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf') end
+local count, latest = 0, 0
+for _, id in ipairs(ids) do
+  local tk = tp .. id
+  local f = redis.call('HMGET', tk, 'state', 'client', 'server', 'expiresAt', 'fp')
+  if (f[1] == 'active' or f[1] == 'rotated') and now < tonumber(f[4])
+     and (ARGV[6] == '' or ARGV[6] == f[2]) and (ARGV[7] == '' or ARGV[7] == f[3]) then
+    redis.call('HSET', tk, 'state', ARGV[8])
+    local ck = cp .. f[2] .. ':' .. f[3]
+    if redis.call('GET', ck) == id then redis.call('DEL', ck) end
+    audit(KEYS[1], ARGV[13], ARGV[3], ARGV[9], f[2], f[3], id, f[5], ARGV[10], ARGV[11], ARGV[12])
+    count = count + 1
+    if tonumber(f[4]) > latest then latest = tonumber(f[4]) end
+  end
+end
+return {count, latest}
+`
+
+/**
+ * Append one audit event that is not tied to a token handed out (auth.denied, server.restart…).
+ * KEYS: audit  ARGV: maxlen, now, action, client, server, tokenId, fp, requestId, ip, detail
+ */
+export const AUDIT = `${AUDIT_FN}
+return audit(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+`
+
+/** Releases a lock only if this owner still holds it. KEYS: lock  ARGV: owner */
+export const UNLOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`

@@ -1,0 +1,71 @@
+import type { ServerConfig } from '../config.ts'
+import type { PlexClient } from '../plex/client.ts'
+import type { TokenStore } from './token-store.ts'
+
+export type ServerHealth = 'up' | 'down' | 'unknown'
+
+export interface ServerState {
+  state: ServerHealth
+  machineIdentifier: string | null
+  version: string | null
+  lastProbeAt: number | null
+  lastRestartAt: number | null
+}
+
+/**
+ * PMS through 1.42.2.10156 lets a transient token be turned into a permanent one
+ * (CVE-2025-69414, ../shared/plex-api.md §2): a server at or below it is flagged `vulnerable`.
+ */
+export const LAST_VULNERABLE_VERSION = '1.42.2.10156'
+
+/** Compares dotted PMS versions numerically, ignoring the `-<hash>` build suffix. */
+export function compareVersions (a: string, b: string): number {
+  const pa = a.split('-')[0].split('.').map(Number)
+  const pb = b.split('-')[0].split('.').map(Number)
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const d = (pa[i] || 0) - (pb[i] || 0)
+    if (d !== 0) return Math.sign(d)
+  }
+  return 0
+}
+
+export function isVulnerable (version: string | null): boolean {
+  return version !== null && compareVersions(version, LAST_VULNERABLE_VERSION) <= 0
+}
+
+const num = (v: string | undefined): number | null => (v === undefined || v === '' ? null : Number(v))
+
+/** What the broker knows of each PMS, kept in Redis so every instance shares it. */
+export class ServerStates {
+  readonly #store: TokenStore
+  readonly #plex: PlexClient
+
+  constructor (store: TokenStore, plex: PlexClient) {
+    this.#store = store
+    this.#plex = plex
+  }
+
+  async get (name: string): Promise<ServerState> {
+    const h = await this.#store.call(() => this.#store.redis.hgetall(this.#store.keys.server(name)))
+    return {
+      state: (h.state as ServerHealth | undefined) ?? 'unknown',
+      machineIdentifier: h.mid || null,
+      version: h.version || null,
+      lastProbeAt: num(h.lastProbeAt),
+      lastRestartAt: num(h.lastRestartAt),
+    }
+  }
+
+  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt', string | number>>): Promise<void> {
+    await this.#store.call(() => this.#store.redis.hset(this.#store.keys.server(name), fields))
+  }
+
+  /** The server's machineIdentifier, asking PMS `/identity` once when it is not known yet. */
+  async machineIdentifier (server: ServerConfig): Promise<string> {
+    const known = await this.#store.call(() => this.#store.redis.hget(this.#store.keys.server(server.name), 'mid'))
+    if (known) return known
+    const id = await this.#plex.identity(server)
+    await this.update(server.name, { mid: id.machineIdentifier, version: id.version })
+    return id.machineIdentifier
+  }
+}

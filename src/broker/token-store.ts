@@ -1,0 +1,270 @@
+import type { Redis } from 'ioredis'
+import { BrokerError, storeUnavailable } from '../errors.ts'
+import { type BrokerKeys, fingerprint, newTokenId, open, seal } from './crypto.ts'
+import type { Keys } from './keys.ts'
+import { AUDIT, PEEK, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
+
+export type TokenState = 'active' | 'rotated' | 'revoked' | 'invalidated' | 'expired'
+
+/** What the broker hands a client. */
+export interface ServedToken {
+  tokenId: string
+  token: string
+  issuedAt: number
+  expiresAt: number
+  renewAt: number
+  machineIdentifier: string
+}
+
+export interface TokenRecord {
+  tokenId: string
+  client: string
+  server: string
+  state: TokenState
+  issuedAt: number
+  expiresAt: number
+  renewAt: number
+  lastUsedAt: number
+  fingerprint: string
+}
+
+/** Who asked: recorded on every audit event. */
+export interface RequestContext {
+  requestId: string
+  ip: string
+}
+
+export const SYSTEM_CONTEXT: RequestContext = { requestId: '', ip: '' }
+
+export interface AuditInput {
+  action: string
+  client?: string
+  server?: string
+  tokenId?: string
+  fingerprint?: string
+  detail?: Record<string, unknown>
+}
+
+export type RetireSelector =
+  | { tokenId: string }
+  | { client: string, server?: string }
+  | { server: string }
+  | { all: true }
+
+export interface TokenStoreOptions {
+  redis: Redis
+  keys: Keys
+  crypto: BrokerKeys
+  auditMaxEvents: number
+  /** How long a token record is kept after its expiry, so GET /v1/tokens/:id can still say `expired`. */
+  recordTtlMs: number
+  /** Upper bound of one store call; Redis stalls turn into STORE_UNAVAILABLE instead of hangs. */
+  timeoutMs?: number
+  now?: () => number
+}
+
+type Reply = Array<string | number | null>
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    ptbServe(...args: Array<string | number>): Result<Reply, Context>
+    ptbPeek(...args: Array<string | number>): Result<string | null, Context>
+    ptbStore(...args: Array<string | number>): Result<Reply, Context>
+    ptbRetire(...args: Array<string | number>): Result<[number, number], Context>
+    ptbAudit(...args: Array<string | number>): Result<string, Context>
+    ptbUnlock(...args: Array<string | number>): Result<number, Context>
+  }
+}
+
+/** Registers the scripts on a connection (idempotent). */
+export function defineScripts (redis: Redis): void {
+  if (typeof (redis as Partial<Redis>).ptbServe === 'function') return
+  redis.defineCommand('ptbServe', { numberOfKeys: 3, lua: SERVE })
+  redis.defineCommand('ptbPeek', { numberOfKeys: 1, lua: PEEK })
+  redis.defineCommand('ptbStore', { numberOfKeys: 7, lua: STORE })
+  redis.defineCommand('ptbRetire', { numberOfKeys: 2, lua: RETIRE })
+  redis.defineCommand('ptbAudit', { numberOfKeys: 1, lua: AUDIT })
+  redis.defineCommand('ptbUnlock', { numberOfKeys: 1, lua: UNLOCK })
+}
+
+/**
+ * The encrypted token store. Redis holds only sealed tokens and HMAC fingerprints; this class is
+ * the only place that seals and opens them.
+ */
+export class TokenStore {
+  readonly redis: Redis
+  readonly keys: Keys
+  readonly #crypto: BrokerKeys
+  readonly #maxlen: number
+  readonly #recordTtlMs: number
+  readonly #timeoutMs: number
+  readonly now: () => number
+
+  constructor (opts: TokenStoreOptions) {
+    this.redis = opts.redis
+    this.keys = opts.keys
+    this.#crypto = opts.crypto
+    this.#maxlen = opts.auditMaxEvents
+    this.#recordTtlMs = opts.recordTtlMs
+    this.#timeoutMs = opts.timeoutMs ?? 1500
+    this.now = opts.now ?? Date.now
+    defineScripts(this.redis)
+  }
+
+  fingerprint (token: string): string {
+    return fingerprint(this.#crypto.fingerprint, token)
+  }
+
+  /** Runs one Redis call with a hard deadline; any failure becomes STORE_UNAVAILABLE. */
+  async call<T> (fn: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error('redis call timed out')), this.#timeoutMs)
+    })
+    try {
+      return await Promise.race([fn(), deadline])
+    } catch (err) {
+      throw err instanceof BrokerError ? err : storeUnavailable(err)
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /**
+   * The hot path: the current live token of (client, server), with its `token.issue` audit event
+   * written in the same script. `undefined` when there is none (the caller mints).
+   */
+  async serve (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext): Promise<ServedToken | undefined> {
+    const k = this.keys
+    const r = await this.call(() => this.redis.ptbServe(
+      k.current(client, server), k.active(server), k.audit,
+      k.tokenPrefix, client, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen))
+    if (r[0] !== 'hit') return undefined
+    const tokenId = String(r[1])
+    return {
+      tokenId,
+      token: open(this.#crypto.encryption, String(r[2]), tokenId),
+      issuedAt: Number(r[3]),
+      expiresAt: Number(r[4]),
+      renewAt: Number(r[5]),
+      machineIdentifier: String(r[6] ?? ''),
+    }
+  }
+
+  /** Id of the live current token of (client, server), without auditing or touching activity. */
+  async peek (client: string, server: string): Promise<string | undefined> {
+    const id = await this.call(() => this.redis.ptbPeek(this.keys.current(client, server), this.keys.tokenPrefix, this.now()))
+    return id ?? undefined
+  }
+
+  /**
+   * Stores a freshly minted token as the one served for (client, server).
+   * `expectCurrent` makes it a compare-and-set for rotations: the replacement only lands if the
+   * token being rotated is still the current one. Returns the new id, or undefined on conflict.
+   */
+  async put (input: {
+    client: string
+    server: string
+    token: string
+    issuedAt: number
+    lifetimeMs: number
+    renewAfterMs: number
+    machineIdentifier: string
+    expectCurrent?: string
+    audit?: { action: string, detail: Record<string, unknown> }
+    ctx?: RequestContext
+  }): Promise<{ tokenId: string, previous: string | undefined, renewAt: number, expiresAt: number } | undefined> {
+    const k = this.keys
+    const tokenId = newTokenId()
+    const expiresAt = input.issuedAt + input.lifetimeMs
+    const renewAt = input.issuedAt + input.renewAfterMs
+    const ctx = input.ctx ?? SYSTEM_CONTEXT
+    const r = await this.call(() => this.redis.ptbStore(
+      k.current(input.client, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
+      k.allTokens, k.audit, k.token(tokenId),
+      k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, tokenId),
+      this.fingerprint(input.token), input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
+      input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', ctx.requestId, ctx.ip,
+      JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs))
+    if (r[0] !== 'ok') return undefined
+    return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
+  }
+
+  async get (tokenId: string): Promise<TokenRecord | undefined> {
+    const f = await this.call(() => this.redis.hmget(this.keys.token(tokenId),
+      'client', 'server', 'state', 'issuedAt', 'expiresAt', 'renewAt', 'lastUsedAt', 'fp'))
+    if (f[0] === null) return undefined
+    const expiresAt = Number(f[4])
+    let state = f[2] as TokenState
+    if ((state === 'active' || state === 'rotated') && this.now() >= expiresAt) state = 'expired'
+    return {
+      tokenId,
+      client: String(f[0]),
+      server: String(f[1]),
+      state,
+      issuedAt: Number(f[3]),
+      expiresAt,
+      renewAt: Number(f[5]),
+      lastUsedAt: Number(f[6]),
+      fingerprint: String(f[7]),
+    }
+  }
+
+  /** The sealed token of a record, opened; for canary checks and rejected-token verification. */
+  async reveal (tokenId: string): Promise<string | undefined> {
+    const enc = await this.call(() => this.redis.hget(this.keys.token(tokenId), 'enc'))
+    return enc === null ? undefined : open(this.#crypto.encryption, enc, tokenId)
+  }
+
+  /**
+   * Revokes or invalidates every live token the selector names; each one gets its own audit event.
+   * Returns how many changed and the latest `expiresAt` among them (until when PMS still honours them).
+   */
+  async retire (selector: RetireSelector, newState: 'revoked' | 'invalidated', action: string,
+    detail: Record<string, unknown>, ctx: RequestContext = SYSTEM_CONTEXT): Promise<{ count: number, latestExpiresAt: number }> {
+    const k = this.keys
+    let mode = 'index'
+    let index = k.allTokens
+    let tokenId = ''
+    let client = ''
+    let server = ''
+    if ('tokenId' in selector) {
+      mode = 'one'
+      tokenId = selector.tokenId
+    } else if ('client' in selector) {
+      index = k.byClient(selector.client)
+      client = selector.client
+      server = selector.server ?? ''
+    } else if ('server' in selector) {
+      index = k.byServer(selector.server)
+      server = selector.server
+    }
+    const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index,
+      k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
+      ctx.requestId, ctx.ip, JSON.stringify(detail), this.#maxlen))
+    return { count: Number(count), latestExpiresAt: Number(latest) }
+  }
+
+  /** Appends an audit event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
+  async audit (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
+    return await this.call(() => this.redis.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
+      e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', ctx.requestId, ctx.ip,
+      JSON.stringify(e.detail ?? {})))
+  }
+
+  /** Takes a short-lived lock; returns the owner string when taken, undefined when someone else holds it. */
+  async lock (key: string, ttlMs: number): Promise<string | undefined> {
+    const owner = newTokenId()
+    const ok = await this.call(() => this.redis.set(key, owner, 'PX', ttlMs, 'NX'))
+    return ok === 'OK' ? owner : undefined
+  }
+
+  async unlock (key: string, owner: string): Promise<void> {
+    await this.call(() => this.redis.ptbUnlock(key, owner))
+  }
+
+  /** Clients that asked for a token of `server` within `windowMs` (the "active" ones). */
+  async activeClients (server: string, windowMs: number): Promise<string[]> {
+    return await this.call(() => this.redis.zrangebyscore(this.keys.active(server), this.now() - windowMs, '+inf'))
+  }
+}

@@ -1,0 +1,73 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import fp from 'fastify-plugin'
+import type { ClientConfig, Scope } from '../config.ts'
+import { digestEquals, sha256 } from '../broker/crypto.ts'
+import { forbidden, unauthenticated } from '../errors.ts'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The authenticated client, set by the `authenticate` pre-handler. */
+    client: ClientConfig | null
+  }
+  interface FastifyInstance {
+    /** Pre-handler: a known bearer secret holding the scope (or one of the scopes), else 401/403. */
+    authenticate: (scope: Scope | Scope[]) => preHandlerAsyncHookHandler
+  }
+}
+
+export type DenialReason = 'missing_credential' | 'unknown_secret' | 'missing_scope' | 'forbidden_server' | 'forbidden_source'
+
+export interface AuthOptions {
+  clients: readonly ClientConfig[]
+  /** Audit and count a denial. Must not throw. */
+  onDenied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
+}
+
+/**
+ * Finds the client whose secret this is. Every configured digest is compared, in constant time
+ * and without an early exit, so response time says nothing about which digest came close.
+ */
+export function findClient (clients: readonly ClientConfig[], secret: string): ClientConfig | undefined {
+  const digest = sha256(secret)
+  let found: ClientConfig | undefined
+  for (const c of clients) {
+    if (digestEquals(digest, c.secretSha256) && found === undefined) found = c
+  }
+  return found
+}
+
+export function bearer (request: FastifyRequest): string | undefined {
+  const h = request.headers.authorization
+  if (typeof h !== 'string') return undefined
+  const m = /^Bearer\s+(\S{1,512})\s*$/i.exec(h)
+  return m?.[1]
+}
+
+async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
+  app.decorateRequest('client', null)
+  app.decorate('authenticate', (scope: Scope | Scope[]) => async function authenticate (request: FastifyRequest, _reply: FastifyReply) {
+    const secret = bearer(request)
+    if (secret === undefined) {
+      opts.onDenied(request, 'missing_credential')
+      throw unauthenticated('Missing bearer credential: send Authorization: Bearer <client secret>.')
+    }
+    const client = findClient(opts.clients, secret)
+    if (client === undefined) {
+      opts.onDenied(request, 'unknown_secret')
+      throw unauthenticated('Unknown client credential.')
+    }
+    request.client = client
+    const wanted = Array.isArray(scope) ? scope : [scope]
+    if (!wanted.some((s) => client.scopes.includes(s))) {
+      opts.onDenied(request, 'missing_scope', client.id, { scope: wanted.join(' or ') })
+      throw forbidden(`Client "${client.id}" lacks the scope ${wanted.join(' or ')}.`)
+    }
+  })
+}
+
+/** Whether a client may ask for tokens of this server. */
+export function mayUseServer (client: ClientConfig, server: string): boolean {
+  return client.servers === '*' || client.servers.includes(server)
+}
+
+export default fp(auth, { name: 'auth' })

@@ -1,0 +1,33 @@
+import { Redis, type RedisOptions } from 'ioredis'
+import type { Logger } from 'pino'
+
+export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'
+
+/**
+ * One named connection per role (STYLE.md §5). The request path fails fast: a command that does
+ * not answer within a second is rejected, so a stalled Redis becomes a quick 503 instead of a hang.
+ * BullMQ workers need `maxRetriesPerRequest: null` (they block on Redis by design).
+ */
+export function createRedis (url: string, role: RedisRole, logger: Logger, extra: RedisOptions = {}): Redis {
+  const requestPath = role === 'cache' || role === 'ratelimit'
+  const redis = new Redis(url, {
+    connectionName: `ptb-${role}`,
+    enableAutoPipelining: role === 'cache',
+    maxRetriesPerRequest: role === 'worker' ? null : 1,
+    commandTimeout: requestPath ? 1000 : undefined,
+    connectTimeout: 2000,
+    // Reconnect quickly but never spin: 50 ms doubling up to 2 s.
+    retryStrategy: (times) => Math.min(50 * 2 ** times, 2000),
+    ...extra,
+  })
+  let lastLog = 0
+  redis.on('error', (err: Error) => {
+    // A down Redis errors on every reconnect attempt; one line per 10 s is enough.
+    const now = Date.now()
+    if (now - lastLog > 10_000) {
+      lastLog = now
+      logger.warn({ role, err: { message: err.message, code: (err as { code?: string }).code } }, 'redis connection error')
+    }
+  })
+  return redis
+}

@@ -1,0 +1,65 @@
+import type { FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { mayUseServer } from '../plugins/auth.ts'
+import { forbidden, notFound } from '../errors.ts'
+import { authErrors } from '../schemas/common.ts'
+import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
+
+const iso = (ms: number): string => new Date(ms).toISOString()
+
+export default async function tokenRoutes (fastify: FastifyInstance): Promise<void> {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const { broker } = app
+
+  app.post('/v1/tokens', {
+    preHandler: app.authenticate('token:issue'),
+    schema: {
+      summary: 'Get this client\'s transient token for a PMS server',
+      description: 'Returns the cached token while it is live; mints one upstream (once, across all broker instances) otherwise. ' +
+        'Send `rejectedTokenId` when PMS answered 401 to the token you hold: the broker checks it and replaces it if PMS really lost it.',
+      tags: ['tokens'],
+      security: [{ bearer: [] }],
+      body: IssueBodySchema,
+      response: { 200: IssuedTokenSchema, 404: { $ref: 'Error#' }, 502: { $ref: 'Error#' }, ...authErrors },
+    },
+  }, async (request) => {
+    const client = request.client!
+    const server = broker.servers.get(request.body.server)
+    if (!mayUseServer(client, request.body.server)) {
+      broker.denied(request, 'forbidden_server', client.id, { server: request.body.server })
+      throw forbidden(`Client "${client.id}" may not use server "${request.body.server}".`)
+    }
+    if (server === undefined) throw notFound(`No server named "${request.body.server}".`)
+    const ctx = { requestId: request.id, ip: request.ip }
+    const t = request.body.rejectedTokenId === undefined
+      ? await broker.issuer.issue(client.id, server, ctx)
+      : await broker.reportRejected(client.id, server, request.body.rejectedTokenId, ctx)
+    broker.served(server.name, t.source)
+    return {
+      tokenId: t.tokenId,
+      token: t.token,
+      server: { name: server.name, machineIdentifier: t.machineIdentifier },
+      issuedAt: iso(t.issuedAt),
+      renewAt: iso(t.renewAt),
+      expiresAt: iso(t.expiresAt),
+    }
+  })
+
+  app.get('/v1/tokens/:tokenId', {
+    preHandler: app.authenticate(['token:issue', 'audit:read']),
+    schema: {
+      summary: 'State of one token (never the token itself)',
+      description: 'Answers the client that owns the token, and clients with scope audit:read.',
+      tags: ['tokens'],
+      security: [{ bearer: [] }],
+      params: TokenIdParamsSchema,
+      response: { 200: TokenInfoSchema, 404: { $ref: 'Error#' }, ...authErrors },
+    },
+  }, async (request) => {
+    const record = await broker.store.get(request.params.tokenId)
+    const client = request.client!
+    // Another client's token answers 404 like a missing one: ids of others are not confirmed.
+    if (record === undefined || (record.client !== client.id && !client.scopes.includes('audit:read'))) throw notFound('No such token.')
+    return { tokenId: record.tokenId, client: record.client, server: record.server, state: record.state, issuedAt: iso(record.issuedAt), expiresAt: iso(record.expiresAt) }
+  })
+}

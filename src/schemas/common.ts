@@ -1,0 +1,24 @@
+import { Type } from 'typebox'
+
+/** The body of every error answer. */
+export const ErrorSchema = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.String({ description: 'Stable machine-readable code, e.g. UNAUTHENTICATED' }),
+  error: Type.String({ description: 'HTTP reason phrase' }),
+  message: Type.String({ description: 'Human-readable and safe to show' }),
+  requestId: Type.String(),
+}, { $id: 'Error', title: 'Error' })
+
+export const NameSchema = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', description: 'A server name or client id' })
+export const TokenIdSchema = Type.String({ pattern: '^tk_[A-Za-z0-9_-]{22}$', description: 'Opaque token id' })
+export const IsoDate = Type.String({ format: 'date-time' })
+
+/** Error responses shared by authenticated routes. */
+export const authErrors = {
+  400: { $ref: 'Error#' },
+  401: { $ref: 'Error#' },
+  403: { $ref: 'Error#' },
+  429: { $ref: 'Error#' },
+  500: { $ref: 'Error#' },
+  503: { $ref: 'Error#' },
+} as const

@@ -1,0 +1,112 @@
+import { randomBytes } from 'node:crypto'
+import { Writable } from 'node:stream'
+import { Redis } from 'ioredis'
+import type { FastifyInstance } from 'fastify'
+import { buildApp, type AppOverrides } from '../src/app.ts'
+import { sha256 } from '../src/broker/crypto.ts'
+import type { ClientConfig, Config, Scope, ServerConfig } from '../src/config.ts'
+import { PmsSimulator, type PmsSimOptions } from '../src/sim/pms-sim.ts'
+
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+/** The subset of tap's Test we use, so helpers work with any subtest. */
+export interface T {
+  teardown: (fn: () => unknown) => void
+}
+
+/** A unique REDIS_PREFIX per test file and run: runs never collide, and teardown removes its keys. */
+export function uniquePrefix (name: string): string {
+  return `ptbtest-${name}-${randomBytes(4).toString('hex')}`
+}
+
+export async function deleteKeys (prefix: string): Promise<void> {
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })
+  try {
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000)
+      cursor = next
+      if (keys.length > 0) await redis.unlink(...keys)
+    } while (cursor !== '0')
+  } finally {
+    redis.disconnect()
+  }
+}
+
+export interface TestClient {
+  id: string
+  secret: string
+  config: ClientConfig
+  auth: { authorization: string }
+}
+
+export function makeClient (id: string, opts: { scopes?: Scope[], servers?: string[] | '*', rateLimit?: { max: number, timeWindowMs: number }, sources?: string[] | '*' } = {}): TestClient {
+  const secret = `sec_${randomBytes(24).toString('base64url')}`
+  const config: ClientConfig = {
+    id,
+    secretSha256: sha256(secret),
+    servers: opts.servers ?? '*',
+    scopes: opts.scopes ?? ['token:issue'],
+    rateLimit: opts.rateLimit ?? { max: 100_000, timeWindowMs: 60_000 },
+    sources: opts.sources ?? [],
+  }
+  return { id, secret, config, auth: { authorization: `Bearer ${secret}` } }
+}
+
+export function serverFor (sim: PmsSimulator, name = 'default'): ServerConfig {
+  return { name, url: sim.url, adminToken: sim.adminToken, tokenSource: 'token' }
+}
+
+export function testConfig (prefix: string, servers: ServerConfig[], clients: TestClient[], over: Partial<Config> = {}): Config {
+  return {
+    host: '127.0.0.1',
+    port: 0,
+    redisUrl: REDIS_URL,
+    redisPrefix: prefix,
+    brokerSecret: randomBytes(32),
+    tokenLifetimeMs: 48 * 3600_000,
+    tokenRenewAfterMs: 24 * 3600_000,
+    probeIntervalMs: 15_000,
+    metricsToken: undefined,
+    logLevel: 'info',
+    role: 'api',
+    auditRetentionMs: 30 * 86_400_000,
+    auditMaxEvents: 1_000_000,
+    plexTimeoutMs: 2000,
+    plexConcurrency: 4,
+    trustProxy: false,
+    defaultRateLimit: { max: 100_000, timeWindowMs: 60_000 },
+    servers,
+    clients: clients.map((c) => c.config),
+    ...over,
+  }
+}
+
+export async function startSim (t: T, opts: PmsSimOptions = {}): Promise<PmsSimulator> {
+  const sim = await PmsSimulator.start(opts)
+  t.teardown(() => sim.stop())
+  return sim
+}
+
+/** Captures every log line so tests can assert what was (and was not) logged. */
+export class LogCapture extends Writable {
+  readonly lines: string[] = []
+  override _write (chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
+    this.lines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''))
+    cb()
+  }
+
+  get text (): string { return this.lines.join('\n') }
+  records (): Array<Record<string, unknown>> { return this.lines.map((l) => JSON.parse(l) as Record<string, unknown>) }
+}
+
+/** Builds the app on a unique prefix; closes it and deletes its keys on teardown. */
+export async function buildTestApp (t: T, config: Config, overrides: AppOverrides = {}): Promise<FastifyInstance & { logs: LogCapture }> {
+  const logs = new LogCapture()
+  const app = await buildApp(config, { logStream: logs, ...overrides })
+  t.teardown(async () => {
+    await app.close()
+    await deleteKeys(config.redisPrefix)
+  })
+  return Object.assign(app, { logs })
+}
