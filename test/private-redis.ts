@@ -1,0 +1,65 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import type { T } from './helper.ts'
+
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number }
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * A redis-server of the test's own, so a test may pause (SIGSTOP), kill or restart it without
+ * disturbing the shared Redis other test files use.
+ */
+export class PrivateRedis {
+  readonly port: number
+  #proc: ChildProcess | undefined
+
+  private constructor (port: number) { this.port = port }
+
+  get url (): string { return `redis://127.0.0.1:${this.port}` }
+
+  static async start (t: T): Promise<PrivateRedis> {
+    const r = new PrivateRedis(await freePort())
+    await r.start()
+    t.teardown(() => r.stop())
+    return r
+  }
+
+  async start (): Promise<void> {
+    this.#proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+    const probe = new Redis(this.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+    for (let i = 0; i < 100; i++) {
+      try {
+        await probe.connect()
+        await probe.ping()
+        probe.disconnect()
+        return
+      } catch {
+        probe.disconnect()
+        await sleep(50)
+      }
+    }
+    throw new Error('redis-server did not start')
+  }
+
+  pause (): void { this.#proc?.kill('SIGSTOP') }
+  resume (): void { this.#proc?.kill('SIGCONT') }
+
+  async stop (): Promise<void> {
+    const p = this.#proc
+    if (p === undefined || p.exitCode !== null) return
+    p.kill('SIGCONT')
+    p.kill('SIGKILL')
+    await new Promise((resolve) => p.once('exit', resolve))
+    this.#proc = undefined
+  }
+}
