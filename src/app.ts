@@ -9,6 +9,10 @@ import { createKeys } from './broker/keys.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { type RequestContext, TokenStore } from './broker/token-store.ts'
 import { RejectionCheck } from './broker/rejection-check.ts'
+import { ServerProbe } from './broker/probe.ts'
+import { Rotator } from './broker/rotator.ts'
+import { createQueues, type Queues } from './jobs/queues.ts'
+import { JobRunner, queueRemints, sweepInterval, triggerProbe } from './jobs/runner.ts'
 import { PlexClient } from './plex/client.ts'
 import auth, { type DenialReason } from './plugins/auth.ts'
 import errorHandler, { describe } from './plugins/error-handler.ts'
@@ -28,6 +32,11 @@ export interface Broker {
   plex: PlexClient
   states: ServerStates
   issuer: TokenIssuer
+  queues: Queues
+  rotator: Rotator
+  probe: ServerProbe
+  /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
+  runner: JobRunner | undefined
   /** Audits and counts a refused request; never throws. */
   denied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
   /** Counts a token handed out. */
@@ -103,17 +112,61 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     lockTtlMs: config.plexTimeoutMs * 2 + 1000,
     machineIdentifier: (s) => states.machineIdentifier(s),
   })
-  const rejection = new RejectionCheck({ store, plex, issuer, logger })
+  const queueRedis = createRedis(config.redisUrl, 'queue', logger)
+  const queues = createQueues(queueRedis, keys.queuePrefix)
+  const servers = new Map(config.servers.map((s) => [s.name, s]))
+  const rotator = new Rotator({ store, issuer, servers, logger, activeWindowMs: config.tokenLifetimeMs })
+  const probe = new ServerProbe({
+    store,
+    states,
+    plex,
+    issuer,
+    logger,
+    activeWindowMs: config.tokenLifetimeMs,
+    onRestart: async (server, clients) => { await queueRemints(queues, server, clients, store.now()) },
+  })
+  const rejection = new RejectionCheck({
+    store,
+    plex,
+    issuer,
+    logger,
+    onConfirmed: (server) => {
+      triggerProbe(queues, server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
+    },
+  })
+  let runner: JobRunner | undefined
+  let workerRedis: Redis | undefined
+  if (config.role !== 'api') {
+    workerRedis = createRedis(config.redisUrl, 'worker', logger)
+    runner = new JobRunner({
+      store,
+      queues,
+      connection: workerRedis,
+      prefix: keys.queuePrefix,
+      servers,
+      plex,
+      rotator,
+      probe,
+      logger,
+      probeIntervalMs: config.probeIntervalMs,
+      sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
+      concurrency: config.plexConcurrency,
+    })
+  }
 
   const broker: Broker = {
     config,
     logger,
-    servers: new Map(config.servers.map((s) => [s.name, s])),
+    servers,
     redis,
     store,
     plex,
     states,
     issuer,
+    queues,
+    rotator,
+    probe,
+    runner,
     denied: (request, reason, client, detail) => {
       request.log.info({ reason, client }, 'request denied')
       store.audit({ action: 'auth.denied', client, detail: { reason, route: request.routeOptions.url, ...detail } },
@@ -147,8 +200,16 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       durationMs: Math.round(reply.elapsedTime * 1000) / 1000,
     }, 'request')
   })
+  if (runner !== undefined) {
+    const r = runner
+    app.addHook('onReady', async () => { await r.start() })
+  }
   app.addHook('onClose', async () => {
+    // Workers first (they finish or leave in-flight jobs), then the connections they use.
+    await runner?.close()
+    await queues.close()
     await plex.close()
+    for (const c of [workerRedis, queueRedis]) await c?.quit().catch(() => c.disconnect())
     await redis.quit().catch(() => redis.disconnect())
   })
 

@@ -11,6 +11,11 @@ export interface IssuerOptions {
   logger: Logger
   tokenLifetimeMs: number
   tokenRenewAfterMs: number
+  /**
+   * Fraction of TOKEN_RENEW_AFTER by which each token's renewAt is brought forward at random
+   * (default 0.1), so tokens minted together (a herd, a restart re-mint) do not renew together.
+   */
+  renewJitter?: number
   /** Longest a request waits for another mint of the same (client, server) before answering 503. */
   mintWaitMs: number
   /** Mint lock lifetime: longer than one PMS call, short enough that a crashed holder does not block for long. */
@@ -86,7 +91,7 @@ export class TokenIssuer {
    * Makes sure (client, server) has a live current token, minting one if needed.
    * Returns true when this call minted it.
    */
-  async ensure (client: string, server: ServerConfig): Promise<boolean> {
+  async ensure (client: string, server: ServerConfig, audit?: { action: string, detail: Record<string, unknown> }): Promise<boolean> {
     const { store, mintWaitMs, lockTtlMs } = this.#o
     const lockKey = store.keys.mintLock(client, server.name)
     const deadline = Date.now() + mintWaitMs
@@ -98,7 +103,7 @@ export class TokenIssuer {
         try {
           // Someone may have minted between our peek and our lock.
           if (await store.peek(client, server.name) !== undefined) return false
-          const stored = await this.mint(client, server, {})
+          const stored = await this.mint(client, server, { audit })
           return stored !== undefined
         } finally {
           await store.unlock(lockKey, owner).catch(() => {})
@@ -136,13 +141,14 @@ export class TokenIssuer {
       throw upstreamError(server.name, err)
     }
     const issuedAt = store.now()
+    const jitter = (this.#o.renewJitter ?? 0.1) * Math.random()
     const put = await store.put({
       client,
       server: server.name,
       token,
       issuedAt,
       lifetimeMs: this.#o.tokenLifetimeMs,
-      renewAfterMs: this.#o.tokenRenewAfterMs,
+      renewAfterMs: Math.round(this.#o.tokenRenewAfterMs * (1 - jitter)),
       machineIdentifier,
       expectCurrent: opts.expectCurrent,
       audit: opts.audit,

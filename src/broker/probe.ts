@@ -1,0 +1,136 @@
+import type { Logger } from 'pino'
+import type { ServerConfig } from '../config.ts'
+import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
+import type { TokenIssuer } from './issuer.ts'
+import { isVulnerable, type ServerStates } from './server-state.ts'
+import type { TokenStore } from './token-store.ts'
+
+/**
+ * The broker's own transient token per server, used as a canary: PMS keeps no expiry and gives
+ * no restart marker, but a restart destroys every transient token, so a canary that PMS suddenly
+ * rejects means PMS restarted (../shared/plex-api.md §4.4). The id contains `~`, which config
+ * never allows in a client id, so it can never collide with a real client.
+ */
+export const CANARY_CLIENT = '~canary'
+
+export type RestartReason = 'machine_identifier_changed' | 'version_changed' | 'canary_rejected' | 'back_after_down'
+
+export interface ProbeResult {
+  state: 'up' | 'down'
+  restart: RestartReason[]
+}
+
+export interface ServerProbeOptions {
+  store: TokenStore
+  states: ServerStates
+  plex: PlexClient
+  issuer: TokenIssuer
+  logger: Logger
+  /** Window in which a client counts as active (TOKEN_LIFETIME). */
+  activeWindowMs: number
+  /** Called after a restart was handled, with the clients that need a fresh token now. */
+  onRestart?: (server: string, clients: string[]) => Promise<void> | void
+  onStateChange?: (server: string, state: 'up' | 'down') => void
+}
+
+/**
+ * One probe of one PMS, layered (issue 3): `/identity` (a changed machineIdentifier or version
+ * is a restart), then the canary (a rejected canary is a restart). A server that was down and
+ * answers again is checked by the canary too: a network blip must not throw away every token,
+ * but when there is no canary to tell, it is treated as a restart, the safe side.
+ */
+export class ServerProbe {
+  readonly #o: ServerProbeOptions
+
+  constructor (opts: ServerProbeOptions) {
+    this.#o = opts
+  }
+
+  async probe (server: ServerConfig): Promise<ProbeResult> {
+    const { states, plex, logger, store } = this.#o
+    const prev = await states.get(server.name)
+    const now = store.now()
+    let id: { machineIdentifier: string, version: string }
+    try {
+      id = await plex.identity(server)
+    } catch (err) {
+      await states.update(server.name, { state: 'down', lastProbeAt: now })
+      if (prev.state !== 'down') {
+        logger.warn({ server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'PMS is down')
+        await store.audit({ action: 'server.down', server: server.name, detail: { error: (err as Error).name } })
+        this.#o.onStateChange?.(server.name, 'down')
+      }
+      return { state: 'down', restart: [] }
+    }
+
+    const reasons: RestartReason[] = []
+    if (prev.machineIdentifier !== null && prev.machineIdentifier !== id.machineIdentifier) reasons.push('machine_identifier_changed')
+    if (prev.version !== null && prev.version !== id.version) reasons.push('version_changed')
+    const canary = await this.#canaryVerdict(server)
+    if (canary === 'rejected') reasons.push('canary_rejected')
+    if (prev.state === 'down' && canary === 'none' && reasons.length === 0) reasons.push('back_after_down')
+
+    await states.update(server.name, { state: 'up', mid: id.machineIdentifier, version: id.version, lastProbeAt: now })
+    if (prev.state !== 'up') {
+      logger.info({ server: server.name, version: id.version }, 'PMS is up')
+      if (prev.state === 'down') await store.audit({ action: 'server.up', server: server.name, detail: { version: id.version } })
+      this.#o.onStateChange?.(server.name, 'up')
+      if (isVulnerable(id.version)) {
+        logger.warn({ server: server.name, version: id.version },
+          'PMS version is affected by CVE-2025-69414 (a transient token can be turned into a permanent one): upgrade PMS')
+      }
+    }
+    if (reasons.length > 0) await this.restarted(server, reasons, id.version)
+    await this.#keepCanary(server)
+    return { state: 'up', restart: reasons }
+  }
+
+  /**
+   * PMS restarted: every token it issued is dead. Invalidate them all, record the restart, and
+   * hand the active clients to `onRestart` so they get fresh tokens before they ask.
+   */
+  async restarted (server: ServerConfig, reasons: RestartReason[], version: string | null): Promise<void> {
+    const { store, states, logger } = this.#o
+    const { count } = await store.retire({ server: server.name }, 'invalidated', 'token.invalidate', { reason: 'server_restart' })
+    await states.update(server.name, { lastRestartAt: store.now() })
+    await store.audit({ action: 'server.restart', server: server.name, detail: { reasons, version, invalidated: count } })
+    const clients = (await store.activeClients(server.name, this.#o.activeWindowMs)).filter((c) => c !== CANARY_CLIENT)
+    logger.warn({ server: server.name, reasons, invalidated: count, active: clients.length }, 'PMS restart detected; tokens invalidated')
+    await this.#o.onRestart?.(server.name, clients)
+  }
+
+  /** 'none' when there is no live canary to ask (never minted, revoked, invalidated). */
+  async #canaryVerdict (server: ServerConfig): Promise<'valid' | 'rejected' | 'none'> {
+    const { store, plex } = this.#o
+    const tokenId = await store.peek(CANARY_CLIENT, server.name)
+    if (tokenId === undefined) return 'none'
+    const token = await store.reveal(tokenId)
+    if (token === undefined) return 'none'
+    try {
+      return await plex.checkToken(server, token)
+    } catch (err) {
+      if (err instanceof PlexRejectedError) return 'rejected'
+      // PMS answered /identity but not the canary: no verdict this round.
+      return 'none'
+    }
+  }
+
+  /** Mints the canary when missing and rotates it when due, so it never dies of old age. */
+  async #keepCanary (server: ServerConfig): Promise<void> {
+    const { store, issuer, logger } = this.#o
+    try {
+      const tokenId = await store.peek(CANARY_CLIENT, server.name)
+      if (tokenId === undefined) {
+        await issuer.ensure(CANARY_CLIENT, server)
+        return
+      }
+      const rec = await store.get(tokenId)
+      const now = store.now()
+      if (rec !== undefined && (now >= rec.renewAt || rec.issuedAt > now)) {
+        await issuer.mint(CANARY_CLIENT, server, { expectCurrent: tokenId })
+      }
+    } catch (err) {
+      logger.warn({ server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'could not mint the canary token')
+    }
+  }
+}

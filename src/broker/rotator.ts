@@ -1,0 +1,101 @@
+import type { Logger } from 'pino'
+import type { ServerConfig } from '../config.ts'
+import type { TokenIssuer } from './issuer.ts'
+import { CANARY_CLIENT } from './probe.ts'
+import type { TokenStore } from './token-store.ts'
+
+export type RotationReason = 'scheduled' | 'restart' | 'rejected' | 'manual'
+
+export type RotationOutcome = 'rotated' | 'gone' | 'superseded' | 'idle' | 'unknown_server' | 'conflict'
+
+export interface DueRotation {
+  tokenId: string
+  client: string
+  server: string
+}
+
+export interface RotatorOptions {
+  store: TokenStore
+  issuer: TokenIssuer
+  servers: Map<string, ServerConfig>
+  logger: Logger
+  /** A client that asked within this window (TOKEN_LIFETIME) is active; idle tokens are left to expire. */
+  activeWindowMs: number
+  onRotate?: (server: string, reason: RotationReason) => void
+}
+
+/**
+ * Rotation: replaces a token before PMS's 48-hour limit. The sweep finds what is due; `rotate`
+ * does one replacement with a compare-and-set, so a duplicate or late job never replaces a newer
+ * token. Job data carries ids only (BullMQ keeps job data in clear text).
+ */
+export class Rotator {
+  readonly #o: RotatorOptions
+
+  constructor (opts: RotatorOptions) {
+    this.#o = opts
+  }
+
+  /**
+   * Every active client's current token that is due: at or past `renewAt`, or issued "in the
+   * future" (the broker's clock stepped back, so its age is unknown and it is treated as due).
+   * One pipelined round trip per server for the ids, one for the records.
+   */
+  async due (): Promise<DueRotation[]> {
+    const { store, activeWindowMs } = this.#o
+    const now = store.now()
+    const out: DueRotation[] = []
+    for (const server of this.#o.servers.keys()) {
+      const clients = (await store.activeClients(server, activeWindowMs)).filter((c) => c !== CANARY_CLIENT)
+      if (clients.length === 0) continue
+      for (let i = 0; i < clients.length; i += 1000) {
+        const batch = clients.slice(i, i + 1000)
+        const ids = await store.call(() => store.redis.mget(batch.map((c) => store.keys.current(c, server))))
+        const live = ids.map((id, j) => ({ id, client: batch[j] })).filter((x): x is { id: string, client: string } => x.id !== null)
+        if (live.length === 0) continue
+        const pipe = store.redis.pipeline()
+        for (const x of live) pipe.hmget(store.keys.token(x.id), 'state', 'issuedAt', 'renewAt', 'expiresAt')
+        const rows = await store.call(async () => (await pipe.exec()) ?? [])
+        rows.forEach(([err, f], j) => {
+          if (err !== null) return
+          const [state, issuedAt, renewAt, expiresAt] = (f as Array<string | null>).map((v) => (v === null ? NaN : v))
+          if (state !== 'active' || now >= Number(expiresAt)) return
+          if (now >= Number(renewAt) || Number(issuedAt) > now) out.push({ tokenId: live[j].id, client: live[j].client, server })
+        })
+      }
+    }
+    return out
+  }
+
+  /**
+   * Replaces `tokenId` with a fresh token if it is still the one served and its client is still
+   * active. Throws the issuer's BrokerError when PMS fails (the job retries with backoff).
+   */
+  async rotate (tokenId: string, reason: RotationReason): Promise<RotationOutcome> {
+    const { store, issuer, logger } = this.#o
+    const rec = await store.get(tokenId)
+    if (rec === undefined || rec.state !== 'active') return 'gone'
+    if (await store.peek(rec.client, rec.server) !== tokenId) return 'superseded'
+    const server = this.#o.servers.get(rec.server)
+    if (server === undefined) return 'unknown_server'
+    const lastAsked = await store.call(() => store.redis.zscore(store.keys.active(rec.server), rec.client))
+    if (lastAsked === null || Number(lastAsked) < store.now() - this.#o.activeWindowMs) return 'idle'
+    const newId = await issuer.mint(rec.client, server, {
+      expectCurrent: tokenId,
+      audit: { action: 'token.rotate', detail: { reason, previous: tokenId } },
+    })
+    if (newId === undefined) return 'conflict'
+    this.#o.onRotate?.(rec.server, reason)
+    logger.info({ client: rec.client, server: rec.server, tokenId: newId, previous: tokenId, reason }, 'token rotated')
+    return 'rotated'
+  }
+
+  /** After a PMS restart: a fresh token for a client that has none (single-flight with requests). */
+  async remint (client: string, serverName: string): Promise<boolean> {
+    const server = this.#o.servers.get(serverName)
+    if (server === undefined) return false
+    const minted = await this.#o.issuer.ensure(client, server, { action: 'token.rotate', detail: { reason: 'restart' } })
+    if (minted) this.#o.onRotate?.(serverName, 'restart')
+    return minted
+  }
+}

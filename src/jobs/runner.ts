@@ -1,0 +1,204 @@
+import { type Job, UnrecoverableError, Worker } from 'bullmq'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { ServerConfig } from '../config.ts'
+import { BrokerError } from '../errors.ts'
+import type { ServerProbe } from '../broker/probe.ts'
+import type { Rotator } from '../broker/rotator.ts'
+import type { TokenStore } from '../broker/token-store.ts'
+import type { PlexClient } from '../plex/client.ts'
+import {
+  PROBES_QUEUE, type ProbeJob, probeSchedulerId, type Queues, remintJobId, rotateJobId, SWEEP_SCHEDULER_ID,
+  TOKENS_QUEUE, type TokenJob, backoffDelay,
+} from './queues.ts'
+
+export interface JobRunnerOptions {
+  store: TokenStore
+  queues: Queues
+  /** Blocking connection for the workers (`maxRetriesPerRequest: null`). */
+  connection: Redis
+  prefix: string
+  servers: Map<string, ServerConfig>
+  plex: PlexClient
+  rotator: Rotator
+  probe: ServerProbe
+  logger: Logger
+  probeIntervalMs: number
+  sweepIntervalMs: number
+  /** Token jobs run at once per instance: the bound on upstream mints from background work. */
+  concurrency: number
+  /** Keep a `/:/eventsource/notifications` stream open per server (a drop triggers a probe). */
+  watchEvents?: boolean
+}
+
+/** Sweep cadence: a twentieth of TOKEN_RENEW_AFTER, between 1 s and 1 min. */
+export function sweepInterval (renewAfterMs: number): number {
+  return Math.min(60_000, Math.max(1000, Math.round(renewAfterMs / 20)))
+}
+
+/**
+ * Runs the background work of an instance with the worker role: token jobs (rotate, remint),
+ * probe and sweep jobs from job schedulers, and one event stream per server.
+ * Any number of instances can run this on one Redis: schedulers make each probe and sweep run
+ * once per period in total, job ids make each rotation run once, and a job of a killed instance
+ * is picked up by another after BullMQ's stalled-job check.
+ */
+export class JobRunner {
+  readonly #o: JobRunnerOptions
+  readonly #workers: Worker[] = []
+  readonly #abort = new AbortController()
+  #timer: NodeJS.Timeout | undefined
+
+  constructor (opts: JobRunnerOptions) {
+    this.#o = opts
+  }
+
+  async start (): Promise<void> {
+    const { connection, prefix, logger, concurrency } = this.#o
+    const settings = { backoffStrategy: (attemptsMade: number) => backoffDelay(attemptsMade) }
+    const tokens = new Worker(TOKENS_QUEUE, async (job: Job) => await this.#tokenJob(job as unknown as TokenJob),
+      { connection, prefix, concurrency, settings, lockDuration: 30_000 })
+    const probes = new Worker(PROBES_QUEUE, async (job: Job) => await this.#probeJob(job as unknown as ProbeJob),
+      { connection, prefix, concurrency: Math.max(2, this.#o.servers.size + 1), settings })
+    for (const w of [tokens, probes]) {
+      w.on('error', (err) => logger.warn({ err: { message: err.message } }, 'job worker error'))
+      w.on('failed', (job, err) => {
+        logger.warn({ job: job?.name, jobId: job?.id, attempts: job?.attemptsMade, err: { type: err.name, message: err.message } }, 'job failed')
+      })
+      this.#workers.push(w)
+    }
+    await this.ensureSchedulers().catch((err: unknown) => logger.warn({ err: { message: (err as Error).message } }, 'scheduler setup failed; retrying later'))
+    // Re-checked every minute: heals a Redis that restarted empty, and a setup another instance lost.
+    this.#timer = setInterval(() => {
+      this.ensureSchedulers().catch(() => {})
+    }, 60_000)
+    this.#timer.unref()
+    if (this.#o.watchEvents !== false) {
+      for (const server of this.#o.servers.values()) void this.#watch(server)
+    }
+  }
+
+  /**
+   * Creates the probe and sweep schedulers when missing or changed. Idempotent, and serialised
+   * across instances by a Redis lock: several replicas upserting the same scheduler at the same
+   * moment have duplicated or lost schedulers (bullmq #2988, #3085, #3262, #3381).
+   */
+  async ensureSchedulers (): Promise<boolean> {
+    const { store, queues, servers, probeIntervalMs, sweepIntervalMs } = this.#o
+    const owner = await store.lock(store.keys.schedulerLock, 15_000)
+    if (owner === undefined) return false
+    try {
+      const wanted = new Map<string, { every: number, name: string, data: Record<string, unknown> }>()
+      for (const name of servers.keys()) {
+        wanted.set(probeSchedulerId(name), { every: probeIntervalMs, name: 'probe', data: { server: name, trigger: 'schedule' } })
+      }
+      wanted.set(SWEEP_SCHEDULER_ID, { every: sweepIntervalMs, name: 'sweep', data: {} })
+      const existing = await queues.probes.getJobSchedulers(0, -1)
+      for (const e of existing) {
+        if (!wanted.has(e.key)) await queues.probes.removeJobScheduler(e.key)
+      }
+      for (const [id, w] of wanted) {
+        const e = existing.find((x) => x.key === id)
+        if (e !== undefined && Number(e.every) === w.every && e.template?.data?.server === w.data.server) continue
+        await queues.probes.upsertJobScheduler(id, { every: w.every }, { name: w.name, data: w.data })
+      }
+      return true
+    } finally {
+      await store.unlock(store.keys.schedulerLock, owner).catch(() => {})
+    }
+  }
+
+  /** Queues a probe now (an event stream dropped, a client reported a dead token). At most one per server per second. */
+  async triggerProbe (server: string, trigger: 'eventsource' | 'rejection' | 'manual'): Promise<void> {
+    await triggerProbe(this.#o.queues, server, trigger)
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.#timer)
+    this.#abort.abort()
+    // Worker.close waits for in-flight jobs; whatever does not finish is picked up by another instance.
+    await Promise.allSettled(this.#workers.map((w) => w.close()))
+  }
+
+  async #tokenJob (job: TokenJob): Promise<string> {
+    try {
+      if (job.name === 'rotate') return await this.#o.rotator.rotate(job.data.tokenId, job.data.reason)
+      return (await this.#o.rotator.remint(job.data.client, job.data.server)) ? 'minted' : 'not_needed'
+    } catch (err) {
+      // A rejected admin token will not heal by retrying: ops must act (UnrecoverableError = no retry).
+      if (err instanceof BrokerError && err.code === 'UPSTREAM_REJECTED') throw new UnrecoverableError(err.message)
+      throw err
+    }
+  }
+
+  async #probeJob (job: ProbeJob): Promise<unknown> {
+    if (job.name === 'sweep') {
+      const due = await this.#o.rotator.due()
+      for (let i = 0; i < due.length; i += 500) {
+        await this.#o.queues.tokens.addBulk(due.slice(i, i + 500).map((d) => ({
+          name: 'rotate',
+          data: { tokenId: d.tokenId, reason: 'scheduled' },
+          opts: { jobId: rotateJobId(d.tokenId) },
+        })))
+      }
+      return { due: due.length }
+    }
+    const server = this.#o.servers.get(job.data.server)
+    if (server === undefined) return { skipped: 'unknown server' }
+    return await this.#o.probe.probe(server)
+  }
+
+  /**
+   * Keeps `/:/eventsource/notifications` open with the admin token. PMS drops it when it stops,
+   * so a drop triggers a probe at once instead of at the next period; so does a reconnect, which
+   * is often the first sign that PMS is back. Reconnects back off from 1 s to 30 s.
+   */
+  async #watch (server: ServerConfig): Promise<void> {
+    const { plex, logger } = this.#o
+    const signal = this.#abort.signal
+    let pause = 1000
+    while (!signal.aborted) {
+      const opened = await new Promise<boolean>((resolve) => {
+        let wasOpen = false
+        plex.watchEvents(server, {
+          signal,
+          onOpen: () => {
+            wasOpen = true
+            pause = 1000
+            this.triggerProbe(server.name, 'eventsource').catch(() => {})
+          },
+          onClose: () => {
+            resolve(wasOpen)
+          },
+        })
+      })
+      if (signal.aborted) return
+      if (opened) {
+        logger.info({ server: server.name }, 'PMS event stream dropped; probing now')
+        await this.triggerProbe(server.name, 'eventsource').catch(() => {})
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, pause + Math.random() * pause * 0.2)
+        signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
+      })
+      pause = Math.min(pause * 2, 30_000)
+    }
+  }
+}
+
+/** Usable by API-only instances too: they queue the probe, a worker instance runs it. */
+export async function triggerProbe (queues: Queues, server: string, trigger: 'eventsource' | 'rejection' | 'manual'): Promise<void> {
+  const second = Math.floor(Date.now() / 1000)
+  await queues.probes.add('probe', { server, trigger }, { jobId: `probe.${server}.now.${second}` })
+}
+
+/** Fresh tokens for the active clients of a restarted server, as jobs: bounded concurrency, retried. */
+export async function queueRemints (queues: Queues, server: string, clients: string[], at: number): Promise<void> {
+  for (let i = 0; i < clients.length; i += 500) {
+    await queues.tokens.addBulk(clients.slice(i, i + 500).map((client) => ({
+      name: 'remint',
+      data: { client, server },
+      opts: { jobId: remintJobId(server, client, at) },
+    })))
+  }
+}
