@@ -9,6 +9,7 @@ import { createKeys } from './broker/keys.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { type RequestContext, TokenStore } from './broker/token-store.ts'
 import { RejectionCheck } from './broker/rejection-check.ts'
+import { AuditLog } from './broker/audit-log.ts'
 import { ServerProbe } from './broker/probe.ts'
 import { Rotator } from './broker/rotator.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
@@ -20,6 +21,7 @@ import { loggerOptions } from './logger.ts'
 import { createRedis } from './redis.ts'
 import healthRoutes from './routes/health.ts'
 import tokenRoutes from './routes/tokens.ts'
+import opsRoutes from './routes/ops.ts'
 import { ErrorSchema } from './schemas/common.ts'
 
 /** The broker's services, shared by routes and jobs. */
@@ -37,6 +39,9 @@ export interface Broker {
   probe: ServerProbe
   /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
   runner: JobRunner | undefined
+  audit: AuditLog
+  /** Counts revocations by selector kind. */
+  revoked: (selector: string, count: number) => void
   /** Audits and counts a refused request; never throws. */
   denied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
   /** Counts a token handed out. */
@@ -134,6 +139,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       triggerProbe(queues, server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
     },
   })
+  const audit = new AuditLog(store)
   let runner: JobRunner | undefined
   let workerRedis: Redis | undefined
   if (config.role !== 'api') {
@@ -151,6 +157,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       probeIntervalMs: config.probeIntervalMs,
       sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
       concurrency: config.plexConcurrency,
+      onSweep: async () => { await audit.trim(config.auditRetentionMs) },
     })
   }
 
@@ -167,6 +174,8 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     rotator,
     probe,
     runner,
+    audit,
+    revoked: () => {},
     denied: (request, reason, client, detail) => {
       request.log.info({ reason, client }, 'request denied')
       store.audit({ action: 'auth.denied', client, detail: { reason, route: request.routeOptions.url, ...detail } },
@@ -215,5 +224,6 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
 
   await app.register(healthRoutes)
   await app.register(tokenRoutes)
+  await app.register(opsRoutes)
   return app
 }

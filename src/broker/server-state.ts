@@ -10,6 +10,9 @@ export interface ServerState {
   version: string | null
   lastProbeAt: number | null
   lastRestartAt: number | null
+  /** Last verdict on the admin token (issue 8): PMS or plex.tv rejected it → invalid; an outage → unknown. */
+  adminToken: 'valid' | 'invalid' | 'unknown'
+  adminCheckedAt: number | null
 }
 
 /**
@@ -53,10 +56,12 @@ export class ServerStates {
       version: h.version || null,
       lastProbeAt: num(h.lastProbeAt),
       lastRestartAt: num(h.lastRestartAt),
+      adminToken: (h.adminToken as ServerState['adminToken'] | undefined) ?? 'unknown',
+      adminCheckedAt: num(h.adminCheckedAt),
     }
   }
 
-  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt', string | number>>): Promise<void> {
+  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt', string | number>>): Promise<void> {
     await this.#store.call(() => this.#store.redis.hset(this.#store.keys.server(name), fields))
   }
 

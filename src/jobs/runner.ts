@@ -27,6 +27,8 @@ export interface JobRunnerOptions {
   sweepIntervalMs: number
   /** Token jobs run at once per instance: the bound on upstream mints from background work. */
   concurrency: number
+  /** Extra housekeeping on every sweep (audit retention). */
+  onSweep?: () => Promise<void>
   /** Keep a `/:/eventsource/notifications` stream open per server (a drop triggers a probe). */
   watchEvents?: boolean
 }
@@ -133,6 +135,7 @@ export class JobRunner {
 
   async #probeJob (job: ProbeJob): Promise<unknown> {
     if (job.name === 'sweep') {
+      await this.#o.onSweep?.()
       const due = await this.#o.rotator.due()
       for (let i = 0; i < due.length; i += 500) {
         await this.#o.queues.tokens.addBulk(due.slice(i, i + 500).map((d) => ({
