@@ -1,0 +1,184 @@
+import t from 'tap'
+import { Redis } from 'ioredis'
+import type { FastifyInstance } from 'fastify'
+import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, type T, type TestClient, uniquePrefix } from './helper.ts'
+
+async function issue (app: FastifyInstance, c: TestClient, server = 'default') {
+  const r = await app.inject({ method: 'POST', url: '/v1/tokens', headers: c.auth, payload: { server } })
+  return r.json()
+}
+
+async function revoke (app: FastifyInstance, ops: TestClient, payload: Record<string, unknown>) {
+  return await app.inject({ method: 'POST', url: '/v1/revoke', headers: ops.auth, payload })
+}
+
+async function stateOf (app: FastifyInstance, ops: TestClient, tokenId: string): Promise<string> {
+  return (await app.inject({ method: 'GET', url: `/v1/tokens/${tokenId}`, headers: ops.auth })).json().state
+}
+
+async function setup (t: T) {
+  const simA = await startSim(t)
+  const simB = await startSim(t)
+  const clients = { a: makeClient('a'), b: makeClient('b') }
+  const ops = makeClient('ops', { scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
+  const cfg = testConfig(uniquePrefix('ops'), [serverFor(simA, 'one'), serverFor(simB, 'two')], [clients.a, clients.b, ops])
+  // Two instances on one Redis: what one revokes, the other never serves again.
+  const app1 = await buildTestApp(t, cfg)
+  const app2 = await buildTestApp(t, { ...cfg })
+  const tokens = {
+    a1: await issue(app1, clients.a, 'one'),
+    a2: await issue(app1, clients.a, 'two'),
+    b1: await issue(app2, clients.b, 'one'),
+    b2: await issue(app2, clients.b, 'two'),
+  }
+  return { simA, simB, clients, ops, app1, app2, tokens }
+}
+
+const selectors: Array<[string, (tk: Record<string, { tokenId: string }>) => Record<string, unknown>, string[]]> = [
+  ['tokenId', (tk) => ({ tokenId: tk.a1.tokenId }), ['a1']],
+  ['client', () => ({ client: 'a' }), ['a1', 'a2']],
+  ['server', () => ({ server: 'one' }), ['a1', 'b1']],
+  ['client and server', () => ({ client: 'b', server: 'two' }), ['b2']],
+  ['all', () => ({ all: true }), ['a1', 'a2', 'b1', 'b2']],
+]
+
+for (const [name, select, expected] of selectors) {
+  t.test(`revoke by ${name} revokes exactly what it names, on every instance`, async (t) => {
+    const { ops, app1, app2, tokens, clients } = await setup(t)
+    const r = await revoke(app1, ops, { ...select(tokens), reason: `test ${name}` })
+    t.equal(r.statusCode, 200)
+    t.equal(r.json().revoked, expected.length)
+    t.ok(Date.parse(r.json().upstreamStillValidUntil) > Date.now(), 'says until when PMS still honours them')
+    for (const [key, tk] of Object.entries(tokens)) {
+      t.equal(await stateOf(app2, ops, tk.tokenId), expected.includes(key) ? 'revoked' : 'active', `${key} ${expected.includes(key) ? 'revoked' : 'untouched'}`)
+      const client = key.startsWith('a') ? clients.a : clients.b
+      const again = await issue(app2, client, key.endsWith('1') ? 'one' : 'two')
+      if (expected.includes(key)) t.not(again.tokenId, tk.tokenId, `${key}: the other instance mints a new token`)
+      else t.equal(again.tokenId, tk.tokenId, `${key}: still served`)
+    }
+    const events = (await app2.inject({ method: 'GET', url: '/v1/audit?action=token.revoke', headers: ops.auth })).json().events
+    t.equal(events.length, expected.length, 'one token.revoke event per token')
+    t.match(events[0], { action: 'token.revoke', detail: { reason: `test ${name}`, actor: 'ops' }, fingerprint: /^[0-9a-f]{64}$/ })
+  })
+}
+
+t.test('revoke input errors', async (t) => {
+  const { ops, app1, clients } = await setup(t)
+  for (const payload of [{ reason: 'x' }, { tokenId: 'tk_AAAAAAAAAAAAAAAAAAAAAA', client: 'a', reason: 'x' }, { all: true, server: 'one', reason: 'x' },
+    { client: 'a' }, { client: 'a', reason: '' }, { client: 'a', reason: 'x'.repeat(501) }, { client: 'a', reason: 'x', extra: 1 }, { all: false, reason: 'x' }]) {
+    const r = await revoke(app1, ops, payload)
+    t.equal(r.statusCode, 400, JSON.stringify(payload).slice(0, 80))
+    t.equal(r.json().code, 'BAD_REQUEST')
+  }
+  t.equal((await revoke(app1, clients.a, { all: true, reason: 'x' })).statusCode, 403, 'token:revoke scope required')
+  const none = await revoke(app1, ops, { tokenId: 'tk_AAAAAAAAAAAAAAAAAAAAAA', reason: 'nothing' })
+  t.same(none.json(), { revoked: 0, upstreamStillValidUntil: null })
+})
+
+t.test('the audit trail records every action with its actor, pages, filters and never holds a token', async (t) => {
+  const { ops, app1, tokens, clients, simA, simB } = await setup(t)
+  await issue(app1, clients.a, 'one') // a cache hit
+  await app1.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: 'Bearer wrong' }, payload: { server: 'one' } })
+  await revoke(app1, ops, { client: 'b', reason: 'left the company' })
+
+  const all = (await app1.inject({ method: 'GET', url: '/v1/audit?limit=1000', headers: ops.auth })).json().events
+  const actions = all.map((e: { action: string }) => e.action)
+  t.same([...new Set(actions)].sort(), ['auth.denied', 'token.issue', 'token.revoke'])
+  const issues = all.filter((e: { action: string }) => e.action === 'token.issue')
+  t.equal(issues.length, 5)
+  t.same(issues.map((e: { detail: { source: string } }) => e.detail.source).sort(), ['cache', 'upstream', 'upstream', 'upstream', 'upstream'])
+  t.ok(issues.every((e: { requestId: string, ip: string }) => e.requestId && e.ip), 'request id and ip recorded')
+  t.ok(all.every((e: { time: string }, i: number) => i === 0 || Date.parse(e.time) <= Date.parse(all[i - 1].time)), 'newest first')
+
+  const page1 = (await app1.inject({ method: 'GET', url: '/v1/audit?limit=3', headers: ops.auth })).json()
+  t.equal(page1.events.length, 3)
+  const page2 = (await app1.inject({ method: 'GET', url: `/v1/audit?limit=3&cursor=${page1.next}`, headers: ops.auth })).json()
+  const page3 = (await app1.inject({ method: 'GET', url: `/v1/audit?limit=3&cursor=${page2.next}`, headers: ops.auth })).json()
+  t.same([...page1.events, ...page2.events, ...page3.events].map((e: { id: string }) => e.id), all.slice(0, 8).map((e: { id: string }) => e.id), 'pages follow on')
+  const filtered = (await app1.inject({ method: 'GET', url: '/v1/audit?client=a&server=one', headers: ops.auth })).json().events
+  t.ok(filtered.length === 2 && filtered.every((e: { client: string, server: string }) => e.client === 'a' && e.server === 'one'), 'filters AND together')
+  const byToken = (await app1.inject({ method: 'GET', url: `/v1/audit?tokenId=${tokens.b2.tokenId}`, headers: ops.auth })).json().events
+  t.same(byToken.map((e: { action: string }) => e.action), ['token.revoke', 'token.issue'])
+  const future = (await app1.inject({ method: 'GET', url: `/v1/audit?since=${new Date(Date.now() + 60_000).toISOString()}`, headers: ops.auth })).json()
+  t.same(future, { events: [], next: null }, 'since excludes older events')
+  const bad = await app1.inject({ method: 'GET', url: '/v1/audit?limit=5000', headers: ops.auth })
+  t.equal(bad.statusCode, 400)
+
+  const exported = await app1.inject({ method: 'GET', url: '/v1/audit/export?action=token.issue', headers: ops.auth })
+  t.equal(exported.headers['content-type'], 'application/x-ndjson')
+  const lines = exported.body.trim().split('\n').map((l) => JSON.parse(l))
+  t.equal(lines.length, 5)
+  t.ok(lines.every((e, i) => i === 0 || e.id > lines[i - 1].id), 'export is oldest first')
+
+  // Scan the stream itself: no raw token, no admin token, no client secret.
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  const raw = JSON.stringify(await redis.xrange(app1.broker.store.keys.audit, '-', '+'))
+  for (const [name, secret] of [...Object.entries(tokens).map(([k, v]) => [k, (v as { token: string }).token]),
+    ['admin A', simA.adminToken], ['admin B', simB.adminToken], ['secret', clients.a.secret], ['ops secret', ops.secret]]) {
+    t.notOk(raw.includes(secret), `audit stream never holds ${name}`)
+  }
+})
+
+t.test('trace finds who held a leaked token', async (t) => {
+  const { ops, app1, tokens, clients } = await setup(t)
+  const r = await app1.inject({ method: 'POST', url: '/v1/audit/trace', headers: ops.auth, payload: { token: tokens.b2.token } })
+  t.equal(r.statusCode, 200)
+  t.match(r.json(), { holder: { client: 'b', server: 'two', tokenId: tokens.b2.tokenId } })
+  t.ok(r.json().events.length >= 1)
+  t.notOk(app1.logs.text.includes(tokens.b2.token), 'the traced token is not logged')
+  const unknown = await app1.inject({ method: 'POST', url: '/v1/audit/trace', headers: ops.auth, payload: { token: 'never-issued' } })
+  t.same(unknown.json().holder, null)
+  t.same(unknown.json().events, [])
+  t.equal((await app1.inject({ method: 'POST', url: '/v1/audit/trace', headers: clients.a.auth, payload: { token: 'x' } })).statusCode, 403)
+})
+
+t.test('issuing fails closed when the audit trail cannot be written', async (t) => {
+  const { app1, clients, tokens } = await setup(t)
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  const key = app1.broker.store.keys.audit
+  // Replace the stream by a plain string: every XADD now fails (WRONGTYPE).
+  await redis.del(key)
+  await redis.set(key, 'not a stream')
+  const r = await app1.inject({ method: 'POST', url: '/v1/tokens', headers: clients.a.auth, payload: { server: 'one' } })
+  t.equal(r.statusCode, 503)
+  t.equal(r.json().code, 'STORE_UNAVAILABLE')
+  t.notOk(r.body.includes(tokens.a1.token), 'no unaudited token handed out')
+  const ready = await app1.inject({ method: 'GET', url: '/readyz' })
+  t.equal(ready.statusCode, 503, 'not ready while the trail cannot be written')
+  await redis.del(key)
+  t.equal((await app1.inject({ method: 'POST', url: '/v1/tokens', headers: clients.a.auth, payload: { server: 'one' } })).statusCode, 200, 'heals by itself')
+  t.equal((await app1.inject({ method: 'GET', url: '/readyz' })).statusCode, 200)
+})
+
+t.test('audit retention trims old events', async (t) => {
+  const { app1 } = await setup(t)
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  const key = app1.broker.store.keys.audit
+  for (let i = 1; i <= 200; i++) await redis.xadd(key, `${1000 + i}-0`, 'action', 'old.event')
+  const before = await redis.xlen(key)
+  await app1.broker.audit.trim(30 * 86_400_000)
+  const after = await redis.xlen(key)
+  t.ok(after < before, `old events trimmed (${before} → ${after})`)
+  const recent = await redis.xrange(key, '-', '+')
+  t.ok(recent.some(([, f]) => f.includes('token.issue')), 'recent events kept')
+})
+
+t.test('servers status and manual rotation', async (t) => {
+  const { ops, app1, clients, simA, tokens } = await setup(t)
+  const r = await app1.inject({ method: 'GET', url: '/v1/servers', headers: ops.auth })
+  t.equal(r.statusCode, 200)
+  const one = r.json().servers.find((s: { name: string }) => s.name === 'one')
+  t.match(one, { name: 'one', url: simA.url, machineIdentifier: simA.machineIdentifier, activeTokens: 2, adminToken: { source: 'token' } })
+  t.equal(typeof one.vulnerable, 'boolean')
+  t.equal((await app1.inject({ method: 'GET', url: '/v1/servers', headers: clients.a.auth })).statusCode, 403)
+  const rot = await app1.inject({ method: 'POST', url: '/v1/servers/one/rotate', headers: ops.auth })
+  t.equal(rot.statusCode, 202)
+  t.same(rot.json(), { rotating: 2 })
+  const jobs = await app1.broker.queues.tokens.getJobs(['waiting', 'delayed', 'prioritized'])
+  t.same(jobs.map((j) => j.data.tokenId).sort(), [tokens.a1.tokenId, tokens.b1.tokenId].sort(), 'one rotation job per active token, ids only')
+  t.notOk(JSON.stringify(jobs.map((j) => j.data)).includes(tokens.a1.token), 'job data carries no token')
+  t.equal((await app1.inject({ method: 'POST', url: '/v1/servers/nope/rotate', headers: ops.auth })).statusCode, 404)
+})

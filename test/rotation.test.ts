@@ -1,0 +1,194 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyInstance } from 'fastify'
+import { backoffDelay, BACKOFF_CAP_MS } from '../src/jobs/queues.ts'
+import { sweepInterval } from '../src/jobs/runner.ts'
+import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix } from './helper.ts'
+
+// Short lifetimes, real BullMQ workers, real timers (issue 3 "Done when").
+const FAST = { tokenLifetimeMs: 10_000, tokenRenewAfterMs: 4000, probeIntervalMs: 1000, role: 'all' as const }
+
+async function issue (app: FastifyInstance, c: TestClient, extra: Record<string, unknown> = {}) {
+  const r = await app.inject({ method: 'POST', url: '/v1/tokens', headers: c.auth, payload: { server: 'default', ...extra } })
+  return { status: r.statusCode, body: r.json() }
+}
+
+async function state (app: FastifyInstance, c: TestClient, tokenId: string): Promise<string> {
+  return (await app.inject({ method: 'GET', url: `/v1/tokens/${tokenId}`, headers: c.auth })).json().state
+}
+
+/** Polls until `check` holds or `ms` pass; returns how long it took, or -1. */
+async function within (ms: number, check: () => Promise<boolean>): Promise<number> {
+  const start = Date.now()
+  while (Date.now() - start < ms) {
+    if (await check()) return Date.now() - start
+    await sleep(100)
+  }
+  return -1
+}
+
+t.test('backoff grows exponentially, is capped, and is jittered', async (t) => {
+  t.equal(backoffDelay(1, () => 0), 500)
+  t.equal(backoffDelay(1, () => 1), 1000)
+  t.equal(backoffDelay(4, () => 1), 8000)
+  t.equal(backoffDelay(30, () => 1), BACKOFF_CAP_MS)
+  t.equal(backoffDelay(30, () => 0), BACKOFF_CAP_MS / 2)
+  t.equal(sweepInterval(24 * 3600_000), 60_000)
+  t.equal(sweepInterval(4000), 1000)
+})
+
+t.test('an active client\'s token is rotated in the background and no served token is ever dead', async (t) => {
+  const sim = await startSim(t, { tokenLifetimeMs: FAST.tokenLifetimeMs })
+  const a = makeClient('rotating')
+  const auditor = makeClient('auditor', { scopes: ['audit:read'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('rot'), [serverFor(sim)], [a, auditor], FAST))
+
+  const first = await issue(app, a)
+  t.equal(first.status, 200)
+  const renewIn = Date.parse(first.body.renewAt) - Date.parse(first.body.issuedAt)
+  t.ok(renewIn <= 4000 && renewIn >= 3600, `renewAt is TOKEN_RENEW_AFTER minus up to 10% jitter (${renewIn} ms)`)
+
+  const seen = new Set<string>()
+  let dead = 0
+  const end = Date.now() + 15_000
+  while (Date.now() < end) {
+    const r = await issue(app, a)
+    t.equal(r.status, 200)
+    seen.add(r.body.tokenId)
+    if (!sim.isTokenValid(r.body.token)) dead++
+    await sleep(300)
+  }
+  t.equal(dead, 0, 'not one returned token was rejected by PMS')
+  t.ok(seen.size >= 3, `rotated in the background (${seen.size} tokens in 15 s)`)
+  t.equal(await state(app, a, first.body.tokenId), 'expired', 'the first token has passed its lifetime')
+  const ids = [...seen]
+  t.equal(await state(app, a, ids[ids.length - 2]), 'rotated', 'the previous token shows rotated')
+
+  const events = (await app.inject({ method: 'GET', url: '/v1/audit?action=token.rotate&client=rotating', headers: auditor.auth })).json().events
+  t.ok(events.length >= 2, 'each rotation is audited')
+  t.match(events[0], { client: 'rotating', server: 'default', tokenId: /^tk_/, fingerprint: /^[0-9a-f]{16,}$/, detail: { reason: 'scheduled' } })
+})
+
+t.test('an idle client\'s token is not renewed forever', async (t) => {
+  const sim = await startSim(t, { tokenLifetimeMs: 3000 })
+  const a = makeClient('idle')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('rot'), [serverFor(sim)], [a],
+    { ...FAST, tokenLifetimeMs: 3000, tokenRenewAfterMs: 1000 }))
+  const first = await issue(app, a)
+  await sleep(7000)
+  const store = app.broker.store
+  t.equal(await store.peek('idle', 'default'), undefined, 'after a lifetime without asking, nothing is kept alive')
+  const rotated = await store.call(() => store.redis.xrange(store.keys.audit, '-', '+'))
+  const rotations = rotated.filter(([, f]) => f.includes('token.rotate') && f.includes('idle'))
+  t.ok(rotations.length <= 2, `rotated at most while still active (${rotations.length})`)
+  t.not((await issue(app, a)).body.tokenId, first.body.tokenId)
+})
+
+t.test('a PMS restart is detected and active clients hold valid tokens within the probe interval + 3 s', async (t) => {
+  const sim = await startSim(t)
+  const clients = ['r1', 'r2', 'r3', 'r4', 'r5'].map((id) => makeClient(id))
+  const auditor = makeClient('auditor', { scopes: ['audit:read', 'server:read'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('restart'), [serverFor(sim)], [...clients, auditor],
+    { ...FAST, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 30_000 }))
+  const before = new Map<string, string>()
+  for (const c of clients) before.set(c.id, (await issue(app, c)).body.tokenId)
+  // Let the first probes record the identity and mint the canary.
+  t.ok(await within(5000, async () => (await app.broker.states.get('default')).state === 'up'), 'server probed up')
+  await within(3000, async () => await app.broker.store.peek('~canary', 'default') !== undefined)
+
+  await sim.restart({ downForMs: 1500 })
+  const back = Date.now()
+  const store = app.broker.store
+  const allValid = async (): Promise<boolean> => {
+    for (const c of clients) {
+      const id = await store.peek(c.id, 'default')
+      if (id === undefined || id === before.get(c.id)) return false
+      const token = await store.reveal(id)
+      if (token === undefined || !sim.isTokenValid(token)) return false
+    }
+    return true
+  }
+  const took = await within(FAST.probeIntervalMs + 3000, allValid)
+  t.ok(took >= 0, `every active client holds a token PMS accepts ${Date.now() - back} ms after PMS answered again`)
+  for (const c of clients) t.equal(await state(app, c, before.get(c.id)!), 'invalidated', `${c.id}'s old token shows invalidated`)
+  const audit = await app.inject({ method: 'GET', url: '/v1/audit?action=server.restart', headers: auditor.auth })
+  t.equal(audit.json().events.length, 1, 'one server.restart event')
+  const servers = await app.inject({ method: 'GET', url: '/v1/servers', headers: auditor.auth })
+  t.ok(servers.json().servers[0].lastRestartAt !== null)
+})
+
+t.test('a restart with a new version is detected from /identity alone', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('ver')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('restart'), [serverFor(sim)], [a], { ...FAST, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 30_000 }))
+  const first = await issue(app, a)
+  t.ok(await within(5000, async () => (await app.broker.states.get('default')).version !== null))
+  await sim.restart({ version: '1.43.0.10000-aaaaaaaaa' })
+  t.ok(await within(4000, async () => (await state(app, a, first.body.tokenId)) === 'invalidated'), 'tokens invalidated')
+  t.equal((await app.broker.states.get('default')).version, '1.43.0.10000-aaaaaaaaa')
+})
+
+t.test('rejectedTokenId: a fresh token for a dead one, the same token for a live one', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('reporter')
+  // API role only: no probes, so only the client's report can notice the restart.
+  const app = await buildTestApp(t, testConfig(uniquePrefix('reject'), [serverFor(sim)], [a]))
+  const live = await issue(app, a)
+  const mints = sim.counters.mints
+  const again = await issue(app, a, { rejectedTokenId: live.body.tokenId })
+  t.equal(again.status, 200)
+  t.equal(again.body.tokenId, live.body.tokenId, 'PMS still accepts it: same token')
+  t.equal(sim.counters.mints, mints, 'a client cannot force a mint')
+  const reports = await Promise.all(Array.from({ length: 5 }, () => issue(app, a, { rejectedTokenId: live.body.tokenId })))
+  t.same(new Set(reports.map((r) => r.body.tokenId)), new Set([live.body.tokenId]))
+
+  await sim.restart()
+  const fresh = await issue(app, a, { rejectedTokenId: live.body.tokenId })
+  t.equal(fresh.status, 200)
+  t.not(fresh.body.tokenId, live.body.tokenId, 'dead token replaced')
+  t.ok(sim.isTokenValid(fresh.body.token))
+  t.equal(await state(app, a, live.body.tokenId), 'invalidated')
+  const probe = await app.broker.queues.probes.getJobs(['waiting', 'delayed', 'prioritized'])
+  t.ok(probe.some((j) => j.name === 'probe' && j.data.trigger === 'rejection'), 'a restart check of the server was queued')
+
+  const other = await issue(app, a, { rejectedTokenId: 'tk_AAAAAAAAAAAAAAAAAAAAAA' })
+  t.equal(other.status, 404, 'an unknown token id is a 404')
+})
+
+t.test('PMS failing: rotation backs off instead of looping, and recovers when PMS returns', async (t) => {
+  const sim = await startSim(t, { tokenLifetimeMs: 20_000 })
+  const a = makeClient('patient')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('backoff'), [serverFor(sim)], [a],
+    { ...FAST, tokenLifetimeMs: 20_000, tokenRenewAfterMs: 2000 }))
+  const first = await issue(app, a)
+  await within(3000, async () => (await app.broker.states.get('default')).state === 'up')
+  sim.setFault({ status: 503 })
+  sim.resetCounters()
+  await sleep(6000)
+  const requests = sim.counters.requests
+  // Per second: one probe (/identity), a few rotation retries with growing waits, event stream reconnects.
+  t.ok(requests <= 30, `no tight loop: ${requests} requests to a failing PMS in 6 s`)
+  t.ok((sim.counters.byPath['/security/token'] ?? 0) >= 1, 'rotation was attempted')
+  const during = await issue(app, a)
+  t.equal(during.body.tokenId, first.body.tokenId, 'the live token is still served while rotation fails')
+  sim.setFault({})
+  t.ok(await within(15_000, async () => (await issue(app, a)).body.tokenId !== first.body.tokenId), 'rotation succeeds once PMS answers')
+})
+
+t.test('two broker instances run each probe once per period in total', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('shared')
+  const prefix = uniquePrefix('multi')
+  const cfg = testConfig(prefix, [serverFor(sim)], [a], { ...FAST, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 30_000 })
+  const one = await buildTestApp(t, cfg)
+  const two = await buildTestApp(t, { ...cfg })
+  await Promise.all([one.ready(), two.ready()])
+  await issue(one, a)
+  await sleep(2000)
+  sim.resetCounters()
+  await sleep(5000)
+  const identity = sim.counters.byPath['/identity'] ?? 0
+  t.ok(identity >= 3 && identity <= 7, `about one /identity probe per second in total, not per instance (${identity} in 5 s)`)
+  const schedulers = await one.broker.queues.probes.getJobSchedulers(0, -1)
+  t.equal(schedulers.filter((s) => s.key === 'probe.default').length, 1, 'one probe scheduler')
+})
