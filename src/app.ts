@@ -19,6 +19,9 @@ import auth, { type DenialReason } from './plugins/auth.ts'
 import errorHandler, { describe } from './plugins/error-handler.ts'
 import { loggerOptions } from './logger.ts'
 import { createRedis } from './redis.ts'
+import { Metrics } from './metrics.ts'
+import metricsPlugin from './plugins/metrics.ts'
+import rateLimits from './plugins/rate-limits.ts'
 import healthRoutes from './routes/health.ts'
 import tokenRoutes from './routes/tokens.ts'
 import opsRoutes from './routes/ops.ts'
@@ -42,6 +45,7 @@ export interface Broker {
   audit: AuditLog
   /** Counts revocations by selector kind. */
   revoked: (selector: string, count: number) => void
+  metrics: Metrics
   /** Audits and counts a refused request; never throws. */
   denied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
   /** Counts a token handed out. */
@@ -62,6 +66,8 @@ export interface AppOverrides {
   /** Where logs go (tests capture them). */
   logStream?: DestinationStream
   now?: () => number
+  /** Skip Node's default process metrics (tests that build many apps in one process). */
+  defaultMetrics?: boolean
   /** Stable X-Plex-Client-Identifier; by default derived from REDIS_PREFIX so all instances share one. */
   plexClientIdentifier?: string
 }
@@ -87,13 +93,15 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     requestTimeout: 15_000,
     keepAliveTimeout: 72_000,
     routerOptions: { maxParamLength: 128 },
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   })
   app.addSchema(ErrorSchema)
 
+  const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
   const redis = createRedis(config.redisUrl, 'cache', logger)
   const keys = createKeys(config.redisPrefix)
   const store = new TokenStore({
+    onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
     redis,
     keys,
     crypto: deriveKeys(config.brokerSecret),
@@ -105,6 +113,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     clientIdentifier: overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`,
     timeoutMs: config.plexTimeoutMs,
     concurrency: config.plexConcurrency,
+    onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
   })
   const states = new ServerStates(store, plex)
   const issuer = new TokenIssuer({
@@ -116,11 +125,19 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     mintWaitMs: config.plexTimeoutMs * 2 + 2000,
     lockTtlMs: config.plexTimeoutMs * 2 + 1000,
     machineIdentifier: (s) => states.machineIdentifier(s),
+    onMint: (server, result) => metrics.mints.inc({ server, result }),
   })
   const queueRedis = createRedis(config.redisUrl, 'queue', logger)
   const queues = createQueues(queueRedis, keys.queuePrefix)
   const servers = new Map(config.servers.map((s) => [s.name, s]))
-  const rotator = new Rotator({ store, issuer, servers, logger, activeWindowMs: config.tokenLifetimeMs })
+  const rotator = new Rotator({
+    store,
+    issuer,
+    servers,
+    logger,
+    activeWindowMs: config.tokenLifetimeMs,
+    onRotate: (server, reason) => metrics.rotations.inc({ server, reason }),
+  })
   const probe = new ServerProbe({
     store,
     states,
@@ -129,6 +146,10 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     logger,
     activeWindowMs: config.tokenLifetimeMs,
     onRestart: async (server, clients) => { await queueRemints(queues, server, clients, store.now()) },
+    onRestartDetected: (server, invalidated) => {
+      metrics.restarts.inc({ server })
+      metrics.invalidations.inc({ server, reason: 'restart' }, invalidated)
+    },
   })
   const rejection = new RejectionCheck({
     store,
@@ -136,6 +157,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     issuer,
     logger,
     onConfirmed: (server) => {
+      metrics.invalidations.inc({ server, reason: 'rejected' })
       triggerProbe(queues, server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
     },
   })
@@ -175,13 +197,15 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     probe,
     runner,
     audit,
-    revoked: () => {},
+    metrics,
+    revoked: (selector, n) => metrics.revocations.inc({ selector }, n),
     denied: (request, reason, client, detail) => {
       request.log.info({ reason, client }, 'request denied')
+      metrics.authFailures.inc({ reason })
       store.audit({ action: 'auth.denied', client, detail: { reason, route: request.routeOptions.url, ...detail } },
         { requestId: request.id, ip: request.ip }).catch((err: unknown) => request.log.warn({ err: describe(err) }, 'audit write failed'))
     },
-    served: () => {},
+    served: (server, source) => metrics.tokensServed.inc({ server, source }),
     reportRejected: (client, server, tokenId, ctx) => rejection.report(client, server, tokenId, ctx),
     readiness: async () => {
       const checks: Record<string, string> = {}
@@ -196,8 +220,11 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   }
   app.decorate('broker', broker)
 
-  await app.register(errorHandler)
-  await app.register(auth, { clients: config.clients, onDenied: broker.denied })
+  const rateRedis = createRedis(config.redisUrl, 'ratelimit', logger)
+  await app.register(rateLimits, { redis: rateRedis, prefix: config.redisPrefix, defaultLimit: config.defaultRateLimit, metrics })
+  await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
+  await app.register(metricsPlugin, { metrics, token: config.metricsToken, refresh: () => refreshGauges(broker) })
+  await app.register(auth, { clients: config.clients, onDenied: broker.denied, limits: app.limits })
 
   // One log line per request: id, client, route pattern, status and duration (pino adds time).
   app.addHook('onResponse', async (request, reply) => {
@@ -218,7 +245,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     await runner?.close()
     await queues.close()
     await plex.close()
-    for (const c of [workerRedis, queueRedis]) await c?.quit().catch(() => c.disconnect())
+    for (const c of [workerRedis, queueRedis, rateRedis]) await c?.quit().catch(() => c.disconnect())
     await redis.quit().catch(() => redis.disconnect())
   })
 
@@ -226,4 +253,23 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   await app.register(tokenRoutes)
   await app.register(opsRoutes)
   return app
+}
+
+/** Gauges that live in Redis (shared by every instance), read at scrape time. */
+async function refreshGauges (broker: Broker): Promise<void> {
+  const { metrics, store } = broker
+  const now = store.now()
+  for (const name of broker.servers.keys()) {
+    const st = await broker.states.get(name)
+    if (st.state === 'unknown') metrics.serverUp.remove({ server: name })
+    else metrics.serverUp.set({ server: name }, st.state === 'up' ? 1 : 0)
+    metrics.adminTokenValid.set({ server: name }, st.adminToken === 'valid' ? 1 : st.adminToken === 'invalid' ? 0 : -1)
+    metrics.activeTokens.set({ server: name }, st.activeTokens ?? 0)
+    if (st.oldestExpiresAt === null) metrics.oldestExpiry.remove({ server: name })
+    else metrics.oldestExpiry.set({ server: name }, Math.max(0, (st.oldestExpiresAt - now) / 1000))
+  }
+  for (const [queue, q] of [['tokens', broker.queues.tokens], ['probes', broker.queues.probes]] as const) {
+    const counts = await store.call(() => q.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children'))
+    for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue, state }, n)
+  }
 }

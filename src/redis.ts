@@ -14,7 +14,9 @@ export function createRedis (url: string, role: RedisRole, logger: Logger, extra
     connectionName: `ptb-${role}`,
     enableAutoPipelining: role === 'cache',
     maxRetriesPerRequest: role === 'worker' ? null : 1,
-    commandTimeout: requestPath ? 1000 : undefined,
+    // Rate limits fail open, so they must give up quickly: a stalled Redis costs a request at
+    // most 250 ms per limit check before the token store's own deadline answers 503.
+    commandTimeout: role === 'ratelimit' ? 250 : requestPath ? 1000 : undefined,
     connectTimeout: 2000,
     // Reconnect quickly but never spin: 50 ms doubling up to 2 s.
     retryStrategy: (times) => Math.min(50 * 2 ** times, 2000),

@@ -31,6 +31,8 @@ export interface ServerProbeOptions {
   /** Called after a restart was handled, with the clients that need a fresh token now. */
   onRestart?: (server: string, clients: string[]) => Promise<void> | void
   onStateChange?: (server: string, state: 'up' | 'down') => void
+  /** Called once per detected restart with the number of tokens invalidated (metrics). */
+  onRestartDetected?: (server: string, invalidated: number) => void
 }
 
 /**
@@ -93,6 +95,7 @@ export class ServerProbe {
     const { store, states, logger } = this.#o
     const { count } = await store.retire({ server: server.name }, 'invalidated', 'token.invalidate', { reason: 'server_restart' })
     await states.update(server.name, { lastRestartAt: store.now() })
+    this.#o.onRestartDetected?.(server.name, count)
     await store.audit({ action: 'server.restart', server: server.name, detail: { reasons, version, invalidated: count } })
     const clients = (await store.activeClients(server.name, this.#o.activeWindowMs)).filter((c) => c !== CANARY_CLIENT)
     logger.warn({ server: server.name, reasons, invalidated: count, active: clients.length }, 'PMS restart detected; tokens invalidated')

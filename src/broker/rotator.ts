@@ -47,7 +47,8 @@ export class Rotator {
     const out: DueRotation[] = []
     for (const server of this.#o.servers.keys()) {
       const clients = (await store.activeClients(server, activeWindowMs)).filter((c) => c !== CANARY_CLIENT)
-      if (clients.length === 0) continue
+      let active = 0
+      let oldest = 0
       for (let i = 0; i < clients.length; i += 1000) {
         const batch = clients.slice(i, i + 1000)
         const ids = await store.call(() => store.redis.mget(batch.map((c) => store.keys.current(c, server))))
@@ -60,9 +61,13 @@ export class Rotator {
           if (err !== null) return
           const [state, issuedAt, renewAt, expiresAt] = (f as Array<string | null>).map((v) => (v === null ? NaN : v))
           if (state !== 'active' || now >= Number(expiresAt)) return
+          active++
+          if (oldest === 0 || Number(expiresAt) < oldest) oldest = Number(expiresAt)
           if (now >= Number(renewAt) || Number(issuedAt) > now) out.push({ tokenId: live[j].id, client: live[j].client, server })
         })
       }
+      // Shared with every instance's /metrics through the server hash.
+      await store.call(() => store.redis.hset(store.keys.server(server), { activeTokens: active, oldestExpiresAt: oldest === 0 ? '' : oldest }))
     }
     return out
   }

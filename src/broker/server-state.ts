@@ -13,6 +13,9 @@ export interface ServerState {
   /** Last verdict on the admin token (issue 8): PMS or plex.tv rejected it → invalid; an outage → unknown. */
   adminToken: 'valid' | 'invalid' | 'unknown'
   adminCheckedAt: number | null
+  /** Written by each rotation sweep: active tokens and the earliest expiry among them. */
+  activeTokens: number | null
+  oldestExpiresAt: number | null
 }
 
 /**
@@ -58,10 +61,12 @@ export class ServerStates {
       lastRestartAt: num(h.lastRestartAt),
       adminToken: (h.adminToken as ServerState['adminToken'] | undefined) ?? 'unknown',
       adminCheckedAt: num(h.adminCheckedAt),
+      activeTokens: num(h.activeTokens),
+      oldestExpiresAt: num(h.oldestExpiresAt),
     }
   }
 
-  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt', string | number>>): Promise<void> {
+  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'activeTokens' | 'oldestExpiresAt', string | number>>): Promise<void> {
     await this.#store.call(() => this.#store.redis.hset(this.#store.keys.server(name), fields))
   }
 

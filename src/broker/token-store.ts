@@ -61,6 +61,8 @@ export interface TokenStoreOptions {
   /** Upper bound of one store call; Redis stalls turn into STORE_UNAVAILABLE instead of hangs. */
   timeoutMs?: number
   now?: () => number
+  /** Called for every audit event written (metrics). */
+  onAudit?: (action: string, count: number) => void
 }
 
 type Reply = Array<string | number | null>
@@ -99,6 +101,7 @@ export class TokenStore {
   readonly #recordTtlMs: number
   readonly #timeoutMs: number
   readonly now: () => number
+  readonly #onAudit: (action: string, count: number) => void
 
   constructor (opts: TokenStoreOptions) {
     this.redis = opts.redis
@@ -108,6 +111,7 @@ export class TokenStore {
     this.#recordTtlMs = opts.recordTtlMs
     this.#timeoutMs = opts.timeoutMs ?? 1500
     this.now = opts.now ?? Date.now
+    this.#onAudit = opts.onAudit ?? (() => {})
     defineScripts(this.redis)
   }
 
@@ -140,6 +144,7 @@ export class TokenStore {
       k.current(client, server), k.active(server), k.audit,
       k.tokenPrefix, client, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen))
     if (r[0] !== 'hit') return undefined
+    this.#onAudit('token.issue', 1)
     const tokenId = String(r[1])
     return {
       tokenId,
@@ -187,6 +192,7 @@ export class TokenStore {
       input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', ctx.requestId, ctx.ip,
       JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs))
     if (r[0] !== 'ok') return undefined
+    if (input.audit !== undefined) this.#onAudit(input.audit.action, 1)
     return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
   }
 
@@ -242,14 +248,17 @@ export class TokenStore {
     const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index,
       k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
       ctx.requestId, ctx.ip, JSON.stringify(detail), this.#maxlen))
+    if (Number(count) > 0) this.#onAudit(action, Number(count))
     return { count: Number(count), latestExpiresAt: Number(latest) }
   }
 
   /** Appends an audit event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async audit (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
-    return await this.call(() => this.redis.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
+    const id = await this.call(() => this.redis.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
       e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', ctx.requestId, ctx.ip,
       JSON.stringify(e.detail ?? {})))
+    this.#onAudit(e.action, 1)
+    return id
   }
 
   /** Takes a short-lived lock; returns the owner string when taken, undefined when someone else holds it. */

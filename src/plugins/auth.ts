@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import type { ClientConfig, Scope } from '../config.ts'
 import { digestEquals, sha256 } from '../broker/crypto.ts'
 import { forbidden, unauthenticated } from '../errors.ts'
+import type { Limits } from './rate-limits.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -21,6 +22,8 @@ export interface AuthOptions {
   clients: readonly ClientConfig[]
   /** Audit and count a denial. Must not throw. */
   onDenied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
+  /** Brute-force protection per IP and the per-client limit, applied around authentication. */
+  limits?: Limits
 }
 
 /**
@@ -45,18 +48,24 @@ export function bearer (request: FastifyRequest): string | undefined {
 
 async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
   app.decorateRequest('client', null)
-  app.decorate('authenticate', (scope: Scope | Scope[]) => async function authenticate (request: FastifyRequest, _reply: FastifyReply) {
+  const { limits } = opts
+  app.decorate('authenticate', (scope: Scope | Scope[]) => async function authenticate (request: FastifyRequest, reply: FastifyReply) {
+    // An address that failed too often is refused before its secret is even looked at.
+    await limits?.checkAuthFailures(request)
     const secret = bearer(request)
     if (secret === undefined) {
       opts.onDenied(request, 'missing_credential')
+      await limits?.recordAuthFailure(request)
       throw unauthenticated('Missing bearer credential: send Authorization: Bearer <client secret>.')
     }
     const client = findClient(opts.clients, secret)
     if (client === undefined) {
       opts.onDenied(request, 'unknown_secret')
+      await limits?.recordAuthFailure(request)
       throw unauthenticated('Unknown client credential.')
     }
     request.client = client
+    await limits?.client(request, reply)
     const wanted = Array.isArray(scope) ? scope : [scope]
     if (!wanted.some((s) => client.scopes.includes(s))) {
       opts.onDenied(request, 'missing_scope', client.id, { scope: wanted.join(' or ') })

@@ -30,7 +30,7 @@ export function sendError (reply: FastifyReply, request: FastifyRequest, statusC
  * their (safe) message; anything 5xx that is not a BrokerError becomes INTERNAL with a generic
  * message, and only the log sees the cause.
  */
-async function errorHandler (app: FastifyInstance): Promise<void> {
+async function errorHandler (app: FastifyInstance, opts: { notFoundPreHandler?: (request: FastifyRequest, reply: FastifyReply) => Promise<void> }): Promise<void> {
   app.setErrorHandler((err: FastifyError | BrokerError, request, reply) => {
     if (err instanceof BrokerError) {
       if (err.statusCode >= 500) request.log.warn({ code: err.code, cause: describe(err.cause) }, err.message)
@@ -51,7 +51,7 @@ async function errorHandler (app: FastifyInstance): Promise<void> {
     return sendError(reply, request, 500, 'INTERNAL', 'Internal error.')
   })
 
-  app.setNotFoundHandler((request, reply) => {
+  app.setNotFoundHandler({ preHandler: opts.notFoundPreHandler }, (request, reply) => {
     return sendError(reply, request, 404, 'NOT_FOUND', `Route ${request.method} ${request.url.split('?')[0]} not found.`)
   })
 }

@@ -1,0 +1,129 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from '@prometheus-io/client'
+
+/**
+ * Every metric the broker exports, in one registry per app (tests build many apps in one process).
+ * Labels are bounded by configuration: server names, route patterns, fixed enums. Never a token,
+ * a secret, a raw URL or a client-supplied string.
+ */
+export class Metrics {
+  readonly registry = new Registry()
+
+  readonly httpDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'HTTP request duration by route pattern',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    // The hot path answers in well under a millisecond; 1 ms … 1 s resolves it and the slow tail.
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers: [this.registry],
+  })
+
+  readonly tokensServed = new Counter({
+    name: 'ptb_tokens_served_total',
+    help: 'Tokens handed to clients, from cache or freshly minted upstream',
+    labelNames: ['server', 'source'] as const,
+    registers: [this.registry],
+  })
+
+  readonly mints = new Counter({
+    name: 'ptb_mints_total',
+    help: 'Upstream /security/token calls by result',
+    labelNames: ['server', 'result'] as const,
+    registers: [this.registry],
+  })
+
+  readonly rotations = new Counter({
+    name: 'ptb_rotations_total',
+    help: 'Tokens replaced by reason: scheduled (age), restart (PMS restarted), rejected (client report), manual (ops)',
+    labelNames: ['server', 'reason'] as const,
+    registers: [this.registry],
+  })
+
+  readonly revocations = new Counter({
+    name: 'ptb_revocations_total',
+    help: 'Tokens revoked by ops, by selector kind',
+    labelNames: ['selector'] as const,
+    registers: [this.registry],
+  })
+
+  readonly invalidations = new Counter({
+    name: 'ptb_invalidations_total',
+    help: 'Tokens invalidated because PMS lost them (restart or rejection)',
+    labelNames: ['server', 'reason'] as const,
+    registers: [this.registry],
+  })
+
+  readonly restarts = new Counter({
+    name: 'ptb_restarts_detected_total',
+    help: 'PMS restarts detected',
+    labelNames: ['server'] as const,
+    registers: [this.registry],
+  })
+
+  readonly upstreamDuration = new Histogram({
+    name: 'ptb_upstream_request_duration_seconds',
+    help: 'PMS request duration by endpoint and outcome',
+    labelNames: ['server', 'endpoint', 'outcome'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  })
+
+  readonly serverUp = new Gauge({
+    name: 'ptb_server_up',
+    help: '1 when the last probe reached PMS, 0 when it did not (absent while unknown)',
+    labelNames: ['server'] as const,
+    registers: [this.registry],
+  })
+
+  readonly oldestExpiry = new Gauge({
+    name: 'ptb_oldest_active_token_expiry_seconds',
+    help: 'Seconds until the oldest active token of the server expires (as of the last rotation sweep); alert when low: rotation is failing',
+    labelNames: ['server'] as const,
+    registers: [this.registry],
+  })
+
+  readonly activeTokens = new Gauge({
+    name: 'ptb_active_tokens',
+    help: 'Active tokens of the server (clients that asked within TOKEN_LIFETIME), as of the last rotation sweep',
+    labelNames: ['server'] as const,
+    registers: [this.registry],
+  })
+
+  readonly adminTokenValid = new Gauge({
+    name: 'ptb_admin_token_valid',
+    help: '1 valid, 0 invalid, -1 unknown (PMS or plex.tv unreachable): the last admin token check per server',
+    labelNames: ['server'] as const,
+    registers: [this.registry],
+  })
+
+  readonly auditEvents = new Counter({
+    name: 'ptb_audit_events_total',
+    help: 'Audit events written by this instance, by action',
+    labelNames: ['action'] as const,
+    registers: [this.registry],
+  })
+
+  readonly rateLimited = new Counter({
+    name: 'ptb_rate_limited_total',
+    help: 'Requests answered 429, by limit',
+    labelNames: ['limit'] as const,
+    registers: [this.registry],
+  })
+
+  readonly authFailures = new Counter({
+    name: 'ptb_auth_failures_total',
+    help: 'Requests refused by authentication or authorization, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  })
+
+  readonly queueJobs = new Gauge({
+    name: 'ptb_queue_jobs',
+    help: 'BullMQ jobs by queue and state',
+    labelNames: ['queue', 'state'] as const,
+    registers: [this.registry],
+  })
+
+  constructor (opts: { defaultMetrics?: boolean } = {}) {
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry })
+  }
+}

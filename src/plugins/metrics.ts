@@ -1,0 +1,53 @@
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { digestEquals, sha256 } from '../broker/crypto.ts'
+import type { Metrics } from '../metrics.ts'
+import { sendError } from './error-handler.ts'
+
+export interface MetricsPluginOptions {
+  metrics: Metrics
+  /** When set, `/metrics` requires `Authorization: Bearer <token>` (METRICS_TOKEN). */
+  token?: string
+  /** Refreshes gauges read from Redis (server state, queue depth) just before a scrape. */
+  refresh: () => Promise<void>
+}
+
+/** Request duration for every route, and `GET /metrics` in Prometheus text format. */
+async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions): Promise<void> {
+  const { metrics } = opts
+  const expected = opts.token === undefined ? undefined : sha256(opts.token)
+
+  app.addHook('onResponse', async (request, reply) => {
+    metrics.httpDuration.observe({
+      method: request.method,
+      // The route pattern, never the raw URL: unknown paths share one label value.
+      route: request.routeOptions.url ?? 'unmatched',
+      status_code: String(reply.statusCode),
+    }, reply.elapsedTime / 1000)
+  })
+
+  app.get('/metrics', {
+    config: { rateLimit: false },
+    schema: {
+      summary: 'Prometheus metrics',
+      description: 'Text exposition format. Requires `Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set.',
+      tags: ['health'],
+      produces: ['text/plain'],
+      response: { 200: { type: 'string' }, 401: { $ref: 'Error#' } },
+    },
+  }, async (request, reply) => {
+    if (expected !== undefined) {
+      const header = request.headers.authorization ?? ''
+      const given = header.startsWith('Bearer ') ? header.slice(7) : ''
+      if (!digestEquals(sha256(given), expected)) {
+        metrics.authFailures.inc({ reason: 'metrics_token' })
+        return sendError(reply, request, 401, 'UNAUTHENTICATED', 'Send Authorization: Bearer <METRICS_TOKEN>.')
+      }
+    }
+    // Gauges read from Redis are best effort: a Redis outage must not hide the process metrics.
+    await opts.refresh().catch(() => {})
+    return await reply.type(metrics.registry.contentType).send(await metrics.registry.metrics())
+  })
+}
+
+export default fp(metricsPlugin, { name: 'metrics' })
