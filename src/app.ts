@@ -22,6 +22,7 @@ import { createRedis } from './redis.ts'
 import { Metrics } from './metrics.ts'
 import metricsPlugin from './plugins/metrics.ts'
 import rateLimits from './plugins/rate-limits.ts'
+import docs from './plugins/docs.ts'
 import healthRoutes from './routes/health.ts'
 import tokenRoutes from './routes/tokens.ts'
 import opsRoutes from './routes/ops.ts'
@@ -223,6 +224,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   const rateRedis = createRedis(config.redisUrl, 'ratelimit', logger)
   await app.register(rateLimits, { redis: rateRedis, prefix: config.redisPrefix, defaultLimit: config.defaultRateLimit, metrics })
   await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
+  await app.register(docs, { version: '0.1.0' })
   await app.register(metricsPlugin, { metrics, token: config.metricsToken, refresh: () => refreshGauges(broker) })
   await app.register(auth, { clients: config.clients, onDenied: broker.denied, limits: app.limits })
 
