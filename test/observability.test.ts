@@ -1,0 +1,166 @@
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+
+const ERROR_KEYS = ['code', 'error', 'message', 'requestId', 'statusCode']
+
+t.test('/metrics exposes the broker\'s metrics with bounded labels and no secrets', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('metered')
+  const ops = makeClient('ops', { scopes: ['token:revoke'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('metrics'), [serverFor(sim)], [a, ops]))
+  const tok = (await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })).json()
+  await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })
+  await app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: 'Bearer nope' }, payload: { server: 'default' } })
+  await app.inject({ method: 'GET', url: `/v1/tokens/${tok.tokenId}?secret=${a.secret}`, headers: a.auth })
+  await app.inject({ method: 'POST', url: '/v1/revoke', headers: ops.auth, payload: { client: 'metered', reason: 'metrics test' } })
+
+  const r = await app.inject({ method: 'GET', url: '/metrics' })
+  t.equal(r.statusCode, 200)
+  t.match(r.headers['content-type'], /text\/plain/)
+  const text = r.body
+  t.match(text, /ptb_tokens_served_total\{server="default",source="upstream"\} 1/)
+  t.match(text, /ptb_tokens_served_total\{server="default",source="cache"\} 1/)
+  t.match(text, /ptb_mints_total\{server="default",result="ok"\} 1/)
+  t.match(text, /ptb_revocations_total\{selector="client"\} 1/)
+  t.match(text, /ptb_auth_failures_total\{reason="unknown_secret"\} 1/)
+  t.match(text, /ptb_audit_events_total\{action="token.issue"\} 2/)
+  t.match(text, /ptb_upstream_request_duration_seconds_count\{server="default",endpoint="[a-z_]+",outcome="ok"\} \d/)
+  t.match(text, /http_request_duration_seconds_bucket\{le="0.001",method="POST",route="\/v1\/tokens",status_code="200"\}/)
+  t.match(text, /route="\/v1\/tokens\/:tokenId"/, 'route label is the pattern')
+  t.notMatch(text, new RegExp(tok.tokenId), 'never a raw URL or token id in a label')
+  t.match(text, /ptb_queue_jobs\{queue="tokens",state="waiting"\} 0/)
+  t.match(text, /process_cpu_user_seconds_total/, 'default process metrics')
+  for (const secret of [tok.token, a.secret, sim.adminToken]) t.notOk(text.includes(secret), 'no secret in metrics')
+
+  const promtool = spawnSync('promtool', ['--version'])
+  if (promtool.status === 0) {
+    const dir = mkdtempSync(join(tmpdir(), 'ptb-metrics-'))
+    writeFileSync(join(dir, 'metrics.txt'), text)
+    const check = spawnSync('sh', ['-c', `promtool check metrics < ${join(dir, 'metrics.txt')}`], { encoding: 'utf8' })
+    t.equal(check.status, 0, `promtool check metrics: ${check.stdout}${check.stderr}`)
+  } else {
+    t.comment('promtool not installed: exposition format checked by the parser below only')
+  }
+  // Minimal exposition-format check that always runs: every sample line parses.
+  const bad = text.split('\n').filter((l) => l !== '' && !l.startsWith('#') &&
+    !/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? -?(\d+(\.\d+)?(e[+-]?\d+)?|NaN|\+Inf|-Inf)$/.test(l))
+  t.same(bad, [], 'every sample line is valid exposition format')
+})
+
+t.test('METRICS_TOKEN protects /metrics', async (t) => {
+  const sim = await startSim(t)
+  const app = await buildTestApp(t, testConfig(uniquePrefix('metrics'), [serverFor(sim)], [], { metricsToken: 'scrape-me' }), { defaultMetrics: false })
+  const denied = await app.inject({ method: 'GET', url: '/metrics' })
+  t.equal(denied.statusCode, 401)
+  t.same(Object.keys(denied.json()).sort(), ERROR_KEYS)
+  t.equal((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer wrong' } })).statusCode, 401)
+  t.equal((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer scrape-me' } })).statusCode, 200)
+})
+
+t.test('per-client rate limit answers 429 RATE_LIMITED with Retry-After and rate-limit headers', async (t) => {
+  const sim = await startSim(t)
+  const slow = makeClient('slow', { rateLimit: { max: 3, timeWindowMs: 60_000 } })
+  const fast = makeClient('fast')
+  const cfg = testConfig(uniquePrefix('ratelimit'), [serverFor(sim)], [slow, fast])
+  const one = await buildTestApp(t, cfg, { defaultMetrics: false })
+  const two = await buildTestApp(t, { ...cfg }, { defaultMetrics: false })
+  const call = (app: typeof one, c: typeof slow) => app.inject({ method: 'POST', url: '/v1/tokens', headers: c.auth, payload: { server: 'default' } })
+  const first = await call(one, slow)
+  t.equal(first.headers['x-ratelimit-limit'], '3')
+  t.equal(first.headers['x-ratelimit-remaining'], '2')
+  await call(two, slow)
+  await call(one, slow)
+  const limited = await call(two, slow)
+  t.equal(limited.statusCode, 429, 'the limit holds across instances (Redis-backed)')
+  t.same(Object.keys(limited.json()).sort(), ERROR_KEYS)
+  t.equal(limited.json().code, 'RATE_LIMITED')
+  t.ok(Number(limited.headers['retry-after']) > 0, 'Retry-After')
+  t.equal((await call(one, fast)).statusCode, 200, 'another client is not affected')
+  t.match((await one.inject({ method: 'GET', url: '/metrics' })).body, /ptb_rate_limited_total\{limit="client"\} 1/)
+})
+
+t.test('repeated failed authentication from one address is refused, even with a good secret', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('victim')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('bruteforce'), [serverFor(sim)], [a]), { defaultMetrics: false })
+  const statuses: number[] = []
+  for (let i = 0; i < 22; i++) {
+    statuses.push((await app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: `Bearer guess-${i}` }, payload: { server: 'default' } })).statusCode)
+  }
+  t.same(statuses.slice(0, 20), Array(20).fill(401))
+  t.same(statuses.slice(20), [429, 429])
+  const good = await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })
+  t.equal(good.statusCode, 429, 'a correct guess after the limit is not confirmed')
+  const other = await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' }, remoteAddress: '10.0.0.9' })
+  t.equal(other.statusCode, 200, 'other addresses are unaffected')
+})
+
+t.test('unknown routes are rate limited per address', async (t) => {
+  const sim = await startSim(t)
+  const app = await buildTestApp(t, testConfig(uniquePrefix('notfound'), [serverFor(sim)], []), { defaultMetrics: false })
+  let last = 0
+  for (let i = 0; i < 61; i++) last = (await app.inject({ method: 'GET', url: `/probe-${i}` })).statusCode
+  t.equal(last, 429)
+  const r = await app.inject({ method: 'GET', url: '/admin' })
+  t.equal(r.json().code, 'RATE_LIMITED')
+})
+
+t.test('OpenAPI document covers every route with its error shape', async (t) => {
+  const sim = await startSim(t)
+  const app = await buildTestApp(t, testConfig(uniquePrefix('docs'), [serverFor(sim)], []), { defaultMetrics: false })
+  const r = await app.inject({ method: 'GET', url: '/docs/json' })
+  t.equal(r.statusCode, 200)
+  const doc = r.json()
+  t.equal(doc.openapi, '3.1.0')
+  for (const path of ['/v1/tokens', '/v1/tokens/{tokenId}', '/v1/revoke', '/v1/audit', '/v1/audit/export', '/v1/audit/trace', '/v1/servers', '/v1/servers/{name}/rotate', '/healthz', '/readyz', '/metrics']) {
+    t.ok(doc.paths[path], `documents ${path}`)
+  }
+  t.ok(doc.components.schemas.Error, 'the Error schema is shared')
+  t.equal((await app.inject({ method: 'GET', url: '/docs' })).statusCode < 400, true, 'UI served')
+})
+
+t.test('logs: one line per request with id, client, route, status, duration; never a secret on any path', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('logged')
+  const ops = makeClient('ops', { scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('logs'), [serverFor(sim)], [a, ops]), { defaultMetrics: false })
+  const tok = (await app.inject({ method: 'POST', url: '/v1/tokens', headers: { ...a.auth, 'x-request-id': 'req-123' }, payload: { server: 'default' } })).json()
+  // Every route and error path, with secrets placed where careless code would log them.
+  const calls = [
+    { method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default', rejectedTokenId: tok.tokenId } },
+    { method: 'POST', url: `/v1/tokens?token=${tok.token}`, headers: a.auth, payload: { server: 'default' } },
+    { method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: tok.token } },
+    { method: 'POST', url: '/v1/tokens', headers: a.auth, payload: `{"server": "${sim.adminToken}"` },
+    { method: 'POST', url: '/v1/tokens', headers: { authorization: `Bearer ${sim.adminToken}` }, payload: { server: 'default' } },
+    { method: 'POST', url: '/v1/tokens', headers: { authorization: `Bearer ${tok.token}`, 'x-plex-token': tok.token }, payload: {} },
+    { method: 'GET', url: `/v1/tokens/${tok.tokenId}`, headers: a.auth },
+    { method: 'GET', url: `/v1/tokens/${tok.token}`, headers: a.auth },
+    { method: 'POST', url: '/v1/audit/trace', headers: ops.auth, payload: { token: tok.token } },
+    { method: 'GET', url: '/v1/audit?limit=5', headers: ops.auth },
+    { method: 'GET', url: '/v1/audit/export', headers: ops.auth },
+    { method: 'GET', url: '/v1/servers', headers: ops.auth },
+    { method: 'POST', url: '/v1/servers/default/rotate', headers: ops.auth },
+    { method: 'POST', url: '/v1/revoke', headers: ops.auth, payload: { tokenId: tok.tokenId, reason: `leaked ${tok.token}` } },
+    { method: 'GET', url: `/nope?X-Plex-Token=${sim.adminToken}` },
+    { method: 'GET', url: '/healthz' },
+    { method: 'GET', url: '/readyz' },
+    { method: 'GET', url: '/metrics' },
+  ] as const
+  for (const c of calls) {
+    const r = await app.inject(c as never)
+    if (r.statusCode >= 400) t.same(Object.keys(r.json()).sort(), ERROR_KEYS, `${c.method} ${c.url.slice(0, 30)}: error shape`)
+    t.notOk(r.body.includes(sim.adminToken), 'no admin token in any answer')
+  }
+  const records = app.logs.records()
+  const req = records.find((l) => l.msg === 'request' && l.reqId === 'req-123')
+  t.match(req, { reqId: 'req-123', client: 'logged', route: '/v1/tokens', statusCode: 200, durationMs: Number })
+  t.ok(records.some((l) => l.msg === 'token minted'), 'lifecycle: mint at info')
+  t.ok(records.some((l) => l.msg === 'tokens revoked'), 'lifecycle: revoke at info')
+  for (const [what, secret] of [['token', tok.token], ['admin token', sim.adminToken], ['client secret', a.secret], ['ops secret', ops.secret]]) {
+    t.notOk(app.logs.text.includes(secret), `no ${what} in the logs`)
+  }
+})
