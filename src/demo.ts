@@ -1,0 +1,143 @@
+/**
+ * `npm run demo`: the whole product on one machine with nothing configured. Starts the PMS
+ * simulator, uses the Redis at REDIS_URL when one answers (else starts a private redis-server
+ * with its data under ./.demo/), creates a demo client and an ops client, runs the broker with
+ * its workers, and prints ready-to-paste curl commands. Ctrl-C stops everything it started.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdirSync } from 'node:fs'
+import { createServer, connect } from 'node:net'
+import { resolve } from 'node:path'
+import closeWithGrace from 'close-with-grace'
+import { buildApp } from './app.ts'
+import { sha256 } from './broker/crypto.ts'
+import { type ClientConfig, type Config, ConfigError, loadConfig } from './config.ts'
+import { startSimFromEnv } from './sim/main.ts'
+
+const out = (s = ''): void => { process.stdout.write(`${s}\n`) }
+
+/** Resolves true when something answers PING at this Redis URL within a second. */
+export function redisAnswers (url: string): Promise<boolean> {
+  const u = new URL(url)
+  return new Promise((done) => {
+    const s = connect(Number(u.port || 6379), u.hostname)
+    const finish = (ok: boolean): void => { s.destroy(); done(ok) }
+    s.setTimeout(1000, () => finish(false))
+    s.on('error', () => finish(false))
+    s.on('connect', () => s.write('PING\r\n'))
+    s.on('data', (d) => finish(d.toString().startsWith('+PONG') || d.toString().startsWith('-NOAUTH')))
+  })
+}
+
+export async function freePort (): Promise<number> {
+  return await new Promise((done, fail) => {
+    const srv = createServer()
+    srv.on('error', fail)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number }
+      srv.close(() => done(port))
+    })
+  })
+}
+
+/** Starts a redis-server for the demo, persisting under `dir`. Throws a clear message when none is installed. */
+export async function startRedis (dir: string): Promise<{ url: string, child: ChildProcess }> {
+  if (spawnSync('redis-server', ['--version']).status !== 0) {
+    throw new Error('No Redis answers on REDIS_URL and no redis-server is installed. ' +
+      'Install the Debian package: sudo apt-get install redis-server (or set REDIS_URL to a running Redis).')
+  }
+  mkdirSync(dir, { recursive: true })
+  const port = await freePort()
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
+    '--appendonly', 'yes', '--save', '', '--maxmemory-policy', 'noeviction'], { stdio: 'ignore' })
+  const url = `redis://127.0.0.1:${port}`
+  for (let i = 0; i < 50; i++) {
+    if (await redisAnswers(url)) return { url, child }
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  child.kill()
+  throw new Error(`redis-server did not start on port ${port}`)
+}
+
+async function main (): Promise<void> {
+  const env = process.env
+  let redisUrl = env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+  let redisChild: ChildProcess | undefined
+  if (!(await redisAnswers(redisUrl))) {
+    const started = await startRedis(resolve('.demo', 'redis'))
+    redisUrl = started.url
+    redisChild = started.child
+    out(`Started redis-server on ${redisUrl} (data in ./.demo/redis)`)
+  }
+
+  const simPort = env.SIM_PORT ?? String(await freePort())
+  const controlPort = env.SIM_CONTROL_PORT ?? String(await freePort())
+  const sim = await startSimFromEnv({ ...env, SIM_PORT: simPort, SIM_CONTROL_PORT: controlPort })
+
+  const demoSecret = `demo_${randomBytes(18).toString('base64url')}`
+  const opsSecret = `ops_${randomBytes(18).toString('base64url')}`
+  let config: Config
+  try {
+    config = loadConfig({
+      ...env,
+      BROKER_DEMO: '1',
+      REDIS_URL: redisUrl,
+      REDIS_PREFIX: env.REDIS_PREFIX ?? 'ptb-demo',
+      PLEX_URL: sim.sim.url,
+      PLEX_TOKEN: sim.sim.adminToken,
+      PLEX_TOKEN_FILE: undefined,
+      PLEX_PREFERENCES_PATH: undefined,
+      BROKER_CONFIG: undefined,
+      PLEX_PROBE_INTERVAL: env.PLEX_PROBE_INTERVAL ?? '2s',
+    })
+  } catch (err) {
+    await sim.close()
+    redisChild?.kill()
+    throw err
+  }
+  const clients: ClientConfig[] = [
+    { id: 'demo', secretSha256: sha256(demoSecret), servers: '*', scopes: ['token:issue', 'source:connect'], rateLimit: config.defaultRateLimit, sources: '*' },
+    { id: 'ops', secretSha256: sha256(opsSecret), servers: '*', scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'], rateLimit: config.defaultRateLimit, sources: [] },
+  ]
+  const app = await buildApp({ ...config, clients })
+  await app.listen({ host: config.host, port: config.port })
+  const base = `http://127.0.0.1:${config.port}`
+
+  out()
+  out('plex-token-broker demo is running')
+  out(`  broker          ${base}   (OpenAPI UI: ${base}/docs)`)
+  out(`  PMS simulator   ${sim.sim.url}`)
+  out(`  Redis           ${redisUrl}   prefix ${config.redisPrefix}`)
+  out()
+  out('Get a token as the demo client:')
+  out(`  curl -s -X POST ${base}/v1/tokens -H 'Authorization: Bearer ${demoSecret}' -H 'Content-Type: application/json' -d '{"server":"default"}'`)
+  out()
+  out('Use it against PMS (the simulator):')
+  out(`  curl -s ${sim.sim.url}/ -H 'Accept: application/json' -H 'X-Plex-Token: <token from above>'`)
+  out()
+  out('Simulate a PMS restart (every transient token dies), then watch the broker recover:')
+  out(`  curl -s -X POST '${sim.controlUrl}/restart?downMs=2000'`)
+  out(`  curl -s ${base}/v1/servers -H 'Authorization: Bearer ${opsSecret}'`)
+  out(`  curl -s '${base}/v1/audit?limit=5' -H 'Authorization: Bearer ${opsSecret}'`)
+  out()
+  out('Revoke the demo client\'s tokens:')
+  out(`  curl -s -X POST ${base}/v1/revoke -H 'Authorization: Bearer ${opsSecret}' -H 'Content-Type: application/json' -d '{"client":"demo","reason":"demo"}'`)
+  out()
+  out('Ctrl-C stops the broker, the simulator and any Redis the demo started.')
+
+  closeWithGrace({ delay: 10_000 }, async ({ err }) => {
+    if (err !== undefined) app.log.error({ err: { message: err.message } }, 'demo stopping on error')
+    await app.close()
+    await sim.close()
+    redisChild?.kill('SIGTERM')
+  })
+}
+
+if (import.meta.main) {
+  main().catch((err: unknown) => {
+    const msg = err instanceof ConfigError || err instanceof Error ? err.message : String(err)
+    process.stderr.write(`demo: ${msg}\n`)
+    process.exit(1)
+  })
+}
