@@ -1,0 +1,149 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { PmsSimulator, type PmsSimOptions, type SimFault } from './pms-sim.ts'
+
+/**
+ * `npm run sim`: a PMS simulator on SIM_PORT plus a loopback-only control server, so a demo or a
+ * person can restart PMS, cut the network or inject faults while the broker runs against it.
+ */
+
+export type SimEnv = Record<string, string | undefined>
+
+export interface RunningSim {
+  sim: PmsSimulator
+  control: Server
+  controlUrl: string
+  close: () => Promise<void>
+}
+
+export async function startSimFromEnv (env: SimEnv): Promise<RunningSim> {
+  const adminTokens = env.SIM_ADMIN_TOKEN?.split(',').map((s) => s.trim()).filter((s) => s !== '')
+  const opts: PmsSimOptions = {
+    port: intVar(env, 'SIM_PORT', 32400),
+    host: env.SIM_HOST || '127.0.0.1',
+    adminTokens: adminTokens?.length ? adminTokens : undefined,
+    machineIdentifier: env.SIM_MACHINE_ID || undefined,
+    version: env.SIM_VERSION || undefined,
+    tokenLifetimeMs: env.SIM_TOKEN_LIFETIME ? intVar(env, 'SIM_TOKEN_LIFETIME', 0) : undefined,
+    xmlOnly: boolVar(env, 'SIM_XML_ONLY'),
+  }
+  const controlPort = intVar(env, 'SIM_CONTROL_PORT', 32401)
+  const sim = await PmsSimulator.start(opts)
+  let control: Server
+  try {
+    control = await listenControl(sim, controlPort)
+  } catch (err) {
+    await sim.stop()
+    throw err
+  }
+  const { port } = control.address() as AddressInfo
+  return {
+    sim,
+    control,
+    controlUrl: `http://127.0.0.1:${port}`,
+    close: async () => {
+      await new Promise<void>((resolve) => {
+        control.close(() => resolve())
+        control.closeAllConnections()
+      })
+      await sim.stop()
+    },
+  }
+}
+
+function intVar (env: SimEnv, name: string, fallback: number): number {
+  const raw = env[name]
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`)
+  return n
+}
+
+function boolVar (env: SimEnv, name: string): boolean {
+  return ['1', 'true', 'yes'].includes((env[name] ?? '').toLowerCase())
+}
+
+/** Loopback only: whoever reaches it can take "PMS" down. */
+async function listenControl (sim: PmsSimulator, port: number): Promise<Server> {
+  const server = createServer((req, res) => {
+    control(sim, req, res).catch((err: Error) => reply(res, 500, { error: err.message }))
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  return server
+}
+
+async function control (sim: PmsSimulator, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://control.invalid')
+  const q = url.searchParams
+  const route = `${req.method} ${url.pathname}`
+  switch (route) {
+    case 'GET /counters':
+      return reply(res, 200, { ...sim.counters, transientTokens: sim.transientTokens(), up: sim.isUp, version: sim.version, machineIdentifier: sim.machineIdentifier })
+    case 'POST /restart':
+      await sim.restart({
+        downForMs: num(q.get('downMs')),
+        version: q.get('version') ?? undefined,
+        machineIdentifier: q.get('machineIdentifier') ?? undefined,
+      })
+      return reply(res, 200, { ok: true, version: sim.version })
+    case 'POST /down':
+      await sim.setDown(true)
+      return reply(res, 200, { ok: true, up: false })
+    case 'POST /up':
+      await sim.setDown(false)
+      return reply(res, 200, { ok: true, up: true })
+    case 'POST /fault': {
+      // No parameters clears every fault.
+      const fault: SimFault = {
+        latencyMs: num(q.get('latencyMs')),
+        failEvery: num(q.get('failEvery')),
+        status: num(q.get('status')),
+        garbage: q.has('garbage') ? q.get('garbage') !== '0' : undefined,
+        xmlOnly: q.has('xmlOnly') ? q.get('xmlOnly') !== '0' : undefined,
+      }
+      sim.setFault(fault)
+      return reply(res, 200, { ok: true, fault })
+    }
+    case 'POST /reset-counters':
+      sim.resetCounters()
+      return reply(res, 200, { ok: true })
+    default:
+      return reply(res, 404, { error: 'unknown control route', routes: ['GET /counters', 'POST /restart?downMs=&version=', 'POST /down', 'POST /up', 'POST /fault?status=&latencyMs=&failEvery=&garbage=1&xmlOnly=1', 'POST /reset-counters'] })
+  }
+}
+
+function num (v: string | null): number | undefined {
+  if (v === null || v === '') return undefined
+  const n = Number(v)
+  return Number.isFinite(n) ? n : undefined
+}
+
+function reply (res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) return
+  res.writeHead(status, { 'Content-Type': 'application/json' })
+  res.end(JSON.stringify(body))
+}
+
+if (import.meta.main) {
+  const running = await startSimFromEnv(process.env)
+  const { sim } = running
+  // A token given through the environment is the operator's; only a generated one is printed whole.
+  const token = process.env.SIM_ADMIN_TOKEN ? `${sim.adminToken.slice(0, 4)}… (from SIM_ADMIN_TOKEN)` : sim.adminToken
+  process.stdout.write([
+    `PMS simulator ${sim.url}  machineIdentifier ${sim.machineIdentifier}  version ${sim.version}`,
+    `admin X-Plex-Token: ${token}`,
+    `control ${running.controlUrl}: GET /counters, POST /restart?downMs=, POST /down, POST /up, POST /fault, POST /reset-counters`,
+    '',
+  ].join('\n'))
+  const shutdown = (): void => {
+    running.close().then(() => process.exit(0), () => process.exit(1))
+  }
+  process.once('SIGINT', shutdown)
+  process.once('SIGTERM', shutdown)
+}

@@ -1,0 +1,627 @@
+import { randomBytes, randomUUID } from 'node:crypto'
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo, Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+/**
+ * A Plex Media Server simulator for tests and the demo: only the endpoints the broker talks to,
+ * answering with the shapes, status codes and bodies of ../../../shared/plex-api.md (cited as §n).
+ * Where the doc marks a behaviour UNCERTAIN, the choice made here is written next to the code.
+ */
+
+export interface SimConnection {
+  protocol: 'http' | 'https'
+  address: string
+  port: number
+  uri: string
+  /** On the server's LAN. */
+  local: boolean
+  /** Through a Plex relay. */
+  relay: boolean
+}
+
+/** A source PMS knows, answered by `/security/resources?source=` (§3). */
+export interface SimSource {
+  /** Prefixed id: `server://<clientIdentifier>` or `provider://<identifier>`. */
+  source: string
+  name: string
+  clientIdentifier: string
+  connections: SimConnection[]
+}
+
+export interface SimFault {
+  /** Delays every response. */
+  latencyMs?: number
+  /** Every Nth request (counted from this setFault call) answers 500. */
+  failEvery?: number
+  /** `/security/token` answers 200 with a body no parser accepts. */
+  garbage?: boolean
+  /** Ignore `Accept: application/json` and answer XML, as some proxies do. */
+  xmlOnly?: boolean
+  /** Every request answers this status. */
+  status?: number
+}
+
+export interface SimCounters {
+  requests: number
+  /** Transient tokens minted by `/security/token`. */
+  mints: number
+  /** 401 answers. */
+  unauthorized: number
+  identity: number
+  byPath: Record<string, number>
+}
+
+export interface PmsSimOptions {
+  /** Default 0 (any free port); restarts and outages re-listen on the port first bound. */
+  port?: number
+  /** Default 127.0.0.1. */
+  host?: string
+  /** Tokens with admin access. Default: one random token. */
+  adminTokens?: string[]
+  /** Default: 40 random hex characters, like PMS's ProcessedMachineIdentifier (§4.1). */
+  machineIdentifier?: string
+  /** Default {@link DEFAULT_VERSION}. */
+  version?: string
+  friendlyName?: string
+  /** Transient tokens die this long after they were minted. Default 48 h (§2: "up to 48 hours"). */
+  tokenLifetimeMs?: number
+  /** Always answer XML. Default false. */
+  xmlOnly?: boolean
+  /** Default true. */
+  claimed?: boolean
+  /** Base latency of every response, in addition to a fault's. Default 0. */
+  latencyMs?: number
+  /** Sources for `/security/resources`. Default {@link DEFAULT_SOURCES}. */
+  sources?: SimSource[]
+  /** Interval of the event stream's ping. Default 10 s. */
+  pingIntervalMs?: number
+  /**
+   * Whether a transient token may mint another one. §2 leaves it UNCERTAIN; the default false
+   * makes the broker prove it always mints with the admin token.
+   */
+  transientCanMint?: boolean
+  /** Clock for token expiry, for tests. */
+  now?: () => number
+}
+
+export interface RestartOptions {
+  /** How long the port refuses connections before PMS is back. Default 0. */
+  downForMs?: number
+  /** A new version, as after an upgrade. */
+  version?: string
+  machineIdentifier?: string
+}
+
+/** The version the doc's CVE note names as the last affected one (§2), so the broker's warning shows. */
+export const DEFAULT_VERSION = '1.42.2.10156-f737b826c'
+
+/** `/security/resources` exists from PMS 1.15.4 on (§3). */
+const RESOURCES_MIN_VERSION = [1, 15, 4]
+
+/** One shared server with a LAN, a public and a relay connection (the §3 example), and one cloud provider. */
+export const DEFAULT_SOURCES: SimSource[] = [
+  {
+    source: 'server://243b471948ace337a8f92f129ec97d1902fcb1df',
+    name: 'PlexCorp (plex-corp)',
+    clientIdentifier: '243b471948ace337a8f92f129ec97d1902fcb1df',
+    connections: [
+      plexDirect('10.0.2.123', 32400, true, false),
+      plexDirect('64.71.188.222', 32403, false, false),
+      plexDirect('139.162.158.105', 8443, false, true),
+    ],
+  },
+  {
+    source: 'provider://tv.plex.provider.vod',
+    name: 'Movies & Shows',
+    clientIdentifier: 'tv.plex.provider.vod',
+    connections: [{ protocol: 'https', address: 'vod.provider.plex.tv', port: 443, uri: 'https://vod.provider.plex.tv', local: false, relay: false }],
+  },
+]
+
+function plexDirect (address: string, port: number, local: boolean, relay: boolean): SimConnection {
+  const host = `${address.replaceAll('.', '-')}.93b10b279ff8456686414add109854cd.plex.direct`
+  return { protocol: 'https', address, port, uri: `https://${host}:${port}`, local, relay }
+}
+
+type Attrs = Record<string, string | number | boolean>
+
+/** One element of an answer, rendered as XML (the default) or as PMS's JSON (§1.1). */
+interface Node {
+  tag: string
+  attrs: Attrs
+  children?: Node[]
+  /** JSON renders this child as an object rather than an array (`MediaContainer.Device`, §3). */
+  single?: boolean
+}
+
+interface Transient {
+  expiresAt: number
+}
+
+const XML_TYPE = 'text/xml;charset=utf-8'
+const JSON_TYPE = 'application/json'
+/** Headers of every PMS answer seen in the 401 capture (§4.3). */
+const PMS_HEADERS = { 'X-Plex-Protocol': '1.0', 'Cache-Control': 'no-cache' }
+
+/**
+ * PMS's HTML error page. For 401 this is byte for byte the §4.3 capture (91 bytes); the other
+ * statuses follow the same pattern, as §2 and §3 only say "text/html".
+ */
+export function htmlErrorBody (status: number): string {
+  const reason = STATUS_CODES[status] ?? 'Error'
+  return `<html><head><title>${reason}</title></head><body><h1>${status} ${reason}</h1></body></html>`
+}
+
+export class PmsSimulator {
+  readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, identity: 0, byPath: {} }
+
+  readonly #host: string
+  #port: number
+  #adminTokens: string[]
+  #machineIdentifier: string
+  #version: string
+  #claimed: boolean
+  readonly #friendlyName: string
+  readonly #lifetimeMs: number
+  readonly #xmlOnly: boolean
+  readonly #baseLatencyMs: number
+  readonly #sources: Map<string, SimSource>
+  readonly #pingIntervalMs: number
+  readonly #transientCanMint: boolean
+  readonly #now: () => number
+  /** Stands for the server's last update time in `/`; §4.2 says not to rely on it, so restarts keep it. */
+  readonly #updatedAt: number
+
+  readonly #transient = new Map<string, Transient>()
+  /** Tokens handed out for other sources: valid there, not on this server. */
+  readonly #sourceTokens = new Map<string, Transient & { source: string }>()
+  #fault: SimFault = {}
+  #faultRequests = 0
+
+  #server: Server | undefined
+  readonly #sockets = new Set<Socket>()
+  readonly #streams = new Set<ServerResponse>()
+  /** Bumped when the listener goes away, so a request delayed across a restart never answers. */
+  #generation = 0
+  #stopped = false
+
+  private constructor (opts: PmsSimOptions) {
+    this.#host = opts.host ?? '127.0.0.1'
+    this.#port = opts.port ?? 0
+    this.#adminTokens = opts.adminTokens?.length ? [...opts.adminTokens] : [randomPlexToken()]
+    this.#machineIdentifier = opts.machineIdentifier ?? randomBytes(20).toString('hex')
+    this.#version = opts.version ?? DEFAULT_VERSION
+    this.#claimed = opts.claimed ?? true
+    this.#friendlyName = opts.friendlyName ?? 'pms-sim'
+    this.#lifetimeMs = opts.tokenLifetimeMs ?? 48 * 3600_000
+    this.#xmlOnly = opts.xmlOnly ?? false
+    this.#baseLatencyMs = opts.latencyMs ?? 0
+    this.#sources = new Map((opts.sources ?? DEFAULT_SOURCES).map((s) => [s.source, s]))
+    this.#pingIntervalMs = opts.pingIntervalMs ?? 10_000
+    this.#transientCanMint = opts.transientCanMint ?? false
+    this.#now = opts.now ?? Date.now
+    this.#updatedAt = Math.floor(this.#now() / 1000)
+  }
+
+  static async start (opts: PmsSimOptions = {}): Promise<PmsSimulator> {
+    const sim = new PmsSimulator(opts)
+    await sim.#listen()
+    return sim
+  }
+
+  get url (): string {
+    const host = this.#host === '0.0.0.0' || this.#host === '::' ? '127.0.0.1' : this.#host
+    return `http://${host.includes(':') ? `[${host}]` : host}:${this.#port}`
+  }
+
+  get port (): number { return this.#port }
+  get adminToken (): string { return this.#adminTokens[0] }
+  get machineIdentifier (): string { return this.#machineIdentifier }
+  get version (): string { return this.#version }
+  get claimed (): boolean { return this.#claimed }
+  /** Whether the port accepts connections now. */
+  get isUp (): boolean { return this.#server !== undefined }
+
+  resetCounters (): void {
+    // In place: tests keep a reference to the live object.
+    this.counters.requests = 0
+    this.counters.mints = 0
+    this.counters.unauthorized = 0
+    this.counters.identity = 0
+    for (const k of Object.keys(this.counters.byPath)) delete this.counters.byPath[k]
+  }
+
+  /** Admin tokens and live transient tokens: what this server accepts as X-Plex-Token. */
+  isTokenValid (token: string): boolean {
+    return this.#tokenKind(token) !== undefined
+  }
+
+  /** A token `/security/resources` handed out for another source, still within its lifetime. */
+  isSourceTokenValid (token: string, source?: string): boolean {
+    const t = this.#sourceTokens.get(token)
+    return t !== undefined && t.expiresAt > this.#now() && (source === undefined || t.source === source)
+  }
+
+  transientTokens (): number {
+    this.#prune()
+    return this.#transient.size
+  }
+
+  setAdminTokens (tokens: string[]): void {
+    // Transient tokens minted earlier live on: the doc has nothing on revoking an admin token.
+    this.#adminTokens = [...tokens]
+  }
+
+  /** Replaces the current fault; `setFault({})` clears it. */
+  setFault (fault: SimFault): void {
+    this.#fault = { ...fault }
+    this.#faultRequests = 0
+  }
+
+  /**
+   * A PMS restart: every transient token dies (§2), every connection drops (event streams
+   * included, §4.4), the port refuses connections for `downForMs`, and the version may change.
+   * Resolves once the server listens again.
+   */
+  async restart (opts: RestartOptions = {}): Promise<void> {
+    await this.#close()
+    this.#transient.clear()
+    if (opts.version !== undefined) this.#version = opts.version
+    if (opts.machineIdentifier !== undefined) this.#machineIdentifier = opts.machineIdentifier
+    if ((opts.downForMs ?? 0) > 0) await sleep(opts.downForMs)
+    if (!this.#stopped) await this.#listen()
+  }
+
+  /** A network outage: connections refused (or re-allowed), but PMS keeps its tokens. */
+  async setDown (down: boolean): Promise<void> {
+    if (down) await this.#close()
+    else if (this.#server === undefined && !this.#stopped) await this.#listen()
+  }
+
+  async stop (): Promise<void> {
+    this.#stopped = true
+    await this.#close()
+  }
+
+  #tokenKind (token: string | undefined): 'admin' | 'transient' | undefined {
+    if (token === undefined || token === '') return undefined
+    if (this.#adminTokens.includes(token)) return 'admin'
+    const t = this.#transient.get(token)
+    if (t === undefined) return undefined
+    if (t.expiresAt <= this.#now()) {
+      this.#transient.delete(token)
+      return undefined
+    }
+    return 'transient'
+  }
+
+  #prune (): void {
+    const now = this.#now()
+    for (const [k, t] of this.#transient) if (t.expiresAt <= now) this.#transient.delete(k)
+    for (const [k, t] of this.#sourceTokens) if (t.expiresAt <= now) this.#sourceTokens.delete(k)
+  }
+
+  async #listen (): Promise<void> {
+    const server = createServer((req, res) => { void this.#handle(req, res) })
+    server.on('connection', (socket) => {
+      this.#sockets.add(socket)
+      socket.once('close', () => this.#sockets.delete(socket))
+    })
+    // The port can stay busy for a moment after the previous listener closed; PMS comes back on
+    // the same port, so retry briefly rather than move.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject)
+          server.listen(this.#port, this.#host, () => {
+            server.off('error', reject)
+            resolve()
+          })
+        })
+        break
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || this.#port === 0 || attempt >= 20) throw err
+        await sleep(50)
+      }
+    }
+    this.#port = (server.address() as AddressInfo).port
+    this.#server = server
+  }
+
+  async #close (): Promise<void> {
+    const server = this.#server
+    if (server === undefined) return
+    this.#server = undefined
+    this.#generation++
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()))
+    for (const stream of this.#streams) stream.destroy()
+    for (const socket of this.#sockets) socket.destroy()
+    server.closeAllConnections()
+    await closed
+  }
+
+  async #handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const generation = this.#generation
+    const url = new URL(req.url ?? '/', 'http://pms.invalid')
+    const path = url.pathname
+    this.counters.requests++
+    this.counters.byPath[path] = (this.counters.byPath[path] ?? 0) + 1
+    if (path === '/identity') this.counters.identity++
+
+    const fault = this.#fault
+    const latency = this.#baseLatencyMs + (fault.latencyMs ?? 0)
+    if (latency > 0) await sleep(latency)
+    if (generation !== this.#generation || res.destroyed) return
+
+    try {
+      if (fault.status !== undefined) return this.#html(res, fault.status)
+      if (fault.failEvery !== undefined && fault.failEvery > 0 && ++this.#faultRequests % fault.failEvery === 0) {
+        return this.#html(res, 500)
+      }
+      this.#route(req, res, url)
+    } catch {
+      if (!res.headersSent) this.#html(res, 500)
+      else res.destroy()
+    }
+  }
+
+  #route (req: IncomingMessage, res: ServerResponse, url: URL): void {
+    const path = url.pathname
+    const method = req.method ?? 'GET'
+    // The two endpoints PMS answers without a token (§4.1, §5.7).
+    if (path === '/identity') {
+      if (method !== 'GET' && method !== 'HEAD') return this.#html(res, 405)
+      return this.#send(req, res, this.#identity())
+    }
+    if (path === '/myplex/claim') {
+      if (method !== 'POST') return this.#html(res, 405)
+      return this.#claim(req, res, url)
+    }
+
+    // Every X-Plex-* header may come as a query argument instead (§1.2).
+    const token = headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
+    const kind = this.#tokenKind(token)
+    if (kind === undefined) {
+      this.counters.unauthorized++
+      return this.#html(res, 401)
+    }
+
+    switch (path) {
+      case '/':
+        if (method !== 'GET' && method !== 'HEAD') return this.#html(res, 405)
+        return this.#send(req, res, this.#root())
+      // "responds to all HTTP verbs but POST is preferred" (§2), so no method check.
+      case '/security/token':
+        return this.#mint(req, res, url, kind)
+      case '/security/resources':
+        if (method !== 'GET') return this.#html(res, 405)
+        return this.#resources(req, res, url)
+      case '/:/eventsource/notifications':
+        if (method !== 'GET') return this.#html(res, 405)
+        return this.#eventStream(res)
+      default:
+        return this.#html(res, 404)
+    }
+  }
+
+  #identity (): Node {
+    return {
+      tag: 'MediaContainer',
+      attrs: { size: 0, claimed: this.#claimed, machineIdentifier: this.#machineIdentifier, version: this.#version },
+    }
+  }
+
+  #root (): Node {
+    const directories = ['activities', 'butler', 'channels', 'clients', 'devices', 'library', 'playlists', 'search', 'statistics', 'system', 'transcode']
+    return {
+      tag: 'MediaContainer',
+      attrs: {
+        size: directories.length,
+        allowCameraUpload: true,
+        allowChannelAccess: true,
+        allowMediaDeletion: true,
+        allowSharing: true,
+        allowSync: true,
+        allowTuners: true,
+        backgroundProcessing: true,
+        certificate: true,
+        companionProxy: true,
+        countryCode: 'usa',
+        diagnostics: 'logs,databases,streaminglogs',
+        eventStream: true,
+        friendlyName: this.#friendlyName,
+        hubSearch: true,
+        itemClusters: true,
+        livetv: 7,
+        machineIdentifier: this.#machineIdentifier,
+        mediaProviders: true,
+        multiuser: true,
+        musicAnalysis: 2,
+        myPlex: this.#claimed,
+        myPlexMappingState: this.#claimed ? 'mapped' : 'unknown',
+        myPlexSigninState: this.#claimed ? 'ok' : 'none',
+        myPlexSubscription: true,
+        myPlexUsername: this.#claimed ? 'sim-owner' : '',
+        offlineTranscode: 1,
+        ownerFeatures: 'camera_upload,cloudsync,content_filter,dvr,hardware_transcoding,home,lyrics,music_videos,pass,photo_autotags,premium_music_metadata,session_bandwidth_restrictions,sync,trailers,webhooks',
+        photoAutoTag: true,
+        platform: 'Linux',
+        platformVersion: '6.8.0-45-generic',
+        pluginHost: true,
+        pushNotifications: false,
+        readOnlyLibraries: false,
+        streamingBrainABRVersion: 3,
+        streamingBrainVersion: 2,
+        sync: true,
+        transcoderActiveVideoSessions: 0,
+        transcoderAudio: true,
+        transcoderLyrics: true,
+        transcoderPhoto: true,
+        transcoderSubtitles: true,
+        transcoderVideo: true,
+        transcoderVideoBitrates: '64,96,208,320,720,1500,2000,3000,4000,8000,10000,12000,20000',
+        transcoderVideoQualities: '0,1,2,3,4,5,6,7,8,9,10,11,12',
+        transcoderVideoResolutions: '128,128,160,240,320,480,768,720,720,1080,1080,1080,1080',
+        updatedAt: this.#updatedAt,
+        updater: true,
+        version: this.#version,
+        voiceSearch: true,
+      },
+      children: directories.map((key) => ({ tag: 'Directory', attrs: { count: 1, key, title: key } })),
+    }
+  }
+
+  /** §2: `type=delegation&scope=all` only; the answer carries the token and nothing else (no expiry). */
+  #mint (req: IncomingMessage, res: ServerResponse, url: URL, kind: 'admin' | 'transient'): void {
+    if (url.searchParams.get('type') !== 'delegation' || url.searchParams.get('scope') !== 'all') return this.#html(res, 400)
+    // §2 lists 403 for "a transient token could not be created".
+    if (kind === 'transient' && !this.#transientCanMint) return this.#html(res, 403)
+    if (this.#fault.garbage === true) {
+      const json = this.#wantsJson(req)
+      const body = json ? '{"MediaContainer":{"size":0,"tok' : '<MediaContainer size="0" token="transient-'
+      res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': json ? JSON_TYPE : XML_TYPE })
+      res.end(body)
+      return
+    }
+    this.#prune()
+    const token = `transient-${randomUUID()}`
+    this.#transient.set(token, { expiresAt: this.#now() + this.#lifetimeMs })
+    this.counters.mints++
+    this.#send(req, res, { tag: 'MediaContainer', attrs: { size: 0, token } })
+  }
+
+  /** §3: admin or transient token (ours all derive from an admin token), PMS ≥ 1.15.4. */
+  #resources (req: IncomingMessage, res: ServerResponse, url: URL): void {
+    if (!versionAtLeast(this.#version, RESOURCES_MIN_VERSION)) return this.#html(res, 404)
+    const id = url.searchParams.get('source')
+    if (id === null || id === '') return this.#html(res, 400)
+    // The doc lists no status for a well-formed but unknown source; 400 ("parameter ... specified
+    // incorrectly") is the closest it offers.
+    const source = this.#sources.get(id)
+    if (source === undefined) return this.#html(res, 400)
+    this.#prune()
+    const accessToken = `transient-${randomUUID()}`
+    this.#sourceTokens.set(accessToken, { source: id, expiresAt: this.#now() + this.#lifetimeMs })
+    this.#send(req, res, {
+      tag: 'MediaContainer',
+      attrs: { size: 1 },
+      children: [{
+        tag: 'Device',
+        single: true,
+        attrs: { name: source.name, clientIdentifier: source.clientIdentifier, accessToken },
+        children: source.connections.map((c) => ({
+          tag: 'Connection',
+          // The §3 XML example writes `relay` only on the relayed connection.
+          attrs: { protocol: c.protocol, address: c.address, port: c.port, uri: c.uri, local: c.local, ...(c.relay ? { relay: true } : {}) },
+        })),
+      }],
+    })
+  }
+
+  /**
+   * §4.4: a stream that stays open until PMS goes away. PMS's heartbeat format is not in the doc;
+   * a named `ping` event with `{}` keeps both the connection and an EventSource client alive.
+   * One is sent at once, so a client knows the stream is open.
+   */
+  #eventStream (res: ServerResponse): void {
+    res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': 'text/event-stream', Connection: 'keep-alive' })
+    const ping = (): void => { res.write('event: ping\ndata: {}\n\n') }
+    ping()
+    const timer = setInterval(ping, this.#pingIntervalMs)
+    timer.unref()
+    this.#streams.add(res)
+    res.once('close', () => {
+      clearInterval(timer)
+      this.#streams.delete(res)
+    })
+  }
+
+  /**
+   * §5.7: only an unclaimed server can be claimed, with a plex.tv claim token (`claim-…`); it
+   * answers the /myplex/account container. The doc names no error statuses: a missing or
+   * malformed token is 400, an already claimed server 403.
+   */
+  #claim (req: IncomingMessage, res: ServerResponse, url: URL): void {
+    const token = url.searchParams.get('token')
+    if (token === null || !token.startsWith('claim-')) return this.#html(res, 400)
+    if (this.#claimed) return this.#html(res, 403)
+    this.#claimed = true
+    this.#send(req, res, {
+      tag: 'MyPlex',
+      attrs: {
+        username: 'sim-owner',
+        mappingState: 'mapped',
+        mappingError: '',
+        signInState: 'ok',
+        privateAddress: '127.0.0.1',
+        privatePort: this.#port,
+        subscriptionActive: true,
+        subscriptionState: 'Active',
+      },
+    })
+  }
+
+  #wantsJson (req: IncomingMessage): boolean {
+    if (this.#xmlOnly || this.#fault.xmlOnly === true) return false
+    return (headerValue(req.headers.accept) ?? '').includes('application/json')
+  }
+
+  /** XML by default, JSON only for `Accept: application/json` (§1.1). */
+  #send (req: IncomingMessage, res: ServerResponse, node: Node): void {
+    const json = this.#wantsJson(req)
+    const body = json ? JSON.stringify({ [node.tag]: toJson(node) }) : `<?xml version="1.0" encoding="UTF-8"?>\n${toXml(node)}\n`
+    res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': json ? JSON_TYPE : XML_TYPE, 'Content-Length': Buffer.byteLength(body) })
+    res.end(body)
+  }
+
+  /** PMS answers errors with HTML whatever the Accept header says (§4.3). */
+  #html (res: ServerResponse, status: number): void {
+    const body = htmlErrorBody(status)
+    res.writeHead(status, { ...PMS_HEADERS, 'Content-Type': 'text/html', 'Content-Length': Buffer.byteLength(body) })
+    res.end(body)
+  }
+}
+
+function headerValue (v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v
+}
+
+/** Looks like a plex.tv token: 20 characters of [A-Za-z0-9_-]. */
+function randomPlexToken (): string {
+  return randomBytes(15).toString('base64url')
+}
+
+/**
+ * Its own version check rather than the broker's compareVersions: the simulator is the yardstick
+ * for the broker, so it must not share the broker's bugs.
+ */
+function versionAtLeast (version: string, min: number[]): boolean {
+  const parts = version.split('-')[0].split('.').map((p) => Number.parseInt(p, 10) || 0)
+  for (let i = 0; i < min.length; i++) {
+    const d = (parts[i] ?? 0) - min[i]
+    if (d !== 0) return d > 0
+  }
+  return true
+}
+
+function escapeXml (s: string): string {
+  return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c] as string)
+}
+
+function toXml (node: Node): string {
+  // PMS writes booleans as 1/0 in XML and as true/false in JSON (§4.1).
+  const attrs = Object.entries(node.attrs)
+    .map(([k, v]) => ` ${k}="${escapeXml(typeof v === 'boolean' ? (v ? '1' : '0') : String(v))}"`).join('')
+  if (node.tag !== 'MediaContainer' && (node.children ?? []).length === 0) return `<${node.tag}${attrs} />`
+  return `<${node.tag}${attrs}>${(node.children ?? []).map(toXml).join('')}</${node.tag}>`
+}
+
+function toJson (node: Node): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...node.attrs }
+  for (const child of node.children ?? []) {
+    if (child.single === true) out[child.tag] = toJson(child)
+    else ((out[child.tag] ??= []) as unknown[]).push(toJson(child))
+  }
+  return out
+}
