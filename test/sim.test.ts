@@ -1,7 +1,7 @@
 import t from 'tap'
 import { XMLParser } from 'fast-xml-parser'
 import { request } from 'undici'
-import { htmlErrorBody, PmsSimulator, type PmsSimOptions } from '../src/sim/pms-sim.ts'
+import { DEFAULT_VERSION, htmlErrorBody, PmsSimulator, type PmsSimOptions } from '../src/sim/pms-sim.ts'
 import { startSimFromEnv } from '../src/sim/main.ts'
 
 /** The exact 401 body of ../../shared/plex-api.md §4.3. */
@@ -307,6 +307,20 @@ t.test('setDown is an outage: refused, then back on the same port with the same 
   t.equal((await call(sim, '/', { token })).status, 200)
 })
 
+t.test('overlapping restarts, outages and stop leave one listener or none', async (t) => {
+  const sim = await start(t)
+  const url = sim.url
+  await Promise.all([sim.restart({ downForMs: 30 }), sim.restart(), sim.setDown(false)])
+  t.ok(sim.isUp)
+  t.equal(sim.url, url)
+  t.equal((await call(sim, '/identity')).status, 200)
+  const restarting = sim.restart({ downForMs: 30 })
+  await sim.stop()
+  await restarting
+  t.notOk(sim.isUp, 'stop wins over a restart in progress')
+  t.ok(await refused(sim))
+})
+
 t.test('xmlOnly answers XML even to Accept: application/json', async (t) => {
   const sim = await start(t, { xmlOnly: true })
   const r = await call(sim, '/security/token?type=delegation&scope=all', { token: sim.adminToken, json: true })
@@ -423,4 +437,12 @@ t.test('startSimFromEnv: a simulator plus its control server', async (t) => {
   await ctl('POST', '/reset-counters')
   t.equal(sim.counters.requests, 0)
   t.equal((await ctl('GET', '/nope')).status, 404)
+})
+
+t.test('startSimFromEnv reads the admin token from SIM_ADMIN_TOKEN_FILE', async (t) => {
+  const dir = t.testdir({ 'plex-token': 'file-admin\n' })
+  const running = await startSimFromEnv({ SIM_PORT: '0', SIM_CONTROL_PORT: '0', SIM_ADMIN_TOKEN_FILE: `${dir}/plex-token` })
+  t.teardown(() => running.close())
+  t.equal(running.sim.adminToken, 'file-admin')
+  t.equal(running.sim.version, DEFAULT_VERSION)
 })

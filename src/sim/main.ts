@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { PmsSimulator, type PmsSimOptions, type SimFault } from './pms-sim.ts'
@@ -16,22 +17,30 @@ export interface RunningSim {
   close: () => Promise<void>
 }
 
+/**
+ * SIM_PORT (32400), SIM_HOST (127.0.0.1), SIM_ADMIN_TOKEN (comma-separated) or SIM_ADMIN_TOKEN_FILE
+ * (a Docker secret), SIM_MACHINE_ID, SIM_VERSION, SIM_TOKEN_LIFETIME (ms), SIM_XML_ONLY,
+ * SIM_CONTROL_PORT (32401), SIM_CONTROL_HOST (127.0.0.1; a container needs 0.0.0.0 and a
+ * loopback-only port mapping instead).
+ */
 export async function startSimFromEnv (env: SimEnv): Promise<RunningSim> {
-  const adminTokens = env.SIM_ADMIN_TOKEN?.split(',').map((s) => s.trim()).filter((s) => s !== '')
+  const rawTokens = env.SIM_ADMIN_TOKEN || (env.SIM_ADMIN_TOKEN_FILE ? await readFile(env.SIM_ADMIN_TOKEN_FILE, 'utf8') : '')
+  const adminTokens = rawTokens.split(',').map((s) => s.trim()).filter((s) => s !== '')
   const opts: PmsSimOptions = {
     port: intVar(env, 'SIM_PORT', 32400),
     host: env.SIM_HOST || '127.0.0.1',
-    adminTokens: adminTokens?.length ? adminTokens : undefined,
+    adminTokens: adminTokens.length > 0 ? adminTokens : undefined,
     machineIdentifier: env.SIM_MACHINE_ID || undefined,
     version: env.SIM_VERSION || undefined,
     tokenLifetimeMs: env.SIM_TOKEN_LIFETIME ? intVar(env, 'SIM_TOKEN_LIFETIME', 0) : undefined,
     xmlOnly: boolVar(env, 'SIM_XML_ONLY'),
   }
   const controlPort = intVar(env, 'SIM_CONTROL_PORT', 32401)
+  const controlHost = env.SIM_CONTROL_HOST || '127.0.0.1'
   const sim = await PmsSimulator.start(opts)
   let control: Server
   try {
-    control = await listenControl(sim, controlPort)
+    control = await listenControl(sim, controlHost, controlPort)
   } catch (err) {
     await sim.stop()
     throw err
@@ -63,14 +72,14 @@ function boolVar (env: SimEnv, name: string): boolean {
   return ['1', 'true', 'yes'].includes((env[name] ?? '').toLowerCase())
 }
 
-/** Loopback only: whoever reaches it can take "PMS" down. */
-async function listenControl (sim: PmsSimulator, port: number): Promise<Server> {
+/** Loopback by default: whoever reaches it can take "PMS" down. */
+async function listenControl (sim: PmsSimulator, host: string, port: number): Promise<Server> {
   const server = createServer((req, res) => {
     control(sim, req, res).catch((err: Error) => reply(res, 500, { error: err.message }))
   })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
-    server.listen(port, '127.0.0.1', () => {
+    server.listen(port, host, () => {
       server.off('error', reject)
       resolve()
     })
@@ -133,8 +142,9 @@ function reply (res: ServerResponse, status: number, body: unknown): void {
 if (import.meta.main) {
   const running = await startSimFromEnv(process.env)
   const { sim } = running
-  // A token given through the environment is the operator's; only a generated one is printed whole.
-  const token = process.env.SIM_ADMIN_TOKEN ? `${sim.adminToken.slice(0, 4)}… (from SIM_ADMIN_TOKEN)` : sim.adminToken
+  // A token the operator gave is only hinted at; a generated one is printed whole, or nobody could use it.
+  const given = process.env.SIM_ADMIN_TOKEN ? 'SIM_ADMIN_TOKEN' : process.env.SIM_ADMIN_TOKEN_FILE ? 'SIM_ADMIN_TOKEN_FILE' : undefined
+  const token = given !== undefined ? `${sim.adminToken.slice(0, 4)}… (from ${given})` : sim.adminToken
   process.stdout.write([
     `PMS simulator ${sim.url}  machineIdentifier ${sim.machineIdentifier}  version ${sim.version}`,
     `admin X-Plex-Token: ${token}`,

@@ -180,6 +180,7 @@ export class PmsSimulator {
   #faultRequests = 0
 
   #server: Server | undefined
+  #listening: Promise<void> | undefined
   readonly #sockets = new Set<Socket>()
   readonly #streams = new Set<ServerResponse>()
   /** Bumped when the listener goes away, so a request delayed across a restart never answers. */
@@ -302,7 +303,14 @@ export class PmsSimulator {
     for (const [k, t] of this.#sourceTokens) if (t.expiresAt <= now) this.#sourceTokens.delete(k)
   }
 
-  async #listen (): Promise<void> {
+  /** One listen at a time: a restart ending while setDown(false) runs must not bind twice. */
+  #listen (): Promise<void> {
+    this.#listening ??= this.#bind().finally(() => { this.#listening = undefined })
+    return this.#listening
+  }
+
+  async #bind (): Promise<void> {
+    if (this.#server !== undefined) return
     const server = createServer((req, res) => { void this.#handle(req, res) })
     server.on('connection', (socket) => {
       this.#sockets.add(socket)
@@ -327,6 +335,8 @@ export class PmsSimulator {
     }
     this.#port = (server.address() as AddressInfo).port
     this.#server = server
+    // stop() came while binding.
+    if (this.#stopped) await this.#close()
   }
 
   async #close (): Promise<void> {
