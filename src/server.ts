@@ -26,4 +26,8 @@ async function main (): Promise<void> {
   await app.listen({ host: config.host, port: config.port })
 }
 
-await main()
+main().catch((err: unknown) => {
+  // Boot failures (port taken, unreadable file…) get one clear line, not a stack trace.
+  process.stderr.write(`plex-token-broker: cannot start: ${err instanceof Error ? err.message : String(err)}\n`)
+  process.exit(1)
+})
