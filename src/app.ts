@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
 import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import type { Config, ServerConfig } from './config.ts'
@@ -80,7 +80,7 @@ export interface AppOverrides {
 export async function buildApp (config: Readonly<Config>, overrides: AppOverrides = {}): Promise<FastifyInstance> {
   const logger = overrides.logStream === undefined ? pino(loggerOptions(config.logLevel)) : pino(loggerOptions(config.logLevel), overrides.logStream)
   const app = Fastify({
-    loggerInstance: logger,
+    loggerInstance: logger as FastifyBaseLogger,
     disableRequestLogging: true,
     genReqId: (req) => {
       const given = req.headers['x-request-id']

@@ -34,8 +34,8 @@ async function startBroker (t: T, env: Record<string, string>): Promise<Broker> 
   return { child, url, output: () => out, exited }
 }
 
-function baseEnv (t: T, sim: { url: string, adminToken: string }, prefix: string, secret: string, extra: Record<string, string> = {}) {
-  const dir = t.testdir({})
+function baseEnv (t: T & { testdir: () => string }, sim: { url: string, adminToken: string }, prefix: string, secret: string, extra: Record<string, string> = {}) {
+  const dir = t.testdir()
   const file = join(dir, 'broker.yaml')
   writeFileSync(file, `clients:\n  - id: proc\n    secretSha256: "${sha256(secret).toString('hex')}"\n    servers: ["*"]\n    scopes: [token:issue]\n`)
   return {

@@ -1,4 +1,5 @@
 import t from 'tap'
+import type { InjectOptions } from 'fastify'
 import { Redis } from 'ioredis'
 import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
@@ -120,7 +121,7 @@ t.test('error codes: every failure is a JSON error with a stable code and no int
   const a = makeClient('a', { servers: ['default'] })
   const noScope = makeClient('noscope', { scopes: ['audit:read'] })
   const app = await buildTestApp(t, testConfig(uniquePrefix('tokens'), [serverFor(sim), serverFor(sim, 'other')], [a, noScope]))
-  const cases: Array<[string, Parameters<typeof app.inject>[0], number, string]> = [
+  const cases: Array<[string, InjectOptions, number, string]> = [
     ['no credential', { method: 'POST', url: '/v1/tokens', payload: { server: 'default' } }, 401, 'UNAUTHENTICATED'],
     ['unknown secret', { method: 'POST', url: '/v1/tokens', headers: { authorization: 'Bearer nope' }, payload: { server: 'default' } }, 401, 'UNAUTHENTICATED'],
     ['basic auth', { method: 'POST', url: '/v1/tokens', headers: { authorization: 'Basic Zm9vOmJhcg==' }, payload: { server: 'default' } }, 401, 'UNAUTHENTICATED'],

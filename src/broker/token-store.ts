@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { Redis, Result } from 'ioredis'
 import { BrokerError, storeUnavailable } from '../errors.ts'
 import { type BrokerKeys, fingerprint, newTokenId, open, seal } from './crypto.ts'
 import type { Keys } from './keys.ts'

@@ -160,7 +160,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     const name = request.params.name
     if (!broker.servers.has(name)) throw notFound(`No server named "${name}".`)
     const clients = await broker.store.activeClients(name, broker.config.tokenLifetimeMs)
-    const jobs = []
+    const jobs: Array<{ name: string, data: { tokenId: string, reason: 'manual' }, opts: { jobId: string } }> = []
     for (const client of clients) {
       const tokenId = await broker.store.peek(client, name)
       if (tokenId !== undefined) jobs.push({ name: 'rotate', data: { tokenId, reason: 'manual' }, opts: { jobId: rotateJobId(tokenId) } })
