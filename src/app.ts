@@ -13,7 +13,7 @@ import { AuditLog } from './broker/audit-log.ts'
 import { ServerProbe } from './broker/probe.ts'
 import { Rotator } from './broker/rotator.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
-import { JobRunner, queueRemints, sweepInterval, triggerProbe } from './jobs/runner.ts'
+import { JobRunner, lockDuration, queueRemints, sweepInterval, triggerProbe } from './jobs/runner.ts'
 import { PlexClient } from './plex/client.ts'
 import auth, { type DenialReason } from './plugins/auth.ts'
 import errorHandler, { describe } from './plugins/error-handler.ts'
@@ -179,6 +179,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       logger,
       probeIntervalMs: config.probeIntervalMs,
       sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
+      lockDurationMs: lockDuration(config.tokenRenewAfterMs),
       concurrency: config.plexConcurrency,
       onSweep: async () => { await audit.trim(config.auditRetentionMs) },
     })

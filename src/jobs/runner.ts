@@ -25,12 +25,22 @@ export interface JobRunnerOptions {
   logger: Logger
   probeIntervalMs: number
   sweepIntervalMs: number
+  /**
+   * How long a job stays locked to a worker without a heartbeat: a job of a killed instance is
+   * picked up by another after about this long (BullMQ's stalled-job check). Default 30 s.
+   */
+  lockDurationMs?: number
   /** Token jobs run at once per instance: the bound on upstream mints from background work. */
   concurrency: number
   /** Extra housekeeping on every sweep (audit retention). */
   onSweep?: () => Promise<void>
   /** Keep a `/:/eventsource/notifications` stream open per server (a drop triggers a probe). */
   watchEvents?: boolean
+}
+
+/** Job lock: a quarter of TOKEN_RENEW_AFTER between 5 s and 30 s, so short renewal periods recover fast from a killed worker. */
+export function lockDuration (renewAfterMs: number): number {
+  return Math.min(30_000, Math.max(5000, Math.round(renewAfterMs / 4)))
 }
 
 /** Sweep cadence: a twentieth of TOKEN_RENEW_AFTER, between 1 s and 1 min. */
@@ -59,7 +69,7 @@ export class JobRunner {
     const { connection, prefix, logger, concurrency } = this.#o
     const settings = { backoffStrategy: (attemptsMade: number) => backoffDelay(attemptsMade) }
     const tokens = new Worker(TOKENS_QUEUE, async (job: Job) => await this.#tokenJob(job as unknown as TokenJob),
-      { connection, prefix, concurrency, settings, lockDuration: 30_000 })
+      { connection, prefix, concurrency, settings, lockDuration: this.#o.lockDurationMs ?? 30_000, stalledInterval: this.#o.lockDurationMs ?? 30_000 })
     const probes = new Worker(PROBES_QUEUE, async (job: Job) => await this.#probeJob(job as unknown as ProbeJob),
       { connection, prefix, concurrency: Math.max(2, this.#o.servers.size + 1), settings })
     for (const w of [tokens, probes]) {
