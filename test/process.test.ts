@@ -1,63 +1,8 @@
 import t from 'tap'
-import { type ChildProcess, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { writeFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { freePort } from '../src/demo.ts'
-import { sha256 } from '../src/broker/crypto.ts'
-import { deleteKeys, REDIS_URL, startSim, type T, uniquePrefix } from './helper.ts'
-
-// Real broker processes (src/server.ts), so kill -9, SIGTERM and boot errors are what ops see.
-
-interface Broker { child: ChildProcess, url: string, output: () => string, exited: Promise<number | null> }
-
-async function startBroker (t: T, env: Record<string, string>): Promise<Broker> {
-  const port = await freePort()
-  const child = spawn(process.execPath, ['src/server.ts'], {
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env, PORT: String(port), HOST: '127.0.0.1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let out = ''
-  child.stdout!.on('data', (d) => { out += String(d) })
-  child.stderr!.on('data', (d) => { out += String(d) })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-  const url = `http://127.0.0.1:${port}`
-  for (let i = 0; i < 100; i++) {
-    if (child.exitCode !== null) break
-    try {
-      if ((await fetch(`${url}/healthz`)).ok) return { child, url, output: () => out, exited }
-    } catch {}
-    await sleep(100)
-  }
-  return { child, url, output: () => out, exited }
-}
-
-function baseEnv (t: T & { testdir: () => string }, sim: { url: string, adminToken: string }, prefix: string, secret: string, extra: Record<string, string> = {}) {
-  const dir = t.testdir()
-  const file = join(dir, 'broker.yaml')
-  writeFileSync(file, `clients:\n  - id: proc\n    secretSha256: "${sha256(secret).toString('hex')}"\n    servers: ["*"]\n    scopes: [token:issue]\n`)
-  return {
-    REDIS_URL,
-    REDIS_PREFIX: prefix,
-    BROKER_SECRET: randomBytes(32).toString('base64'),
-    BROKER_CONFIG: file,
-    PLEX_URL: sim.url,
-    PLEX_TOKEN: sim.adminToken,
-    LOG_LEVEL: 'info',
-    ...extra,
-  }
-}
-
-async function getToken (url: string, secret: string) {
-  const r = await fetch(`${url}/v1/tokens`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ server: 'default' }),
-  })
-  return { status: r.status, body: await r.json() as Record<string, string> }
-}
+import { deleteKeys, startSim, uniquePrefix } from './helper.ts'
+import { baseEnv, getToken, startBroker } from './process-helper.ts'
 
 t.test('after kill -9 and a new start, a client gets the same token without a new mint', async (t) => {
   const sim = await startSim(t)
