@@ -26,6 +26,7 @@ import docs from './plugins/docs.ts'
 import healthRoutes from './routes/health.ts'
 import tokenRoutes from './routes/tokens.ts'
 import opsRoutes from './routes/ops.ts'
+import sourceRoutes from './routes/sources.ts'
 import { ErrorSchema } from './schemas/common.ts'
 
 /** The broker's services, shared by routes and jobs. */
@@ -51,6 +52,8 @@ export interface Broker {
   denied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
   /** Counts a token handed out. */
   served: (server: string, source: 'cache' | 'upstream') => void
+  /** Counts a source connection handed out. */
+  sourceServed: (server: string, source: 'cache' | 'upstream') => void
   /** `POST /v1/tokens` with `rejectedTokenId`. */
   reportRejected: (client: string, server: ServerConfig, tokenId: string, ctx: RequestContext) => Promise<IssuedToken>
   /** Each readiness check: 'ok' or what is wrong. */
@@ -208,6 +211,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
         { requestId: request.id, ip: request.ip }).catch((err: unknown) => request.log.warn({ err: describe(err) }, 'audit write failed'))
     },
     served: (server, source) => metrics.tokensServed.inc({ server, source }),
+    sourceServed: (server, source) => metrics.sourceConnections.inc({ server, source }),
     reportRejected: (client, server, tokenId, ctx) => rejection.report(client, server, tokenId, ctx),
     readiness: async () => {
       const checks: Record<string, string> = {}
@@ -254,6 +258,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
 
   await app.register(healthRoutes)
   await app.register(tokenRoutes)
+  await app.register(sourceRoutes)
   await app.register(opsRoutes)
   return app
 }

@@ -24,6 +24,13 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly sourceConnections = new Counter({
+    name: 'ptb_source_connections_total',
+    help: 'Source connections (shared servers, providers) handed to clients, from cache or upstream',
+    labelNames: ['server', 'source'] as const,
+    registers: [this.registry],
+  })
+
   readonly mints = new Counter({
     name: 'ptb_mints_total',
     help: 'Upstream /security/token calls by result',

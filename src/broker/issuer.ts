@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import type { ServerConfig } from '../config.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
-import type { RequestContext, ServedToken, TokenStore } from './token-store.ts'
+import { type RequestContext, type ServedToken, slotKey, type TokenStore } from './token-store.ts'
 
 export interface IssuerOptions {
   store: TokenStore
@@ -60,21 +60,22 @@ export class TokenIssuer {
     this.#o = opts
   }
 
-  async issue (client: string, server: ServerConfig, ctx: RequestContext): Promise<IssuedToken> {
+  /** `target`: a source PMS knows (`server://…`, `provider://…`) instead of a PMS token. */
+  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string): Promise<IssuedToken> {
     const { store } = this.#o
     // A revocation or invalidation can land between our mint and our read; a few rounds settle it.
     for (let round = 0; round < 3; round++) {
-      const hit = await store.serve(client, server.name, 'cache', ctx)
+      const hit = await store.serve(client, server.name, 'cache', ctx, target)
       if (hit !== undefined) return this.#checked(client, server.name, hit, 'cache')
-      const key = `${client}\u0000${server.name}`
+      const key = `${client}\u0000${server.name}\u0000${target ?? ''}`
       let flight = this.#flights.get(key)
       const leader = flight === undefined
       if (flight === undefined) {
-        flight = this.ensure(client, server).finally(() => this.#flights.delete(key))
+        flight = this.ensure(client, server, undefined, target).finally(() => this.#flights.delete(key))
         this.#flights.set(key, flight)
       }
       const minted = await flight
-      const served = await store.serve(client, server.name, leader && minted ? 'upstream' : 'cache', ctx)
+      const served = await store.serve(client, server.name, leader && minted ? 'upstream' : 'cache', ctx, target)
       if (served !== undefined) return this.#checked(client, server.name, served, leader && minted ? 'upstream' : 'cache')
     }
     throw new BrokerError('UPSTREAM_UNAVAILABLE', 'Could not settle a token for this server; try again.', { retryAfter: 1 })
@@ -91,19 +92,19 @@ export class TokenIssuer {
    * Makes sure (client, server) has a live current token, minting one if needed.
    * Returns true when this call minted it.
    */
-  async ensure (client: string, server: ServerConfig, audit?: { action: string, detail: Record<string, unknown> }): Promise<boolean> {
+  async ensure (client: string, server: ServerConfig, audit?: { action: string, detail: Record<string, unknown> }, target?: string): Promise<boolean> {
     const { store, mintWaitMs, lockTtlMs } = this.#o
-    const lockKey = store.keys.mintLock(client, server.name)
+    const lockKey = store.keys.mintLock(slotKey(client, target), server.name)
     const deadline = Date.now() + mintWaitMs
     let pause = 20
     while (true) {
-      if (await store.peek(client, server.name) !== undefined) return false
+      if (await store.peek(client, server.name, target) !== undefined) return false
       const owner = await store.lock(lockKey, lockTtlMs)
       if (owner !== undefined) {
         try {
           // Someone may have minted between our peek and our lock.
-          if (await store.peek(client, server.name) !== undefined) return false
-          const stored = await this.mint(client, server, { audit })
+          if (await store.peek(client, server.name, target) !== undefined) return false
+          const stored = await this.mint(client, server, { audit, target })
           return stored !== undefined
         } finally {
           await store.unlock(lockKey, owner).catch(() => {})
@@ -126,13 +127,21 @@ export class TokenIssuer {
     expectCurrent?: string
     audit?: { action: string, detail: Record<string, unknown> }
     ctx?: RequestContext
+    target?: string
   }): Promise<string | undefined> {
     const { store, plex, logger, onMint } = this.#o
     let token: string
     let machineIdentifier: string
+    let meta = ''
     try {
       machineIdentifier = await this.#o.machineIdentifier(server)
-      token = await plex.mintTransient(server)
+      if (opts.target === undefined) {
+        token = await plex.mintTransient(server)
+      } else {
+        const res = await plex.sourceResources(server, server.adminToken, opts.target)
+        token = res.token
+        meta = JSON.stringify({ name: res.name, clientIdentifier: res.clientIdentifier, connections: res.connections })
+      }
       onMint?.(server.name, 'ok')
     } catch (err) {
       const result = err instanceof PlexRejectedError ? 'rejected' : err instanceof PlexUnavailableError || err instanceof PlexBadResponseError ? 'unavailable' : 'error'
@@ -151,6 +160,8 @@ export class TokenIssuer {
       renewAfterMs: Math.round(this.#o.tokenRenewAfterMs * (1 - jitter)),
       machineIdentifier,
       expectCurrent: opts.expectCurrent,
+      target: opts.target,
+      meta,
       audit: opts.audit,
       ctx: opts.ctx,
     })

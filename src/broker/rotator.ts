@@ -2,7 +2,7 @@ import type { Logger } from 'pino'
 import type { ServerConfig } from '../config.ts'
 import type { TokenIssuer } from './issuer.ts'
 import { CANARY_CLIENT } from './probe.ts'
-import type { TokenStore } from './token-store.ts'
+import { parseSlot, type TokenStore } from './token-store.ts'
 
 export type RotationReason = 'scheduled' | 'restart' | 'rejected' | 'manual'
 
@@ -80,14 +80,16 @@ export class Rotator {
     const { store, issuer, logger } = this.#o
     const rec = await store.get(tokenId)
     if (rec === undefined || rec.state !== 'active') return 'gone'
-    if (await store.peek(rec.client, rec.server) !== tokenId) return 'superseded'
+    const target = rec.target === '' ? undefined : rec.target
+    if (await store.peek(rec.client, rec.server, target) !== tokenId) return 'superseded'
     const server = this.#o.servers.get(rec.server)
     if (server === undefined) return 'unknown_server'
-    const lastAsked = await store.call(() => store.redis.zscore(store.keys.active(rec.server), rec.client))
+    const lastAsked = await store.call(() => store.redis.zscore(store.keys.active(rec.server), rec.slot))
     if (lastAsked === null || Number(lastAsked) < store.now() - this.#o.activeWindowMs) return 'idle'
     const newId = await issuer.mint(rec.client, server, {
       expectCurrent: tokenId,
-      audit: { action: 'token.rotate', detail: { reason, previous: tokenId } },
+      target,
+      audit: { action: 'token.rotate', detail: { reason, previous: tokenId, ...(target === undefined ? {} : { target }) } },
     })
     if (newId === undefined) return 'conflict'
     this.#o.onRotate?.(rec.server, reason)
@@ -95,11 +97,12 @@ export class Rotator {
     return 'rotated'
   }
 
-  /** After a PMS restart: a fresh token for a client that has none (single-flight with requests). */
-  async remint (client: string, serverName: string): Promise<boolean> {
+  /** After a PMS restart: a fresh token for a slot (client, or client and source) that has none (single-flight with requests). */
+  async remint (slot: string, serverName: string): Promise<boolean> {
     const server = this.#o.servers.get(serverName)
     if (server === undefined) return false
-    const minted = await this.#o.issuer.ensure(client, server, { action: 'token.rotate', detail: { reason: 'restart' } })
+    const { client, target } = parseSlot(slot)
+    const minted = await this.#o.issuer.ensure(client, server, { action: 'token.rotate', detail: { reason: 'restart' } }, target)
     if (minted) this.#o.onRotate?.(serverName, 'restart')
     return minted
   }

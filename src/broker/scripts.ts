@@ -17,22 +17,26 @@ end
 
 /**
  * KEYS: current, active, audit
- * ARGV: tokPrefix, client, server, now, requestId, ip, source, maxlen
- * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid} | {'miss', reason}
+ * ARGV: tokPrefix, slot, server, now, requestId, ip, source ('cache'|'upstream'), maxlen, client,
+ *       action ('token.issue' | 'source.connect'), target (the source id, '' for a PMS token)
+ * A slot is what a current token is kept for: the client id, or `client~<source>` for a source.
+ * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid, meta} | {'miss', reason}
  */
 export const SERVE = `${AUDIT_FN}
 local id = redis.call('GET', KEYS[1])
 if not id then return {'miss', 'none'} end
 local tk = ARGV[1] .. id
-local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp')
+local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta')
 if not f[1] then return {'miss', 'none'} end
 if f[1] ~= 'active' then return {'miss', f[1]} end
 local now = tonumber(ARGV[4])
 if now >= tonumber(f[4]) then return {'miss', 'expired'} end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('HSET', tk, 'lastUsedAt', now)
-audit(KEYS[3], ARGV[8], ARGV[4], 'token.issue', ARGV[2], ARGV[3], id, f[7], ARGV[5], ARGV[6], cjson.encode({source = ARGV[7]}))
-return {'hit', id, f[2], f[3], f[4], f[5], f[6] or ''}
+local detail
+if ARGV[11] == '' then detail = cjson.encode({source = ARGV[7]}) else detail = cjson.encode({source = ARGV[7], target = ARGV[11]}) end
+audit(KEYS[3], ARGV[8], ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
+return {'hit', id, f[2], f[3], f[4], f[5], f[6] or '', f[8] or ''}
 `
 
 /**
@@ -53,7 +57,7 @@ return id
  * KEYS: current, active, byClient, byServer, allTokens, audit, newToken
  * ARGV: tokPrefix, client, server, tokenId, enc, fp, issuedAt, expiresAt, renewAt, mid, now,
  *       expectCurrent ('' = only if no live active token), oldState, auditAction ('' = none),
- *       requestId, ip, detail, maxlen, recordTtlMs
+ *       requestId, ip, detail, maxlen, recordTtlMs, slot, target (source id or ''), meta (JSON or '')
  * → {'ok', previousId} | {'conflict', currentId}
  */
 export const STORE = `${AUDIT_FN}
@@ -69,7 +73,8 @@ end
 local exp = tonumber(ARGV[8])
 local ttl = tonumber(ARGV[19])
 redis.call('HSET', KEYS[7], 'client', ARGV[2], 'server', ARGV[3], 'state', 'active', 'enc', ARGV[5],
-  'fp', ARGV[6], 'issuedAt', ARGV[7], 'expiresAt', ARGV[8], 'renewAt', ARGV[9], 'mid', ARGV[10], 'lastUsedAt', ARGV[11])
+  'fp', ARGV[6], 'issuedAt', ARGV[7], 'expiresAt', ARGV[8], 'renewAt', ARGV[9], 'mid', ARGV[10], 'lastUsedAt', ARGV[11],
+  'slot', ARGV[20], 'target', ARGV[21], 'meta', ARGV[22])
 redis.call('PEXPIREAT', KEYS[7], exp + ttl)
 if old then
   local ok = tp .. old
@@ -91,7 +96,7 @@ return {'ok', old or ''}
  * each one. Tokens already expired or already terminal are left alone and not counted.
  * KEYS: audit, index (a ZSET of tokenId → expiresAt; ignored in 'one' mode)
  * ARGV: tokPrefix, curPrefix, now, mode ('one' | 'index'), tokenId, filterClient, filterServer,
- *       newState, action, requestId, ip, detail, maxlen
+ *       newState, action, requestId, ip, detail, maxlen, filterTarget ('' = any, '-' = PMS tokens only)
  * → {count, latestExpiresAt}
  */
 export const RETIRE = `${AUDIT_FN}
@@ -101,11 +106,13 @@ if ARGV[4] == 'one' then ids = {ARGV[5]} else ids = redis.call('ZRANGEBYSCORE', 
 local count, latest = 0, 0
 for _, id in ipairs(ids) do
   local tk = tp .. id
-  local f = redis.call('HMGET', tk, 'state', 'client', 'server', 'expiresAt', 'fp')
+  local f = redis.call('HMGET', tk, 'state', 'client', 'server', 'expiresAt', 'fp', 'slot', 'target')
+  local target = f[7] or ''
   if (f[1] == 'active' or f[1] == 'rotated') and now < tonumber(f[4])
-     and (ARGV[6] == '' or ARGV[6] == f[2]) and (ARGV[7] == '' or ARGV[7] == f[3]) then
+     and (ARGV[6] == '' or ARGV[6] == f[2]) and (ARGV[7] == '' or ARGV[7] == f[3])
+     and (ARGV[14] == '' or ARGV[14] == target or (ARGV[14] == '-' and target == '')) then
     redis.call('HSET', tk, 'state', ARGV[8])
-    local ck = cp .. f[2] .. ':' .. f[3]
+    local ck = cp .. (f[6] or f[2]) .. ':' .. f[3]
     if redis.call('GET', ck) == id then redis.call('DEL', ck) end
     audit(KEYS[1], ARGV[13], ARGV[3], ARGV[9], f[2], f[3], id, f[5], ARGV[10], ARGV[11], ARGV[12])
     count = count + 1

@@ -14,6 +14,23 @@ export interface ServedToken {
   expiresAt: number
   renewAt: number
   machineIdentifier: string
+  /** For a source token: the connection details PMS returned with it (JSON). */
+  meta: string
+}
+
+/**
+ * A slot is what one current token is kept for: a client's PMS token (the client id), or a
+ * client's token for a source that PMS knows (`client~<base64url(source)>`). `~` never occurs in
+ * client ids, and base64url has no `:`, so a slot fits in a key and decodes back.
+ */
+export function slotKey (client: string, target?: string): string {
+  return target === undefined || target === '' ? client : `${client}~${Buffer.from(target).toString('base64url')}`
+}
+
+export function parseSlot (slot: string): { client: string, target?: string } {
+  const i = slot.indexOf('~', 1)
+  if (i < 0) return { client: slot }
+  return { client: slot.slice(0, i), target: Buffer.from(slot.slice(i + 1), 'base64url').toString() }
 }
 
 export interface TokenRecord {
@@ -26,6 +43,9 @@ export interface TokenRecord {
   renewAt: number
   lastUsedAt: number
   fingerprint: string
+  slot: string
+  /** The source id for a source token, '' for a PMS token. */
+  target: string
 }
 
 /** Who asked: recorded on every audit event. */
@@ -45,11 +65,13 @@ export interface AuditInput {
   detail?: Record<string, unknown>
 }
 
+/** `target`: only tokens of this source; '-' only PMS tokens; absent: both. */
 export type RetireSelector =
   | { tokenId: string }
-  | { client: string, server?: string }
-  | { server: string }
-  | { all: true }
+  | { client: string, server?: string, target?: string }
+  | { server: string, target?: string }
+  | { all: true, target?: string }
+  | { target: string }
 
 export interface TokenStoreOptions {
   redis: Redis
@@ -138,13 +160,15 @@ export class TokenStore {
    * The hot path: the current live token of (client, server), with its `token.issue` audit event
    * written in the same script. `undefined` when there is none (the caller mints).
    */
-  async serve (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext): Promise<ServedToken | undefined> {
+  async serve (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext, target?: string): Promise<ServedToken | undefined> {
     const k = this.keys
+    const slot = slotKey(client, target)
+    const action = target === undefined ? 'token.issue' : 'source.connect'
     const r = await this.call(() => this.redis.ptbServe(
-      k.current(client, server), k.active(server), k.audit,
-      k.tokenPrefix, client, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen))
+      k.current(slot, server), k.active(server), k.audit,
+      k.tokenPrefix, slot, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen, client, action, target ?? ''))
     if (r[0] !== 'hit') return undefined
-    this.#onAudit('token.issue', 1)
+    this.#onAudit(action, 1)
     const tokenId = String(r[1])
     return {
       tokenId,
@@ -153,12 +177,13 @@ export class TokenStore {
       expiresAt: Number(r[4]),
       renewAt: Number(r[5]),
       machineIdentifier: String(r[6] ?? ''),
+      meta: String(r[7] ?? ''),
     }
   }
 
   /** Id of the live current token of (client, server), without auditing or touching activity. */
-  async peek (client: string, server: string): Promise<string | undefined> {
-    const id = await this.call(() => this.redis.ptbPeek(this.keys.current(client, server), this.keys.tokenPrefix, this.now()))
+  async peek (client: string, server: string, target?: string): Promise<string | undefined> {
+    const id = await this.call(() => this.redis.ptbPeek(this.keys.current(slotKey(client, target), server), this.keys.tokenPrefix, this.now()))
     return id ?? undefined
   }
 
@@ -178,19 +203,23 @@ export class TokenStore {
     expectCurrent?: string
     audit?: { action: string, detail: Record<string, unknown> }
     ctx?: RequestContext
+    /** A source token: the source id and its connection details (JSON). */
+    target?: string
+    meta?: string
   }): Promise<{ tokenId: string, previous: string | undefined, renewAt: number, expiresAt: number } | undefined> {
     const k = this.keys
     const tokenId = newTokenId()
     const expiresAt = input.issuedAt + input.lifetimeMs
     const renewAt = input.issuedAt + input.renewAfterMs
     const ctx = input.ctx ?? SYSTEM_CONTEXT
+    const slot = slotKey(input.client, input.target)
     const r = await this.call(() => this.redis.ptbStore(
-      k.current(input.client, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
+      k.current(slot, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
       k.allTokens, k.audit, k.token(tokenId),
       k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, tokenId),
       this.fingerprint(input.token), input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
       input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', ctx.requestId, ctx.ip,
-      JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs))
+      JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? ''))
     if (r[0] !== 'ok') return undefined
     if (input.audit !== undefined) this.#onAudit(input.audit.action, 1)
     return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
@@ -198,7 +227,7 @@ export class TokenStore {
 
   async get (tokenId: string): Promise<TokenRecord | undefined> {
     const f = await this.call(() => this.redis.hmget(this.keys.token(tokenId),
-      'client', 'server', 'state', 'issuedAt', 'expiresAt', 'renewAt', 'lastUsedAt', 'fp'))
+      'client', 'server', 'state', 'issuedAt', 'expiresAt', 'renewAt', 'lastUsedAt', 'fp', 'slot', 'target'))
     if (f[0] === null) return undefined
     const expiresAt = Number(f[4])
     let state = f[2] as TokenState
@@ -213,6 +242,8 @@ export class TokenStore {
       renewAt: Number(f[5]),
       lastUsedAt: Number(f[6]),
       fingerprint: String(f[7]),
+      slot: f[8] ?? String(f[0]),
+      target: f[9] ?? '',
     }
   }
 
@@ -234,6 +265,7 @@ export class TokenStore {
     let tokenId = ''
     let client = ''
     let server = ''
+    const target = 'target' in selector ? selector.target ?? '' : ''
     if ('tokenId' in selector) {
       mode = 'one'
       tokenId = selector.tokenId
@@ -247,7 +279,7 @@ export class TokenStore {
     }
     const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index,
       k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
-      ctx.requestId, ctx.ip, JSON.stringify(detail), this.#maxlen))
+      ctx.requestId, ctx.ip, JSON.stringify(detail), this.#maxlen, target))
     if (Number(count) > 0) this.#onAudit(action, Number(count))
     return { count: Number(count), latestExpiresAt: Number(latest) }
   }

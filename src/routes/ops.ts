@@ -32,10 +32,13 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       response: { 200: RevokeResultSchema, ...authErrors },
     },
   }, async (request) => {
-    const { tokenId, client, server, all, reason } = request.body
+    const { tokenId, client, server, all, reason, source } = request.body
     let selector: RetireSelector
     let kind: string
-    if (tokenId !== undefined && client === undefined && server === undefined && all === undefined) {
+    if (source !== undefined && tokenId === undefined && all === undefined) {
+      selector = client !== undefined ? { client, server, target: source } : server !== undefined ? { server, target: source } : { target: source }
+      kind = 'source'
+    } else if (tokenId !== undefined && client === undefined && server === undefined && all === undefined) {
       selector = { tokenId }
       kind = 'token'
     } else if (all === true && tokenId === undefined && client === undefined && server === undefined) {
@@ -48,7 +51,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       selector = { server }
       kind = 'server'
     } else {
-      throw badRequest('Give exactly one selector: {tokenId}, {client}, {server}, {client, server} or {all: true}.')
+      throw badRequest('Give exactly one selector: {tokenId}, {client}, {server}, {client, server}, {source} (optionally with client and/or server) or {all: true}.')
     }
     const r = await broker.store.retire(selector, 'revoked', 'token.revoke',
       { reason, actor: request.client!.id, selector: kind }, { requestId: request.id, ip: request.ip })

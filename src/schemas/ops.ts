@@ -6,6 +6,7 @@ export const RevokeBodySchema = Type.Object({
   client: Type.Optional(NameSchema),
   server: Type.Optional(NameSchema),
   all: Type.Optional(Type.Literal(true)),
+  source: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Only tokens for this source (server://… or provider://…); combine with client and/or server' })),
   reason: Type.String({ minLength: 1, maxLength: 500, description: 'Why: recorded in the audit trail' }),
 }, {
   additionalProperties: false,

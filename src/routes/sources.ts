@@ -1,0 +1,62 @@
+import type { FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { compareVersions } from '../broker/server-state.ts'
+import { BrokerError, forbidden, notFound } from '../errors.ts'
+import { mayUseServer } from '../plugins/auth.ts'
+import { authErrors } from '../schemas/common.ts'
+import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
+
+const iso = (ms: number): string => new Date(ms).toISOString()
+
+/** PMS learned `/security/resources` in 1.15.4 (../shared/plex-api.md §3). */
+export const FIRST_RESOURCES_VERSION = '1.15.4'
+
+/** Connection details and a transient token for a source a PMS knows: a shared server or a cloud provider. */
+export default async function sourceRoutes (fastify: FastifyInstance): Promise<void> {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const { broker } = app
+
+  app.post('/v1/sources/connection', {
+    preHandler: app.authenticate('source:connect'),
+    schema: {
+      summary: 'Connection details and a token for a source this PMS knows',
+      description: 'Cached, encrypted, single-flight, rotated and revocable like PMS tokens (revoke by `source`). ' +
+        'A client may ask only for the sources its config lists.',
+      tags: ['sources'],
+      security: [{ bearer: [] }],
+      body: ConnectBodySchema,
+      response: { 200: SourceConnectionSchema, 404: { $ref: 'Error#' }, 502: { $ref: 'Error#' }, ...authErrors },
+    },
+  }, async (request) => {
+    const client = request.client!
+    const { server: name, source } = request.body
+    if (!mayUseServer(client, name)) {
+      broker.denied(request, 'forbidden_server', client.id, { server: name })
+      throw forbidden(`Client "${client.id}" may not use server "${name}".`)
+    }
+    if (client.sources !== '*' && !client.sources.includes(source)) {
+      broker.denied(request, 'forbidden_source', client.id, { server: name, source })
+      throw forbidden(`Client "${client.id}" may not ask for source "${source}".`)
+    }
+    const server = broker.servers.get(name)
+    if (server === undefined) throw notFound(`No server named "${name}".`)
+    const { version } = await broker.states.get(name)
+    if (version !== null && compareVersions(version, FIRST_RESOURCES_VERSION) < 0) {
+      throw new BrokerError('UPSTREAM_UNSUPPORTED', `PMS "${name}" is version ${version}; source connections need PMS ${FIRST_RESOURCES_VERSION} or newer.`)
+    }
+    const t = await broker.issuer.issue(client.id, server, { requestId: request.id, ip: request.ip }, source)
+    broker.sourceServed(name, t.source)
+    const meta = JSON.parse(t.meta || '{}') as { name?: string, clientIdentifier?: string, connections?: unknown[] }
+    return {
+      source,
+      name: meta.name ?? '',
+      clientIdentifier: meta.clientIdentifier ?? '',
+      token: t.token,
+      connections: (meta.connections ?? []) as never,
+      issuedAt: iso(t.issuedAt),
+      renewAt: iso(t.renewAt),
+      expiresAt: iso(t.expiresAt),
+      tokenId: t.tokenId,
+    }
+  })
+}
