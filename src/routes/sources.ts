@@ -40,6 +40,8 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
     }
     const server = broker.servers.get(name)
     if (server === undefined) throw notFound(`No server named "${name}".`)
+    // The version decides whether PMS can answer at all; learn it (from /identity) on first contact.
+    await broker.states.machineIdentifier(server)
     const { version } = await broker.states.get(name)
     if (version !== null && compareVersions(version, FIRST_RESOURCES_VERSION) < 0) {
       throw new BrokerError('UPSTREAM_UNSUPPORTED', `PMS "${name}" is version ${version}; source connections need PMS ${FIRST_RESOURCES_VERSION} or newer.`)
