@@ -10,6 +10,7 @@ import { ServerStates } from './broker/server-state.ts'
 import { type RequestContext, TokenStore } from './broker/token-store.ts'
 import { RejectionCheck } from './broker/rejection-check.ts'
 import { AuditLog } from './broker/audit-log.ts'
+import { AdminTokenHealth } from './broker/admin-token-health.ts'
 import { ServerProbe } from './broker/probe.ts'
 import { Rotator } from './broker/rotator.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
@@ -120,6 +121,13 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
   })
   const states = new ServerStates(store, plex)
+  const adminHealth = new AdminTokenHealth({
+    store,
+    states,
+    plex,
+    logger,
+    onResult: (server, verdict) => metrics.adminTokenValid.set({ server }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1),
+  })
   const issuer = new TokenIssuer({
     store,
     plex,
@@ -130,6 +138,10 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     lockTtlMs: config.plexTimeoutMs * 2 + 1000,
     machineIdentifier: (s) => states.machineIdentifier(s),
     onMint: (server, result) => metrics.mints.inc({ server, result }),
+    adminTokenBlocked: async (server) => await adminHealth.blocked(server),
+    onAdminRejected: (server) => {
+      adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
+    },
   })
   const queueRedis = createRedis(config.redisUrl, 'queue', logger)
   const queues = createQueues(queueRedis, keys.queuePrefix)
@@ -185,6 +197,9 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       lockDurationMs: lockDuration(config.tokenRenewAfterMs),
       concurrency: config.plexConcurrency,
       onSweep: async () => { await audit.trim(config.auditRetentionMs) },
+      checkAdminTokens: async () => {
+        for (const s of servers.values()) await adminHealth.check(s)
+      },
     })
   }
 

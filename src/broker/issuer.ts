@@ -22,6 +22,10 @@ export interface IssuerOptions {
   lockTtlMs: number
   /** Looks up (and caches in Redis) the machineIdentifier of a server. */
   machineIdentifier: (server: ServerConfig) => Promise<string>
+  /** True when the server's admin token is known to be rejected: fail fast, do not call PMS. */
+  adminTokenBlocked?: (server: ServerConfig) => Promise<boolean>
+  /** Called when PMS rejects the admin token during a mint. */
+  onAdminRejected?: (server: ServerConfig) => void
   /** Called after every upstream mint attempt (metrics). */
   onMint?: (server: string, result: 'ok' | 'rejected' | 'unavailable' | 'error') => void
   /** Called when a served token is past its renewAt: the rotation job was lost or is failing. */
@@ -133,6 +137,10 @@ export class TokenIssuer {
     let token: string
     let machineIdentifier: string
     let meta = ''
+    if (await this.#o.adminTokenBlocked?.(server) === true) {
+      onMint?.(server.name, 'rejected')
+      throw upstreamError(server.name, new PlexRejectedError('admin token known to be rejected', 401))
+    }
     try {
       machineIdentifier = await this.#o.machineIdentifier(server)
       if (opts.target === undefined) {
@@ -146,6 +154,7 @@ export class TokenIssuer {
     } catch (err) {
       const result = err instanceof PlexRejectedError ? 'rejected' : err instanceof PlexUnavailableError || err instanceof PlexBadResponseError ? 'unavailable' : 'error'
       onMint?.(server.name, result)
+      if (err instanceof PlexRejectedError) this.#o.onAdminRejected?.(server)
       logger.warn({ client, server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'mint failed')
       throw upstreamError(server.name, err)
     }

@@ -13,6 +13,8 @@ export interface ServerState {
   /** Last verdict on the admin token (issue 8): PMS or plex.tv rejected it → invalid; an outage → unknown. */
   adminToken: 'valid' | 'invalid' | 'unknown'
   adminCheckedAt: number | null
+  /** Fingerprint of the admin token the verdict is about. */
+  adminFp: string | null
   /** Written by each rotation sweep: active tokens and the earliest expiry among them. */
   activeTokens: number | null
   oldestExpiresAt: number | null
@@ -61,12 +63,13 @@ export class ServerStates {
       lastRestartAt: num(h.lastRestartAt),
       adminToken: (h.adminToken as ServerState['adminToken'] | undefined) ?? 'unknown',
       adminCheckedAt: num(h.adminCheckedAt),
+      adminFp: h.adminFp || null,
       activeTokens: num(h.activeTokens),
       oldestExpiresAt: num(h.oldestExpiresAt),
     }
   }
 
-  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'activeTokens' | 'oldestExpiresAt', string | number>>): Promise<void> {
+  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'adminFp' | 'activeTokens' | 'oldestExpiresAt', string | number>>): Promise<void> {
     await this.#store.call(() => this.#store.redis.hset(this.#store.keys.server(name), fields))
   }
 

@@ -15,11 +15,15 @@ export type TokenJob =
 export type ProbeJob =
   | { name: 'probe', data: { server: string, trigger: 'schedule' | 'eventsource' | 'rejection' | 'manual' } }
   | { name: 'sweep', data: Record<string, never> }
+  | { name: 'admin', data: Record<string, never> }
 
 export const rotateJobId = (tokenId: string): string => `rotate.${tokenId}`
 export const remintJobId = (server: string, client: string, restartAt: number): string => `remint.${server}.${client}.${restartAt}`
 export const probeSchedulerId = (server: string): string => `probe.${server}`
 export const SWEEP_SCHEDULER_ID = 'sweep.rotations'
+export const ADMIN_SCHEDULER_ID = 'check.admin-tokens'
+/** Admin tokens are checked at boot and every hour (issue 8). */
+export const ADMIN_CHECK_EVERY_MS = 3600_000
 
 /** Capped exponential backoff: 1 s, 2 s, 4 s … up to this, each with jitter (see `backoffDelay`). */
 export const BACKOFF_CAP_MS = 5 * 60_000

@@ -8,7 +8,7 @@ import type { Rotator } from '../broker/rotator.ts'
 import type { TokenStore } from '../broker/token-store.ts'
 import type { PlexClient } from '../plex/client.ts'
 import {
-  PROBES_QUEUE, type ProbeJob, probeSchedulerId, type Queues, remintJobId, rotateJobId, SWEEP_SCHEDULER_ID,
+  ADMIN_CHECK_EVERY_MS, ADMIN_SCHEDULER_ID, PROBES_QUEUE, type ProbeJob, probeSchedulerId, type Queues, remintJobId, rotateJobId, SWEEP_SCHEDULER_ID,
   TOKENS_QUEUE, type TokenJob, backoffDelay,
 } from './queues.ts'
 
@@ -32,6 +32,8 @@ export interface JobRunnerOptions {
   lockDurationMs?: number
   /** Token jobs run at once per instance: the bound on upstream mints from background work. */
   concurrency: number
+  /** Validates every server's admin token (at start and hourly). */
+  checkAdminTokens?: () => Promise<void>
   /** Extra housekeeping on every sweep (audit retention). */
   onSweep?: () => Promise<void>
   /** Keep a `/:/eventsource/notifications` stream open per server (a drop triggers a probe). */
@@ -85,6 +87,7 @@ export class JobRunner {
       this.ensureSchedulers().catch(() => {})
     }, 60_000)
     this.#timer.unref()
+    this.#o.checkAdminTokens?.().catch((err: unknown) => logger.warn({ err: { message: (err as Error).message } }, 'admin token check failed'))
     if (this.#o.watchEvents !== false) {
       for (const server of this.#o.servers.values()) void this.#watch(server)
     }
@@ -105,6 +108,7 @@ export class JobRunner {
         wanted.set(probeSchedulerId(name), { every: probeIntervalMs, name: 'probe', data: { server: name, trigger: 'schedule' } })
       }
       wanted.set(SWEEP_SCHEDULER_ID, { every: sweepIntervalMs, name: 'sweep', data: {} })
+      if (this.#o.checkAdminTokens !== undefined) wanted.set(ADMIN_SCHEDULER_ID, { every: ADMIN_CHECK_EVERY_MS, name: 'admin', data: {} })
       const existing = await queues.probes.getJobSchedulers(0, -1)
       for (const e of existing) {
         if (!wanted.has(e.key)) await queues.probes.removeJobScheduler(e.key)
@@ -144,6 +148,10 @@ export class JobRunner {
   }
 
   async #probeJob (job: ProbeJob): Promise<unknown> {
+    if (job.name === 'admin') {
+      await this.#o.checkAdminTokens?.()
+      return { checked: this.#o.servers.size }
+    }
     if (job.name === 'sweep') {
       await this.#o.onSweep?.()
       const due = await this.#o.rotator.due()
