@@ -1,19 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
+import { freePort } from '../src/demo.ts'
 import type { T } from './helper.ts'
-
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 /**
  * A redis-server of the test's own, so a test may pause (SIGSTOP), kill or restart it without
@@ -21,21 +13,26 @@ export async function freePort (): Promise<number> {
  */
 export class PrivateRedis {
   readonly port: number
+  /** Data directory: with `persist`, data survives `stop()` + `start()` (AOF), like a Redis restart with its data. */
+  readonly dir = mkdtempSync(join(tmpdir(), 'ptb-redis-'))
+  persist = false
   #proc: ChildProcess | undefined
 
   private constructor (port: number) { this.port = port }
 
   get url (): string { return `redis://127.0.0.1:${this.port}` }
 
-  static async start (t: T): Promise<PrivateRedis> {
+  static async start (t: T, opts: { persist?: boolean } = {}): Promise<PrivateRedis> {
     const r = new PrivateRedis(await freePort())
+    r.persist = opts.persist ?? false
     await r.start()
     t.teardown(() => r.stop())
     return r
   }
 
   async start (): Promise<void> {
-    this.#proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+    this.#proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--dir', this.dir,
+      '--appendonly', this.persist ? 'yes' : 'no', '--appendfsync', 'always'], { stdio: 'ignore' })
     const probe = new Redis(this.url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
     for (let i = 0; i < 100; i++) {
       try {

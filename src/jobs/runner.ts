@@ -82,10 +82,11 @@ export class JobRunner {
       this.#workers.push(w)
     }
     await this.ensureSchedulers().catch((err: unknown) => logger.warn({ err: { message: (err as Error).message } }, 'scheduler setup failed; retrying later'))
-    // Re-checked every minute: heals a Redis that restarted empty, and a setup another instance lost.
+    // Re-checked periodically (5 probe periods, 5 s to 1 min): heals a Redis that restarted empty,
+    // and a setup another instance lost.
     this.#timer = setInterval(() => {
       this.ensureSchedulers().catch(() => {})
-    }, 60_000)
+    }, Math.max(5000, Math.min(60_000, this.#o.probeIntervalMs * 5)))
     this.#timer.unref()
     this.#o.checkAdminTokens?.().catch((err: unknown) => logger.warn({ err: { message: (err as Error).message } }, 'admin token check failed'))
     if (this.#o.watchEvents !== false) {
