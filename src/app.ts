@@ -101,6 +101,8 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   })
   app.addSchema(ErrorSchema)
+  // The API speaks JSON only: anything else is 415, not a string a schema then rejects.
+  app.removeContentTypeParser('text/plain')
 
   const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
   const redis = createRedis(config.redisUrl, 'cache', logger)
@@ -235,6 +237,16 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
         checks.redis = 'ok'
       } catch {
         checks.redis = 'unreachable'
+        return checks
+      }
+      // Issuing fails closed when the audit trail cannot be written, so readiness must say so too:
+      // the stream must be a stream (or not exist yet) and Redis must accept writes (not OOM, not a replica).
+      try {
+        const type = await store.call(() => redis.type(keys.audit))
+        await store.call(() => redis.set(`${keys.prefix}:readyz`, String(store.now()), 'PX', 60_000))
+        checks.audit = type === 'stream' || type === 'none' ? 'ok' : 'not writable'
+      } catch {
+        checks.audit = 'not writable'
       }
       return checks
     },

@@ -76,6 +76,8 @@ export function testConfig (prefix: string, servers: ServerConfig[], clients: Te
     plexConcurrency: 4,
     trustProxy: false,
     defaultRateLimit: { max: 100_000, timeWindowMs: 60_000 },
+    demo: false,
+    plexTvUrl: 'http://127.0.0.1:1',
     servers,
     clients: clients.map((c) => c.config),
     ...over,

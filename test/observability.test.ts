@@ -80,7 +80,7 @@ t.test('per-client rate limit answers 429 RATE_LIMITED with Retry-After and rate
   t.equal(limited.json().code, 'RATE_LIMITED')
   t.ok(Number(limited.headers['retry-after']) > 0, 'Retry-After')
   t.equal((await call(one, fast)).statusCode, 200, 'another client is not affected')
-  t.match((await one.inject({ method: 'GET', url: '/metrics' })).body, /ptb_rate_limited_total\{limit="client"\} 1/)
+  t.match((await two.inject({ method: 'GET', url: '/metrics' })).body, /ptb_rate_limited_total\{limit="client"\} 1/)
 })
 
 t.test('repeated failed authentication from one address is refused, even with a good secret', async (t) => {

@@ -131,6 +131,7 @@ export class AuditLog {
   async trim (retentionMs: number): Promise<number> {
     const { redis, keys } = this.#store
     const minId = `${Math.max(0, this.#store.now() - retentionMs)}-0`
-    return await this.#store.call(() => redis.xtrim(keys.audit, 'MINID', '~', minId))
+    // Exact trimming: it runs once per sweep, and "older than the retention" should mean exactly that.
+    return await this.#store.call(() => redis.xtrim(keys.audit, 'MINID', minId))
   }
 }

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
 import type { ServerConfig } from '../config.ts'
 import { BrokerError } from '../errors.ts'
-import { PlexBadResponseError, type PlexClient, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
+import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
 import { type RequestContext, type ServedToken, slotKey, type TokenStore } from './token-store.ts'
 
 export interface IssuerOptions {
@@ -43,6 +43,9 @@ export function upstreamError (server: string, err: unknown): BrokerError {
   if (err instanceof PlexUnavailableError) {
     return new BrokerError('UPSTREAM_UNAVAILABLE', `PMS "${server}" is unavailable; try again later.`,
       { retryAfter: err.retryAfterSeconds, cause: err })
+  }
+  if (err instanceof PlexNotFoundError) {
+    return new BrokerError('SOURCE_NOT_FOUND', `PMS "${server}" does not know this source.`, { cause: err })
   }
   if (err instanceof PlexBadResponseError) {
     return new BrokerError('UPSTREAM_UNAVAILABLE', `PMS "${server}" sent an unusable answer; try again later.`, { retryAfter: 5, cause: err })

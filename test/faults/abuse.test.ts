@@ -2,13 +2,13 @@ import t from 'tap'
 import fc from 'fast-check'
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
-import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix } from '../helper.ts'
+import { buildTestApp, makeClient, serverFor, startSim, type T, testConfig, uniquePrefix } from '../helper.ts'
 
 // Abuse: whatever a client sends, the answer is a JSON error with a stable code, never a 500, a
 // stack trace, a hang or a crash, and never a secret.
 const ERROR_KEYS = ['code', 'error', 'message', 'requestId', 'statusCode']
 
-async function setup (t: Parameters<Parameters<typeof t.test>[1]>[0]) {
+async function setup (t: T) {
   const sim = await startSim(t)
   const a = makeClient('fuzzed')
   const ops = makeClient('ops', { scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
