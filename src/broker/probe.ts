@@ -16,7 +16,7 @@ export const CANARY_CLIENT = '~canary'
 export type RestartReason = 'machine_identifier_changed' | 'version_changed' | 'canary_rejected' | 'back_after_down'
 
 export interface ProbeResult {
-  state: 'up' | 'down'
+  state: 'up' | 'down' | 'busy'
   restart: RestartReason[]
 }
 
@@ -48,7 +48,29 @@ export class ServerProbe {
     this.#o = opts
   }
 
+  /**
+   * Probes of one server never overlap, across all instances (a Redis lock): a probe that read
+   * the old identity just before a restart must not write it back after one that saw the new
+   * identity, or the next probe would detect the same restart twice.
+   */
   async probe (server: ServerConfig): Promise<ProbeResult> {
+    const { store } = this.#o
+    const lockKey = `${store.keys.prefix}:lock:probe:${server.name}`
+    const deadline = Date.now() + 3000
+    let owner = await store.lock(lockKey, 30_000)
+    while (owner === undefined && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      owner = await store.lock(lockKey, 30_000)
+    }
+    if (owner === undefined) return { state: 'busy', restart: [] }
+    try {
+      return await this.#probe(server)
+    } finally {
+      await store.unlock(lockKey, owner).catch(() => {})
+    }
+  }
+
+  async #probe (server: ServerConfig): Promise<ProbeResult> {
     const { states, plex, logger, store } = this.#o
     const prev = await states.get(server.name)
     const now = store.now()

@@ -63,7 +63,7 @@ export class RejectionCheck {
     } catch (err) {
       throw upstreamError(server.name, err)
     }
-    await store.call(() => store.redis.set(key, verdict, 'PX', this.#o.verdictTtlMs ?? 10_000))
+    await store.call(() => store.redis.set(key, verdict, 'PX', this.#o.verdictTtlMs ?? 2000))
     return verdict
   }
 }
