@@ -270,6 +270,14 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       durationMs: Math.round(reply.elapsedTime * 1000) / 1000,
     }, 'request')
   })
+  // While shutting down, answers to in-flight requests close their connection: a keep-alive
+  // client would otherwise hold the server open until keepAliveTimeout and past the grace period.
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (closing) reply.header('connection', 'close')
+    return payload
+  })
   if (runner !== undefined) {
     const r = runner
     app.addHook('onReady', async () => { await r.start() })
