@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { createServer } from 'node:http'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
 import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
@@ -97,6 +98,10 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     connectionTimeout: 10_000,
     requestTimeout: 15_000,
     keepAliveTimeout: 72_000,
+    // Node enforces headersTimeout and requestTimeout only when it checks connections (every
+    // 30 s by default): check every second, and give headers 10 s, so a slowloris client that
+    // dribbles header bytes is cut off in about 10 s, not 30-60 s.
+    serverFactory: (handler) => createServer({ connectionsCheckingInterval: 1000, headersTimeout: 10_000, requestTimeout: 15_000 }, handler),
     routerOptions: { maxParamLength: 128 },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   })

@@ -52,12 +52,17 @@ export function baseEnv (t: T & { testdir: () => string }, sim: { url: string, a
   }
 }
 
-export async function getToken (url: string, secret: string) {
-  const r = await fetch(`${url}/v1/tokens`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ server: 'default' }),
-  })
-  return { status: r.status, body: await r.json() as Record<string, string> }
+/** POST /v1/tokens; a network failure is status 0 (the caller decides whether that is allowed). */
+export async function getToken (url: string, secret: string): Promise<{ status: number, body: Record<string, string> }> {
+  try {
+    const r = await fetch(`${url}/v1/tokens`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ server: 'default' }),
+      signal: AbortSignal.timeout(10_000),
+    })
+    return { status: r.status, body: await r.json() as Record<string, string> }
+  } catch (err) {
+    return { status: 0, body: { error: String((err as Error).cause ?? err) } }
+  }
 }
-

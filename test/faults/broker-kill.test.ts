@@ -92,4 +92,5 @@ t.test('two instances, one killed mid-restart-recovery: the other finishes re-mi
     healed = rs.every((r) => r.status === 200 && sim.isTokenValid(r.body.token))
   }
   t.ok(healed, 'every client is served a token PMS accepts')
+  t.equal(two.child.exitCode, null, `the survivor is still running${two.child.exitCode === null ? '' : `: ${two.output().slice(-2000)}`}`)
 })
