@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:http'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
 import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import type { Config, ServerConfig } from './config.ts'
@@ -86,7 +86,8 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   const logger = overrides.logStream === undefined ? pino(loggerOptions(config.logLevel)) : pino(loggerOptions(config.logLevel), overrides.logStream)
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // Our own onResponse hook writes the one line per request (with the client id).
+    logController: new LogController({ disableRequestLogging: true }),
     genReqId: (req) => {
       const given = req.headers['x-request-id']
       return typeof given === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(given) ? given : randomUUID()
