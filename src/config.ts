@@ -329,23 +329,29 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
     })
   }
 
+  const port = integer('PORT', 0, 65535)
+  const probeIntervalMs = duration('PLEX_PROBE_INTERVAL')
+  const auditRetentionMs = duration('AUDIT_RETENTION')
+  const auditMaxEvents = integer('AUDIT_MAX_EVENTS', 1000, 1_000_000_000)
+  const plexTimeoutMs = duration('PLEX_TIMEOUT')
+  const plexConcurrency = integer('PLEX_CONCURRENCY', 1, 1000)
   if (problems.length > 0) throw new ConfigError(problems)
   return deepFreeze({
     host: dflt('HOST'),
-    port: integer('PORT', 0, 65535),
+    port,
     redisUrl,
     redisPrefix: prefix,
     brokerSecret,
     tokenLifetimeMs,
     tokenRenewAfterMs,
-    probeIntervalMs: duration('PLEX_PROBE_INTERVAL'),
+    probeIntervalMs,
     metricsToken: get('METRICS_TOKEN'),
     logLevel: logLevel as Config['logLevel'],
     role: role as Role,
-    auditRetentionMs: duration('AUDIT_RETENTION'),
-    auditMaxEvents: integer('AUDIT_MAX_EVENTS', 1000, 1_000_000_000),
-    plexTimeoutMs: duration('PLEX_TIMEOUT'),
-    plexConcurrency: integer('PLEX_CONCURRENCY', 1, 1000),
+    auditRetentionMs,
+    auditMaxEvents,
+    plexTimeoutMs,
+    plexConcurrency,
     trustProxy: trustProxy as boolean | string,
     defaultRateLimit,
     servers,

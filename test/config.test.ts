@@ -1,0 +1,186 @@
+import t from 'tap'
+import fc from 'fast-check'
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { ConfigError, ENV_VARIABLES, loadConfig, parseDuration, tokenFromPreferences } from '../src/config.ts'
+
+const SECRET = Buffer.alloc(32, 7).toString('base64')
+const BASE = { BROKER_SECRET: SECRET, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin-token-value' }
+
+function problems (env: Record<string, string | undefined>, io?: { readFile?: (p: string) => string }): string[] {
+  try {
+    loadConfig(env, io)
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems
+    throw err
+  }
+  return []
+}
+
+t.test('defaults', async (t) => {
+  const c = loadConfig(BASE)
+  t.match(c, {
+    host: '0.0.0.0', port: 8080, redisUrl: 'redis://127.0.0.1:6379', redisPrefix: 'ptb',
+    tokenLifetimeMs: 48 * 3600_000, tokenRenewAfterMs: 24 * 3600_000, probeIntervalMs: 15_000,
+    metricsToken: undefined, logLevel: 'info', role: 'all', auditRetentionMs: 30 * 86_400_000, auditMaxEvents: 1_000_000,
+    plexTimeoutMs: 5000, plexConcurrency: 4, trustProxy: false, defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
+    demo: false, plexTvUrl: 'https://plex.tv',
+  })
+  t.same(c.servers, [{ name: 'default', url: 'http://127.0.0.1:32400', adminToken: 'admin-token-value', tokenSource: 'token' }])
+  t.equal(c.brokerSecret.length, 32)
+  t.ok(Object.isFrozen(c) && Object.isFrozen(c.servers[0]), 'frozen')
+})
+
+t.test('every variable is parsed', async (t) => {
+  const c = loadConfig({
+    ...BASE, HOST: '127.0.0.1', PORT: '9000', REDIS_URL: 'redis://redis:6380/2', REDIS_PREFIX: 'prod-a', TOKEN_LIFETIME: '10h',
+    TOKEN_RENEW_AFTER: '1h30m', PLEX_PROBE_INTERVAL: '500ms', METRICS_TOKEN: 'm', LOG_LEVEL: 'debug', BROKER_ROLE: 'worker',
+    AUDIT_RETENTION: '7d', AUDIT_MAX_EVENTS: '5000', PLEX_TIMEOUT: '2s', PLEX_CONCURRENCY: '8', TRUST_PROXY: '10.0.0.0/8,127.0.0.1',
+    RATE_LIMIT_DEFAULT: '50/10s', PLEX_TV_URL: 'http://127.0.0.1:9999/',
+  })
+  t.match(c, {
+    host: '127.0.0.1', port: 9000, redisUrl: 'redis://redis:6380/2', redisPrefix: 'prod-a', tokenLifetimeMs: 36_000_000,
+    tokenRenewAfterMs: 5_400_000, probeIntervalMs: 500, metricsToken: 'm', logLevel: 'debug', role: 'worker',
+    auditRetentionMs: 7 * 86_400_000, auditMaxEvents: 5000, plexTimeoutMs: 2000, plexConcurrency: 8,
+    trustProxy: '10.0.0.0/8,127.0.0.1', defaultRateLimit: { max: 50, timeWindowMs: 10_000 }, plexTvUrl: 'http://127.0.0.1:9999',
+  })
+  t.equal(loadConfig({ ...BASE, TRUST_PROXY: 'true' }).trustProxy, true)
+})
+
+t.test('each bad value is named, all problems are reported at once, no secret in any message', async (t) => {
+  const cases: Array<[Record<string, string | undefined>, RegExp]> = [
+    [{ BROKER_SECRET: undefined }, /^BROKER_SECRET: required/],
+    [{ BROKER_SECRET: Buffer.alloc(16).toString('base64') }, /^BROKER_SECRET: must be base64 of 32 bytes/],
+    [{ PORT: '70000' }, /^PORT: must be an integer/],
+    [{ TOKEN_LIFETIME: '2 days' }, /^TOKEN_LIFETIME: .*not a duration/],
+    [{ TOKEN_RENEW_AFTER: '48h' }, /^TOKEN_RENEW_AFTER: must be shorter than TOKEN_LIFETIME/],
+    [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL:/],
+    [{ BROKER_ROLE: 'both' }, /^BROKER_ROLE:/],
+    [{ REDIS_PREFIX: 'a:b' }, /^REDIS_PREFIX:/],
+    [{ REDIS_URL: 'http://x' }, /^REDIS_URL:/],
+    [{ RATE_LIMIT_DEFAULT: '600' }, /^RATE_LIMIT_DEFAULT:/],
+    [{ TRUST_PROXY: 'maybe' }, /^TRUST_PROXY:/],
+    [{ PLEX_URL: 'ftp://x' }, /^PLEX_URL:/],
+    [{ PLEX_TOKEN_FILE: '/x' }, /^PLEX_URL: give exactly one/],
+    [{ PLEX_URL: undefined, PLEX_TOKEN: undefined }, /no PMS server configured/],
+    [{ PLEX_URL: undefined }, /^PLEX_TOKEN: set PLEX_URL too/],
+    [{ PLEX_CONCURRENCY: '0' }, /^PLEX_CONCURRENCY:/],
+    [{ AUDIT_MAX_EVENTS: 'lots' }, /^AUDIT_MAX_EVENTS:/],
+  ]
+  for (const [over, expected] of cases) {
+    const p = problems({ ...BASE, ...over })
+    t.ok(p.some((m) => expected.test(m)), `${JSON.stringify(over)} → ${p.join(' | ')}`)
+    t.notOk(p.join('\n').includes('admin-token-value'), 'no admin token in messages')
+  }
+  const many = problems({ BROKER_SECRET: 'x', PORT: 'x', LOG_LEVEL: 'x', PLEX_URL: BASE.PLEX_URL, PLEX_TOKEN: 't' })
+  t.ok(many.length >= 3, 'all problems at once')
+  t.equal(loadConfig({ ...BASE, BROKER_SECRET: undefined, BROKER_DEMO: '1' }).brokerSecret.length, 32, 'demo generates a secret')
+})
+
+t.test('config file: YAML and JSON, token sources resolved against the file, strict schema', async (t) => {
+  const dir = t.testdir({
+    'plex-token': '  file-admin-token\n',
+    'Preferences.xml': '<?xml version="1.0" encoding="utf-8"?>\n<Preferences OldestPreviousVersion="1.32.5.7516" MachineIdentifier="abc" ProcessedMachineIdentifier="def" PlexOnlineToken="prefs-admin-token" PlexOnlineUsername="me" AcceptedEULA="1"/>\n',
+    'NoToken.xml': '<?xml version="1.0"?><Preferences MachineIdentifier="abc"/>',
+  })
+  const digest = 'ab'.repeat(32)
+  const yaml = `servers:
+  - name: a
+    url: http://10.0.0.1:32400/
+    tokenFile: plex-token
+  - name: b
+    url: https://pms.example:32400
+    preferencesPath: Preferences.xml
+clients:
+  - id: thumbnailer
+    secretSha256: "${digest}"
+    servers: [a]
+    scopes: [token:issue]
+    rateLimit: { max: 10, timeWindow: 30s }
+  - id: ops
+    secretSha256: "${'cd'.repeat(32)}"
+    servers: ["*"]
+    scopes: [token:revoke, audit:read]
+    sources: ["*"]
+`
+  writeFileSync(join(dir, 'broker.yaml'), yaml)
+  const c = loadConfig({ BROKER_SECRET: SECRET, BROKER_CONFIG: join(dir, 'broker.yaml') })
+  t.same(c.servers.map((s) => [s.name, s.url, s.adminToken, s.tokenSource]), [
+    ['a', 'http://10.0.0.1:32400', 'file-admin-token', 'tokenFile'],
+    ['b', 'https://pms.example:32400', 'prefs-admin-token', 'preferencesPath'],
+  ])
+  t.equal(c.servers[0].tokenPath, join(dir, 'plex-token'))
+  t.same(c.clients[0], { id: 'thumbnailer', secretSha256: Buffer.from(digest, 'hex'), servers: ['a'], scopes: ['token:issue'], rateLimit: { max: 10, timeWindowMs: 30_000 }, sources: [] })
+  t.equal(c.clients[1].servers, '*')
+  t.equal(c.clients[1].sources, '*')
+  t.same(c.clients[1].rateLimit, { max: 600, timeWindowMs: 60_000 }, 'RATE_LIMIT_DEFAULT applies')
+
+  writeFileSync(join(dir, 'broker.json'), JSON.stringify({ clients: [{ id: 'x', secretSha256: digest, servers: ['default'], scopes: ['token:issue'] }] }))
+  t.equal(loadConfig({ ...BASE, BROKER_CONFIG: join(dir, 'broker.json') }).clients[0].id, 'x', 'JSON plus the PLEX_URL shortcut')
+
+  const bad = (text: string, file = 'bad.yaml'): string[] => {
+    writeFileSync(join(dir, file), text)
+    return problems({ ...BASE, BROKER_CONFIG: join(dir, file) })
+  }
+  t.match(bad('clients:\n  - id: x\n    secretSha256: "12"\n    servers: [default]\n    scopes: [token:issue]\n').join(), /clients\[0\]\.secretSha256: /)
+  t.match(bad('clients:\n  - id: x\n    secretSha256: "' + digest + '"\n    servers: [nope]\n    scopes: [token:issue]\n').join(), /clients\[0\]: server "nope" is not configured/)
+  t.match(bad('clients:\n  - id: x\n    secretSha256: "' + digest + '"\n    servers: [default]\n    scopes: [root]\n').join(), /clients\[0\]\.scopes/)
+  t.match(bad('clients:\n  - id: x\n    secret: plain\n    secretSha256: "' + digest + '"\n    servers: [default]\n    scopes: [token:issue]\n').join(), /must not have additional properties \(secret\)/)
+  t.match(bad('servers:\n  - name: default\n    url: http://x\n    token: t\n').join(), /PLEX_URL: defines the server "default"/)
+  t.match(bad('servers:\n  - name: other\n    url: http://x\n    token: t\n    tokenFile: f\n').join(), /servers\[0\]: give exactly one of token, tokenFile, preferencesPath/)
+  t.match(bad('servers:\n  - name: other\n    url: http://x\n    preferencesPath: NoToken.xml\n').join(), /has no PlexOnlineToken/)
+  t.match(bad('servers:\n  - name: other\n    url: http://x\n    tokenFile: missing\n').join(), /cannot read .*missing: ENOENT/)
+  t.match(bad('servers: [').join(), /not valid YAML/)
+  t.match(bad('{"clients": 1', 'bad.json').join(), /not valid JSON/)
+  const twice = bad(`clients:\n  - id: x\n    secretSha256: "${digest}"\n    servers: [default]\n    scopes: [token:issue]\n  - id: x\n    secretSha256: "${digest}"\n    servers: [default]\n    scopes: [token:issue]\n`)
+  t.ok(twice.some((m) => /used twice/.test(m)) && twice.some((m) => /same secret/.test(m)))
+  t.match(problems({ ...BASE, BROKER_CONFIG: join(dir, 'nope.yaml') }).join(), /^BROKER_CONFIG: cannot read/)
+})
+
+t.test('PLEX_TOKEN_FILE, PLEX_PREFERENCES_PATH and BROKER_SECRET_FILE', async (t) => {
+  const dir = t.testdir({ tok: 'from-file\n', secret: `${SECRET}\n`, 'Preferences.xml': '<Preferences PlexOnlineToken="from-prefs" />' })
+  t.equal(loadConfig({ BROKER_SECRET_FILE: join(dir, 'secret'), PLEX_URL: BASE.PLEX_URL, PLEX_TOKEN_FILE: join(dir, 'tok') }).servers[0].adminToken, 'from-file')
+  t.equal(loadConfig({ ...BASE, PLEX_TOKEN: undefined, PLEX_PREFERENCES_PATH: join(dir, 'Preferences.xml') }).servers[0].adminToken, 'from-prefs')
+  t.equal(tokenFromPreferences('<Preferences PlexOnlineToken="" />'), undefined)
+  t.equal(tokenFromPreferences('<Other PlexOnlineToken="x"/>'), undefined)
+})
+
+t.test('parseDuration', async (t) => {
+  t.equal(parseDuration('48h'), 172_800_000)
+  t.equal(parseDuration('1h30m'), 5_400_000)
+  t.equal(parseDuration('500ms'), 500)
+  for (const bad of ['', '10', 'h', '-5s', '1.5h', '0s', '10 s', '5w']) t.throws(() => parseDuration(bad), bad)
+  fc.assert(fc.property(fc.integer({ min: 1, max: 1e6 }), fc.constantFrom('ms', 's', 'm', 'h', 'd'), (n, unit) => {
+    const ms = parseDuration(`${n}${unit}`)
+    return ms === n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as Record<string, number>)[unit]
+  }))
+})
+
+t.test('.env.example lists exactly the variables the service reads', async (t) => {
+  const example = readFileSync('.env.example', 'utf8')
+  const listed = [...example.matchAll(/^# ([A-Z_]+)=/gm)].map((m) => m[1])
+  t.same(listed, ENV_VARIABLES.map((v) => v.name), 'same names, same order')
+  for (const v of ENV_VARIABLES) if (v.default !== undefined) t.match(example, `# ${v.name}=${v.default}\n`, `${v.name} default`)
+
+  // Every variable the source reads must be in ENV_VARIABLES, except the simulator's (SIM_*)
+  // and the ops CLI's (PTB_*, PLEX_TV_URL is a service variable too), which are documented with them.
+  const files: string[] = []
+  const walk = (d: string): void => {
+    for (const f of readdirSync(d)) {
+      const p = join(d, f)
+      if (statSync(p).isDirectory()) walk(p)
+      else if (p.endsWith('.ts')) files.push(p)
+    }
+  }
+  walk('src')
+  const read = new Set<string>()
+  for (const f of files) {
+    const text = readFileSync(f, 'utf8')
+    for (const m of text.matchAll(/env(?:\.|\[['"])([A-Z][A-Z0-9_]+)/g)) read.add(m[1])
+    for (const m of text.matchAll(/\b(?:get|dflt|duration|integer)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
+  }
+  const known = new Set(ENV_VARIABLES.map((v) => v.name))
+  const unlisted = [...read].filter((n) => !known.has(n) && !n.startsWith('SIM_') && !n.startsWith('PTB_'))
+  t.same(unlisted, [], 'no variable is read without being listed')
+  t.ok(read.size > 10, `found ${read.size} variables in the source`)
+})
