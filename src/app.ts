@@ -12,6 +12,8 @@ import { type RequestContext, TokenStore } from './broker/token-store.ts'
 import { RejectionCheck } from './broker/rejection-check.ts'
 import { AuditLog } from './broker/audit-log.ts'
 import { AdminTokenHealth } from './broker/admin-token-health.ts'
+import { TokenFileWatcher } from './broker/token-files.ts'
+import { PlexTv } from './plex/plextv.ts'
 import { ServerProbe } from './broker/probe.ts'
 import { Rotator } from './broker/rotator.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
@@ -74,6 +76,8 @@ export interface AppOverrides {
   now?: () => number
   /** Skip Node's default process metrics (tests that build many apps in one process). */
   defaultMetrics?: boolean
+  /** How often token files are polled for changes (default 5 s). */
+  tokenWatchIntervalMs?: number
   /** Stable X-Plex-Client-Identifier; by default derived from REDIS_PREFIX so all instances share one. */
   plexClientIdentifier?: string
 }
@@ -129,11 +133,14 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
   })
   const states = new ServerStates(store, plex)
+  const plexTv = new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier: overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`, timeoutMs: config.plexTimeoutMs })
   const adminHealth = new AdminTokenHealth({
     store,
     states,
     plex,
     logger,
+    accountCheck: async (token) => await plexTv.checkAccountToken(token),
+    keepAlive: async (token) => { await plexTv.ping(token) },
     onResult: (server, verdict) => metrics.adminTokenValid.set({ server }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1),
   })
   const issuer = new TokenIssuer({
@@ -186,6 +193,9 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     },
   })
   const audit = new AuditLog(store)
+  const watcher = new TokenFileWatcher(servers, logger, (server) => {
+    adminHealth.check(server).catch(() => {})
+  })
   let runner: JobRunner | undefined
   let workerRedis: Redis | undefined
   if (config.role !== 'api') {
@@ -288,9 +298,12 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     const r = runner
     app.addHook('onReady', async () => { await r.start() })
   }
+  app.addHook('onReady', async () => { watcher.start(overrides.tokenWatchIntervalMs ?? 5000) })
   app.addHook('onClose', async () => {
     // Workers first (they finish or leave in-flight jobs), then the connections they use.
+    watcher.stop()
     await runner?.close()
+    await plexTv.close()
     await queues.close()
     await plex.close()
     for (const c of [workerRedis, queueRedis, rateRedis]) await c?.quit().catch(() => c.disconnect())

@@ -1,5 +1,8 @@
 import t from 'tap'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { PlexTvSimulator } from '../src/sim/plextv-sim.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
 async function until (ms: number, fn: () => Promise<boolean>): Promise<boolean> {
@@ -58,5 +61,45 @@ t.test('PMS unreachable is unknown, never invalid', async (t) => {
   await app.ready()
   t.ok(await until(5000, async () => (await app.broker.states.get('default')).adminCheckedAt !== null))
   t.equal((await app.broker.states.get('default')).adminToken, 'unknown')
+  await sim.setDown(false)
+})
+
+t.test('a rotated token file or Preferences.xml is picked up without a restart', async (t) => {
+  for (const kind of ['tokenFile', 'preferencesPath'] as const) {
+    const sim = await startSim(t)
+    const write = (token: string): void => writeFileSync(path, kind === 'tokenFile' ? `${token}\n`
+      : `<?xml version="1.0" encoding="utf-8"?>\n<Preferences MachineIdentifier="x" PlexOnlineToken="${token}" PlexOnlineUsername="me"/>\n`)
+    const dir = t.testdir({})
+    const path = join(dir, kind === 'tokenFile' ? 'plex-token' : 'Preferences.xml')
+    write(sim.adminToken)
+    const a = makeClient('a')
+    const b = makeClient('b')
+    const server = { ...serverFor(sim), tokenSource: kind, tokenPath: path }
+    const app = await buildTestApp(t, testConfig(uniquePrefix('reload'), [server], [a, b]), { defaultMetrics: false, tokenWatchIntervalMs: 50 })
+    await app.ready()
+    t.equal((await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })).statusCode, 200)
+    // PMS is re-claimed: its token changes, and the new one lands in the file.
+    sim.setAdminTokens(['token-after-reclaim'])
+    write('token-after-reclaim')
+    t.ok(await until(3000, async () => app.broker.servers.get('default')?.adminToken === 'token-after-reclaim'), `${kind}: reloaded`)
+    const r = await app.inject({ method: 'POST', url: '/v1/tokens', headers: b.auth, payload: { server: 'default' } })
+    t.equal(r.statusCode, 200, `${kind}: the new token mints`)
+    t.notOk(app.logs.text.includes('token-after-reclaim'), 'the new token is not logged')
+  }
+})
+
+t.test('when PMS cannot tell, plex.tv decides; a valid account token is kept alive', async (t) => {
+  const tv = await PlexTvSimulator.start({})
+  t.teardown(() => tv.stop())
+  const sim = await startSim(t, { adminTokens: [tv.accountToken] })
+  await sim.setDown(true)
+  const a = makeClient('a')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('plextv'), [serverFor(sim)], [a], { plexTvUrl: tv.url, role: 'all' }), { defaultMetrics: false })
+  await app.ready()
+  t.ok(await until(5000, async () => (await app.broker.states.get('default')).adminToken === 'valid'), 'plex.tv says valid')
+  t.ok(tv.counters.pings >= 1, 'pinged to keep it alive')
+  tv.revokeAccountToken()
+  await app.broker.runner!.checkAdminTokensNow()
+  t.equal((await app.broker.states.get('default')).adminToken, 'invalid', 'plex.tv 401 while PMS is down: invalid')
   await sim.setDown(false)
 })

@@ -125,6 +125,11 @@ export class JobRunner {
     }
   }
 
+  /** Runs the admin token checks now (ops and tests). */
+  async checkAdminTokensNow (): Promise<void> {
+    await this.#o.checkAdminTokens?.()
+  }
+
   /** Queues a probe now (an event stream dropped, a client reported a dead token). At most one per server per second. */
   async triggerProbe (server: string, trigger: 'eventsource' | 'rejection' | 'manual'): Promise<void> {
     await triggerProbe(this.#o.queues, server, trigger)
