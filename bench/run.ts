@@ -1,0 +1,336 @@
+/**
+ * `npm run bench [scenario…]`: measures the broker against real processes on loopback, each
+ * scenario paired with a bare-Fastify baseline in the same run, so the ratio survives noisy
+ * machines. Scenarios: hot, herd, restart, footprint, scaling (default: all). Results are printed
+ * as Markdown; copy them into docs/benchmarks.md. Not part of `npm test`.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpus, tmpdir, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import autocannon from 'autocannon'
+import { Redis } from 'ioredis'
+import { sha256 } from '../src/broker/crypto.ts'
+import { freePort } from '../src/demo.ts'
+import { PmsSimulator } from '../src/sim/pms-sim.ts'
+
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+const DURATION = Number(process.env.BENCH_SECONDS ?? 10)
+const out: string[] = []
+const log = (s = ''): void => { out.push(s); process.stdout.write(`${s}\n`) }
+
+interface Proc { child: ChildProcess, url: string, pid: number }
+
+async function waitHealthy (url: string, child: ChildProcess): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (child.exitCode !== null) throw new Error(`process exited ${child.exitCode}`)
+    try { if ((await fetch(`${url}/healthz`)).ok) return } catch {}
+    await sleep(50)
+  }
+  throw new Error(`${url} never became healthy`)
+}
+
+async function startBaseline (): Promise<Proc> {
+  const port = await freePort()
+  const child = spawn(process.execPath, [join(import.meta.dirname, 'baseline.ts')], { env: { ...process.env, PORT: String(port) }, stdio: 'ignore' })
+  const url = `http://127.0.0.1:${port}`
+  await waitHealthy(url, child)
+  return { child, url, pid: child.pid! }
+}
+
+interface BrokerSetup { prefix: string, configFile: string, secrets: string[], env: Record<string, string> }
+
+function setup (sim: PmsSimulator, clients: number, extra: Record<string, string> = {}): BrokerSetup {
+  const dir = mkdtempSync(join(tmpdir(), 'ptb-bench-'))
+  const secrets = Array.from({ length: clients }, (_, i) => `bench-${i}-${randomBytes(12).toString('hex')}`)
+  const lines = ['clients:']
+  secrets.forEach((s, i) => lines.push(`  - id: c${i}`, `    secretSha256: "${sha256(s).toString('hex')}"`, '    servers: ["*"]', '    scopes: [token:issue]', '    rateLimit: { max: 100000000, timeWindow: 1m }'))
+  const configFile = join(dir, 'broker.yaml')
+  writeFileSync(configFile, lines.join('\n') + '\n')
+  const prefix = `ptbbench-${randomBytes(3).toString('hex')}`
+  return {
+    prefix,
+    configFile,
+    secrets,
+    env: {
+      REDIS_URL, REDIS_PREFIX: prefix, BROKER_SECRET: randomBytes(32).toString('base64'), BROKER_CONFIG: configFile,
+      PLEX_URL: sim.url, PLEX_TOKEN: sim.adminToken, LOG_LEVEL: 'warn', BROKER_ROLE: 'api', ...extra,
+    },
+  }
+}
+
+async function startBroker (s: BrokerSetup, extra: Record<string, string> = {}, nodeArgs: string[] = []): Promise<Proc> {
+  const port = await freePort()
+  const child = spawn(process.execPath, [...nodeArgs, 'src/server.ts'], {
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...s.env, ...extra, PORT: String(port), HOST: '127.0.0.1' },
+    stdio: 'ignore',
+  })
+  const url = `http://127.0.0.1:${port}`
+  await waitHealthy(url, child)
+  return { child, url, pid: child.pid! }
+}
+
+async function stop (p: Proc): Promise<void> {
+  if (p.child.exitCode !== null) return
+  const done = new Promise((resolve) => p.child.once('exit', resolve))
+  p.child.kill('SIGTERM')
+  await Promise.race([done, sleep(12_000)])
+}
+
+function rssMb (pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024
+}
+
+async function cleanup (prefix: string): Promise<void> {
+  const redis = new Redis(REDIS_URL)
+  let cursor = '0'
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 5000)
+    cursor = next
+    if (keys.length > 0) await redis.unlink(...keys)
+  } while (cursor !== '0')
+  redis.disconnect()
+}
+
+interface Load { rps: number, p50: number, p99: number, p999: number, errors: number, non2xx: number }
+
+async function load (url: string, opts: { connections: number, secret?: string, rate?: number, seconds?: number }): Promise<Load> {
+  const r = await autocannon({
+    url: `${url}/v1/tokens`,
+    method: 'POST',
+    connections: opts.connections,
+    duration: opts.seconds ?? DURATION,
+    overallRate: opts.rate,
+    headers: { 'content-type': 'application/json', ...(opts.secret === undefined ? {} : { authorization: `Bearer ${opts.secret}` }) },
+    body: JSON.stringify({ server: 'default' }),
+  })
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, p999: r.latency.p99_9, errors: r.errors, non2xx: r.non2xx }
+}
+
+const fmt = (n: number, d = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d })
+
+async function hot (sim: PmsSimulator): Promise<void> {
+  log('## 1. Hot path: `POST /v1/tokens` cache hit (auth + rate limit + audit), 100 connections')
+  const s = setup(sim, 1)
+  const profileDir = mkdtempSync(join(tmpdir(), 'ptb-prof-'))
+  const broker = await startBroker(s)
+  const baseline = await startBaseline()
+  try {
+    const warm = await fetch(`${broker.url}/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${s.secrets[0]}`, 'content-type': 'application/json' }, body: '{"server":"default"}' })
+    if (!warm.ok) throw new Error(`warm-up failed: ${warm.status}`)
+    await load(broker.url, { connections: 100, secret: s.secrets[0], seconds: 3 })
+    const b = await load(baseline.url, { connections: 100 })
+    const p = await load(broker.url, { connections: 100, secret: s.secrets[0] })
+    const rss = rssMb(broker.pid)
+    const half = await load(broker.url, { connections: 100, secret: s.secrets[0], rate: Math.round(p.rps / 2) })
+    log()
+    log('| run | req/s | p50 ms | p99 ms | p99.9 ms | errors / non-2xx |')
+    log('|---|---:|---:|---:|---:|---:|')
+    log(`| baseline (bare Fastify, constant JSON) | ${fmt(b.rps)} | ${b.p50} | ${b.p99} | ${b.p999} | ${b.errors} / ${b.non2xx} |`)
+    log(`| broker, peak | ${fmt(p.rps)} | ${p.p50} | ${p.p99} | ${p.p999} | ${p.errors} / ${p.non2xx} |`)
+    log(`| broker at half the peak rate (${fmt(p.rps / 2)} req/s) | ${fmt(half.rps)} | ${half.p50} | ${half.p99} | ${half.p999} | ${half.errors} / ${half.non2xx} |`)
+    log()
+    log(`Ratio broker / baseline: **${fmt(100 * p.rps / b.rps, 1)} %** (target ≥ 50 %). p99 at half the peak rate: **${half.p99} ms** (target < 5 ms). Broker RSS after the run: ${fmt(rss, 1)} MB.`)
+  } finally {
+    await stop(broker)
+    await stop(baseline)
+  }
+  // A CPU profile of the broker under the same load.
+  const prof = await startBroker(s, {}, ['--cpu-prof', `--cpu-prof-dir=${profileDir}`])
+  await load(prof.url, { connections: 100, secret: s.secrets[0], seconds: 5 })
+  await stop(prof)
+  const file = readdirSync(profileDir).find((f) => f.endsWith('.cpuprofile'))
+  if (file !== undefined) {
+    log()
+    log('CPU profile of the broker under this load (self time by module, top 12):')
+    log()
+    log('| module | self time % |')
+    log('|---|---:|')
+    for (const [mod, pct] of profileSummary(join(profileDir, file)).slice(0, 12)) log(`| ${mod} | ${fmt(pct, 1)} |`)
+  }
+  await cleanup(s.prefix)
+}
+
+/** Self time per module (node_modules package, src file, or node internals) from a .cpuprofile. */
+function profileSummary (file: string): Array<[string, number]> {
+  const prof = JSON.parse(readFileSync(file, 'utf8')) as { nodes: Array<{ id: number, callFrame: { url: string, functionName: string } }>, samples: number[] }
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]))
+  const counts = new Map<string, number>()
+  for (const id of prof.samples) {
+    const n = byId.get(id)
+    const url = n?.callFrame.url ?? ''
+    let mod = url === '' ? `(${n?.callFrame.functionName || 'program'})` : url.startsWith('node:') ? 'node internals' : url
+    const nm = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
+    if (nm !== null) mod = nm[1]
+    else if (url.includes('/src/')) mod = url.slice(url.indexOf('/src/') + 1)
+    counts.set(mod, (counts.get(mod) ?? 0) + 1)
+  }
+  const total = prof.samples.length
+  return [...counts.entries()].map(([k, v]) => [k, 100 * v / total] as [string, number]).sort((a, b) => b[1] - a[1])
+}
+
+async function herd (sim: PmsSimulator): Promise<void> {
+  log('## 2. Cold herd: 1,000 concurrent first requests for one (client, server), two broker instances')
+  const s = setup(sim, 1)
+  const a = await startBroker(s)
+  const b = await startBroker(s)
+  try {
+    sim.resetCounters()
+    sim.setFault({ latencyMs: 50 })
+    const started = performance.now()
+    const answers = await Promise.all(Array.from({ length: 1000 }, (_, i) => fetch(`${(i % 2 === 0 ? a : b).url}/v1/tokens`, {
+      method: 'POST', headers: { authorization: `Bearer ${s.secrets[0]}`, 'content-type': 'application/json' }, body: '{"server":"default"}',
+    }).then(async (r) => ({ status: r.status, id: (await r.json() as { tokenId?: string }).tokenId }))))
+    const took = performance.now() - started
+    sim.setFault({})
+    const ok = answers.filter((r) => r.status === 200).length
+    log()
+    log(`| answers 200 | distinct tokens | mints at PMS | time to the last answer |`)
+    log('|---:|---:|---:|---:|')
+    log(`| ${ok} / 1000 | ${new Set(answers.map((r) => r.id)).size} | ${sim.counters.mints} | ${fmt(took)} ms (PMS latency 50 ms) |`)
+  } finally {
+    await stop(a)
+    await stop(b)
+    await cleanup(s.prefix)
+  }
+}
+
+async function restart (sim: PmsSimulator): Promise<void> {
+  const n = Number(process.env.BENCH_CLIENTS ?? 5000)
+  const cap = 4
+  log(`## 3. Restart recovery at scale: ${fmt(n)} active clients on one server`)
+  const s = setup(sim, n, { BROKER_ROLE: 'all', PLEX_PROBE_INTERVAL: '1s', PLEX_CONCURRENCY: String(cap) })
+  const broker = await startBroker(s)
+  const redis = new Redis(REDIS_URL)
+  try {
+    for (let i = 0; i < n; i += 100) {
+      await Promise.all(s.secrets.slice(i, i + 100).map((secret) => fetch(`${broker.url}/v1/tokens`, {
+        method: 'POST', headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' }, body: '{"server":"default"}',
+      }).then((r) => r.arrayBuffer())))
+    }
+    await sleep(3000)
+    const before = new Map<string, string | null>()
+    const ids = await redis.mget(s.secrets.map((_, i) => `${s.prefix}:cur:c${i}:default`))
+    s.secrets.forEach((_, i) => before.set(`c${i}`, ids[i]))
+    let peak = 0
+    let last = sim.counters.mints
+    const sampler = setInterval(() => {
+      const m = sim.counters.mints
+      peak = Math.max(peak, (m - last) * 10)
+      last = m
+    }, 100)
+    await sim.restart({ downForMs: 1000 })
+    const back = performance.now()
+    let done = -1
+    while (performance.now() - back < 120_000) {
+      const now = await redis.mget(s.secrets.map((_, i) => `${s.prefix}:cur:c${i}:default`))
+      if (now.every((id, i) => id !== null && id !== before.get(`c${i}`))) {
+        done = performance.now() - back
+        break
+      }
+      await sleep(100)
+    }
+    clearInterval(sampler)
+    log()
+    log('| active clients | time from PMS answering again to every client holding a fresh token | peak mint rate at PMS | configured cap |')
+    log('|---:|---:|---:|---:|')
+    log(`| ${fmt(n)} | ${done < 0 ? 'not within 120 s' : `${fmt(done / 1000, 1)} s`} | ${fmt(peak)} mints/s | ${cap} concurrent calls per instance |`)
+  } finally {
+    redis.disconnect()
+    await stop(broker)
+    await cleanup(s.prefix)
+  }
+}
+
+async function footprint (sim: PmsSimulator): Promise<void> {
+  const n = Number(process.env.BENCH_TOKENS ?? 50_000)
+  log(`## 4. Footprint: ${fmt(n)} active tokens`)
+  const s = setup(sim, n)
+  const broker = await startBroker(s)
+  const redis = new Redis(REDIS_URL)
+  try {
+    const started = performance.now()
+    for (let i = 0; i < n; i += 200) {
+      await Promise.all(s.secrets.slice(i, i + 200).map((secret) => fetch(`${broker.url}/v1/tokens`, {
+        method: 'POST', headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' }, body: '{"server":"default"}',
+      }).then((r) => r.arrayBuffer())))
+    }
+    const seedS = (performance.now() - started) / 1000
+    const id = await redis.get(`${s.prefix}:cur:c0:default`)
+    const tok = Number(await redis.memory('USAGE', `${s.prefix}:tok:${id}`))
+    const cur = Number(await redis.memory('USAGE', `${s.prefix}:cur:c0:default`))
+    const stream = Number(await redis.memory('USAGE', `${s.prefix}:audit`, 'SAMPLES', '0'))
+    const events = await redis.xlen(`${s.prefix}:audit`)
+    const idx = ['idx:all', 'idx:client:c0', 'idx:server:default', 'active:default']
+    const idxBytes = await Promise.all(idx.map(async (k) => Number(await redis.memory('USAGE', `${s.prefix}:${k}`, 'SAMPLES', '0'))))
+    const rss = rssMb(broker.pid)
+    // One rotation sweep over all of them, in-process, against the same Redis.
+    const { buildApp } = await import('../src/app.ts')
+    const { loadConfig } = await import('../src/config.ts')
+    const app = await buildApp(loadConfig({ ...s.env, LOG_LEVEL: 'silent' }), { defaultMetrics: false })
+    const sweepStart = performance.now()
+    const due = await app.broker.rotator.due()
+    const sweepMs = performance.now() - sweepStart
+    await app.close()
+    log()
+    log('| measure | value |')
+    log('|---|---:|')
+    log(`| seeding ${fmt(n)} tokens through the API | ${fmt(seedS, 1)} s |`)
+    log(`| Redis per token: record hash + current key | ${fmt(tok)} + ${fmt(cur)} bytes |`)
+    log(`| Redis per token: index and activity entries (idx:all, idx:client, idx:server, active) | ≈ ${fmt((idxBytes[0] + idxBytes[2] + idxBytes[3]) / n + idxBytes[1])} bytes |`)
+    log(`| Redis per audit event (stream of ${fmt(events)} events) | ${fmt(stream / events)} bytes |`)
+    log(`| broker RSS with ${fmt(n)} active tokens | ${fmt(rss, 1)} MB |`)
+    log(`| rotation sweep over ${fmt(n)} active tokens (${due.length} due) | ${fmt(sweepMs)} ms |`)
+  } finally {
+    redis.disconnect()
+    await stop(broker)
+    await cleanup(s.prefix)
+  }
+}
+
+async function scaling (sim: PmsSimulator): Promise<void> {
+  log('## 5. Scaling: 1, 2 and 4 broker processes on one Redis (cache hits, 50 connections each)')
+  const s = setup(sim, 1)
+  log()
+  log('| processes | total req/s | p99 ms (worst process) |')
+  log('|---:|---:|---:|')
+  for (const count of [1, 2, 4]) {
+    const procs = await Promise.all(Array.from({ length: count }, () => startBroker(s)))
+    try {
+      await fetch(`${procs[0].url}/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${s.secrets[0]}`, 'content-type': 'application/json' }, body: '{"server":"default"}' })
+      const results = await Promise.all(procs.map((p) => load(p.url, { connections: 50, secret: s.secrets[0], seconds: Math.max(5, DURATION / 2) })))
+      log(`| ${count} | ${fmt(results.reduce((a, r) => a + r.rps, 0))} | ${Math.max(...results.map((r) => r.p99))} |`)
+    } finally {
+      await Promise.all(procs.map(stop))
+    }
+  }
+  await cleanup(s.prefix)
+}
+
+const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = { hot, herd, restart, footprint, scaling }
+
+async function main (): Promise<void> {
+  const wanted = process.argv.slice(2).filter((a) => a in SCENARIOS)
+  const run = wanted.length > 0 ? wanted : Object.keys(SCENARIOS)
+  const redis = new Redis(REDIS_URL)
+  const info = await redis.info('server')
+  redis.disconnect()
+  log(`Run ${new Date().toISOString()} — \`npm run bench${wanted.length > 0 ? ` ${wanted.join(' ')}` : ''}\``)
+  log(`Machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${fmt(totalmem() / 2 ** 30, 1)} GiB; Node ${process.version}; Redis ${/redis_version:(\S+)/.exec(info)?.[1]} on loopback; autocannon, ${DURATION} s per run.`)
+  log()
+  const sim = await PmsSimulator.start({ version: '1.43.0.10162-aaaaaaaaa' })
+  try {
+    for (const name of run) {
+      await SCENARIOS[name](sim)
+      log()
+    }
+  } finally {
+    await sim.stop()
+  }
+  writeFileSync(join(tmpdir(), 'ptb-bench-latest.md'), out.join('\n') + '\n')
+}
+
+await main()
