@@ -150,12 +150,18 @@ async function hot (sim: PmsSimulator): Promise<void> {
     log('| module | self time % |')
     log('|---|---:|')
     for (const [mod, pct] of profileSummary(join(profileDir, file)).slice(0, 12)) log(`| ${mod} | ${fmt(pct, 1)} |`)
+    log()
+    log('Top functions by self time:')
+    log()
+    log('| function (file) | self time % |')
+    log('|---|---:|')
+    for (const [fn, pct] of profileSummary(join(profileDir, file), true).slice(0, 15)) log(`| ${fn} | ${fmt(pct, 1)} |`)
   }
   await cleanup(s.prefix)
 }
 
 /** Self time per module (node_modules package, src file, or node internals) from a .cpuprofile. */
-function profileSummary (file: string): Array<[string, number]> {
+function profileSummary (file: string, byFunction = false): Array<[string, number]> {
   const prof = JSON.parse(readFileSync(file, 'utf8')) as { nodes: Array<{ id: number, callFrame: { url: string, functionName: string } }>, samples: number[] }
   const byId = new Map(prof.nodes.map((n) => [n.id, n]))
   const counts = new Map<string, number>()
@@ -166,6 +172,7 @@ function profileSummary (file: string): Array<[string, number]> {
     const nm = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
     if (nm !== null) mod = nm[1]
     else if (url.includes('/src/')) mod = url.slice(url.indexOf('/src/') + 1)
+    if (byFunction) mod = `\`${n?.callFrame.functionName || '(anonymous)'}\` (${mod})`
     counts.set(mod, (counts.get(mod) ?? 0) + 1)
   }
   const total = prof.samples.length
