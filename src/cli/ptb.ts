@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 /**
  * `ptb`: the ops command line of plex-token-broker.
  *   ptb login [--print] [--out FILE] [--password]   plex.tv PIN (or password) login → account token file (0600)
