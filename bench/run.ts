@@ -15,6 +15,7 @@ import { Redis } from 'ioredis'
 import { sha256 } from '../src/broker/crypto.ts'
 import { freePort } from '../src/demo.ts'
 import { PmsSimulator } from '../src/sim/pms-sim.ts'
+import { deleteKeys } from '../test/helper.ts'
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const DURATION = Number(process.env.BENCH_SECONDS ?? 10)
@@ -85,14 +86,7 @@ function rssMb (pid: number): number {
 }
 
 async function cleanup (prefix: string): Promise<void> {
-  const redis = new Redis(REDIS_URL)
-  let cursor = '0'
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 5000)
-    cursor = next
-    if (keys.length > 0) await redis.unlink(...keys)
-  } while (cursor !== '0')
-  redis.disconnect()
+  await deleteKeys(prefix)
 }
 
 interface Load { rps: number, p50: number, p99: number, p999: number, errors: number, non2xx: number }

@@ -3,16 +3,8 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { PlexTvSimulator } from '../src/sim/plextv-sim.ts'
-import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
 
-async function until (ms: number, fn: () => Promise<boolean>): Promise<boolean> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await fn()) return true
-    await sleep(100)
-  }
-  return false
-}
 
 t.test('an admin token PMS rejects is found at boot, shown, audited, and fails requests fast with 502', async (t) => {
   const sim = await startSim(t)

@@ -9,6 +9,16 @@ import { PmsSimulator, type PmsSimOptions } from '../src/sim/pms-sim.ts'
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 
+/** Polls `check` every 100 ms until it holds (true) or `ms` pass (false). */
+export async function until (ms: number, check: () => Promise<boolean>): Promise<boolean> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await check()) return true
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  return false
+}
+
 /** The subset of tap's Test we use, so helpers work with any subtest. */
 export interface T {
   teardown: (fn: () => unknown) => void

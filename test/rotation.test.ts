@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { backoffDelay, BACKOFF_CAP_MS } from '../src/jobs/queues.ts'
 import { sweepInterval } from '../src/jobs/runner.ts'
-import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix } from './helper.ts'
+import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until } from './helper.ts'
 
 // Short lifetimes, real BullMQ workers, real timers (issue 3 "Done when").
 const FAST = { tokenLifetimeMs: 10_000, tokenRenewAfterMs: 4000, probeIntervalMs: 1000, role: 'all' as const }
@@ -17,15 +17,6 @@ async function state (app: FastifyInstance, c: TestClient, tokenId: string): Pro
   return (await app.inject({ method: 'GET', url: `/v1/tokens/${tokenId}`, headers: c.auth })).json().state
 }
 
-/** Polls until `check` holds (true) or `ms` pass (false). */
-async function within (ms: number, check: () => Promise<boolean>): Promise<boolean> {
-  const start = Date.now()
-  while (Date.now() - start < ms) {
-    if (await check()) return true
-    await sleep(100)
-  }
-  return false
-}
 
 t.test('backoff grows exponentially, is capped, and is jittered', async (t) => {
   t.equal(backoffDelay(1, () => 0), 500)
@@ -94,8 +85,8 @@ t.test('a PMS restart is detected and active clients hold valid tokens within th
   const before = new Map<string, string>()
   for (const c of clients) before.set(c.id, (await issue(app, c)).body.tokenId)
   // Let the first probes record the identity and mint the canary.
-  t.ok(await within(5000, async () => (await app.broker.states.get('default')).state === 'up'), 'server probed up')
-  await within(3000, async () => await app.broker.store.peek('~canary', 'default') !== undefined)
+  t.ok(await until(5000, async () => (await app.broker.states.get('default')).state === 'up'), 'server probed up')
+  await until(3000, async () => await app.broker.store.peek('~canary', 'default') !== undefined)
 
   await sim.restart({ downForMs: 1500 })
   const back = Date.now()
@@ -109,7 +100,7 @@ t.test('a PMS restart is detected and active clients hold valid tokens within th
     }
     return true
   }
-  const took = await within(FAST.probeIntervalMs + 3000, allValid)
+  const took = await until(FAST.probeIntervalMs + 3000, allValid)
   t.ok(took, `every active client holds a token PMS accepts ${Date.now() - back} ms after PMS answered again`)
   for (const c of clients) t.equal(await state(app, c, before.get(c.id)!), 'invalidated', `${c.id}'s old token shows invalidated`)
   const audit = await app.inject({ method: 'GET', url: '/v1/audit?action=server.restart', headers: auditor.auth })
@@ -123,9 +114,9 @@ t.test('a restart with a new version is detected from /identity alone', async (t
   const a = makeClient('ver')
   const app = await buildTestApp(t, testConfig(uniquePrefix('restart'), [serverFor(sim)], [a], { ...FAST, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 30_000 }))
   const first = await issue(app, a)
-  t.ok(await within(5000, async () => (await app.broker.states.get('default')).version !== null))
+  t.ok(await until(5000, async () => (await app.broker.states.get('default')).version !== null))
   await sim.restart({ version: '1.43.0.10000-aaaaaaaaa' })
-  t.ok(await within(4000, async () => (await state(app, a, first.body.tokenId)) === 'invalidated'), 'tokens invalidated')
+  t.ok(await until(4000, async () => (await state(app, a, first.body.tokenId)) === 'invalidated'), 'tokens invalidated')
   t.equal((await app.broker.states.get('default')).version, '1.43.0.10000-aaaaaaaaa')
 })
 
@@ -164,7 +155,7 @@ t.test('PMS failing: rotation backs off instead of looping, and recovers when PM
   const app = await buildTestApp(t, testConfig(uniquePrefix('backoff'), [serverFor(sim)], [a],
     { ...FAST, tokenLifetimeMs: 20_000, tokenRenewAfterMs: 2000 }))
   const first = await issue(app, a)
-  await within(3000, async () => (await app.broker.states.get('default')).state === 'up')
+  await until(3000, async () => (await app.broker.states.get('default')).state === 'up')
   sim.setFault({ status: 503 })
   sim.resetCounters()
   await sleep(6000)
@@ -175,7 +166,7 @@ t.test('PMS failing: rotation backs off instead of looping, and recovers when PM
   const during = await issue(app, a)
   t.equal(during.body.tokenId, first.body.tokenId, 'the live token is still served while rotation fails')
   sim.setFault({})
-  t.ok(await within(15_000, async () => (await issue(app, a)).body.tokenId !== first.body.tokenId), 'rotation succeeds once PMS answers')
+  t.ok(await until(15_000, async () => (await issue(app, a)).body.tokenId !== first.body.tokenId), 'rotation succeeds once PMS answers')
 })
 
 t.test('two broker instances run each probe once per period in total', async (t) => {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
-import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix } from '../helper.ts'
+import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until } from '../helper.ts'
 import { PrivateRedis } from '../private-redis.ts'
 
 // Redis faults with the whole broker running (API and workers): requests answer within their
@@ -15,14 +15,6 @@ async function issue (app: FastifyInstance, c: TestClient) {
   return { status: r.statusCode, body: r.json(), ms: Date.now() - started }
 }
 
-async function until (ms: number, fn: () => Promise<boolean>): Promise<boolean> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await fn()) return true
-    await sleep(200)
-  }
-  return false
-}
 
 t.test('Redis paused (SIGSTOP) for 10 s: every request answers within 2 s, then the broker heals', async (t) => {
   const redis = await PrivateRedis.start(t)
