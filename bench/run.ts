@@ -216,6 +216,7 @@ async function restart (sim: PmsSimulator): Promise<void> {
     const before = new Map<string, string | null>()
     const ids = await redis.mget(s.secrets.map((_, i) => `${s.prefix}:cur:c${i}:default`))
     s.secrets.forEach((_, i) => before.set(`c${i}`, ids[i]))
+    sim.resetCounters()
     let peak = 0
     let last = sim.counters.mints
     const sampler = setInterval(() => {
@@ -236,9 +237,9 @@ async function restart (sim: PmsSimulator): Promise<void> {
     }
     clearInterval(sampler)
     log()
-    log('| active clients | time from PMS answering again to every client holding a fresh token | peak mint rate at PMS | configured cap |')
-    log('|---:|---:|---:|---:|')
-    log(`| ${fmt(n)} | ${done < 0 ? 'not within 120 s' : `${fmt(done / 1000, 1)} s`} | ${fmt(peak)} mints/s | ${cap} concurrent calls per instance |`)
+    log('| active clients | time from PMS answering again to every client holding a fresh token | peak mint rate at PMS | most PMS requests in flight at once | cap (PLEX_CONCURRENCY) |')
+    log('|---:|---:|---:|---:|---:|')
+    log(`| ${fmt(n)} | ${done < 0 ? 'not within 120 s' : `${fmt(done / 1000, 1)} s`} | ${fmt(peak)} mints/s | ${sim.counters.maxInFlight} | ${cap} per server and instance |`)
   } finally {
     redis.disconnect()
     await stop(broker)
@@ -268,6 +269,8 @@ async function footprint (sim: PmsSimulator): Promise<void> {
     const idx = ['idx:all', 'idx:client:c0', 'idx:server:default', 'active:default']
     const idxBytes = await Promise.all(idx.map(async (k) => Number(await redis.memory('USAGE', `${s.prefix}:${k}`, 'SAMPLES', '0'))))
     const rss = rssMb(broker.pid)
+    const metrics = await (await fetch(`${broker.url}/metrics`)).text()
+    const heap = Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(metrics)?.[1] ?? 0) / 2 ** 20
     // One rotation sweep over all of them, in-process, against the same Redis.
     const { buildApp } = await import('../src/app.ts')
     const { loadConfig } = await import('../src/config.ts')
@@ -283,7 +286,7 @@ async function footprint (sim: PmsSimulator): Promise<void> {
     log(`| Redis per token: record hash + current key | ${fmt(tok)} + ${fmt(cur)} bytes |`)
     log(`| Redis per token: index and activity entries (idx:all, idx:client, idx:server, active) | ≈ ${fmt((idxBytes[0] + idxBytes[2] + idxBytes[3]) / n + idxBytes[1])} bytes |`)
     log(`| Redis per audit event (stream of ${fmt(events)} events) | ${fmt(stream / events)} bytes |`)
-    log(`| broker RSS with ${fmt(n)} active tokens | ${fmt(rss, 1)} MB |`)
+    log(`| broker RSS / JS heap used with ${fmt(n)} active tokens (and ${fmt(n)} clients in its config) | ${fmt(rss, 1)} MB / ${fmt(heap, 1)} MB |`)
     log(`| rotation sweep over ${fmt(n)} active tokens (${due.length} due) | ${fmt(sweepMs)} ms |`)
   } finally {
     redis.disconnect()

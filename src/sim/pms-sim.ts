@@ -50,6 +50,9 @@ export interface SimCounters {
   unauthorized: number
   identity: number
   byPath: Record<string, number>
+  /** Requests being answered right now, and the most at once since the last reset (event streams excluded). */
+  inFlight: number
+  maxInFlight: number
 }
 
 export interface PmsSimOptions {
@@ -154,7 +157,7 @@ export function htmlErrorBody (status: number): string {
 }
 
 export class PmsSimulator {
-  readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, identity: 0, byPath: {} }
+  readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 }
 
   readonly #host: string
   #port: number
@@ -230,6 +233,7 @@ export class PmsSimulator {
     this.counters.mints = 0
     this.counters.unauthorized = 0
     this.counters.identity = 0
+    this.counters.maxInFlight = this.counters.inFlight
     for (const k of Object.keys(this.counters.byPath)) delete this.counters.byPath[k]
   }
 
@@ -358,6 +362,11 @@ export class PmsSimulator {
     this.counters.requests++
     this.counters.byPath[path] = (this.counters.byPath[path] ?? 0) + 1
     if (path === '/identity') this.counters.identity++
+    if (path !== '/:/eventsource/notifications') {
+      this.counters.inFlight++
+      this.counters.maxInFlight = Math.max(this.counters.maxInFlight, this.counters.inFlight)
+      res.once('close', () => { this.counters.inFlight-- })
+    }
 
     const fault = this.#fault
     const latency = this.#baseLatencyMs + (fault.latencyMs ?? 0)
