@@ -314,11 +314,76 @@ async function scaling (sim: PmsSimulator): Promise<void> {
   await cleanup(s.prefix)
 }
 
-const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = { hot, herd, restart, footprint, scaling }
+/**
+ * `npm run soak`: mixed load (cache hits, new clients, rotations every few seconds) for
+ * SOAK_MINUTES (default 10) with a PMS restart every minute. Every served token is checked
+ * against the simulator; RSS and heap are sampled. Not part of `npm run bench`'s default set.
+ */
+async function soak (sim: PmsSimulator): Promise<void> {
+  const minutes = Number(process.env.SOAK_MINUTES ?? 10)
+  const clients = 200
+  log(`## Soak: ${minutes} min, ${clients} clients, TOKEN_RENEW_AFTER 20s, a PMS restart every minute`)
+  const s = setup(sim, clients, { BROKER_ROLE: 'all', PLEX_PROBE_INTERVAL: '1s', TOKEN_LIFETIME: '2m', TOKEN_RENEW_AFTER: '20s' })
+  const broker = await startBroker(s)
+  const samples: Array<{ t: number, rss: number, heap: number }> = []
+  let served = 0
+  let invalid = 0
+  let stillInvalid = 0
+  let failed = 0
+  const end = Date.now() + minutes * 60_000
+  let nextRestart = Date.now() + 60_000
+  let restarts = 0
+  try {
+    while (Date.now() < end) {
+      const batch = await Promise.all(Array.from({ length: 50 }, () => {
+        const secret = s.secrets[Math.floor(Math.random() * clients)]
+        const ask = (rejectedTokenId?: string): Promise<{ status: number, token?: string, tokenId?: string }> =>
+          fetch(`${broker.url}/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' }, body: JSON.stringify({ server: 'default', rejectedTokenId }) })
+            .then(async (r) => ({ status: r.status, ...(await r.json() as { token?: string, tokenId?: string }) }))
+            .catch(() => ({ status: 0 }))
+        return ask().then(async (r) => {
+          // Between a PMS restart and its detection the cache still holds dead tokens; a real client
+          // then reports the 401 with rejectedTokenId. Count both: dead on first answer, dead after the report.
+          if (r.status !== 200 || r.token === undefined || !sim.isUp || sim.isTokenValid(r.token)) return { ...r, dead: false, deadAfterReport: false }
+          const again = await ask(r.tokenId)
+          return { ...r, dead: true, deadAfterReport: again.status !== 200 || again.token === undefined || !sim.isTokenValid(again.token) }
+        })
+      }))
+      for (const r of batch) {
+        if (r.status !== 200) { failed++; continue }
+        served++
+        if (r.dead) invalid++
+        if (r.deadAfterReport) stillInvalid++
+      }
+      if (Date.now() >= nextRestart) {
+        await sim.restart({ downForMs: 1000 })
+        restarts++
+        nextRestart = Date.now() + 60_000
+      }
+      if (samples.length === 0 || Date.now() - samples[samples.length - 1].t > 15_000) {
+        const m = await (await fetch(`${broker.url}/metrics`)).text()
+        samples.push({ t: Date.now(), rss: rssMb(broker.pid), heap: Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(m)?.[1] ?? 0) / 2 ** 20 })
+      }
+      await sleep(20)
+    }
+    const first = samples[Math.min(2, samples.length - 1)]
+    const last = samples[samples.length - 1]
+    log()
+    log('| requests served | not 200 | dead on first answer (restart not yet detected) | still dead after the client\'s report | PMS restarts | RSS after warm-up → end | JS heap after warm-up → end |')
+    log('|---:|---:|---:|---:|---:|---:|---:|')
+    log(`| ${fmt(served)} | ${fmt(failed)} | ${invalid} | ${stillInvalid} | ${restarts} | ${fmt(first.rss)} → ${fmt(last.rss)} MB | ${fmt(first.heap, 1)} → ${fmt(last.heap, 1)} MB |`)
+  } finally {
+    await stop(broker)
+    await cleanup(s.prefix)
+  }
+}
+
+const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = { hot, herd, restart, footprint, scaling, soak }
+const DEFAULT_SET = ['hot', 'herd', 'restart', 'footprint', 'scaling']
 
 async function main (): Promise<void> {
   const wanted = process.argv.slice(2).filter((a) => a in SCENARIOS)
-  const run = wanted.length > 0 ? wanted : Object.keys(SCENARIOS)
+  const run = wanted.length > 0 ? wanted : DEFAULT_SET
   const redis = new Redis(REDIS_URL)
   const info = await redis.info('server')
   redis.disconnect()
