@@ -87,7 +87,9 @@ export interface AppOverrides {
  * Plugins are registered by hand, in dependency order (STYLE.md §2).
  */
 export async function buildApp (config: Readonly<Config>, overrides: AppOverrides = {}): Promise<FastifyInstance> {
-  const logger = overrides.logStream === undefined ? pino(loggerOptions(config.logLevel)) : pino(loggerOptions(config.logLevel), overrides.logStream)
+  const logger = overrides.logStream === undefined
+    ? pino(loggerOptions(config.logLevel, process.stdout.isTTY === true))
+    : pino(loggerOptions(config.logLevel), overrides.logStream)
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     // Our own onResponse hook writes the one line per request (with the client id).

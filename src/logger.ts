@@ -2,7 +2,7 @@ import type { LoggerOptions } from 'pino'
 
 /**
  * Every path where a secret could sit in a log line. Redaction is the second line of defence:
- * the code never logs a token on purpose, and test/logging.test.ts scans captured output.
+ * the code never logs a token on purpose, and test/observability.test.ts and test/tokens.test.ts scan captured output.
  */
 export const REDACT_PATHS = [
   'req.headers.authorization',
@@ -23,9 +23,21 @@ export const REDACT_PATHS = [
   'body.token',
 ]
 
-export function loggerOptions (level: string): LoggerOptions {
+/**
+ * pino options. On a terminal (a person running `npm run demo` or `npm start` by hand) the lines
+ * are pretty-printed when pino-pretty is installed (a dev dependency); anywhere else, JSON.
+ */
+export function loggerOptions (level: string, tty = false): LoggerOptions {
+  let transport: LoggerOptions['transport']
+  if (tty) {
+    try {
+      import.meta.resolve('pino-pretty')
+      transport = { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service' } }
+    } catch {}
+  }
   return {
     level,
+    ...(transport === undefined ? {} : { transport }),
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     base: { service: 'plex-token-broker' },
     serializers: {

@@ -164,3 +164,10 @@ t.test('logs: one line per request with id, client, route, status, duration; nev
     t.notOk(app.logs.text.includes(secret), `no ${what} in the logs`)
   }
 })
+
+t.test('logs are JSON unless a person is watching a terminal', async (t) => {
+  const { loggerOptions } = await import('../src/logger.ts')
+  t.equal(loggerOptions('info', false).transport, undefined, 'JSON when not a TTY')
+  t.match(loggerOptions('info', true).transport, { target: 'pino-pretty' }, 'pretty on a TTY')
+  t.ok((loggerOptions('info').redact as { paths: string[] }).paths.includes('req.headers.authorization'))
+})
