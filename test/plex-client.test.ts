@@ -146,3 +146,18 @@ t.test('event stream: open, events, close when PMS drops it', async (t) => {
   t.same(events, ['open', 'ping'])
   t.equal(fx.seen[0].headers['x-plex-token'], ADMIN)
 })
+
+t.test('the /identity probe bypasses an open breaker and its success closes it', async (t) => {
+  let up = false
+  const fx = await fixture(t, (_req, res) => {
+    if (!up) { res.writeHead(503); res.end(); return }
+    res.setHeader('content-type', 'application/json')
+    res.end('{"MediaContainer":{"machineIdentifier":"m","version":"1.43.0"}}')
+  })
+  const c = client(t, { breaker: { failureThreshold: 2, openMs: 60_000 } })
+  for (let i = 0; i < 2; i++) await c.mintTransient(fx.cfg).catch(() => {})
+  t.equal(c.breakerState('fx'), 'open')
+  up = true
+  t.match(await c.identity(fx.cfg), { machineIdentifier: 'm' }, 'the probe still reaches PMS')
+  t.equal(c.breakerState('fx'), 'closed', 'PMS answered: mints may go again without waiting a minute')
+})

@@ -56,6 +56,7 @@ export interface PlexClientOptions {
   concurrency: number
   product?: string
   version?: string
+  /** Opens after `failureThreshold` (5) consecutive failures for `openMs` (5 s); `/identity` probes bypass it and close it. */
   breaker?: { failureThreshold?: number, openMs?: number }
   onCall?: (e: { server: string, endpoint: string, outcome: CallOutcome, durationMs: number }) => void
 }
@@ -130,7 +131,7 @@ export class PlexClient {
   #breaker (server: string): CircuitBreaker {
     let b = this.#breakers.get(server)
     if (b === undefined) {
-      b = new CircuitBreaker(this.#o.breaker?.failureThreshold ?? 5, this.#o.breaker?.openMs ?? 10_000)
+      b = new CircuitBreaker(this.#o.breaker?.failureThreshold ?? 5, this.#o.breaker?.openMs ?? 5000)
       this.#breakers.set(server, b)
     }
     return b
@@ -144,7 +145,7 @@ export class PlexClient {
    * One call: gate, breaker, deadline, status mapping, body parsing. A connection reset on a
    * reused keep-alive socket (PMS restarted behind it) is retried once on a fresh connection.
    */
-  async #call (server: ServerConfig, endpoint: string, path: string, token: string | undefined, method: 'GET' | 'POST' = 'GET'): Promise<Attrs> {
+  async #call (server: ServerConfig, endpoint: string, path: string, token: string | undefined, method: 'GET' | 'POST' = 'GET', probe = false): Promise<Attrs> {
     let gate = this.#gates.get(server.name)
     if (gate === undefined) {
       gate = new Gate(this.#o.concurrency)
@@ -153,7 +154,9 @@ export class PlexClient {
     const breaker = this.#breaker(server.name)
     const started = performance.now()
     let outcome: CallOutcome = 'unavailable'
-    const wait = breaker.admit()
+    // The restart probe always goes through (one cheap request per interval): it is how the broker
+    // learns that PMS is back, and its success closes the breaker at once instead of after openMs.
+    const wait = probe ? 0 : breaker.admit()
     if (wait > 0) {
       // Fail fast without touching PMS; a refused call is not a new failure.
       this.#o.onCall?.({ server: server.name, endpoint, outcome, durationMs: 0 })
@@ -209,7 +212,7 @@ export class PlexClient {
 
   /** `GET /identity` (no token): who this PMS is. Changes of `version` or `machineIdentifier` mean a restart. */
   async identity (server: ServerConfig): Promise<{ machineIdentifier: string, version: string, claimed?: boolean }> {
-    const mc = await this.#call(server, 'identity', 'identity', undefined)
+    const mc = await this.#call(server, 'identity', 'identity', undefined, 'GET', true)
     if (typeof mc.machineIdentifier !== 'string' || typeof mc.version !== 'string') {
       throw new PlexBadResponseError(`PMS "${server.name}" /identity lacks machineIdentifier or version`)
     }
