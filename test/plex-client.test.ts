@@ -93,15 +93,16 @@ t.test('circuit breaker: opens after repeated failures, fails fast without calli
     res.end('{"MediaContainer":{"size":0,"claimed":true,"machineIdentifier":"m","version":"1.43.0"}}')
   })
   const c = client(t, { breaker: { failureThreshold: 3, openMs: 300 } })
-  for (let i = 0; i < 3; i++) await c.identity(fx.cfg).catch(() => {})
+  for (let i = 0; i < 3; i++) await c.checkToken(fx.cfg, 't').catch(() => {})
   t.equal(c.breakerState('fx'), 'open')
   const calls = fx.seen.length
-  const fast = await c.identity(fx.cfg).catch((e: unknown) => e)
+  const fast = await c.checkToken(fx.cfg, 't').catch((e: unknown) => e)
   t.ok(fast instanceof PlexUnavailableError && (fast as PlexUnavailableError).retryAfterSeconds >= 1, 'fails fast with a retry hint')
   t.equal(fx.seen.length, calls, 'PMS was not called while open')
   failing = false
   await new Promise((resolve) => setTimeout(resolve, 350))
   t.equal(c.breakerState('fx'), 'half-open')
+  t.equal(await c.checkToken(fx.cfg, 't'), 'valid')
   t.same(await c.identity(fx.cfg), { machineIdentifier: 'm', version: '1.43.0', claimed: true })
   t.equal(c.breakerState('fx'), 'closed', 'a successful trial closes it')
 })
