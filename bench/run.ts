@@ -329,6 +329,7 @@ async function soak (sim: PmsSimulator): Promise<void> {
   let served = 0
   let invalid = 0
   let stillInvalid = 0
+  let reportRefused = 0
   let failed = 0
   const end = Date.now() + minutes * 60_000
   let nextRestart = Date.now() + 60_000
@@ -344,9 +345,10 @@ async function soak (sim: PmsSimulator): Promise<void> {
         return ask().then(async (r) => {
           // Between a PMS restart and its detection the cache still holds dead tokens; a real client
           // then reports the 401 with rejectedTokenId. Count both: dead on first answer, dead after the report.
-          if (r.status !== 200 || r.token === undefined || !sim.isUp || sim.isTokenValid(r.token)) return { ...r, dead: false, deadAfterReport: false }
+          if (r.status !== 200 || r.token === undefined || !sim.isUp || sim.isTokenValid(r.token)) return { ...r, dead: false, deadAfterReport: false, refused: false }
           const again = await ask(r.tokenId)
-          return { ...r, dead: true, deadAfterReport: again.status !== 200 || again.token === undefined || !sim.isTokenValid(again.token) }
+          // A 503 here is honest (PMS not confirmed back yet); a 200 with a dead token is the bug we look for.
+          return { ...r, dead: true, refused: again.status !== 200, deadAfterReport: again.status === 200 && (again.token === undefined || !sim.isTokenValid(again.token)) }
         })
       }))
       for (const r of batch) {
@@ -354,6 +356,7 @@ async function soak (sim: PmsSimulator): Promise<void> {
         served++
         if (r.dead) invalid++
         if (r.deadAfterReport) stillInvalid++
+        if (r.refused) reportRefused++
       }
       if (Date.now() >= nextRestart) {
         await sim.restart({ downForMs: 1000 })
@@ -369,9 +372,9 @@ async function soak (sim: PmsSimulator): Promise<void> {
     const first = samples[Math.min(2, samples.length - 1)]
     const last = samples[samples.length - 1]
     log()
-    log('| requests served | not 200 | dead on first answer (restart not yet detected) | still dead after the client\'s report | PMS restarts | RSS after warm-up → end | JS heap after warm-up → end |')
-    log('|---:|---:|---:|---:|---:|---:|---:|')
-    log(`| ${fmt(served)} | ${fmt(failed)} | ${invalid} | ${stillInvalid} | ${restarts} | ${fmt(first.rss)} → ${fmt(last.rss)} MB | ${fmt(first.heap, 1)} → ${fmt(last.heap, 1)} MB |`)
+    log('| requests served | not 200 | dead on first answer (restart not yet detected) | report answered 503 (retry later) | report answered 200 with a dead token | PMS restarts | RSS after warm-up → end | JS heap after warm-up → end |')
+    log('|---:|---:|---:|---:|---:|---:|---:|---:|')
+    log(`| ${fmt(served)} | ${fmt(failed)} | ${invalid} | ${reportRefused} | ${stillInvalid} | ${restarts} | ${fmt(first.rss)} → ${fmt(last.rss)} MB | ${fmt(first.heap, 1)} → ${fmt(last.heap, 1)} MB |`)
   } finally {
     await stop(broker)
     await cleanup(s.prefix)
