@@ -1,12 +1,11 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { compareVersions } from '../broker/server-state.ts'
-import { BrokerError, forbidden, notFound } from '../errors.ts'
-import { mayUseServer } from '../plugins/auth.ts'
+import { BrokerError, forbidden } from '../errors.ts'
+import { allowedServer, iso } from './common.ts'
 import { authErrors } from '../schemas/common.ts'
 import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
 
-const iso = (ms: number): string => new Date(ms).toISOString()
 
 /** PMS learned `/security/resources` in 1.15.4 (../shared/plex-api.md §3). */
 export const FIRST_RESOURCES_VERSION = '1.15.4'
@@ -30,16 +29,11 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
   }, async (request) => {
     const client = request.client!
     const { server: name, source } = request.body
-    if (!mayUseServer(client, name)) {
-      broker.denied(request, 'forbidden_server', client.id, { server: name })
-      throw forbidden(`Client "${client.id}" may not use server "${name}".`)
-    }
+    const server = allowedServer(app, request, name)
     if (client.sources !== '*' && !client.sources.includes(source)) {
       broker.denied(request, 'forbidden_source', client.id, { server: name, source })
       throw forbidden(`Client "${client.id}" may not ask for source "${source}".`)
     }
-    const server = broker.servers.get(name)
-    if (server === undefined) throw notFound(`No server named "${name}".`)
     // The version decides whether PMS can answer at all; learn it (from /identity) on first contact.
     await broker.states.machineIdentifier(server)
     const { version } = await broker.states.get(name)

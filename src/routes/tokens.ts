@@ -1,11 +1,10 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { mayUseServer } from '../plugins/auth.ts'
-import { forbidden, notFound } from '../errors.ts'
+import { notFound } from '../errors.ts'
+import { allowedServer, iso } from './common.ts'
 import { authErrors } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
 
-const iso = (ms: number): string => new Date(ms).toISOString()
 
 export default async function tokenRoutes (fastify: FastifyInstance): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
@@ -24,12 +23,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     },
   }, async (request) => {
     const client = request.client!
-    const server = broker.servers.get(request.body.server)
-    if (!mayUseServer(client, request.body.server)) {
-      broker.denied(request, 'forbidden_server', client.id, { server: request.body.server })
-      throw forbidden(`Client "${client.id}" may not use server "${request.body.server}".`)
-    }
-    if (server === undefined) throw notFound(`No server named "${request.body.server}".`)
+    const server = allowedServer(app, request, request.body.server)
     const ctx = { requestId: request.id, ip: request.ip }
     const t = request.body.rejectedTokenId === undefined
       ? await broker.issuer.issue(client.id, server, ctx)

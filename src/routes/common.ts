@@ -1,0 +1,22 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { ServerConfig } from '../config.ts'
+import { forbidden, notFound } from '../errors.ts'
+import { mayUseServer } from '../plugins/auth.ts'
+
+export const iso = (ms: number): string => new Date(ms).toISOString()
+
+/**
+ * The server a token route asks for, after checking the client may use it (403, audited) and
+ * that it exists (404). The permission check comes first, so a client cannot probe which server
+ * names exist outside its list.
+ */
+export function allowedServer (app: FastifyInstance, request: FastifyRequest, name: string): ServerConfig {
+  const client = request.client!
+  if (!mayUseServer(client, name)) {
+    app.broker.denied(request, 'forbidden_server', client.id, { server: name })
+    throw forbidden(`Client "${client.id}" may not use server "${name}".`)
+  }
+  const server = app.broker.servers.get(name)
+  if (server === undefined) throw notFound(`No server named "${name}".`)
+  return server
+}
