@@ -1,70 +1,107 @@
 #!/usr/bin/env node
 /**
- * `ptb`: the ops command line of plex-token-broker.
- *   ptb login [--print] [--out FILE] [--password]   plex.tv PIN (or password) login → account token file (0600)
- *   ptb servers discover [--token-file FILE]         the account's servers as ready config entries
- *   ptb claim --pms URL [--token-file FILE]          claim an unclaimed PMS with the account
- *   ptb revoke | audit | servers | client add        talk to a running broker (see ops-commands.ts)
- * PLEX_TV_URL overrides https://plex.tv (tests use the plex.tv simulator).
+ * `ptb`: the ops command line of plex-token-broker (issue 8). The plex.tv half lives here:
+ *   ptb login       plex.tv PIN flow (or --password) → account token file (0600)
+ *   ptb servers discover   the account's servers as ready `servers:` config entries
+ *   ptb claim       claim a fresh, unclaimed PMS for the account
+ * and the broker half (revoke, audit, servers, client add) in ops-commands.ts.
+ * PLEX_TV_URL overrides https://plex.tv (the tests point it at the plex.tv simulator).
+ * Facts and status codes: ../shared/plex-api.md §5 and §7.
  */
 import { randomUUID } from 'node:crypto'
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { parseArgs } from 'node:util'
 import { request } from 'undici'
-import { stringify } from 'yaml'
-import { PlexTv, PlexTvError, PlexTvUnreachableError } from '../plex/plextv.ts'
-import { OPS_USAGE, runOpsCommand } from './ops-commands.ts'
+import { Document, type YAMLMap, type YAMLSeq } from 'yaml'
+import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreachableError, type Resource } from '../plex/plextv.ts'
+import { EXIT, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
 
 export interface CliIo {
   stdout: { write: (s: string) => unknown }
   stderr: { write: (s: string) => unknown }
+  /** Answers for `login --password` when there is no `prompt` (one per line: user, password, 2FA code). */
+  stdin?: NodeJS.ReadableStream
   env: Record<string, string | undefined>
-  /** Asks a question; `secret` answers are not echoed. Absent: answers are read from stdin lines. */
+  /** Asks a question on a terminal; `secret` answers are not echoed. */
   prompt?: (question: string, opts: { secret: boolean }) => Promise<string>
-  /** PIN poll interval (plex-api.md §5.3: about once a second); tests shorten it. */
+  /** PIN poll interval (plex-api.md §5.3: about once a second). Tests shorten it. */
   pollIntervalMs?: number
-  /** Gives up polling after this long (default 30 min, a strong PIN's lifetime). */
+  /** Gives up polling after this long even if plex.tv gave no expiry. Default 30 min, a strong PIN's life. */
   pollTimeoutMs?: number
+  /** Stops a running login (Ctrl-C). */
   signal?: AbortSignal
 }
 
-const USAGE = `Usage:
-  ptb login [--print] [--out FILE] [--password]
+const USAGE = `Usage: ptb <command>
+
+plex.tv commands (PLEX_TV_URL, default ${DEFAULT_PLEX_TV_URL}):
+  ptb login [--out FILE] [--print] [--password [--user NAME]]
+      Sign in with a PIN: open the printed link, approve, and the account token is written to FILE
+      (default ~/.config/plex-token-broker/token, mode 0600) or printed with --print. --password
+      asks for username, password (never an argument) and a 2FA code when plex.tv wants one.
   ptb servers discover [--token-file FILE]
+      The account's own servers as \`servers:\` entries for the broker config (contains secrets).
   ptb claim --pms URL [--token-file FILE]
-${OPS_USAGE}`
+      Claim an unclaimed PMS (e.g. a fresh container) for the account. Run it on the PMS host or subnet.
+  ptb help
+
+${OPS_USAGE}
+Exit codes: 0 ok, 1 refused or failed, 2 usage error, 3 unreachable.
+`
 
 class CliError extends Error {
   readonly exit: number
-  constructor (message: string, exit = 1) {
+  constructor (message: string, exit: number = EXIT.failed) {
     super(message)
     this.exit = exit
   }
 }
 
-const defaultTokenFile = (env: CliIo['env']): string => join(env.HOME ?? homedir(), '.config', 'plex-token-broker', 'token')
+/** ~/.config/plex-token-broker/token, honouring XDG_CONFIG_HOME. */
+function defaultTokenFile (env: CliIo['env']): string {
+  const config = env.XDG_CONFIG_HOME ?? join(env.HOME ?? homedir(), '.config')
+  return join(config, 'plex-token-broker', 'token')
+}
+
+const clientIdFile = (tokenFile: string): string => join(dirname(tokenFile), 'client-id')
 
 /**
- * plex.tv keeps one token per account and client identifier: a new id on every login would orphan
- * the old tokens. The id is created once and stored next to the token file.
+ * plex.tv keeps one token per account and client identifier (plex-api.md §1.2): a new id on every
+ * login would leave the old tokens orphaned in the account's device list. `login` creates the id
+ * once next to the token file and reuses it; the read-only commands use it when it exists.
  */
-function clientIdentifier (tokenFile: string): string {
-  const file = join(dirname(tokenFile), 'client-id')
+function clientIdentifier (tokenFile: string, create: boolean): string {
+  const file = clientIdFile(tokenFile)
   try {
     const id = readFileSync(file, 'utf8').trim()
     if (id !== '') return id
   } catch {}
-  mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
   const id = `ptb-${randomUUID()}`
-  writeFileSync(file, `${id}\n`, { mode: 0o600 })
+  if (create) writePrivate(file, `${id}\n`)
   return id
 }
 
-function plexTv (io: CliIo, tokenFile: string): PlexTv {
-  return new PlexTv({ baseUrl: io.env.PLEX_TV_URL ?? 'https://plex.tv', clientIdentifier: clientIdentifier(tokenFile) })
+/** Written beside, then renamed over: the file is 0600 from its first byte, even when it existed before. */
+function writePrivate (file: string, content: string): void {
+  mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
+  const tmp = `${file}.${process.pid}.tmp`
+  try {
+    writeFileSync(tmp, content, { mode: 0o600 })
+    renameSync(tmp, file)
+  } catch (err) {
+    rmSync(tmp, { force: true })
+    throw new CliError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+}
+
+function plexTv (io: CliIo, clientId: string): PlexTv {
+  const baseUrl = io.env.PLEX_TV_URL ?? DEFAULT_PLEX_TV_URL
+  if (!/^https?:\/\/[^/]/.test(baseUrl)) throw new CliError(`PLEX_TV_URL must be an http(s) URL, got "${baseUrl}"`, EXIT.usage)
+  return new PlexTv({ baseUrl, clientIdentifier: clientId, product: 'plex-token-broker (ptb)', timeoutMs: 15_000 })
 }
 
 function readToken (file: string): string {
@@ -75,128 +112,284 @@ function readToken (file: string): string {
   throw new CliError(`no account token in ${file}: run \`ptb login\` first (or pass --token-file)`)
 }
 
+/** Turns what went wrong into a message for a person; never includes a token or password. */
 function explain (err: unknown): CliError {
   if (err instanceof CliError) return err
-  if (err instanceof PlexTvUnreachableError) return new CliError(`${err.message}. Check the network (or PLEX_TV_URL) and try again.`)
+  if (err instanceof PlexTvUnreachableError) {
+    return new CliError(`${err.message}. Check the network, proxy settings or PLEX_TV_URL, then try again.`, EXIT.unreachable)
+  }
   if (err instanceof PlexTvError) {
-    if (err.plexCode === 1031) {
-      return new CliError('plex.tv refuses sign-ins from this address for now (code 1031: repeated failures). ' +
-        'Not retrying: wait a while, or use `ptb login` without --password (the PIN flow).')
+    switch (err.code) {
+      case PLEX_TV_CODES.signInLockout:
+        return new CliError('plex.tv refuses sign-ins from this address for now (code 1031: repeated failures). ' +
+          'Not retrying, since every attempt extends the lockout. Wait a while (often an hour or more), or use ' +
+          '`ptb login` without --password: the PIN flow is approved in a browser where you are already signed in.')
+      case PLEX_TV_CODES.pinNotFound:
+        return new CliError('The PIN expired before it was approved (code 1020). Run `ptb login` again and approve the new link.')
+      case PLEX_TV_CODES.notAuthenticated:
+        return new CliError('plex.tv no longer accepts the stored account token (code 1001). Run `ptb login` again.')
+      case PLEX_TV_CODES.clientIdMissing:
+        return new CliError(`plex.tv wants a client identifier (code 1000): ${err.message}`)
     }
-    if (err.plexCode === 1020) return new CliError('The PIN expired before it was approved (code 1020). Run `ptb login` again.')
-    if (err.status === 429) return new CliError('plex.tv is rate limiting this address (429). Wait a minute and try again.')
-    if (err.status === 401) return new CliError(`plex.tv rejected the credentials (${err.message}).`)
+    if (err.status === 429) {
+      const wait = err.retryAfterMs === undefined ? 'a minute' : `${Math.max(1, Math.ceil(err.retryAfterMs / 1000))} s`
+      return new CliError(`plex.tv is rate limiting this address (429). Wait ${wait} and try again.`)
+    }
+    if (err.status === 401) return new CliError(`plex.tv rejected the account token (${err.message}). Run \`ptb login\` again.`)
     return new CliError(err.message)
   }
   return new CliError((err as Error).message)
 }
 
-async function ask (io: CliIo, question: string, secret: boolean, lines: AsyncIterator<string> | undefined): Promise<string> {
-  if (io.prompt !== undefined) return (await io.prompt(question, { secret })).trim()
-  if (lines === undefined) throw new CliError('no terminal to ask on')
-  const next = await lines.next()
-  if (next.done === true) throw new CliError(`no answer for "${question.trim()}" on stdin`)
-  return next.value.trim()
+/** Answers come from `io.prompt` on a terminal, else one line each from stdin (never from argv). */
+class Answers {
+  readonly #io: CliIo
+  #lines: AsyncIterator<string> | undefined
+  constructor (io: CliIo) { this.#io = io }
+
+  async ask (question: string, secret: boolean): Promise<string> {
+    if (this.#io.prompt !== undefined) return (await this.#io.prompt(question, { secret })).trim()
+    if (this.#io.stdin === undefined) throw new CliError('no terminal or stdin to read the answer from', EXIT.usage)
+    this.#lines ??= createInterface({ input: this.#io.stdin, terminal: false })[Symbol.asyncIterator]()
+    const next = await this.#lines.next()
+    if (next.done === true) throw new CliError(`no answer for "${question.replace(/:\s*$/, '')}" on stdin`, EXIT.usage)
+    return next.value.trim()
+  }
+
+  async close (): Promise<void> { await this.#lines?.return?.() }
 }
 
-function saveToken (file: string, token: string): void {
-  mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
-  writeFileSync(file, `${token}\n`, { mode: 0o600 })
-  chmodSync(file, 0o600)
-}
-
-async function login (argv: string[], io: CliIo, lines: AsyncIterator<string> | undefined): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { print: { type: 'boolean', default: false }, out: { type: 'string' }, password: { type: 'boolean', default: false } } })
-  const file = values.out ?? defaultTokenFile(io.env)
-  const tv = plexTv(io, file)
+async function login (argv: string[], io: CliIo): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      out: { type: 'string' },
+      print: { type: 'boolean', default: false },
+      password: { type: 'boolean', default: false },
+      user: { type: 'string' },
+    },
+  })
+  if (values.user !== undefined && !values.password) throw new CliError('--user goes with --password', EXIT.usage)
+  const file = resolve(values.out ?? defaultTokenFile(io.env))
+  const tv = plexTv(io, clientIdentifier(file, true))
+  const answers = new Answers(io)
   try {
-    let token: string
-    if (values.password === true) {
-      // Never from argv (visible in `ps` and shell history): a prompt, or stdin.
-      const user = await ask(io, 'plex.tv username or email: ', false, lines)
-      const password = await ask(io, 'plex.tv password: ', true, lines)
-      try {
-        token = await tv.signIn(user, password)
-      } catch (err) {
-        if (!(err instanceof PlexTvError && err.plexCode === 1029)) throw err
-        const code = await ask(io, 'Two-factor code: ', false, lines)
-        token = await tv.signIn(user, password, code)
-      }
+    const token = values.password ? await passwordLogin(tv, answers, values.user) : await pinLogin(tv, io)
+    // Who signed in: a check that the token works, and what a person wants to see. Not fatal.
+    const who = await tv.user(token).then((u) => ` as ${u.username !== '' ? u.username : u.email}`, () => '')
+    if (values.print) {
+      io.stderr.write(`Signed in${who}.\n`)
+      io.stdout.write(`${token}\n`)
     } else {
-      const pin = await tv.createPin()
-      io.stdout.write(`Open this link and approve the sign-in:\n\n  ${tv.authUrl(pin)}\n\nCode: ${pin.code}\nWaiting for approval…\n`)
-      const deadline = Date.now() + (io.pollTimeoutMs ?? 30 * 60_000)
-      let approved: string | null = null
-      while (approved === null) {
-        if (Date.now() > deadline || io.signal?.aborted === true) throw new CliError('Gave up waiting for the approval. Run `ptb login` again.')
-        await new Promise((resolve) => setTimeout(resolve, io.pollIntervalMs ?? 1000))
-        approved = (await tv.checkPin(pin.id)).authToken
-      }
-      token = approved
+      writePrivate(file, `${token}\n`)
+      io.stdout.write(`Signed in${who}. Account token written to ${file} (mode 0600).\n` +
+        `Next: \`ptb servers discover\` prints your servers as broker config entries.\n`)
     }
-    if (values.print === true) io.stdout.write(`${token}\n`)
-    else {
-      saveToken(file, token)
-      io.stdout.write(`Signed in. Account token written to ${file} (mode 0600).\n`)
-    }
-    return 0
+    return EXIT.ok
   } finally {
+    await answers.close()
     await tv.close()
   }
 }
+
+/** plex-api.md §5.3: create a strong PIN, send the person to app.plex.tv, poll until approved or expired. */
+async function pinLogin (tv: PlexTv, io: CliIo): Promise<string> {
+  const pin = await tv.createPin()
+  io.stderr.write(`Open this link in a browser and approve the sign-in:\n\n  ${tv.authUrl(pin)}\n\nCode: ${pin.code}\nWaiting for approval…\n`)
+  const interval = io.pollIntervalMs ?? 1000
+  const expiresAt = pin.expiresAt === null ? Number.NaN : Date.parse(pin.expiresAt)
+  const deadline = Math.min(Number.isNaN(expiresAt) ? Infinity : expiresAt + 5000, Date.now() + (io.pollTimeoutMs ?? 30 * 60_000))
+  let unreachable = 0
+  let noted429 = false
+  let wait = interval
+  for (;;) {
+    try {
+      await sleep(wait, undefined, { signal: io.signal })
+    } catch {
+      throw new CliError('Login cancelled.')
+    }
+    wait = interval
+    if (Date.now() > deadline) throw new CliError('The PIN expired before it was approved. Run `ptb login` again and approve the new link.')
+    try {
+      const p = await tv.checkPin(pin.id)
+      unreachable = 0
+      if (p.authToken !== null) return p.authToken
+    } catch (err) {
+      // One bad poll should not throw away a PIN the person may be approving right now.
+      if (err instanceof PlexTvError && err.status === 429) {
+        wait = Math.min(Math.max(err.retryAfterMs ?? 5000, interval), 60_000)
+        if (!noted429) io.stderr.write(`plex.tv is rate limiting (429); polling again in ${Math.ceil(wait / 1000)} s…\n`)
+        noted429 = true
+        continue
+      }
+      if (err instanceof PlexTvUnreachableError && ++unreachable < 5) {
+        io.stderr.write(`${err.message}; still waiting…\n`)
+        wait = Math.min(interval * 2 ** unreachable, 10_000)
+        continue
+      }
+      throw err
+    }
+  }
+}
+
+/**
+ * plex-api.md §5.2. One attempt, plus one with the 2FA code when plex.tv asks for it (1029).
+ * Never a loop: plex.tv locks out an address after repeated failures (1031), and each further
+ * attempt only prolongs that.
+ */
+async function passwordLogin (tv: PlexTv, answers: Answers, user: string | undefined): Promise<string> {
+  const login = user ?? await answers.ask('plex.tv username or email: ', false)
+  if (login === '') throw new CliError('no username given', EXIT.usage)
+  const password = await answers.ask('plex.tv password: ', true)
+  if (password === '') throw new CliError('no password given', EXIT.usage)
+  try {
+    return await tv.signIn(login, password)
+  } catch (err) {
+    if (err instanceof PlexTvError && err.code === PLEX_TV_CODES.notAuthenticated) {
+      throw new CliError('plex.tv did not accept this username and password (code 1001). Not retrying: repeated failures ' +
+        'lock this address out (code 1031). Check them, or use `ptb login` without --password.')
+    }
+    if (!(err instanceof PlexTvError && err.code === PLEX_TV_CODES.twoFactorRequired)) throw err
+  }
+  const code = await answers.ask('Two-factor code: ', false)
+  if (code === '') throw new CliError('no two-factor code given', EXIT.usage)
+  try {
+    return await tv.signIn(login, password, code)
+  } catch (err) {
+    if (err instanceof PlexTvError && err.code === PLEX_TV_CODES.twoFactorRequired) {
+      throw new CliError('plex.tv did not accept the two-factor code (code 1029). Not retrying: run `ptb login --password` again with a fresh code.')
+    }
+    throw err
+  }
+}
+
+/** A config `name`: `^[a-z0-9][a-z0-9_-]{0,62}$` (config.ts), unique within the output. */
+function configName (name: string, taken: Set<string>): string {
+  const base = name.toLowerCase().normalize('NFKD').replace(/[^a-z0-9_-]+/g, '-').replace(/^[-_]+|-+$/g, '').slice(0, 56) || 'server'
+  let n = base
+  for (let i = 2; taken.has(n); i++) n = `${base}-${i}`
+  taken.add(n)
+  return n
+}
+
+const kind = (c: { local: boolean, relay: boolean }): string => (c.relay ? 'relay' : c.local ? 'local' : 'remote')
 
 async function discover (argv: string[], io: CliIo): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { 'token-file': { type: 'string' } } })
-  const file = values['token-file'] ?? defaultTokenFile(io.env)
-  const tv = plexTv(io, file)
+  const file = resolve(values['token-file'] ?? defaultTokenFile(io.env))
+  const token = readToken(file)
+  const tv = plexTv(io, clientIdentifier(file, false))
+  let all: Resource[]
   try {
-    const servers = (await tv.resources(readToken(file))).filter((r) => r.provides.split(',').includes('server') && r.owned && r.accessToken !== null)
-    if (servers.length === 0) {
-      io.stderr.write('No servers owned by this account were found.\n')
-      return 1
-    }
-    const entries = servers.map((s, i) => ({
-      name: s.name.toLowerCase().replace(/[^a-z0-9_-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 60) || `server-${i + 1}`,
-      url: s.connections[0]?.uri ?? '',
-      token: s.accessToken,
-    }))
-    io.stderr.write('# The entries below contain admin tokens: treat them as secrets (or move each token to a tokenFile).\n')
-    io.stdout.write(stringify({ servers: entries }))
-    return 0
+    all = await tv.resources(token)
   } finally {
     await tv.close()
   }
+  const servers = all.filter((r) => r.provides.split(',').includes('server'))
+  // A shared server's accessToken is a share token: it cannot mint admin-level transient tokens.
+  const usable = servers.filter((s) => s.owned && s.accessToken !== null && s.connections.length > 0)
+  for (const s of servers) {
+    if (!s.owned) io.stderr.write(`# skipped "${s.name}": shared with this account, not owned (its token is not an admin token)\n`)
+    else if (s.accessToken === null) io.stderr.write(`# skipped "${s.name}": plex.tv sent no access token for it\n`)
+    else if (s.connections.length === 0) io.stderr.write(`# skipped "${s.name}": plex.tv knows no connection for it (is it online?)\n`)
+  }
+  if (usable.length === 0) {
+    io.stderr.write('No servers owned by this account were found. A fresh server must be claimed first: `ptb claim --pms URL`.\n')
+    return EXIT.failed
+  }
+  const taken = new Set<string>()
+  const doc = new Document({
+    servers: usable.map((s) => ({ name: configName(s.name, taken), url: s.connections[0].uri, token: s.accessToken })),
+  })
+  doc.commentBefore = ' Generated by `ptb servers discover`. Contains admin tokens: keep it private (chmod 600),\n' +
+    ' or move each token to a file and use `tokenFile:` instead of `token:`.'
+  const seq = doc.get('servers') as YAMLSeq<YAMLMap>
+  usable.forEach((s, i) => {
+    const others = s.connections.slice(1).map((c) => `${c.uri} (${kind(c)})`)
+    seq.items[i].commentBefore = ` "${s.name}" (${s.clientIdentifier})${others.length > 0 ? `; other connections: ${others.join(', ')}` : ''}`
+    ;(seq.items[i].get('url', true) as { comment?: string }).comment = ` ${kind(s.connections[0])}`
+  })
+  io.stderr.write('Warning: the output contains admin tokens. Store it like a password.\n')
+  io.stdout.write(doc.toString())
+  return EXIT.ok
+}
+
+/** `GET {pms}/identity` (unauthenticated, plex-api.md §4.1): whether the server is claimed already. */
+async function identity (pms: string): Promise<{ claimed: boolean, machineIdentifier: string } | undefined> {
+  let res
+  try {
+    res = await request(new URL('identity', pms), { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(10_000) })
+  } catch (err) {
+    throw new CliError(`PMS at ${pms.replace(/\/+$/, '')} did not answer: ${(err as { code?: string }).code ?? (err as Error).name}. Check the URL and that ptb runs on the PMS host or its subnet.`, EXIT.unreachable)
+  }
+  const text = await res.body.text().catch(() => '')
+  if (res.statusCode !== 200) return undefined
+  try {
+    const mc = (JSON.parse(text) as { MediaContainer?: { claimed?: unknown, machineIdentifier?: unknown } }).MediaContainer
+    return { claimed: mc?.claimed === true || mc?.claimed === '1' || mc?.claimed === 1, machineIdentifier: String(mc?.machineIdentifier ?? '') }
+  } catch {
+    const attr = (n: string): string => new RegExp(`\\s${n}="([^"]*)"`).exec(text)?.[1] ?? ''
+    return text.includes('<MediaContainer') ? { claimed: attr('claimed') === '1', machineIdentifier: attr('machineIdentifier') } : undefined
+  }
+}
+
+/**
+ * What PMS's answer to `POST /myplex/claim` means. plex-api.md §5.7 documents only success (200,
+ * the /myplex/account container) and that claiming works only for an unclaimed server on
+ * localhost or the same subnet; the failure meanings below are our reading of PMS's usual codes.
+ */
+const CLAIM_FAILURES: Record<number, string> = {
+  400: 'PMS rejected the claim token (claim tokens live only a few minutes). Run `ptb claim` again',
+  401: 'PMS refused: claiming works only from localhost or the server\'s own subnet, on an unclaimed server. Run ptb on the PMS host (or set PLEX_CLAIM on a fresh pms-docker container)',
+  403: 'PMS refused: the server is already claimed, or this address is not on its subnet. Sign the server out first (Settings → General), or run ptb on the PMS host',
+  404: 'PMS has no claim endpoint at this URL. Is it a Plex Media Server, and is the URL its base (http://host:32400)?',
 }
 
 async function claim (argv: string[], io: CliIo): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { pms: { type: 'string' }, 'token-file': { type: 'string' } } })
-  if (values.pms === undefined) throw new CliError('usage: ptb claim --pms http://<pms>:32400', 2)
-  const file = values['token-file'] ?? defaultTokenFile(io.env)
-  const tv = plexTv(io, file)
+  if (values.pms === undefined || !/^https?:\/\/[^/]/.test(values.pms)) throw new CliError('usage: ptb claim --pms http://<pms-host>:32400 [--token-file FILE]', EXIT.usage)
+  const pms = values.pms.endsWith('/') ? values.pms : `${values.pms}/`
+  const file = resolve(values['token-file'] ?? defaultTokenFile(io.env))
+  const token = readToken(file)
+  const clientId = clientIdentifier(file, false)
+  const tv = plexTv(io, clientId)
   try {
-    const claimToken = await tv.claimToken(readToken(file))
-    const url = new URL('myplex/claim', values.pms.endsWith('/') ? values.pms : `${values.pms}/`)
+    const before = await identity(pms)
+    if (before?.claimed === true) {
+      const mine = (await tv.resources(token)).some((r) => r.owned && r.clientIdentifier === before.machineIdentifier)
+      if (mine) {
+        io.stdout.write(`${values.pms} is already claimed by this account. Nothing to do; \`ptb servers discover\` prints its config entry.\n`)
+        return EXIT.ok
+      }
+      throw new CliError(`${values.pms} is already claimed by another account. Sign it out first (Settings → General), then run \`ptb claim\` again.`)
+    }
+    const claimToken = await tv.claimToken(token)
+    const url = new URL('myplex/claim', pms)
     url.searchParams.set('token', claimToken)
     let status: number
     try {
-      const res = await request(url, { method: 'POST', headers: { accept: 'application/json' }, signal: AbortSignal.timeout(15_000) })
+      // PMS exchanges the claim token with plex.tv before it answers: allow it time.
+      const res = await request(url, {
+        method: 'POST',
+        headers: { accept: 'application/json', 'x-plex-client-identifier': clientId, 'x-plex-product': 'plex-token-broker (ptb)' },
+        signal: AbortSignal.timeout(30_000),
+      })
       await res.body.dump()
       status = res.statusCode
     } catch (err) {
-      throw new CliError(`PMS at ${values.pms} is unreachable: ${(err as { code?: string }).code ?? (err as Error).message}`)
+      // The URL carries the claim token: report the PMS base only.
+      throw new CliError(`PMS at ${values.pms} did not answer the claim: ${(err as { code?: string }).code ?? (err as Error).name}.`, EXIT.unreachable)
     }
-    // plex-api.md §5.7: claiming works only on an unclaimed server on localhost or the same subnet.
     if (status >= 200 && status < 300) {
-      io.stdout.write(`Claimed ${values.pms} for this account. Run \`ptb servers discover\` for its config entry.\n`)
-      return 0
+      const after = await identity(pms).catch(() => undefined)
+      const id = after?.machineIdentifier === undefined || after.machineIdentifier === '' ? '' : ` (machine ${after.machineIdentifier})`
+      io.stdout.write(`Claimed ${values.pms}${id} for this account. Next: \`ptb servers discover\` prints its config entry.\n`)
+      return EXIT.ok
     }
-    const why: Record<number, string> = {
-      400: 'PMS refused the claim token (expired or malformed; claim tokens live a few minutes): run `ptb claim` again',
-      401: 'PMS refused the claim: it is already claimed, or this address is not on its subnet',
-      403: 'PMS refused the claim: it is already claimed, or this address is not on its subnet',
-      404: 'this PMS has no claim endpoint (is the URL a Plex Media Server?)',
-    }
-    throw new CliError(`Claim failed (HTTP ${status}): ${why[status] ?? 'unexpected answer from PMS'}.`)
+    const why = CLAIM_FAILURES[status] ?? (status >= 500
+      ? 'PMS could not complete the claim with plex.tv. Check that PMS can reach plex.tv, and its log (Plex Media Server.log)'
+      : 'unexpected answer from PMS')
+    throw new CliError(`Claim failed (HTTP ${status}): ${why}.`)
   } finally {
     await tv.close()
   }
@@ -204,57 +397,65 @@ async function claim (argv: string[], io: CliIo): Promise<number> {
 
 export async function main (argv: string[], io: CliIo): Promise<number> {
   const [cmd, sub, ...rest] = argv
-  let lines: AsyncIterator<string> | undefined
   try {
-    if (cmd === undefined || cmd === 'help' || cmd === '--help' || cmd === '-h') {
+    if (cmd === undefined) {
+      io.stderr.write(USAGE)
+      return EXIT.usage
+    }
+    if (cmd === 'help' || argv.includes('--help') || argv.includes('-h')) {
       io.stdout.write(USAGE)
-      return cmd === undefined ? 2 : 0
+      return EXIT.ok
     }
-    if (cmd === 'login') {
-      if (io.prompt === undefined) lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]()
-      return await login(argv.slice(1), io, lines)
-    }
+    if (cmd === 'login') return await login(argv.slice(1), io)
     if (cmd === 'servers' && sub === 'discover') return await discover(rest, io)
     if (cmd === 'claim') return await claim(argv.slice(1), io)
     const ops = await runOpsCommand(argv, io)
     if (ops !== undefined) return ops
     io.stderr.write(`ptb: unknown command "${argv.join(' ')}"\n\n${USAGE}`)
-    return 2
+    return EXIT.usage
   } catch (err) {
-    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
+    const code = (err as { code?: unknown }).code
+    if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS')) {
       io.stderr.write(`ptb: ${(err as Error).message}\n\n${USAGE}`)
-      return 2
+      return EXIT.usage
     }
     const e = explain(err)
     io.stderr.write(`ptb: ${e.message}\n`)
     return e.exit
-  } finally {
-    await lines?.return?.()
   }
 }
 
-/** A terminal prompt that does not echo secrets. */
+/**
+ * A terminal prompt on stderr (stdout stays clean for `--print`). Secret answers are not echoed:
+ * readline runs the terminal raw and everything it would echo goes through `_writeToOutput`.
+ */
 function terminalPrompt (question: string, opts: { secret: boolean }): Promise<string> {
   return new Promise((resolve) => {
-    const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: true })
+    const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true })
     if (opts.secret) {
       const out = rl as unknown as { _writeToOutput: (s: string) => void }
-      out._writeToOutput = (s: string) => { if (s.includes(question)) process.stdout.write(question) }
+      out._writeToOutput = (s: string) => { if (s.includes(question)) process.stderr.write(question) }
     }
+    // Raw mode swallows Ctrl-C: readline reports it here, and without a listener it would only pause.
+    rl.once('SIGINT', () => {
+      rl.close()
+      process.stderr.write('\n')
+      process.exit(130)
+    })
     rl.question(question, (answer) => {
       rl.close()
-      if (opts.secret) process.stdout.write('\n')
+      if (opts.secret) process.stderr.write('\n')
       resolve(answer)
     })
   })
 }
 
 if (import.meta.main) {
-  const code = await main(process.argv.slice(2), {
+  process.exitCode = await main(process.argv.slice(2), {
     stdout: process.stdout,
     stderr: process.stderr,
+    stdin: process.stdin,
     env: process.env,
     prompt: process.stdin.isTTY === true ? terminalPrompt : undefined,
   })
-  process.exitCode = code
 }
