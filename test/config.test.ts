@@ -163,7 +163,7 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
   for (const v of ENV_VARIABLES) if (v.default !== undefined) t.match(example, `# ${v.name}=${v.default}\n`, `${v.name} default`)
 
   // Every variable the source reads must be in ENV_VARIABLES, except the simulator's (SIM_*) and
-  // the ops CLI's (PTB_*, HOME), documented with them (PLEX_TV_URL is a service variable too).
+  // the ops CLI's (PTB_*, HOME, XDG_CONFIG_HOME), documented with them (PLEX_TV_URL is a service variable too).
   const files: string[] = []
   const walk = (d: string): void => {
     for (const f of readdirSync(d)) {
@@ -180,8 +180,8 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
     for (const m of text.matchAll(/\b(?:get|dflt|duration|integer)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
   }
   const known = new Set(ENV_VARIABLES.map((v) => v.name))
-  // HOME: the CLI's default token path; not a setting of the service.
-  const unlisted = [...read].filter((n) => !known.has(n) && !n.startsWith('SIM_') && !n.startsWith('PTB_') && n !== 'HOME')
+  // HOME and XDG_CONFIG_HOME: where the CLI keeps its token file; not settings of the service.
+  const unlisted = [...read].filter((n) => !known.has(n) && !n.startsWith('SIM_') && !n.startsWith('PTB_') && n !== 'HOME' && n !== 'XDG_CONFIG_HOME')
   t.same(unlisted, [], 'no variable is read without being listed')
   t.ok(read.size > 10, `found ${read.size} variables in the source`)
 })
