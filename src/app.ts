@@ -119,8 +119,16 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
   const redis = createRedis(config.redisUrl, 'cache', logger)
   const keys = createKeys(config.redisPrefix)
+  const undecryptableWarned = new Set<string>()
   const store = new TokenStore({
     onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
+    onUndecryptable: (server) => {
+      metrics.undecryptable.inc({ server })
+      if (undecryptableWarned.has(server)) return
+      undecryptableWarned.add(server)
+      logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
+        'each is invalidated and re-minted on its next request')
+    },
     redis,
     keys,
     crypto: deriveKeys(config.brokerSecret),

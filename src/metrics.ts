@@ -109,6 +109,13 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly undecryptable = new Counter({
+    name: 'ptb_undecryptable_tokens_total',
+    help: 'Cached tokens that could not be opened (sealed under another BROKER_SECRET or corrupt); each is invalidated and re-minted',
+    labelNames: ['server'] as const,
+    registers: [this.registry],
+  })
+
   readonly rateLimited = new Counter({
     name: 'ptb_rate_limited_total',
     help: 'Requests answered 429, by limit',

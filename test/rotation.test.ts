@@ -135,8 +135,7 @@ t.test('rejectedTokenId: a fresh token for a dead one, the same token for a live
   t.same(new Set(reports.map((r) => r.body.tokenId)), new Set([live.body.tokenId]))
 
   await sim.restart()
-  // A "still valid" verdict is reused for 2 s (reports cannot hammer PMS); after that PMS is asked again.
-  await sleep(2100)
+  // No "still valid" verdict outlives its check: the report right after the restart is checked anew.
   const fresh = await issue(app, a, { rejectedTokenId: live.body.tokenId })
   t.equal(fresh.status, 200)
   t.not(fresh.body.tokenId, live.body.tokenId, 'dead token replaced')
@@ -147,6 +146,38 @@ t.test('rejectedTokenId: a fresh token for a dead one, the same token for a live
 
   const other = await issue(app, a, { rejectedTokenId: 'tk_AAAAAAAAAAAAAAAAAAAAAA' })
   t.equal(other.status, 404, 'an unknown token id is a 404')
+})
+
+t.test('a token PMS kills right after a "still valid" check is replaced on the next report, at once', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('signout')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('killed'), [serverFor(sim)], [a]))
+  const live = await issue(app, a)
+  const same = await issue(app, a, { rejectedTokenId: live.body.tokenId })
+  t.equal(same.body.tokenId, live.body.tokenId, 'PMS accepts it: the same token back')
+  // A sign-out of the device (or a restart) kills the token at PMS between two reports.
+  t.ok(sim.killToken(live.body.token))
+  const fresh = await issue(app, a, { rejectedTokenId: live.body.tokenId })
+  t.equal(fresh.status, 200)
+  t.not(fresh.body.tokenId, live.body.tokenId, 'not the dead token again')
+  t.ok(sim.isTokenValid(fresh.body.token), 'the new token works at PMS')
+  const info = (await app.inject({ method: 'GET', url: `/v1/tokens/${live.body.tokenId}`, headers: a.auth })).json()
+  t.equal(info.state, 'invalidated')
+  t.equal(info.reason, 'rejected_by_pms')
+  t.ok(Math.abs(Date.parse(info.invalidatedAt) - Date.now()) < 60_000, 'invalidatedAt is when it happened')
+})
+
+t.test('concurrent reports of one live token cost PMS one check', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('herd')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('herdcheck'), [serverFor(sim)], [a]))
+  const live = await issue(app, a)
+  sim.resetCounters()
+  const reports = await Promise.all(Array.from({ length: 20 }, () => issue(app, a, { rejectedTokenId: live.body.tokenId })))
+  t.same(new Set(reports.map((r) => r.status)), new Set([200]))
+  t.same(new Set(reports.map((r) => r.body.tokenId)), new Set([live.body.tokenId]))
+  t.equal(sim.counters.requests, 1, 'one canary check at PMS for twenty concurrent reports')
+  t.equal(sim.counters.mints, 0)
 })
 
 t.test('PMS failing: rotation backs off instead of looping, and recovers when PMS returns', async (t) => {

@@ -10,11 +10,19 @@ export interface BrokerKeys {
   /** A KeyObject made once: passing a Buffer makes Node build one on every call (8% of the hot path, measured). */
   encryption: KeyObject
   fingerprint: KeyObject
+  /**
+   * A short, public identifier of this BROKER_SECRET, stored with every sealed token. Redis can
+   * then tell a token sealed under another secret (a rotated BROKER_SECRET, a second demo run)
+   * before it is handed out or audited, and the broker treats it as a cache miss (docs/security.md).
+   * 8 bytes of HKDF output with its own label: it says nothing usable about the secret or the keys.
+   */
+  keyId: string
 }
 
 export function deriveKeys (secret: Buffer): BrokerKeys {
   const derive = (info: string): KeyObject => createSecretKey(Buffer.from(hkdfSync('sha256', secret, 'plex-token-broker', info, 32)))
-  return { encryption: derive('token-encryption-v1'), fingerprint: derive('audit-fingerprint-v1') }
+  const keyId = Buffer.from(hkdfSync('sha256', secret, 'plex-token-broker', 'key-id-v1', 8)).toString('hex')
+  return { encryption: derive('token-encryption-v1'), fingerprint: derive('audit-fingerprint-v1'), keyId }
 }
 
 const VERSION = 'v1'

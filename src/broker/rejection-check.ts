@@ -10,16 +10,17 @@ export interface RejectionCheckOptions {
   plex: PlexClient
   issuer: TokenIssuer
   logger: Logger
-  /** How long a verdict on one token is reused, so reports cannot be used to hammer PMS. */
-  verdictTtlMs?: number
   /** A confirmed rejection hints that PMS restarted: check the server now. */
   onConfirmed?: (server: string) => void
 }
 
 /**
- * A client says PMS answered 401 to its token. The broker checks that token itself, once per
- * token however many clients report it (in-process single-flight plus a verdict cached in Redis),
- * and only replaces it when PMS really rejects it: a client cannot force mints.
+ * A client says PMS answered 401 to its token. The broker checks that token itself and only
+ * replaces it when PMS really rejects it: a client cannot force mints. Reports that arrive while a
+ * check of the same token is in flight share its answer (single flight); a report that arrives
+ * after it gets a check of its own, because PMS may have killed the token since (a restart, a
+ * sign-out): a "still valid" answer must not outlive the call that produced it. Reports cannot
+ * hammer PMS: each client's rate limit and PLEX_CONCURRENCY bound the checks.
  */
 export class RejectionCheck {
   readonly #o: RejectionCheckOptions
@@ -51,19 +52,12 @@ export class RejectionCheck {
   }
 
   async #verdict (server: ServerConfig, tokenId: string): Promise<'valid' | 'rejected'> {
-    const { store, plex } = this.#o
-    const key = `${store.keys.prefix}:verdict:${tokenId}`
-    const cached = await store.call(() => store.redis.get(key))
-    if (cached === 'valid' || cached === 'rejected') return cached
-    const token = await store.reveal(tokenId)
+    const token = await this.#o.store.reveal(tokenId)
     if (token === undefined) return 'rejected'
-    let verdict: 'valid' | 'rejected'
     try {
-      verdict = await plex.checkToken(server, token)
+      return await this.#o.plex.checkToken(server, token)
     } catch (err) {
       throw upstreamError(server.name, err)
     }
-    await store.call(() => store.redis.set(key, verdict, 'PX', this.#o.verdictTtlMs ?? 2000))
-    return verdict
   }
 }

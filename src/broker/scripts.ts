@@ -18,19 +18,24 @@ end
 /**
  * KEYS: current, active, audit
  * ARGV: tokPrefix, slot, server, now, requestId, ip, source ('cache'|'upstream'), maxlen, client,
- *       action ('token.issue' | 'source.connect'), target (the source id, '' for a PMS token)
+ *       action ('token.issue' | 'source.connect'), target (the source id, '' for a PMS token),
+ *       kid (the key id of this broker's BROKER_SECRET)
  * A slot is what a current token is kept for: the client id, or `client~<source>` for a source.
- * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid, meta} | {'miss', reason}
+ * A token sealed under another secret is not served and not audited: {'foreign', id}. A record
+ * from before key ids has none: {'unstamped', id, enc}, and the caller tries to open it.
+ * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid, meta} | {'miss', reason} | {'foreign', id} | {'unstamped', id, enc}
  */
 export const SERVE = `${AUDIT_FN}
 local id = redis.call('GET', KEYS[1])
 if not id then return {'miss', 'none'} end
 local tk = ARGV[1] .. id
-local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta')
+local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta', 'kid')
 if not f[1] then return {'miss', 'none'} end
 if f[1] ~= 'active' then return {'miss', f[1]} end
 local now = tonumber(ARGV[4])
 if now >= tonumber(f[4]) then return {'miss', 'expired'} end
+if not f[9] then return {'unstamped', id, f[2]} end
+if f[9] ~= ARGV[12] then return {'foreign', id} end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('HSET', tk, 'lastUsedAt', now)
 local detail
@@ -57,7 +62,8 @@ return id
  * KEYS: current, active, byClient, byServer, allTokens, audit, newToken
  * ARGV: tokPrefix, client, server, tokenId, enc, fp, issuedAt, expiresAt, renewAt, mid, now,
  *       expectCurrent ('' = only if no live active token), oldState, auditAction ('' = none),
- *       requestId, ip, detail, maxlen, recordTtlMs, slot, target (source id or ''), meta (JSON or '')
+ *       requestId, ip, detail, maxlen, recordTtlMs, slot, target (source id or ''), meta (JSON or ''),
+ *       kid (key id of the secret that sealed enc)
  * → {'ok', previousId} | {'conflict', currentId}
  */
 export const STORE = `${AUDIT_FN}
@@ -74,7 +80,7 @@ local exp = tonumber(ARGV[8])
 local ttl = tonumber(ARGV[19])
 redis.call('HSET', KEYS[7], 'client', ARGV[2], 'server', ARGV[3], 'state', 'active', 'enc', ARGV[5],
   'fp', ARGV[6], 'issuedAt', ARGV[7], 'expiresAt', ARGV[8], 'renewAt', ARGV[9], 'mid', ARGV[10], 'lastUsedAt', ARGV[11],
-  'slot', ARGV[20], 'target', ARGV[21], 'meta', ARGV[22])
+  'slot', ARGV[20], 'target', ARGV[21], 'meta', ARGV[22], 'kid', ARGV[23])
 redis.call('PEXPIREAT', KEYS[7], exp + ttl)
 if old then
   local ok = tp .. old
@@ -111,7 +117,10 @@ for _, id in ipairs(ids) do
   if (f[1] == 'active' or f[1] == 'rotated') and now < tonumber(f[4])
      and (ARGV[6] == '' or ARGV[6] == f[2]) and (ARGV[7] == '' or ARGV[7] == f[3])
      and (ARGV[14] == '' or ARGV[14] == target or (ARGV[14] == '-' and target == '')) then
-    redis.call('HSET', tk, 'state', ARGV[8])
+    local why = ''
+    local ok, d = pcall(cjson.decode, ARGV[12])
+    if ok and type(d) == 'table' and type(d.reason) == 'string' then why = d.reason end
+    redis.call('HSET', tk, 'state', ARGV[8], 'retiredAt', ARGV[3], 'reason', why)
     local ck = cp .. (f[6] or f[2]) .. ':' .. f[3]
     if redis.call('GET', ck) == id then redis.call('DEL', ck) end
     audit(KEYS[1], ARGV[13], ARGV[3], ARGV[9], f[2], f[3], id, f[5], ARGV[10], ARGV[11], ARGV[12])

@@ -46,6 +46,9 @@ export interface TokenRecord {
   slot: string
   /** The source id for a source token, '' for a PMS token. */
   target: string
+  /** When the token was revoked or invalidated, and why (the reason given by ops or the broker). */
+  retiredAt?: number
+  reason?: string
 }
 
 /** Who asked: recorded on every audit event. */
@@ -85,6 +88,11 @@ export interface TokenStoreOptions {
   now?: () => number
   /** Called for every audit event written (metrics). */
   onAudit?: (action: string, count: number) => void
+  /**
+   * Called when a stored token cannot be opened (sealed under another BROKER_SECRET, or corrupt);
+   * the token has already been invalidated with reason `undecryptable` (metrics, a log line).
+   */
+  onUndecryptable?: (server: string, tokenId: string) => void
 }
 
 type Reply = Array<string | number | null>
@@ -124,6 +132,7 @@ export class TokenStore {
   readonly #timeoutMs: number
   readonly now: () => number
   readonly #onAudit: (action: string, count: number) => void
+  readonly #onUndecryptable: (server: string, tokenId: string) => void
 
   constructor (opts: TokenStoreOptions) {
     this.redis = opts.redis
@@ -135,6 +144,7 @@ export class TokenStore {
     this.#timeoutMs = opts.timeoutMs ?? 1000
     this.now = opts.now ?? Date.now
     this.#onAudit = opts.onAudit ?? (() => {})
+    this.#onUndecryptable = opts.onUndecryptable ?? (() => {})
     defineScripts(this.redis)
   }
 
@@ -159,7 +169,9 @@ export class TokenStore {
 
   /**
    * The hot path: the current live token of (client, server), with its `token.issue` audit event
-   * written in the same script. `undefined` when there is none (the caller mints).
+   * written in the same script. `undefined` when there is none (the caller mints). A token this
+   * broker cannot open (another BROKER_SECRET, corrupt ciphertext) is invalidated with reason
+   * `undecryptable` and is a miss too: the caller mints a fresh one instead of failing.
    */
   async serve (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext, target?: string): Promise<ServedToken | undefined> {
     const k = this.keys
@@ -167,19 +179,54 @@ export class TokenStore {
     const action = target === undefined ? 'token.issue' : 'source.connect'
     const r = await this.call(() => this.redis.ptbServe(
       k.current(slot, server), k.active(server), k.audit,
-      k.tokenPrefix, slot, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen, client, action, target ?? ''))
+      k.tokenPrefix, slot, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen, client, action, target ?? '', this.#crypto.keyId))
+    if (r[0] === 'foreign') {
+      await this.#undecryptable(String(r[1]), server, 'sealed under another BROKER_SECRET')
+      return undefined
+    }
+    if (r[0] === 'unstamped') {
+      // Sealed before records carried a key id: open it here, and stamp it when it opens.
+      const tokenId = String(r[1])
+      if (this.#tryOpen(String(r[2]), tokenId) === undefined) {
+        await this.#undecryptable(tokenId, server, 'cannot be opened')
+        return undefined
+      }
+      await this.call(() => this.redis.hsetnx(k.token(tokenId), 'kid', this.#crypto.keyId))
+      return await this.serve(client, server, source, ctx, target)
+    }
     if (r[0] !== 'hit') return undefined
-    this.#onAudit(action, 1)
     const tokenId = String(r[1])
+    const token = this.#tryOpen(String(r[2]), tokenId)
+    if (token === undefined) {
+      // Same key id but the ciphertext does not authenticate: altered in Redis. The serve event
+      // is already written; the invalidation that follows it in the trail says why nobody got it.
+      await this.#undecryptable(tokenId, server, 'ciphertext does not authenticate')
+      return undefined
+    }
+    this.#onAudit(action, 1)
     return {
       tokenId,
-      token: open(this.#crypto.encryption, String(r[2]), tokenId),
+      token,
       issuedAt: Number(r[3]),
       expiresAt: Number(r[4]),
       renewAt: Number(r[5]),
       machineIdentifier: String(r[6] ?? ''),
       meta: String(r[7] ?? ''),
     }
+  }
+
+  #tryOpen (sealed: string, tokenId: string): string | undefined {
+    try {
+      return open(this.#crypto.encryption, sealed, tokenId)
+    } catch {
+      return undefined
+    }
+  }
+
+  /** Takes a token that cannot be opened out of service, so the next request mints a fresh one. */
+  async #undecryptable (tokenId: string, server: string, why: string): Promise<void> {
+    await this.retire({ tokenId }, 'invalidated', 'token.invalidate', { reason: 'undecryptable', why })
+    this.#onUndecryptable(server, tokenId)
   }
 
   /** Id of the live current token of (client, server), without auditing or touching activity. */
@@ -220,7 +267,8 @@ export class TokenStore {
       k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, tokenId),
       this.fingerprint(input.token), input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
       input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', ctx.requestId, ctx.ip,
-      JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? ''))
+      JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? '',
+      this.#crypto.keyId))
     if (r[0] !== 'ok') return undefined
     if (input.audit !== undefined) this.#onAudit(input.audit.action, 1)
     return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
@@ -228,7 +276,7 @@ export class TokenStore {
 
   async get (tokenId: string): Promise<TokenRecord | undefined> {
     const f = await this.call(() => this.redis.hmget(this.keys.token(tokenId),
-      'client', 'server', 'state', 'issuedAt', 'expiresAt', 'renewAt', 'lastUsedAt', 'fp', 'slot', 'target'))
+      'client', 'server', 'state', 'issuedAt', 'expiresAt', 'renewAt', 'lastUsedAt', 'fp', 'slot', 'target', 'retiredAt', 'reason'))
     if (f[0] === null) return undefined
     const expiresAt = Number(f[4])
     let state = f[2] as TokenState
@@ -245,13 +293,21 @@ export class TokenStore {
       fingerprint: String(f[7]),
       slot: f[8] ?? String(f[0]),
       target: f[9] ?? '',
+      retiredAt: f[10] === null ? undefined : Number(f[10]),
+      reason: f[11] === null || f[11] === '' ? undefined : f[11],
     }
   }
 
-  /** The sealed token of a record, opened; for canary checks and rejected-token verification. */
+  /**
+   * The sealed token of a record, opened; for canary checks and rejected-token verification.
+   * `undefined` when there is none, or when it cannot be opened (then it is invalidated too).
+   */
   async reveal (tokenId: string): Promise<string | undefined> {
-    const enc = await this.call(() => this.redis.hget(this.keys.token(tokenId), 'enc'))
-    return enc === null ? undefined : open(this.#crypto.encryption, enc, tokenId)
+    const [enc, server] = await this.call(() => this.redis.hmget(this.keys.token(tokenId), 'enc', 'server'))
+    if (enc === null) return undefined
+    const token = this.#tryOpen(enc, tokenId)
+    if (token === undefined) await this.#undecryptable(tokenId, server ?? '', 'cannot be opened')
+    return token
   }
 
   /**

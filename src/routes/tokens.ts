@@ -54,6 +54,17 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     const client = request.client!
     // Another client's token answers 404 like a missing one: ids of others are not confirmed.
     if (record === undefined || (record.client !== client.id && !client.scopes.includes('audit:read'))) throw notFound('No such token.')
-    return { tokenId: record.tokenId, client: record.client, server: record.server, state: record.state, issuedAt: iso(record.issuedAt), expiresAt: iso(record.expiresAt) }
+    const retired = record.retiredAt === undefined ? {} : record.state === 'revoked'
+      ? { revokedAt: iso(record.retiredAt), reason: record.reason }
+      : record.state === 'invalidated' ? { invalidatedAt: iso(record.retiredAt), reason: record.reason } : {}
+    return {
+      tokenId: record.tokenId,
+      client: record.client,
+      server: record.server,
+      state: record.state,
+      issuedAt: iso(record.issuedAt),
+      expiresAt: iso(record.expiresAt),
+      ...retired,
+    }
   })
 }

@@ -24,6 +24,9 @@ export const TokenInfoSchema = Type.Object({
   state: TokenStateSchema,
   issuedAt: IsoDate,
   expiresAt: IsoDate,
+  revokedAt: Type.Optional(Type.String({ format: 'date-time', description: 'When ops revoked it (state revoked)' })),
+  invalidatedAt: Type.Optional(Type.String({ format: 'date-time', description: 'When the broker took it out of service (state invalidated)' })),
+  reason: Type.Optional(Type.String({ description: 'Why it was revoked (the reason ops gave) or invalidated (server_restart, rejected_by_pms, undecryptable)' })),
 }, { $id: 'TokenInfo', title: 'TokenInfo' })
 
 export const TokenIdParamsSchema = Type.Object({ tokenId: Type.String({ maxLength: 64 }) })

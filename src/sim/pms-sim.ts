@@ -253,6 +253,11 @@ export class PmsSimulator {
     return this.#transient.size
   }
 
+  /** Kills one transient token, as a sign-out of its device does; true when it was live. */
+  killToken (token: string): boolean {
+    return this.#transient.delete(token)
+  }
+
   setAdminTokens (tokens: string[]): void {
     // Transient tokens minted earlier live on: the doc has nothing on revoking an admin token.
     this.#adminTokens = [...tokens]
