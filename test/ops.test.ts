@@ -51,6 +51,13 @@ for (const [name, select, expected] of selectors) {
     t.ok(Date.parse(r.json().upstreamStillValidUntil) > Date.now(), 'says until when PMS still honours them')
     for (const [key, tk] of Object.entries(tokens)) {
       t.equal(await stateOf(app2, ops, tk.tokenId), expected.includes(key) ? 'revoked' : 'active', `${key} ${expected.includes(key) ? 'revoked' : 'untouched'}`)
+      const info = (await app2.inject({ method: 'GET', url: `/v1/tokens/${tk.tokenId}`, headers: ops.auth })).json()
+      if (expected.includes(key)) {
+        t.equal(info.reason, `test ${name}`, `${key}: lookup says why`)
+        t.ok(Math.abs(Date.parse(info.revokedAt) - Date.now()) < 60_000, `${key}: lookup says when`)
+      } else {
+        t.notOk('revokedAt' in info || 'reason' in info, `${key}: a live token has no revocation fields`)
+      }
       const client = key.startsWith('a') ? clients.a : clients.b
       const again = await issue(app2, client, key.endsWith('1') ? 'one' : 'two')
       if (expected.includes(key)) t.not(again.tokenId, tk.tokenId, `${key}: the other instance mints a new token`)
