@@ -1,12 +1,18 @@
 /**
  * `npm run demo`: the whole product on one machine with nothing configured. Starts the PMS
- * simulator, uses the Redis at REDIS_URL when one answers (else starts a private redis-server
- * with its data under ./.demo/), creates a demo client and an ops client, runs the broker with
- * its workers, and prints ready-to-paste curl commands. Ctrl-C stops everything it started.
+ * simulator and a plex.tv simulator (so nothing is ever sent to the real plex.tv), uses the Redis
+ * at REDIS_URL when one answers (else starts a private redis-server with its data under ./.demo/),
+ * creates a demo client and an ops client, runs the broker with its workers, and prints
+ * ready-to-paste curl and ptb commands. Ctrl-C stops everything it started.
+ *
+ * The demo's secrets (BROKER_SECRET and the two client secrets) live in ./.demo/secrets.json
+ * (mode 0600; DEMO_DIR moves it), so a second run on the same Redis opens what the first sealed
+ * and the printed commands keep working. The PMS simulator starts afresh each run, which the
+ * broker sees as a PMS restart: its first probe re-mints, as it would after a real one.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { resolve } from 'node:path'
 import closeWithGrace from 'close-with-grace'
@@ -14,6 +20,7 @@ import { buildApp } from './app.ts'
 import { sha256 } from './broker/crypto.ts'
 import { type ClientConfig, type Config, ConfigError, loadConfig } from './config.ts'
 import { startSimFromEnv } from './sim/main.ts'
+import { PlexTvSimulator } from './sim/plextv-sim.ts'
 
 const out = (s = ''): void => { process.stdout.write(`${s}\n`) }
 
@@ -60,28 +67,56 @@ export async function startRedis (dir: string): Promise<{ url: string, child: Ch
   throw new Error(`redis-server did not start on port ${port}`)
 }
 
+export interface DemoSecrets { brokerSecret: string, demoSecret: string, opsSecret: string }
+
+/** The demo's secrets, made on the first run and reused after (mode 0600). */
+export function demoSecrets (dir: string): DemoSecrets {
+  const file = resolve(dir, 'secrets.json')
+  if (existsSync(file)) {
+    const saved = JSON.parse(readFileSync(file, 'utf8')) as Partial<DemoSecrets>
+    if (typeof saved.brokerSecret === 'string' && typeof saved.demoSecret === 'string' && typeof saved.opsSecret === 'string') {
+      return saved as DemoSecrets
+    }
+  }
+  const made: DemoSecrets = {
+    brokerSecret: randomBytes(32).toString('base64'),
+    demoSecret: `demo_${randomBytes(24).toString('base64url')}`,
+    opsSecret: `ops_${randomBytes(24).toString('base64url')}`,
+  }
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  writeFileSync(file, JSON.stringify(made, null, 2) + '\n', { mode: 0o600 })
+  return made
+}
+
 async function main (): Promise<void> {
   const env = process.env
+  const dir = resolve(env.DEMO_DIR ?? '.demo')
+  const secrets = demoSecrets(dir)
   let redisUrl = env.REDIS_URL ?? 'redis://127.0.0.1:6379'
   let redisChild: ChildProcess | undefined
   if (!(await redisAnswers(redisUrl))) {
-    const started = await startRedis(resolve('.demo', 'redis'))
+    const started = await startRedis(resolve(dir, 'redis'))
     redisUrl = started.url
     redisChild = started.child
-    out(`Started redis-server on ${redisUrl} (data in ./.demo/redis)`)
+    out(`Started redis-server on ${redisUrl} (data in ${resolve(dir, 'redis')})`)
   }
 
   const simPort = env.SIM_PORT ?? String(await freePort())
   const controlPort = env.SIM_CONTROL_PORT ?? String(await freePort())
   const sim = await startSimFromEnv({ ...env, SIM_PORT: simPort, SIM_CONTROL_PORT: controlPort })
+  // The simulator's admin token is an account token of this fake plex.tv: the broker's admin
+  // token checks and keep-alive pings go there, never to the real plex.tv.
+  const plexTv = await PlexTvSimulator.start({ accountToken: sim.sim.adminToken })
 
-  const demoSecret = `demo_${randomBytes(18).toString('base64url')}`
-  const opsSecret = `ops_${randomBytes(18).toString('base64url')}`
+  const { demoSecret, opsSecret } = secrets
   let config: Config
   try {
     config = loadConfig({
       ...env,
       BROKER_DEMO: '1',
+      BROKER_SECRET: env.BROKER_SECRET ?? secrets.brokerSecret,
+      BROKER_SECRET_FILE: undefined,
+      PLEX_TV_URL: plexTv.url,
       REDIS_URL: redisUrl,
       REDIS_PREFIX: env.REDIS_PREFIX ?? 'ptb-demo',
       PLEX_URL: sim.sim.url,
@@ -93,6 +128,7 @@ async function main (): Promise<void> {
     })
   } catch (err) {
     await sim.close()
+    await plexTv.stop()
     redisChild?.kill()
     throw err
   }
@@ -103,12 +139,22 @@ async function main (): Promise<void> {
   const app = await buildApp({ ...config, clients })
   await app.listen({ host: config.host, port: config.port })
   const base = `http://127.0.0.1:${config.port}`
+  // Wait for the first probe: on a second run it finds the cached tokens of the previous
+  // simulator dead (a PMS restart) and replaces them before anyone asks.
+  const started = Date.now()
+  while (Date.now() - started < 10_000) {
+    const st = await app.broker.states.get('default').catch(() => undefined)
+    if (st?.lastProbeAt !== undefined && st.lastProbeAt !== null && st.lastProbeAt >= started) break
+    await new Promise((r) => setTimeout(r, 100))
+  }
 
   out()
   out('plex-token-broker demo is running')
   out(`  broker          ${base}   (OpenAPI UI: ${base}/docs)`)
   out(`  PMS simulator   ${sim.sim.url}`)
   out(`  Redis           ${redisUrl}   prefix ${config.redisPrefix}`)
+  out(`  plex.tv sim     ${plexTv.url}`)
+  out(`  secrets         ${resolve(dir, 'secrets.json')} (kept for the next run)`)
   out()
   out('Get a token as the demo client:')
   out(`  curl -s -X POST ${base}/v1/tokens -H 'Authorization: Bearer ${demoSecret}' -H 'Content-Type: application/json' -d '{"server":"default"}'`)
@@ -124,12 +170,20 @@ async function main (): Promise<void> {
   out('Revoke the demo client\'s tokens:')
   out(`  curl -s -X POST ${base}/v1/revoke -H 'Authorization: Bearer ${opsSecret}' -H 'Content-Type: application/json' -d '{"client":"demo","reason":"demo"}'`)
   out()
+  out('Or use the ops CLI against it (in another shell):')
+  out(`  export PTB_URL=${base}`)
+  out(`  export PTB_SECRET=${opsSecret}`)
+  out('  npm run -s ptb -- servers')
+  out('  npm run -s ptb -- audit --limit 5')
+  out('  npm run -s ptb -- revoke --client demo --reason demo')
+  out()
   out('Ctrl-C stops the broker, the simulator and any Redis the demo started.')
 
   closeWithGrace({ delay: 10_000 }, async ({ err }) => {
     if (err !== undefined) app.log.error({ err: { message: err.message } }, 'demo stopping on error')
     await app.close()
     await sim.close()
+    await plexTv.stop()
     redisChild?.kill('SIGTERM')
   })
 }
