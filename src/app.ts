@@ -4,7 +4,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import type { Config, ServerConfig } from './config.ts'
-import { deriveKeys } from './broker/crypto.ts'
+import { keyRing } from './broker/crypto.ts'
 import { TokenIssuer, type IssuedToken } from './broker/issuer.ts'
 import { createKeys } from './broker/keys.ts'
 import { ServerStates } from './broker/server-state.ts'
@@ -131,7 +131,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     },
     redis,
     keys,
-    crypto: deriveKeys(config.brokerSecret),
+    crypto: keyRing(config.brokerSecret, config.brokerSecretPrevious),
     auditMaxEvents: config.auditMaxEvents,
     recordTtlMs: config.tokenLifetimeMs,
     now: overrides.now,

@@ -72,6 +72,11 @@ export interface Config {
   defaultRateLimit: RateLimitConfig
   servers: ServerConfig[]
   clients: ClientConfig[]
+  /**
+   * BROKER_SECRET_PREVIOUS: secrets being rotated out. Tokens they sealed are still opened (and
+   * re-sealed under BROKER_SECRET when served); nothing new is sealed with them.
+   */
+  brokerSecretPrevious?: Buffer[]
   /** BROKER_DEMO=1: a random BROKER_SECRET is generated when none is given. */
   demo: boolean
   /** plex.tv base URL, for admin token checks (PLEX_TV_URL). */
@@ -100,6 +105,8 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'PLEX_PREFERENCES_PATH', description: 'PMS Preferences.xml whose PlexOnlineToken is the admin token (watched for changes)' },
   { name: 'BROKER_SECRET', description: 'Base64 key material, 32 bytes or more: encryption at rest and audit fingerprints. Required unless BROKER_DEMO=1' },
   { name: 'BROKER_SECRET_FILE', description: 'File holding BROKER_SECRET (Docker/Kubernetes secrets)' },
+  { name: 'BROKER_SECRET_PREVIOUS', description: 'Previous secrets during a rotation (comma-separated base64; or BROKER_SECRET_PREVIOUS_FILE, one per line): tokens they sealed are still served and re-sealed under BROKER_SECRET' },
+  { name: 'BROKER_SECRET_PREVIOUS_FILE', description: 'File holding BROKER_SECRET_PREVIOUS (one secret per line)' },
   { name: 'BROKER_DEMO', default: '0', description: '1 = demo mode: a random BROKER_SECRET is generated when none is given (tokens do not survive a restart)' },
   { name: 'TOKEN_LIFETIME', default: '48h', description: 'How long PMS keeps a transient token alive' },
   { name: 'TOKEN_RENEW_AFTER', default: '24h', description: 'Age at which an active token is rotated (minus up to 10% jitter)' },
@@ -212,6 +219,15 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
     const decoded = Buffer.from(secretText, 'base64')
     if (!/^[A-Za-z0-9+/=_-]+$/.test(secretText) || decoded.length < 32) problems.push(`BROKER_SECRET: must be base64 of 32 bytes or more (got ${decoded.length} bytes)`)
     brokerSecret = decoded
+  }
+
+  const previousText = get('BROKER_SECRET_PREVIOUS') ??
+    (get('BROKER_SECRET_PREVIOUS_FILE') === undefined ? undefined : readPath('BROKER_SECRET_PREVIOUS_FILE', get('BROKER_SECRET_PREVIOUS_FILE')!))
+  const brokerSecretPrevious: Buffer[] = []
+  for (const [i, text] of (previousText ?? '').split(/[\s,]+/).filter((x) => x !== '').entries()) {
+    const decoded = Buffer.from(text, 'base64')
+    if (!/^[A-Za-z0-9+/=_-]+$/.test(text) || decoded.length < 32) problems.push(`BROKER_SECRET_PREVIOUS: entry ${i + 1} must be base64 of 32 bytes or more (got ${decoded.length} bytes)`)
+    else brokerSecretPrevious.push(decoded)
   }
 
   const prefix = dflt('REDIS_PREFIX')
@@ -356,6 +372,7 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
     defaultRateLimit,
     servers,
     clients,
+    brokerSecretPrevious,
     demo,
     plexTvUrl: plexTvUrl.replace(/\/+$/, ''),
   })

@@ -15,11 +15,13 @@ export const REDACT_PATHS = [
   'secret',
   'password',
   'brokerSecret',
+  'brokerSecretPrevious',
   '*.token',
   '*.adminToken',
   '*.secret',
   '*.password',
   '*.brokerSecret',
+  '*.brokerSecretPrevious',
   'body.token',
 ]
 

@@ -145,6 +145,18 @@ t.test('PLEX_TOKEN_FILE, PLEX_PREFERENCES_PATH and BROKER_SECRET_FILE', async (t
   t.equal(tokenFromPreferences('<Other PlexOnlineToken="x"/>'), undefined)
 })
 
+t.test('BROKER_SECRET_PREVIOUS: a list, or a file with one per line; bad entries named, never echoed', async (t) => {
+  const p1 = Buffer.alloc(32, 1).toString('base64')
+  const p2 = Buffer.alloc(40, 2).toString('base64')
+  t.same(loadConfig({ ...BASE, BROKER_SECRET_PREVIOUS: `${p1},${p2}` }).brokerSecretPrevious?.map((b) => b.length), [32, 40])
+  const dir = t.testdir({ prev: `${p1}\n${p2}\n` })
+  t.equal(loadConfig({ ...BASE, BROKER_SECRET_PREVIOUS_FILE: join(dir, 'prev') }).brokerSecretPrevious?.length, 2)
+  t.same(loadConfig(BASE).brokerSecretPrevious, [])
+  const bad = problems({ ...BASE, BROKER_SECRET_PREVIOUS: `${p1},c2hvcnQ=` })
+  t.match(bad.join(), /BROKER_SECRET_PREVIOUS: entry 2 must be base64 of 32 bytes or more/)
+  t.notOk(bad.join().includes('c2hvcnQ='), 'the value is not echoed')
+})
+
 t.test('parseDuration', async (t) => {
   t.equal(parseDuration('48h'), 172_800_000)
   t.equal(parseDuration('1h30m'), 5_400_000)
@@ -180,8 +192,9 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
     for (const m of text.matchAll(/\b(?:get|dflt|duration|integer)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
   }
   const known = new Set(ENV_VARIABLES.map((v) => v.name))
-  // HOME and XDG_CONFIG_HOME: where the CLI keeps its token file; not settings of the service.
-  const unlisted = [...read].filter((n) => !known.has(n) && !n.startsWith('SIM_') && !n.startsWith('PTB_') && n !== 'HOME' && n !== 'XDG_CONFIG_HOME')
+  // HOME and XDG_CONFIG_HOME: where the CLI keeps its token file; DEMO_DIR: where `npm run demo`
+  // keeps its secrets. Not settings of the service.
+  const unlisted = [...read].filter((n) => !known.has(n) && !n.startsWith('SIM_') && !n.startsWith('PTB_') && !['HOME', 'XDG_CONFIG_HOME', 'DEMO_DIR'].includes(n))
   t.same(unlisted, [], 'no variable is read without being listed')
   t.ok(read.size > 10, `found ${read.size} variables in the source`)
 })

@@ -113,6 +113,7 @@ t.test('restart detection keeps working after a secret change (the canary is rep
   const first = await buildApp(config(randomBytes(32)), { logStream: new LogCapture(), defaultMetrics: false })
   await first.ready()
   t.ok(await until(5000, async () => (await first.broker.store.peek('~canary', 'default')) !== undefined), 'canary minted')
+  const oldCanary = await first.broker.store.peek('~canary', 'default')
   await first.close()
 
   const second = await buildApp(config(randomBytes(32)), { logStream: new LogCapture(), defaultMetrics: false })
@@ -120,7 +121,6 @@ t.test('restart detection keeps working after a secret change (the canary is rep
   await second.ready()
   const before = (await issue(second, a)).body
   // Let a probe find the old canary unreadable and mint a new one, then restart PMS.
-  const oldCanary = await second.broker.store.peek('~canary', 'default')
   t.ok(await until(5000, async () => {
     const id = await second.broker.store.peek('~canary', 'default')
     return id !== undefined && id !== oldCanary
@@ -131,4 +131,73 @@ t.test('restart detection keeps working after a secret change (the canary is rep
   const after = await issue(second, a)
   t.not(after.body.tokenId, before.tokenId)
   t.ok(sim.isTokenValid(after.body.token))
+})
+
+t.test('rotating BROKER_SECRET with BROKER_SECRET_PREVIOUS keeps every token: no re-mint, re-sealed, still traceable', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('a')
+  const ops = makeClient('ops', { scopes: ['audit:read'] })
+  const prefix = uniquePrefix('rotate')
+  t.teardown(() => deleteKeys(prefix))
+  const oldSecret = randomBytes(32)
+  const newSecret = randomBytes(32)
+  const config = (secret: Buffer, previous: Buffer[] = []): Config =>
+    ({ ...testConfig(prefix, [serverFor(sim)], [a, ops]), brokerSecret: secret, brokerSecretPrevious: previous })
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+
+  const before = await buildApp(config(oldSecret), { logStream: new LogCapture(), defaultMetrics: false })
+  const tk = (await issue(before, a)).body
+  const kidBefore = await redis.hget(`${prefix}:tok:${tk.tokenId}`, 'kid')
+  await before.close()
+
+  const during = await buildApp(config(newSecret, [oldSecret]), { logStream: new LogCapture(), defaultMetrics: false })
+  const mints = sim.counters.mints
+  const served = await issue(during, a)
+  t.equal(served.status, 200)
+  t.equal(served.body.tokenId, tk.tokenId, 'the same token, opened with the previous secret')
+  t.equal(served.body.token, tk.token)
+  t.equal(sim.counters.mints, mints, 'no re-mint')
+  t.ok(await until(3000, async () => (await redis.hget(`${prefix}:tok:${tk.tokenId}`, 'kid')) !== kidBefore), 're-sealed under the new secret')
+  const trace = (await during.inject({ method: 'POST', url: '/v1/audit/trace', headers: ops.auth, payload: { token: tk.token } })).json()
+  t.match(trace.holder, { client: 'a', tokenId: tk.tokenId }, 'trace finds a token minted under the previous secret')
+  await during.close()
+
+  const after = await buildApp(config(newSecret), { logStream: new LogCapture(), defaultMetrics: false })
+  t.teardown(() => after.close())
+  const still = await issue(after, a)
+  t.equal(still.body.tokenId, tk.tokenId, 'after the previous secret is dropped, the re-sealed token is still served')
+  t.equal(sim.counters.mints, mints)
+})
+
+t.test('a current-token pointer altered in Redis never hands client A the token of client B', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('a')
+  const b = makeClient('b')
+  const ops = makeClient('ops', { scopes: ['audit:read'] })
+  const prefix = uniquePrefix('swap')
+  const app = await buildTestApp(t, testConfig(prefix, [serverFor(sim)], [a, b, ops]))
+  const ta = (await issue(app, a)).body
+  const tb = (await issue(app, b)).body
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  // Whoever can write Redis points a's slot at b's record.
+  await redis.set(`${prefix}:cur:a:default`, tb.tokenId)
+  const got = await issue(app, a)
+  t.equal(got.status, 200)
+  t.not(got.body.token, tb.token, 'never b\'s token')
+  t.not(got.body.tokenId, tb.tokenId)
+  t.ok(sim.isTokenValid(got.body.token), 'a fresh token of a\'s own')
+  t.equal((await issue(app, b)).body.tokenId, tb.tokenId, 'b keeps its token')
+  const events = (await app.inject({ method: 'GET', url: '/v1/audit?action=token.mismatch', headers: ops.auth })).json().events
+  t.equal(events.length, 1, 'the tampering is audited')
+  t.match(events[0], { client: 'a', tokenId: tb.tokenId, detail: { ownerClient: 'b' } })
+  t.not(ta.tokenId, got.body.tokenId)
+
+  // A ciphertext copied onto another client's record does not open either (owner bound in the AAD).
+  const encB = await redis.hget(`${prefix}:tok:${tb.tokenId}`, 'enc')
+  await redis.hset(`${prefix}:tok:${got.body.tokenId}`, 'enc', encB!)
+  const again = await issue(app, a)
+  t.not(again.body.token, tb.token, 'a copied ciphertext is not opened for another record')
+  t.ok(sim.isTokenValid(again.body.token))
 })

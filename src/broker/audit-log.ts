@@ -19,7 +19,8 @@ export interface AuditFilter {
   client?: string
   server?: string
   tokenId?: string
-  fingerprint?: string
+  /** One fingerprint, or any of several (a token's fingerprints under each known BROKER_SECRET). */
+  fingerprint?: string | readonly string[]
   /** Inclusive bounds, ms since epoch. */
   since?: number
   until?: number
@@ -64,7 +65,7 @@ function matches (e: AuditEvent, q: AuditFilter): boolean {
     (q.client === undefined || e.client === q.client) &&
     (q.server === undefined || e.server === q.server) &&
     (q.tokenId === undefined || e.tokenId === q.tokenId) &&
-    (q.fingerprint === undefined || e.fingerprint === q.fingerprint)
+    (q.fingerprint === undefined || (typeof q.fingerprint === 'string' ? e.fingerprint === q.fingerprint : q.fingerprint.includes(e.fingerprint ?? '')))
 }
 
 /** Stream ids start with the ms time of the entry, so time bounds map to id bounds. */

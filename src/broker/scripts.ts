@@ -19,29 +19,48 @@ end
  * KEYS: current, active, audit
  * ARGV: tokPrefix, slot, server, now, requestId, ip, source ('cache'|'upstream'), maxlen, client,
  *       action ('token.issue' | 'source.connect'), target (the source id, '' for a PMS token),
- *       kid (the key id of this broker's BROKER_SECRET)
+ *       kid (the key id of the current BROKER_SECRET), kids (every key id the broker can open, comma-separated)
  * A slot is what a current token is kept for: the client id, or `client~<source>` for a source.
- * A token sealed under another secret is not served and not audited: {'foreign', id}. A record
- * from before key ids has none: {'unstamped', id, enc}, and the caller tries to open it.
- * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid, meta} | {'miss', reason} | {'foreign', id} | {'unstamped', id, enc}
+ * A record that belongs to another slot or server (a pointer altered in Redis) is never served:
+ * the pointer is dropped and a `token.mismatch` event audited. A token sealed under a secret the
+ * broker does not know is not served and not audited: {'foreign', id}. A record from before key
+ * ids has none: {'unstamped', id, enc}, and the caller tries to open it.
+ * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid, meta, kid} | {'miss', reason} | {'foreign', id} | {'unstamped', id, enc}
  */
 export const SERVE = `${AUDIT_FN}
 local id = redis.call('GET', KEYS[1])
 if not id then return {'miss', 'none'} end
 local tk = ARGV[1] .. id
-local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta', 'kid')
+local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta', 'kid', 'slot', 'server', 'client')
 if not f[1] then return {'miss', 'none'} end
+if (f[10] or f[12]) ~= ARGV[2] or f[11] ~= ARGV[3] then
+  redis.call('DEL', KEYS[1])
+  audit(KEYS[3], ARGV[8], ARGV[4], 'token.mismatch', ARGV[9], ARGV[3], id, f[7] or '', ARGV[5], ARGV[6],
+    cjson.encode({slot = ARGV[2], ownerClient = f[12] or '', ownerServer = f[11] or ''}))
+  return {'miss', 'mismatch'}
+end
 if f[1] ~= 'active' then return {'miss', f[1]} end
 local now = tonumber(ARGV[4])
 if now >= tonumber(f[4]) then return {'miss', 'expired'} end
 if not f[9] then return {'unstamped', id, f[2]} end
-if f[9] ~= ARGV[12] then return {'foreign', id} end
+if not string.find(',' .. ARGV[13] .. ',', ',' .. f[9] .. ',', 1, true) then return {'foreign', id} end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('HSET', tk, 'lastUsedAt', now)
 local detail
 if ARGV[11] == '' then detail = cjson.encode({source = ARGV[7]}) else detail = cjson.encode({source = ARGV[7], target = ARGV[11]}) end
 audit(KEYS[3], ARGV[8], ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
-return {'hit', id, f[2], f[3], f[4], f[5], f[6] or '', f[8] or ''}
+return {'hit', id, f[2], f[3], f[4], f[5], f[6] or '', f[8] or '', f[9]}
+`
+
+/**
+ * Re-seals a token under the current secret after a rotation, unless it changed meanwhile.
+ * KEYS: token  ARGV: oldKid, oldEnc, newKid, newEnc
+ */
+export const RESEAL = `
+local f = redis.call('HMGET', KEYS[1], 'kid', 'enc')
+if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'kid', ARGV[3], 'enc', ARGV[4])
+return 1
 `
 
 /**

@@ -1,8 +1,8 @@
 import type { Redis, Result } from 'ioredis'
 import { BrokerError, storeUnavailable } from '../errors.ts'
-import { type BrokerKeys, fingerprint, newTokenId, open, seal } from './crypto.ts'
+import { type BrokerKeys, fingerprint, type KeyRing, newTokenId, open, seal, type SealBinding } from './crypto.ts'
 import type { Keys } from './keys.ts'
-import { AUDIT, PEEK, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
+import { AUDIT, PEEK, RESEAL, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
 
 export type TokenState = 'active' | 'rotated' | 'revoked' | 'invalidated' | 'expired'
 
@@ -79,7 +79,8 @@ export type RetireSelector =
 export interface TokenStoreOptions {
   redis: Redis
   keys: Keys
-  crypto: BrokerKeys
+  /** The current BROKER_SECRET's keys and the previous ones' (a rotation in progress). */
+  crypto: KeyRing
   auditMaxEvents: number
   /** How long a token record is kept after its expiry, so GET /v1/tokens/:id can still say `expired`. */
   recordTtlMs: number
@@ -105,6 +106,7 @@ declare module 'ioredis' {
     ptbRetire(...args: Array<string | number>): Result<[number, number], Context>
     ptbAudit(...args: Array<string | number>): Result<string, Context>
     ptbUnlock(...args: Array<string | number>): Result<number, Context>
+    ptbReseal(...args: Array<string | number>): Result<number, Context>
   }
 }
 
@@ -117,6 +119,7 @@ export function defineScripts (redis: Redis): void {
   redis.defineCommand('ptbRetire', { numberOfKeys: 2, lua: RETIRE })
   redis.defineCommand('ptbAudit', { numberOfKeys: 1, lua: AUDIT })
   redis.defineCommand('ptbUnlock', { numberOfKeys: 1, lua: UNLOCK })
+  redis.defineCommand('ptbReseal', { numberOfKeys: 1, lua: RESEAL })
 }
 
 /**
@@ -126,7 +129,9 @@ export function defineScripts (redis: Redis): void {
 export class TokenStore {
   readonly redis: Redis
   readonly keys: Keys
+  readonly #ring: KeyRing
   readonly #crypto: BrokerKeys
+  readonly #kids: string
   readonly #maxlen: number
   readonly #recordTtlMs: number
   readonly #timeoutMs: number
@@ -137,7 +142,9 @@ export class TokenStore {
   constructor (opts: TokenStoreOptions) {
     this.redis = opts.redis
     this.keys = opts.keys
-    this.#crypto = opts.crypto
+    this.#ring = opts.crypto
+    this.#crypto = opts.crypto.current
+    this.#kids = [...opts.crypto.byId.keys()].join(',')
     this.#maxlen = opts.auditMaxEvents
     this.#recordTtlMs = opts.recordTtlMs
     // With the two rate-limit checks (250 ms each at most), a stalled Redis still gets a 503 within 2 s.
@@ -150,6 +157,11 @@ export class TokenStore {
 
   fingerprint (token: string): string {
     return fingerprint(this.#crypto.fingerprint, token)
+  }
+
+  /** The token's fingerprint under every known secret, current first (trace across a rotation). */
+  fingerprints (token: string): string[] {
+    return [...this.#ring.byId.values()].map((k) => fingerprint(k.fingerprint, token))
   }
 
   /** Runs one Redis call with a hard deadline; any failure becomes STORE_UNAVAILABLE. */
@@ -179,7 +191,13 @@ export class TokenStore {
     const action = target === undefined ? 'token.issue' : 'source.connect'
     const r = await this.call(() => this.redis.ptbServe(
       k.current(slot, server), k.active(server), k.audit,
-      k.tokenPrefix, slot, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen, client, action, target ?? '', this.#crypto.keyId))
+      k.tokenPrefix, slot, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen, client, action, target ?? '',
+      this.#crypto.keyId, this.#kids))
+    if (r[0] === 'miss') {
+      if (r[1] === 'mismatch') this.#onAudit('token.mismatch', 1)
+      return undefined
+    }
+    const binding = { client, server, slot }
     if (r[0] === 'foreign') {
       await this.#undecryptable(String(r[1]), server, 'sealed under another BROKER_SECRET')
       return undefined
@@ -187,16 +205,18 @@ export class TokenStore {
     if (r[0] === 'unstamped') {
       // Sealed before records carried a key id: open it here, and stamp it when it opens.
       const tokenId = String(r[1])
-      if (this.#tryOpen(String(r[2]), tokenId) === undefined) {
+      const opened = this.#openWithRing(String(r[2]), { tokenId, ...binding })
+      if (opened === undefined) {
         await this.#undecryptable(tokenId, server, 'cannot be opened')
         return undefined
       }
-      await this.call(() => this.redis.hsetnx(k.token(tokenId), 'kid', this.#crypto.keyId))
+      await this.call(() => this.redis.hsetnx(k.token(tokenId), 'kid', opened.kid))
       return await this.serve(client, server, source, ctx, target)
     }
     if (r[0] !== 'hit') return undefined
     const tokenId = String(r[1])
-    const token = this.#tryOpen(String(r[2]), tokenId)
+    const kid = String(r[8])
+    const token = this.#tryOpen(String(r[2]), { tokenId, ...binding }, kid)
     if (token === undefined) {
       // Same key id but the ciphertext does not authenticate: altered in Redis. The serve event
       // is already written; the invalidation that follows it in the trail says why nobody got it.
@@ -204,6 +224,7 @@ export class TokenStore {
       return undefined
     }
     this.#onAudit(action, 1)
+    if (kid !== this.#crypto.keyId) this.#reseal(tokenId, kid, String(r[2]), token, { tokenId, ...binding })
     return {
       tokenId,
       token,
@@ -215,12 +236,29 @@ export class TokenStore {
     }
   }
 
-  #tryOpen (sealed: string, tokenId: string): string | undefined {
-    try {
-      return open(this.#crypto.encryption, sealed, tokenId)
-    } catch {
-      return undefined
+  /** Opens with the key of `kid`, or with each known key when the record has none. */
+  #tryOpen (sealed: string, binding: SealBinding, kid?: string): string | undefined {
+    return this.#openWithRing(sealed, binding, kid)?.token
+  }
+
+  #openWithRing (sealed: string, binding: SealBinding, kid?: string): { token: string, kid: string } | undefined {
+    const keys = kid === undefined ? [...this.#ring.byId.values()] : [this.#ring.byId.get(kid)].filter((k) => k !== undefined)
+    for (const k of keys) {
+      try {
+        return { token: open(k.encryption, sealed, binding), kid: k.keyId }
+      } catch {}
     }
+    return undefined
+  }
+
+  /**
+   * A token sealed under a previous secret is re-sealed under the current one when served, so a
+   * rotation completes by itself and the previous secret can be dropped once every active token
+   * was served (or after TOKEN_LIFETIME). Best effort: a failure only means it is tried again.
+   */
+  #reseal (tokenId: string, oldKid: string, oldEnc: string, token: string, binding: SealBinding): void {
+    const enc = seal(this.#crypto.encryption, token, binding)
+    this.call(() => this.redis.ptbReseal(this.keys.token(tokenId), oldKid, oldEnc, this.#crypto.keyId, enc)).catch(() => {})
   }
 
   /** Takes a token that cannot be opened out of service, so the next request mints a fresh one. */
@@ -264,7 +302,7 @@ export class TokenStore {
     const r = await this.call(() => this.redis.ptbStore(
       k.current(slot, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
       k.allTokens, k.audit, k.token(tokenId),
-      k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, tokenId),
+      k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, { tokenId, client: input.client, server: input.server, slot }),
       this.fingerprint(input.token), input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
       input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', ctx.requestId, ctx.ip,
       JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? '',
@@ -303,9 +341,9 @@ export class TokenStore {
    * `undefined` when there is none, or when it cannot be opened (then it is invalidated too).
    */
   async reveal (tokenId: string): Promise<string | undefined> {
-    const [enc, server] = await this.call(() => this.redis.hmget(this.keys.token(tokenId), 'enc', 'server'))
+    const [enc, client, server, slot, kid] = await this.call(() => this.redis.hmget(this.keys.token(tokenId), 'enc', 'client', 'server', 'slot', 'kid'))
     if (enc === null) return undefined
-    const token = this.#tryOpen(enc, tokenId)
+    const token = this.#tryOpen(enc, { tokenId, client: client ?? '', server: server ?? '', slot: slot ?? client ?? '' }, kid ?? undefined)
     if (token === undefined) await this.#undecryptable(tokenId, server ?? '', 'cannot be opened')
     return token
   }

@@ -110,8 +110,10 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       response: { 200: TraceResultSchema, ...authErrors },
     },
   }, async (request) => {
-    const fingerprint = broker.store.fingerprint(request.body.token)
-    const { events } = await broker.audit.page({ fingerprint }, 1000)
+    // Under every known secret: a token minted before a BROKER_SECRET rotation keeps its old fingerprint.
+    const fingerprints = broker.store.fingerprints(request.body.token)
+    const { events } = await broker.audit.page({ fingerprint: fingerprints }, 1000)
+    const fingerprint = events.find((e) => e.fingerprint !== null)?.fingerprint ?? fingerprints[0]
     const first = events.find((e) => e.client !== null && e.tokenId !== null && e.server !== null)
     return {
       fingerprint,
