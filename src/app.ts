@@ -152,6 +152,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     accountCheck: async (token) => await plexTv.checkAccountToken(token),
     keepAlive: async (token) => { await plexTv.ping(token) },
     onResult: (server, verdict) => metrics.adminTokenValid.set({ server }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1),
+    probeIntervalMs: config.probeIntervalMs,
   })
   const issuer = new TokenIssuer({
     store,
@@ -164,8 +165,8 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     machineIdentifier: (s) => states.machineIdentifier(s),
     onMint: (server, result) => metrics.mints.inc({ server, result }),
     adminTokenBlocked: async (server) => await adminHealth.blocked(server),
-    onAdminRejected: (server) => {
-      adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
+    onAdminRejected: async (server) => {
+      await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
     },
   })
   const queueRedis = createRedis(config.redisUrl, 'queue', logger)
@@ -228,6 +229,8 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       checkAdminTokens: async () => {
         for (const s of servers.values()) await adminHealth.check(s)
       },
+      recheckAdminToken: async (server) => await adminHealth.recheck(server),
+      adminTokenRejected: async (server) => await adminHealth.rejected(server),
     })
   }
 

@@ -376,10 +376,10 @@ t.test('counters count every request by path and reset in place', async (t) => {
   await call(sim, '/identity')
   await call(sim, '/identity?x=1')
   await call(sim, '/')
-  t.same(counters, { requests: 3, mints: 0, unauthorized: 1, identity: 2, byPath: { '/identity': 2, '/': 1 }, inFlight: 0, maxInFlight: 1 })
+  t.same(counters, { requests: 3, mints: 0, unauthorized: 1, adminCalls: 0, identity: 2, byPath: { '/identity': 2, '/': 1 }, inFlight: 0, maxInFlight: 1 })
   sim.resetCounters()
   t.equal(sim.counters, counters, 'the same object')
-  t.same(counters, { requests: 0, mints: 0, unauthorized: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 })
+  t.same(counters, { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 })
 })
 
 t.test('setAdminTokens replaces the admin tokens', async (t) => {
@@ -390,6 +390,20 @@ t.test('setAdminTokens replaces the admin tokens', async (t) => {
   t.equal((await call(sim, '/', { token: 'first-admin' })).status, 401)
   t.equal(sim.adminToken, 'third-admin')
   t.match(await mint(sim), /^transient-/)
+})
+
+t.test('counters.adminCalls counts requests carrying a present or past admin token, accepted or not', async (t) => {
+  const sim = await start(t, { adminTokens: ['first-admin'] })
+  t.equal((await call(sim, '/', { token: 'first-admin' })).status, 200)
+  sim.setAdminTokens(['second-admin'])
+  t.equal((await call(sim, '/', { token: 'first-admin' })).status, 401, 'a rejected admin token still counts')
+  t.equal((await call(sim, '/', { token: 'not-an-admin' })).status, 401, 'a stranger does not')
+  await call(sim, '/identity')
+  t.equal(sim.counters.adminCalls, 2)
+  t.match(await mint(sim), /^transient-/)
+  t.equal(sim.counters.adminCalls, 3)
+  sim.resetCounters()
+  t.equal(sim.counters.adminCalls, 0)
 })
 
 t.test('claim: an unclaimed server is claimed once with a claim token', async (t) => {

@@ -24,8 +24,11 @@ export interface IssuerOptions {
   machineIdentifier: (server: ServerConfig) => Promise<string>
   /** True when the server's admin token is known to be rejected: fail fast, do not call PMS. */
   adminTokenBlocked?: (server: ServerConfig) => Promise<boolean>
-  /** Called when PMS rejects the admin token during a mint. */
-  onAdminRejected?: (server: ServerConfig) => void
+  /**
+   * Called when PMS rejects the admin token during a mint, and awaited before the client gets its
+   * 502: the verdict is recorded first, so the client's next request is already blocked.
+   */
+  onAdminRejected?: (server: ServerConfig) => Promise<void> | void
   /** Called after every upstream mint attempt (metrics). */
   onMint?: (server: string, result: 'ok' | 'rejected' | 'unavailable' | 'error') => void
   /** Called when a served token is past its renewAt: the rotation job was lost or is failing. */
@@ -38,7 +41,9 @@ export type IssuedToken = ServedToken & { source: 'cache' | 'upstream' }
 export function upstreamError (server: string, err: unknown): BrokerError {
   if (err instanceof PlexRejectedError) {
     return new BrokerError('UPSTREAM_REJECTED',
-      `PMS "${server}" rejected the broker's admin token; ops must replace the server's token in the broker configuration.`, { cause: err })
+      `PMS "${server}" rejected the broker's admin token. The broker rechecks it and serves tokens again as soon as PMS accepts it ` +
+      '(PMS refuses it for a while when it cannot reach plex.tv); if this lasts, ops must replace the server\'s token in the broker configuration (`ptb login`).',
+      { cause: err })
   }
   if (err instanceof PlexUnavailableError) {
     return new BrokerError('UPSTREAM_UNAVAILABLE', `PMS "${server}" is unavailable; try again later.`,
@@ -157,7 +162,7 @@ export class TokenIssuer {
     } catch (err) {
       const result = err instanceof PlexRejectedError ? 'rejected' : err instanceof PlexUnavailableError || err instanceof PlexBadResponseError ? 'unavailable' : 'error'
       onMint?.(server.name, result)
-      if (err instanceof PlexRejectedError) this.#o.onAdminRejected?.(server)
+      if (err instanceof PlexRejectedError) await Promise.resolve(this.#o.onAdminRejected?.(server)).catch(() => {})
       logger.warn({ client, server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'mint failed')
       throw upstreamError(server.name, err)
     }

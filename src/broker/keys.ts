@@ -26,6 +26,11 @@ export interface Keys {
   audit: string
   /** Hash: probed state of a PMS server. */
   server: (server: string) => string
+  /**
+   * Rate lock of the admin-token recheck of a server (SET NX PX <current backoff interval>): held
+   * by whichever instance asked PMS last, so the fleet asks at most once per interval.
+   */
+  adminRecheck: (server: string) => string
   /** Lock key used to make scheduler setup safe when several instances boot at once. */
   schedulerLock: string
   /** BullMQ prefix. */
@@ -47,6 +52,7 @@ export function createKeys (prefix: string): Keys {
     allTokens: `${p}idx:all`,
     audit: `${p}audit`,
     server: (s) => `${p}srv:${s}`,
+    adminRecheck: (s) => `${p}lock:admin-recheck:${s}`,
     schedulerLock: `${p}lock:schedulers`,
     queuePrefix: `${p}q`,
   }

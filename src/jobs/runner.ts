@@ -34,6 +34,14 @@ export interface JobRunnerOptions {
   concurrency: number
   /** Validates every server's admin token (at start and hourly). */
   checkAdminTokens?: () => Promise<void>
+  /**
+   * Rechecks a server's admin token when it is known to be rejected and the fleet-wide recheck is
+   * due (a no-op otherwise): run after every probe, so a token PMS accepts again unblocks minting
+   * even when no client is asking.
+   */
+  recheckAdminToken?: (server: ServerConfig) => Promise<unknown>
+  /** True while the server's admin token is known to be rejected (a Redis read, never a PMS call). */
+  adminTokenRejected?: (server: ServerConfig) => Promise<boolean>
   /** Extra housekeeping on every sweep (audit retention). */
   onSweep?: () => Promise<void>
   /** Keep a `/:/eventsource/notifications` stream open per server (a drop triggers a probe). */
@@ -172,19 +180,31 @@ export class JobRunner {
     }
     const server = this.#o.servers.get(job.data.server)
     if (server === undefined) return { skipped: 'unknown server' }
-    return await this.#o.probe.probe(server)
+    const result = await this.#o.probe.probe(server)
+    if (result.state === 'down' || this.#o.recheckAdminToken === undefined) return result
+    const admin = await this.#o.recheckAdminToken(server).catch((err: unknown) => {
+      this.#o.logger.warn({ server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'admin token recheck failed')
+      return 'error'
+    })
+    return { ...result, admin }
   }
 
   /**
    * Keeps `/:/eventsource/notifications` open with the admin token. PMS drops it when it stops,
    * so a drop triggers a probe at once instead of at the next period; so does a reconnect, which
-   * is often the first sign that PMS is back. Reconnects back off from 1 s to 30 s.
+   * is often the first sign that PMS is back. Reconnects back off from 1 s to 30 s. While the
+   * admin token is known to be rejected the stream is not reopened (each attempt would be one more
+   * 401): the rechecks decide when PMS accepts the token again, and the stream follows.
    */
   async #watch (server: ServerConfig): Promise<void> {
     const { plex, logger } = this.#o
     const signal = this.#abort.signal
     let pause = 1000
     while (!signal.aborted) {
+      if (await this.#o.adminTokenRejected?.(server).catch(() => false) === true) {
+        await this.#sleep(this.#o.probeIntervalMs, signal)
+        continue
+      }
       const opened = await new Promise<boolean>((resolve) => {
         let wasOpen = false
         plex.watchEvents(server, {
@@ -204,12 +224,16 @@ export class JobRunner {
         logger.info({ server: server.name }, 'PMS event stream dropped; probing now')
         await this.triggerProbe(server.name, 'eventsource').catch(() => {})
       }
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, pause + Math.random() * pause * 0.2)
-        signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
-      })
+      await this.#sleep(pause + Math.random() * pause * 0.2, signal)
       pause = Math.min(pause * 2, 30_000)
     }
+  }
+
+  async #sleep (ms: number, signal: AbortSignal): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms)
+      signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
+    })
   }
 }
 

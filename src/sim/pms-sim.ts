@@ -48,6 +48,11 @@ export interface SimCounters {
   mints: number
   /** 401 answers. */
   unauthorized: number
+  /**
+   * Requests that carried one of this server's admin tokens, present or past (`setAdminTokens`),
+   * accepted or not: what a broker whose admin token PMS rejects sends PMS (a 401 storm shows here).
+   */
+  adminCalls: number
   identity: number
   byPath: Record<string, number>
   /** Requests being answered right now, and the most at once since the last reset (event streams excluded). */
@@ -157,11 +162,13 @@ export function htmlErrorBody (status: number): string {
 }
 
 export class PmsSimulator {
-  readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 }
+  readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 }
 
   readonly #host: string
   #port: number
   #adminTokens: string[]
+  /** Every token that has been an admin token here, for `counters.adminCalls`. */
+  readonly #everAdmin = new Set<string>()
   #machineIdentifier: string
   #version: string
   #claimed: boolean
@@ -194,6 +201,7 @@ export class PmsSimulator {
     this.#host = opts.host ?? '127.0.0.1'
     this.#port = opts.port ?? 0
     this.#adminTokens = opts.adminTokens?.length ? [...opts.adminTokens] : [randomPlexToken()]
+    for (const t of this.#adminTokens) this.#everAdmin.add(t)
     this.#machineIdentifier = opts.machineIdentifier ?? randomBytes(20).toString('hex')
     this.#version = opts.version ?? DEFAULT_VERSION
     this.#claimed = opts.claimed ?? true
@@ -232,6 +240,7 @@ export class PmsSimulator {
     this.counters.requests = 0
     this.counters.mints = 0
     this.counters.unauthorized = 0
+    this.counters.adminCalls = 0
     this.counters.identity = 0
     this.counters.maxInFlight = this.counters.inFlight
     for (const k of Object.keys(this.counters.byPath)) delete this.counters.byPath[k]
@@ -261,6 +270,7 @@ export class PmsSimulator {
   setAdminTokens (tokens: string[]): void {
     // Transient tokens minted earlier live on: the doc has nothing on revoking an admin token.
     this.#adminTokens = [...tokens]
+    for (const t of tokens) this.#everAdmin.add(t)
   }
 
   /** Replaces the current fault; `setFault({})` clears it. */
@@ -367,6 +377,8 @@ export class PmsSimulator {
     this.counters.requests++
     this.counters.byPath[path] = (this.counters.byPath[path] ?? 0) + 1
     if (path === '/identity') this.counters.identity++
+    const token = headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
+    if (token !== undefined && this.#everAdmin.has(token)) this.counters.adminCalls++
     if (path !== '/:/eventsource/notifications') {
       this.counters.inFlight++
       this.counters.maxInFlight = Math.max(this.counters.maxInFlight, this.counters.inFlight)
