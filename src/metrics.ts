@@ -153,6 +153,10 @@ export class Metrics {
   })
 
   constructor (opts: { defaultMetrics?: boolean } = {}) {
+    // Series the alert rules watch with increase()/rate() exist from the first scrape at 0: a
+    // counter that appears only at its first increment would make the first one invisible.
+    this.rateLimited.inc({ limit: 'auth_failures' }, 0)
+    this.authFailures.inc({ reason: 'unknown_secret' }, 0)
     if (opts.defaultMetrics === false) return
     collectDefaultMetrics({
       register: this.registry,
