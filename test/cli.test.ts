@@ -425,3 +425,10 @@ t.test('each command prints its own usage with --help and exits 0', async (t) =>
   for (const [cmd] of commands) t.match(all.out(), new RegExp(`\\n {2}ptb ${cmd.join(' ')}\\b`), `ptb --help lists ${cmd.join(' ')}`)
   t.match(all.out(), /ptb --version/)
 })
+
+t.test('the README runs the CLI as `npm run -s ptb`, so --json output pipes cleanly', async (t) => {
+  const readme = readFileSync('README.md', 'utf8')
+  const uses = readme.match(/npm run(?: -\S+)* ptb\b/g) ?? []
+  t.ok(uses.length >= 5, 'the README shows the CLI')
+  t.same(uses.filter((u) => u !== 'npm run -s ptb'), [], 'never without -s (npm\'s banner would land on stdout)')
+})
