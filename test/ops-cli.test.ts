@@ -3,7 +3,9 @@ import type { AddressInfo } from 'node:net'
 import { parse } from 'yaml'
 import { runOpsCommand } from '../src/cli/ops-commands.ts'
 import { sha256 } from '../src/broker/crypto.ts'
-import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+import { ConfigError, loadConfig, SCOPES } from '../src/config.ts'
+import { DEFAULT_SOURCES } from '../src/sim/pms-sim.ts'
+import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
 
 function io (env: Record<string, string | undefined>) {
   let out = ''
@@ -78,4 +80,134 @@ t.test('client add prints a fresh secret once and a config entry holding only it
   t.not(JSON.parse(two.out()).secret, secret, 'a new secret every time')
   const bad = io({})
   t.equal(await runOpsCommand(['client', 'add', 'Bad Id'], bad.io), 2)
+})
+
+t.test('client add: every known scope is accepted and boots the broker; a typo is refused before any secret is made', async (t) => {
+  const all = io({})
+  t.equal(await runOpsCommand(['client', 'add', 'everything', '--scopes', SCOPES.join(','), '--servers', 'default', '--json'], all.io), 0, all.err())
+  const { entry } = JSON.parse(all.out())
+  t.same(entry.scopes, [...SCOPES])
+  // What the command printed is what the broker's config loader accepts.
+  const env = { BROKER_SECRET: Buffer.alloc(32, 7).toString('base64'), PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', BROKER_CONFIG: '/etc/ptb/broker.json' }
+  const loaded = loadConfig(env, { readFile: () => JSON.stringify({ clients: [entry] }) })
+  t.same(loaded.clients[0].scopes, [...SCOPES], 'the broker boots with it')
+
+  const typo = io({})
+  t.equal(await runOpsCommand(['client', 'add', 'thumbnailer', '--scopes', 'token:issue,token:isue'], typo.io), 2)
+  t.match(typo.err(), /ptb: unknown scope "token:isue"; --scopes takes a comma-separated list of: token:issue, token:revoke, audit:read, server:read, server:rotate, source:connect/)
+  t.equal(typo.out(), '', 'no secret printed for an entry that would stop the broker')
+  t.match(typo.err(), /^Usage: ptb client add <id>/m, 'its own usage, not every command\'s')
+  t.throws(() => loadConfig(env, { readFile: () => JSON.stringify({ clients: [{ ...entry, scopes: ['token:isue'] }] }) }), ConfigError,
+    'the broker would indeed refuse to boot with it')
+
+  const two = io({})
+  t.equal(await runOpsCommand(['client', 'add', 'x', '--scopes', 'audit:write,admin'], two.io), 2)
+  t.match(two.err(), /unknown scopes "audit:write", "admin"/)
+  const none = io({})
+  t.equal(await runOpsCommand(['client', 'add', 'x', '--scopes', ','], none.io), 2)
+  t.match(none.err(), /no scope given/)
+  const server = io({})
+  t.equal(await runOpsCommand(['client', 'add', 'x', '--servers', 'Living Room'], server.io), 2)
+  t.match(server.err(), /--servers takes server names .*got "Living Room"/)
+  t.equal(server.out(), '')
+})
+
+t.test('rotate SERVER re-mints the server\'s active tokens through the API', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('svc')
+  const ops = makeClient('ops', { scopes: ['server:rotate', 'audit:read'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('cli-rotate'), [serverFor(sim)], [a, ops], { role: 'all' }), { defaultMetrics: false })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const env = { PTB_URL: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, PTB_SECRET: ops.secret }
+  const issue = async () => (await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })).json()
+  const before = await issue()
+
+  const r = io(env)
+  t.equal(await runOpsCommand(['rotate', 'default'], r.io), 0, r.err())
+  t.equal(r.out(), 'rotating 1 token(s) of default: clients get the new token on their next request\n')
+  t.ok(await until(10_000, async () => (await issue()).tokenId !== before.tokenId), 'the client gets a new token')
+  t.not((await issue()).token, before.token)
+  const audit = io(env)
+  await runOpsCommand(['audit', '--action', 'server.rotate', '--json'], audit.io)
+  t.match(JSON.parse(audit.out().trim()), { action: 'server.rotate', server: 'default', detail: { actor: 'ops', tokens: 1 } })
+
+  const json = io(env)
+  t.equal(await runOpsCommand(['rotate', 'default', '--json'], json.io), 0)
+  t.same(JSON.parse(json.out()), { server: 'default', rotating: 1 })
+  const unknown = io(env)
+  t.equal(await runOpsCommand(['rotate', 'nosuch'], unknown.io), 1)
+  t.match(unknown.err(), /broker answered 404 NOT_FOUND: No server named "nosuch"/)
+  const missing = io(env)
+  t.equal(await runOpsCommand(['rotate'], missing.io), 2)
+  t.match(missing.err(), /give exactly one SERVER[\s\S]*Usage: ptb rotate SERVER/)
+  const denied = io({ ...env, PTB_SECRET: a.secret })
+  t.equal(await runOpsCommand(['rotate', 'default'], denied.io), 1, 'needs server:rotate')
+  t.match(denied.err(), /403/)
+})
+
+t.test('revoke --source revokes only the tokens for that source', async (t) => {
+  const sim = await startSim(t, { version: '1.43.0.10162-aaaaaaaaa' })
+  const a = makeClient('viewer', { scopes: ['source:connect', 'token:issue'], sources: '*' })
+  const ops = makeClient('ops', { scopes: ['token:revoke'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('cli-source'), [serverFor(sim)], [a, ops]), { defaultMetrics: false })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const env = { PTB_URL: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, PTB_SECRET: ops.secret }
+  const connect = async (source: string) => (await app.inject({ method: 'POST', url: '/v1/sources/connection', headers: a.auth, payload: { server: 'default', source } })).json()
+  const issue = async () => (await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })).json()
+  const [shared, provider] = [DEFAULT_SOURCES[0].source, DEFAULT_SOURCES[1].source]
+  const s1 = await connect(shared)
+  const p1 = await connect(provider)
+  const plain = await issue()
+
+  const r = io(env)
+  t.equal(await runOpsCommand(['revoke', '--source', shared, '--reason', 'share withdrawn', '--json'], r.io), 0, r.err())
+  t.match(JSON.parse(r.out()), { revoked: 1, upstreamStillValidUntil: String })
+  t.not((await connect(shared)).tokenId, s1.tokenId, 'the source gets a new token')
+  t.equal((await connect(provider)).tokenId, p1.tokenId, 'another source is untouched')
+  t.equal((await issue()).tokenId, plain.tokenId, 'the client\'s PMS token is untouched')
+
+  const narrowed = io(env)
+  t.equal(await runOpsCommand(['revoke', '--source', provider, '--client', 'someone-else', '--reason', 'x'], narrowed.io), 0)
+  t.match(narrowed.out(), /revoked 0 token/, 'narrowed by --client')
+  t.equal((await connect(provider)).tokenId, p1.tokenId)
+})
+
+t.test('audit --follow keeps every row under its header as wider values arrive', async (t) => {
+  const sim = await startSim(t)
+  const short = makeClient('a')
+  const long = makeClient('a-client-with-a-much-longer-name-than-the-header')
+  const ops = makeClient('ops', { scopes: ['audit:read'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('cli-follow'), [serverFor(sim)], [short, long, ops]), { defaultMetrics: false })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const env = { PTB_URL: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, PTB_SECRET: ops.secret }
+  const issue = (c: typeof short) => app.inject({ method: 'POST', url: '/v1/tokens', headers: c.auth, payload: { server: 'default' } })
+  await issue(short)
+
+  const controller = new AbortController()
+  const follow = io(env)
+  const following = runOpsCommand(['audit', '--follow', '--action', 'token.issue'], { ...follow.io, signal: controller.signal })
+  await until(5000, async () => follow.out().split('\n').length >= 3)
+  await issue(short)
+  await until(5000, async () => follow.out().split('\n').length >= 4)
+  await issue(long)
+  await until(5000, async () => follow.out().includes(long.id))
+  await issue(short)
+  await until(5000, async () => follow.out().trimEnd().split('\n').filter((l) => l.includes(' a ')).length >= 3)
+  controller.abort()
+  t.equal(await following, 0)
+
+  const lines = follow.out().trimEnd().split('\n')
+  t.equal(lines.filter((l) => !l.startsWith('TIME')).length, 4, 'four events')
+  t.ok(lines[0].startsWith('TIME'), 'starts with the header')
+  let starts: number[] = []
+  for (const line of lines) {
+    if (line.startsWith('TIME')) {
+      starts = ['TIME', 'ACTION', 'CLIENT', 'SERVER', 'TOKEN', 'DETAIL'].map((h) => line.indexOf(h))
+      continue
+    }
+    for (const [i, at] of starts.entries()) {
+      if (i === 0) continue
+      t.ok(line.slice(at - 2, at) === '  ' && line[at] !== ' ', `column ${i + 1} of "${line.slice(0, 60)}…" starts under its header`)
+    }
+  }
 })

@@ -4,9 +4,9 @@
  *   ptb login       plex.tv PIN flow (or --password) → account token file (0600)
  *   ptb servers discover   the account's servers as ready `servers:` config entries
  *   ptb claim       claim a fresh, unclaimed PMS for the account
- * and the broker half (revoke, audit, servers, client add) in ops-commands.ts.
- * PLEX_TV_URL overrides https://plex.tv (the tests point it at the plex.tv simulator).
- * Facts and status codes: ../shared/plex-api.md §5 and §7.
+ * and the broker half (revoke, rotate, audit, servers, client add) in ops-commands.ts.
+ * PLEX_TV_URL overrides https://plex.tv (the tests point it at the plex.tv simulator, which models
+ * the PIN, sign-in and claim behaviour and status codes relied on here).
  */
 import { randomUUID } from 'node:crypto'
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util'
 import { request } from 'undici'
 import { Document, type YAMLMap, type YAMLSeq } from 'yaml'
 import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreachableError, type Resource } from '../plex/plextv.ts'
-import { EXIT, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
+import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
 
 export interface CliIo {
   stdout: { write: (s: string) => unknown }
@@ -36,22 +36,57 @@ export interface CliIo {
   signal?: AbortSignal
 }
 
-const USAGE = `Usage: ptb <command>
+/** The plex.tv commands' own usage: the first line goes into `ptb help`, all of it into `ptb CMD --help`. */
+const PLEX_COMMAND_USAGE: Readonly<Record<string, string>> = {
+  login: `ptb login [--out FILE] [--print] [--password [--user NAME]]
+Sign in with a PIN: open the printed link, approve, and the account token is written to FILE
+(default ~/.config/plex-token-broker/token, mode 0600) or printed with --print. --password
+asks for username, password (never an argument) and a 2FA code when plex.tv wants one.
+  --out FILE           where to write the token (its client id is kept next to it)
+  --print              print the token on stdout instead (prompts go to stderr)
+  --password           sign in with username and password instead of a PIN
+  --user NAME          the username, so only the password is asked
+`,
+  'servers discover': `ptb servers discover [--token-file FILE]
+The account's own servers as \`servers:\` entries for the broker config (contains secrets).
+  --token-file FILE    the account token (default ~/.config/plex-token-broker/token)
+`,
+  claim: `ptb claim --pms URL [--token-file FILE]
+Claim an unclaimed PMS (e.g. a fresh container) for the account. Run it on the PMS host or subnet.
+  --pms URL            the PMS base URL, e.g. http://127.0.0.1:32400
+  --token-file FILE    the account token (default ~/.config/plex-token-broker/token)
+`,
+}
+
+/** A command's synopsis and description without its option list, indented for `ptb help`. */
+function summary (usage: string): string {
+  const [synopsis, ...rest] = usage.trimEnd().split('\n')
+  return [`  ${synopsis}`, ...rest.filter((l) => !l.startsWith(' ')).map((l) => `      ${l}`)].join('\n') + '\n'
+}
+
+const USAGE = `Usage: ptb <command> [--help]
 
 plex.tv commands (PLEX_TV_URL, default ${DEFAULT_PLEX_TV_URL}):
-  ptb login [--out FILE] [--print] [--password [--user NAME]]
-      Sign in with a PIN: open the printed link, approve, and the account token is written to FILE
-      (default ~/.config/plex-token-broker/token, mode 0600) or printed with --print. --password
-      asks for username, password (never an argument) and a 2FA code when plex.tv wants one.
-  ptb servers discover [--token-file FILE]
-      The account's own servers as \`servers:\` entries for the broker config (contains secrets).
-  ptb claim --pms URL [--token-file FILE]
-      Claim an unclaimed PMS (e.g. a fresh container) for the account. Run it on the PMS host or subnet.
-  ptb help
+${Object.values(PLEX_COMMAND_USAGE).map(summary).join('')}  ptb help | ptb --version
 
 ${OPS_USAGE}
 Exit codes: 0 ok, 1 refused or failed, 2 usage error, 3 unreachable.
 `
+
+/** The usage of the command `argv` names (`servers discover`, `client add`, `revoke`, …), if any. */
+function commandUsage (argv: string[]): string | undefined {
+  const [cmd, sub] = argv
+  const all = { ...PLEX_COMMAND_USAGE, ...OPS_COMMAND_USAGE }
+  const two = `${cmd} ${sub}`
+  if (Object.hasOwn(all, two)) return all[two]
+  if (cmd === 'client') return all['client add']
+  return Object.hasOwn(all, cmd) ? all[cmd] : undefined
+}
+
+/** The version in package.json (two levels up from both src/cli/ and dist/cli/). */
+function version (): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+}
 
 class CliError extends Error {
   readonly exit: number
@@ -402,8 +437,14 @@ export async function main (argv: string[], io: CliIo): Promise<number> {
       io.stderr.write(USAGE)
       return EXIT.usage
     }
+    if (cmd === '--version' || cmd === '-V' || cmd === 'version') {
+      io.stdout.write(`${version()}\n`)
+      return EXIT.ok
+    }
     if (cmd === 'help' || argv.includes('--help') || argv.includes('-h')) {
-      io.stdout.write(USAGE)
+      // `ptb revoke --help`, `ptb help revoke`: that command's usage; otherwise all of them.
+      const own = commandUsage(cmd === 'help' ? argv.slice(1) : argv)
+      io.stdout.write(own === undefined ? USAGE : `Usage: ${own}`)
       return EXIT.ok
     }
     if (cmd === 'login') return await login(argv.slice(1), io)
