@@ -145,13 +145,6 @@ export class Metrics {
     registers: [this.registry],
   })
 
-  readonly undecryptable = new Counter({
-    name: 'ptb_undecryptable_tokens_total',
-    help: 'Cached tokens that could not be opened (sealed under another BROKER_SECRET or corrupt); each is invalidated and re-minted',
-    labelNames: ['server'] as const,
-    registers: [this.registry],
-  })
-
   readonly queueJobs = new Gauge({
     name: 'ptb_queue_jobs',
     help: 'BullMQ jobs by queue and state',
