@@ -133,6 +133,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     keys,
     crypto: keyRing(config.brokerSecret, config.brokerSecretPrevious),
     auditMaxEvents: config.auditMaxEvents,
+    auditRetentionMs: config.auditRetentionMs,
     recordTtlMs: config.tokenLifetimeMs,
     now: overrides.now,
   })
@@ -203,7 +204,12 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       triggerProbe(queues, server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
     },
   })
-  const audit = new AuditLog(store)
+  const audit = new AuditLog(store, {
+    onDropped: (n) => {
+      metrics.auditDropped.inc(n)
+      logger.warn({ dropped: n, max: config.auditMaxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
+    },
+  })
   const watcher = new TokenFileWatcher(servers, logger, (server) => {
     adminHealth.check(server).catch(() => {})
   })
@@ -225,7 +231,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
       lockDurationMs: lockDuration(config.tokenRenewAfterMs),
       concurrency: config.plexConcurrency,
-      onSweep: async () => { await audit.trim(config.auditRetentionMs) },
+      onSweep: async () => { await audit.trim(config.auditRetentionMs, config.auditMaxEvents) },
       checkAdminTokens: async () => {
         for (const s of servers.values()) await adminHealth.check(s)
       },
@@ -271,9 +277,9 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       // Issuing fails closed when the audit trail cannot be written, so readiness must say so too:
       // the stream must be a stream (or not exist yet) and Redis must accept writes (not OOM, not a replica).
       try {
-        const type = await store.call(() => redis.type(keys.audit))
+        const types = await Promise.all([keys.audit, keys.auditServes].map(async (k) => await store.call(() => redis.type(k))))
         await store.call(() => redis.set(`${keys.prefix}:readyz`, String(store.now()), 'PX', 60_000))
-        checks.audit = type === 'stream' || type === 'none' ? 'ok' : 'not writable'
+        checks.audit = types.every((type) => type === 'stream' || type === 'none') ? 'ok' : 'not writable'
       } catch {
         checks.audit = 'not writable'
       }

@@ -131,6 +131,12 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly auditDropped = new Counter({
+    name: 'ptb_audit_dropped_total',
+    help: 'Security audit events cut before their retention because the trail exceeded AUDIT_MAX_EVENTS',
+    registers: [this.registry],
+  })
+
   readonly rateLimited = new Counter({
     name: 'ptb_rate_limited_total',
     help: 'Requests answered 429, by limit',

@@ -22,8 +22,15 @@ export interface Keys {
   byClient: (client: string) => string
   byServer: (server: string) => string
   allTokens: string
-  /** Stream: the audit trail. */
+  /**
+   * Stream: the security audit trail (mints, rotations, revocations, invalidations, admin-token
+   * changes, authentication failures, server events). Trimmed by AUDIT_RETENTION only.
+   */
   audit: string
+  /** Stream: cache serves (`token.issue` from cache). Capped at AUDIT_MAX_EVENTS so load cannot push security events out. */
+  auditServes: string
+  /** String: token fingerprint → `tokenId|client|server|issuedAt`, kept for AUDIT_RETENTION (trace). */
+  fingerprint: (fp: string) => string
   /** Hash: probed state of a PMS server. */
   server: (server: string) => string
   /**
@@ -51,6 +58,8 @@ export function createKeys (prefix: string): Keys {
     byServer: (s) => `${p}idx:server:${s}`,
     allTokens: `${p}idx:all`,
     audit: `${p}audit`,
+    auditServes: `${p}audit:serves`,
+    fingerprint: (fp) => `${p}fp:${fp}`,
     server: (s) => `${p}srv:${s}`,
     adminRecheck: (s) => `${p}lock:admin-recheck:${s}`,
     schedulerLock: `${p}lock:schedulers`,

@@ -6,17 +6,25 @@
  * primary with replicas), not Redis Cluster.
  */
 
-/** Shared by every script that appends to the audit stream. */
+/**
+ * Shared by every script that appends to an audit stream. maxlen 0: no cap (the security stream,
+ * trimmed by retention only); otherwise approximately capped (the serves stream).
+ */
 const AUDIT_FN = `
 local function audit(stream, maxlen, now, action, client, server, tokenId, fp, requestId, ip, detail)
-  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+  if tonumber(maxlen) > 0 then
+    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+      'time', now, 'action', action, 'client', client, 'server', server, 'tokenId', tokenId,
+      'fingerprint', fp, 'requestId', requestId, 'ip', ip, 'detail', detail)
+  end
+  return redis.call('XADD', stream, '*',
     'time', now, 'action', action, 'client', client, 'server', server, 'tokenId', tokenId,
     'fingerprint', fp, 'requestId', requestId, 'ip', ip, 'detail', detail)
 end
 `
 
 /**
- * KEYS: current, active, audit
+ * KEYS: current, active, audit (security stream), auditServes
  * ARGV: tokPrefix, slot, server, now, requestId, ip, source ('cache'|'upstream'), maxlen, client,
  *       action ('token.issue' | 'source.connect'), target (the source id, '' for a PMS token),
  *       kid (the key id of the current BROKER_SECRET), kids (every key id the broker can open, comma-separated)
@@ -35,7 +43,7 @@ local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'rene
 if not f[1] then return {'miss', 'none'} end
 if (f[10] or f[12]) ~= ARGV[2] or f[11] ~= ARGV[3] then
   redis.call('DEL', KEYS[1])
-  audit(KEYS[3], ARGV[8], ARGV[4], 'token.mismatch', ARGV[9], ARGV[3], id, f[7] or '', ARGV[5], ARGV[6],
+  audit(KEYS[3], 0, ARGV[4], 'token.mismatch', ARGV[9], ARGV[3], id, f[7] or '', ARGV[5], ARGV[6],
     cjson.encode({slot = ARGV[2], ownerClient = f[12] or '', ownerServer = f[11] or ''}))
   return {'miss', 'mismatch'}
 end
@@ -46,9 +54,15 @@ if not f[9] then return {'unstamped', id, f[2]} end
 if not string.find(',' .. ARGV[13] .. ',', ',' .. f[9] .. ',', 1, true) then return {'foreign', id} end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('HSET', tk, 'lastUsedAt', now)
+redis.call('HINCRBY', tk, 'serves', 1)
 local detail
 if ARGV[11] == '' then detail = cjson.encode({source = ARGV[7]}) else detail = cjson.encode({source = ARGV[7], target = ARGV[11]}) end
-audit(KEYS[3], ARGV[8], ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
+-- The first serve of a fresh mint is a security event; cache hits go to the capped serves stream.
+if ARGV[7] == 'upstream' then
+  audit(KEYS[3], 0, ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
+else
+  audit(KEYS[4], ARGV[8], ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
+end
 return {'hit', id, f[2], f[3], f[4], f[5], f[6] or '', f[8] or '', f[9]}
 `
 
@@ -78,11 +92,11 @@ return id
 
 /**
  * Store a freshly minted token and make it the one served.
- * KEYS: current, active, byClient, byServer, allTokens, audit, newToken
+ * KEYS: current, active, byClient, byServer, allTokens, audit, newToken, fingerprintIndex
  * ARGV: tokPrefix, client, server, tokenId, enc, fp, issuedAt, expiresAt, renewAt, mid, now,
  *       expectCurrent ('' = only if no live active token), oldState, auditAction ('' = none),
  *       requestId, ip, detail, maxlen, recordTtlMs, slot, target (source id or ''), meta (JSON or ''),
- *       kid (key id of the secret that sealed enc)
+ *       kid (key id of the secret that sealed enc), auditRetentionMs (how long the fingerprint index entry lives)
  * → {'ok', previousId} | {'conflict', currentId}
  */
 export const STORE = `${AUDIT_FN}
@@ -106,12 +120,13 @@ if old then
   if redis.call('HGET', ok, 'state') == 'active' then redis.call('HSET', ok, 'state', ARGV[13]) end
 end
 redis.call('SET', KEYS[1], ARGV[4], 'PXAT', exp)
+redis.call('SET', KEYS[8], ARGV[4] .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[7], 'PXAT', now + tonumber(ARGV[24]))
 for i = 3, 5 do
   redis.call('ZADD', KEYS[i], exp, ARGV[4])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
 end
 if ARGV[14] ~= '' then
-  audit(KEYS[6], ARGV[18], ARGV[11], ARGV[14], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[15], ARGV[16], ARGV[17])
+  audit(KEYS[6], 0, ARGV[11], ARGV[14], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[15], ARGV[16], ARGV[17])
 end
 return {'ok', old or ''}
 `
@@ -142,7 +157,7 @@ for _, id in ipairs(ids) do
     redis.call('HSET', tk, 'state', ARGV[8], 'retiredAt', ARGV[3], 'reason', why)
     local ck = cp .. (f[6] or f[2]) .. ':' .. f[3]
     if redis.call('GET', ck) == id then redis.call('DEL', ck) end
-    audit(KEYS[1], ARGV[13], ARGV[3], ARGV[9], f[2], f[3], id, f[5], ARGV[10], ARGV[11], ARGV[12])
+    audit(KEYS[1], 0, ARGV[3], ARGV[9], f[2], f[3], id, f[5], ARGV[10], ARGV[11], ARGV[12])
     count = count + 1
     if tonumber(f[4]) > latest then latest = tonumber(f[4]) end
   end
@@ -155,7 +170,7 @@ return {count, latest}
  * KEYS: audit  ARGV: maxlen, now, action, client, server, tokenId, fp, requestId, ip, detail
  */
 export const AUDIT = `${AUDIT_FN}
-return audit(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+return audit(KEYS[1], 0, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 `
 
 /** Releases a lock only if this owner still holds it. KEYS: lock  ARGV: owner */

@@ -81,7 +81,10 @@ export interface TokenStoreOptions {
   keys: Keys
   /** The current BROKER_SECRET's keys and the previous ones' (a rotation in progress). */
   crypto: KeyRing
+  /** Cap of the serves stream (cache hits); the security stream is trimmed by retention only. */
   auditMaxEvents: number
+  /** AUDIT_RETENTION: how long a token's fingerprint stays traceable. Default 30 days. */
+  auditRetentionMs?: number
   /** How long a token record is kept after its expiry, so GET /v1/tokens/:id can still say `expired`. */
   recordTtlMs: number
   /** Upper bound of one store call; Redis stalls turn into STORE_UNAVAILABLE instead of hangs. */
@@ -113,9 +116,9 @@ declare module 'ioredis' {
 /** Registers the scripts on a connection (idempotent). */
 export function defineScripts (redis: Redis): void {
   if (typeof (redis as Partial<Redis>).ptbServe === 'function') return
-  redis.defineCommand('ptbServe', { numberOfKeys: 3, lua: SERVE })
+  redis.defineCommand('ptbServe', { numberOfKeys: 4, lua: SERVE })
   redis.defineCommand('ptbPeek', { numberOfKeys: 1, lua: PEEK })
-  redis.defineCommand('ptbStore', { numberOfKeys: 7, lua: STORE })
+  redis.defineCommand('ptbStore', { numberOfKeys: 8, lua: STORE })
   redis.defineCommand('ptbRetire', { numberOfKeys: 2, lua: RETIRE })
   redis.defineCommand('ptbAudit', { numberOfKeys: 1, lua: AUDIT })
   redis.defineCommand('ptbUnlock', { numberOfKeys: 1, lua: UNLOCK })
@@ -134,6 +137,7 @@ export class TokenStore {
   readonly #kids: string
   readonly #maxlen: number
   readonly #recordTtlMs: number
+  readonly #retentionMs: number
   readonly #timeoutMs: number
   readonly now: () => number
   readonly #onAudit: (action: string, count: number) => void
@@ -147,6 +151,7 @@ export class TokenStore {
     this.#kids = [...opts.crypto.byId.keys()].join(',')
     this.#maxlen = opts.auditMaxEvents
     this.#recordTtlMs = opts.recordTtlMs
+    this.#retentionMs = opts.auditRetentionMs ?? 30 * 86_400_000
     // With the two rate-limit checks (250 ms each at most), a stalled Redis still gets a 503 within 2 s.
     this.#timeoutMs = opts.timeoutMs ?? 1000
     this.now = opts.now ?? Date.now
@@ -190,7 +195,7 @@ export class TokenStore {
     const slot = slotKey(client, target)
     const action = target === undefined ? 'token.issue' : 'source.connect'
     const r = await this.call(() => this.redis.ptbServe(
-      k.current(slot, server), k.active(server), k.audit,
+      k.current(slot, server), k.active(server), k.audit, k.auditServes,
       k.tokenPrefix, slot, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen, client, action, target ?? '',
       this.#crypto.keyId, this.#kids))
     if (r[0] === 'miss') {
@@ -299,14 +304,15 @@ export class TokenStore {
     const renewAt = input.issuedAt + input.renewAfterMs
     const ctx = input.ctx ?? SYSTEM_CONTEXT
     const slot = slotKey(input.client, input.target)
+    const fp = this.fingerprint(input.token)
     const r = await this.call(() => this.redis.ptbStore(
       k.current(slot, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
-      k.allTokens, k.audit, k.token(tokenId),
+      k.allTokens, k.audit, k.token(tokenId), k.fingerprint(fp),
       k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, { tokenId, client: input.client, server: input.server, slot }),
-      this.fingerprint(input.token), input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
+      fp, input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
       input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', ctx.requestId, ctx.ip,
       JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? '',
-      this.#crypto.keyId))
+      this.#crypto.keyId, this.#retentionMs))
     if (r[0] !== 'ok') return undefined
     if (input.audit !== undefined) this.#onAudit(input.audit.action, 1)
     return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
@@ -386,6 +392,21 @@ export class TokenStore {
       JSON.stringify(e.detail ?? {})))
     this.#onAudit(e.action, 1)
     return id
+  }
+
+  /**
+   * Who received the token with one of these fingerprints, from the index written at mint (kept
+   * for AUDIT_RETENTION): found however many events were written since.
+   */
+  async holder (fingerprints: readonly string[]): Promise<{ tokenId: string, client: string, server: string, issuedAt: number, fingerprint: string } | undefined> {
+    if (fingerprints.length === 0) return undefined
+    const found = await this.call(() => this.redis.mget(...fingerprints.map((fp) => this.keys.fingerprint(fp))))
+    for (const [i, v] of found.entries()) {
+      if (v === null) continue
+      const [tokenId, client, server, issuedAt] = v.split('|')
+      return { tokenId, client, server, issuedAt: Number(issuedAt), fingerprint: fingerprints[i] }
+    }
+    return undefined
   }
 
   /** Takes a short-lived lock; returns the owner string when taken, undefined when someone else holds it. */

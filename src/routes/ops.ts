@@ -112,12 +112,16 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   }, async (request) => {
     // Under every known secret: a token minted before a BROKER_SECRET rotation keeps its old fingerprint.
     const fingerprints = broker.store.fingerprints(request.body.token)
-    const { events } = await broker.audit.page({ fingerprint: fingerprints }, 1000)
-    const fingerprint = events.find((e) => e.fingerprint !== null)?.fingerprint ?? fingerprints[0]
-    const first = events.find((e) => e.client !== null && e.tokenId !== null && e.server !== null)
+    // The holder comes from the index written at mint (kept for AUDIT_RETENTION), so it is found
+    // however many events were written since; the events are the newest that mention it.
+    const held = await broker.store.holder(fingerprints)
+    const { events } = await broker.audit.page(held === undefined ? { fingerprint: fingerprints } : { tokenId: held.tokenId }, 1000)
+    const fromEvents = events.find((e) => e.client !== null && e.tokenId !== null && e.server !== null)
     return {
-      fingerprint,
-      holder: first === undefined ? null : { client: first.client!, server: first.server!, tokenId: first.tokenId! },
+      fingerprint: held?.fingerprint ?? fromEvents?.fingerprint ?? fingerprints[0],
+      holder: held !== undefined
+        ? { client: held.client, server: held.server, tokenId: held.tokenId }
+        : fromEvents === undefined ? null : { client: fromEvents.client!, server: fromEvents.server!, tokenId: fromEvents.tokenId! },
       events,
     }
   })
