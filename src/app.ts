@@ -279,7 +279,12 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
   await app.register(docs, { version: '0.1.0' })
   await app.register(metricsPlugin, { metrics, token: config.metricsToken, refresh: () => refreshGauges(broker) })
-  await app.register(auth, { clients: config.clients, onDenied: broker.denied, limits: app.limits })
+  await app.register(auth, {
+    clients: config.clients,
+    onDenied: broker.denied,
+    onThrottled: (_request, reason) => metrics.authFailures.inc({ reason }),
+    limits: app.limits,
+  })
 
   // One log line per request: id, client, route pattern, status and duration (pino adds time).
   app.addHook('onResponse', async (request, reply) => {
