@@ -282,7 +282,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   await app.register(auth, {
     clients: config.clients,
     onDenied: broker.denied,
-    onThrottled: (_request, reason) => metrics.authFailures.inc({ reason }),
+    onUnaudited: (_request, reason) => metrics.authFailures.inc({ reason }),
     limits: app.limits,
   })
 

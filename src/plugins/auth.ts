@@ -28,8 +28,11 @@ export interface AuthOptions {
   clients: readonly ClientConfig[]
   /** Audit and count a denial. Must not throw. */
   onDenied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
-  /** Count (never audit) a failed authentication answered 429 because its address is throttled. Must not throw. */
-  onThrottled?: (request: FastifyRequest, reason: AuthFailureReason) => void
+  /**
+   * Count a failed authentication in the metrics without auditing it: its address is throttled,
+   * or the throttle could not count it (Redis too slow or down). Must not throw.
+   */
+  onUnaudited?: (request: FastifyRequest, reason: AuthFailureReason) => void
   /** The failed-authentication throttle per address and the per-client limit. */
   limits?: Limits
 }
@@ -80,7 +83,10 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
    * A missing or unknown secret: 401, or 429 once its address has failed too often in the current
    * window. The audit trail gets each failure up to the limit, then one event when the address
    * becomes throttled (detail.throttled), never one per throttled request: a flood of bad secrets
-   * costs the trail at most `max + 1` events per address and window. Metrics count every failure.
+   * costs the trail at most `max + 1` events per address and window, so it cannot push real
+   * history out of the capped trail. A failure the throttle could not count (Redis too slow or
+   * down) is a 401 but is not audited either, since nothing would bound it. Metrics count every
+   * failure.
    */
   async function refuse (request: FastifyRequest, reason: AuthFailureReason): Promise<never> {
     const verdict = await limits?.authFailure(request)
@@ -88,11 +94,12 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
       if (verdict.becameThrottled) {
         opts.onDenied(request, reason, undefined, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
       } else {
-        opts.onThrottled?.(request, reason)
+        opts.onUnaudited?.(request, reason)
       }
       throw new BrokerError('RATE_LIMITED', 'Too many failed authentications from this address; retry later.', { retryAfter: verdict.retryAfter })
     }
-    opts.onDenied(request, reason)
+    if (verdict?.counted === false) opts.onUnaudited?.(request, reason)
+    else opts.onDenied(request, reason)
     throw unauthenticated(reason === 'missing_credential' ? 'Missing bearer credential: send Authorization: Bearer <client secret>.' : 'Unknown client credential.')
   }
 }

@@ -14,8 +14,10 @@ declare module 'fastify' {
 
 /** What counting one failed authentication decided for its address. */
 export interface AuthFailureVerdict {
-  /** Failed authentications from this address in the current window, this one included (0 when Redis did not answer). */
+  /** Failed authentications from this address in the current window, this one included. */
   failures: number
+  /** False when Redis did not answer in time: the failure could not be counted (fail open). */
+  counted: boolean
   /** Failures answered 401 per window; every further one is answered 429. */
   max: number
   /** This failure is over the limit: answer 429, do not audit it. */
@@ -121,6 +123,7 @@ async function rateLimits (app: FastifyInstance, opts: RateLimitsOptions): Promi
   const authFailures = opts.authFailures ?? { max: 20, timeWindowMs: 60_000 }
   const notFoundLimit = opts.notFoundLimit ?? { max: 60, timeWindowMs: 60_000 }
   const counters = new WindowCounters(opts.redis, `${opts.prefix}:rl:`)
+  let lastUnavailableLog = 0
   await app.register(fastifyRateLimit, {
     global: false,
     store: storeFor(counters),
@@ -155,16 +158,22 @@ async function rateLimits (app: FastifyInstance, opts: RateLimitsOptions): Promi
       const { max, timeWindowMs: windowMs } = authFailures
       // IPv6 addresses count per /64 (what one host or one customer usually holds), so an attacker
       // cannot step through a subnet to get a fresh allowance (and fresh audit events) per address.
-      let hit = { current: 0, ttl: windowMs }
+      let hit: { current: number, ttl: number }
       try {
         hit = await counters.hit(`authfail:${normalizeIP(request.ip)}`, windowMs)
       } catch (err) {
-        // Fails open like the other limits: the failure is still a 401, still counted and audited.
-        request.log.warn({ err: { message: (err as Error).message } }, 'auth-failure limit unavailable')
+        // Fails open like the other limits (a 401, not a 429). A down Redis fails every request:
+        // one log line per 10 s is enough.
+        const now = Date.now()
+        if (now - lastUnavailableLog > 10_000) {
+          lastUnavailableLog = now
+          request.log.warn({ err: { message: (err as Error).message } }, 'failed-authentication throttle unavailable')
+        }
+        return { failures: 0, counted: false, max, throttled: false, becameThrottled: false, retryAfter: Math.ceil(windowMs / 1000), windowMs }
       }
       const throttled = hit.current > max
       if (throttled) metrics.rateLimited.inc({ limit: 'auth_failures' })
-      return { failures: hit.current, max, throttled, becameThrottled: hit.current === max + 1, retryAfter: Math.max(1, Math.ceil(hit.ttl / 1000)), windowMs }
+      return { failures: hit.current, counted: true, max, throttled, becameThrottled: hit.current === max + 1, retryAfter: Math.max(1, Math.ceil(hit.ttl / 1000)), windowMs }
     },
   } satisfies Limits)
 }
