@@ -22,6 +22,7 @@ import { PlexClient } from './plex/client.ts'
 import auth, { type DenialReason } from './plugins/auth.ts'
 import errorHandler, { describe } from './plugins/error-handler.ts'
 import { loggerOptions } from './logger.ts'
+import { strictBodyValidator } from './validation.ts'
 import { createRedis } from './redis.ts'
 import { Metrics } from './metrics.ts'
 import metricsPlugin from './plugins/metrics.ts'
@@ -111,6 +112,8 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     serverFactory: (handler) => createServer({ connectionsCheckingInterval: 1000, headersTimeout: 10_000, requestTimeout: 15_000 }, handler),
     routerOptions: { maxParamLength: 128 },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+    // Coercion for querystrings and params only: a JSON body says its types ({"server": 5} is a 400).
+    schemaController: { compilersFactory: { buildValidator: strictBodyValidator } },
   })
   app.addSchema(ErrorSchema)
   // The API speaks JSON only: anything else is 415, not a string a schema then rejects.
@@ -293,7 +296,12 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
   await app.register(docs, { version: '0.1.0' })
   await app.register(metricsPlugin, { metrics, token: config.metricsToken, refresh: () => refreshGauges(broker) })
-  await app.register(auth, { clients: config.clients, onDenied: broker.denied, limits: app.limits })
+  await app.register(auth, {
+    clients: config.clients,
+    onDenied: broker.denied,
+    onUnaudited: (_request, reason) => metrics.authFailures.inc({ reason }),
+    limits: app.limits,
+  })
 
   // One log line per request: id, client, route pattern, status and duration (pino adds time).
   app.addHook('onResponse', async (request, reply) => {

@@ -1,28 +1,39 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import type { ClientConfig, Scope } from '../config.ts'
 import { digestEquals, sha256 } from '../broker/crypto.ts'
-import { forbidden, unauthenticated } from '../errors.ts'
+import { BrokerError, forbidden, unauthenticated } from '../errors.ts'
 import type { Limits } from './rate-limits.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The authenticated client, set by the `authenticate` pre-handler. */
+    /** The authenticated client, set by the `authenticate` hook. */
     client: ClientConfig | null
   }
   interface FastifyInstance {
-    /** Pre-handler: a known bearer secret holding the scope (or one of the scopes), else 401/403. */
-    authenticate: (scope: Scope | Scope[]) => preHandlerAsyncHookHandler
+    /**
+     * An `onRequest` hook: a known bearer secret holding the scope (or one of the scopes), else
+     * 401/403. It runs before the body is parsed and validated, so a caller without credentials or
+     * scope learns nothing about the body the route expects (use it as the route's `onRequest`).
+     */
+    authenticate: (scope: Scope | Scope[]) => onRequestAsyncHookHandler
   }
 }
 
 export type DenialReason = 'missing_credential' | 'unknown_secret' | 'missing_scope' | 'forbidden_server' | 'forbidden_source'
+/** The reasons a request fails authentication itself (no valid secret). */
+export type AuthFailureReason = Extract<DenialReason, 'missing_credential' | 'unknown_secret'>
 
 export interface AuthOptions {
   clients: readonly ClientConfig[]
   /** Audit and count a denial. Must not throw. */
   onDenied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
-  /** Brute-force protection per IP and the per-client limit, applied around authentication. */
+  /**
+   * Count a failed authentication in the metrics without auditing it: its address is throttled,
+   * or the throttle could not count it (Redis too slow or down). Must not throw.
+   */
+  onUnaudited?: (request: FastifyRequest, reason: AuthFailureReason) => void
+  /** The failed-authentication throttle per address and the per-client limit. */
   limits?: Limits
 }
 
@@ -55,23 +66,42 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
   app.decorate('authenticate', (scope: Scope | Scope[]) => async function authenticate (request: FastifyRequest, reply: FastifyReply) {
     const secret = bearer(request)
     const client = secret === undefined ? undefined : findClient(secret)
-    if (client === undefined) {
-      // An address that failed too often is refused before its secret is even looked at.
-      await limits?.checkAuthFailures(request)
-      opts.onDenied(request, secret === undefined ? 'missing_credential' : 'unknown_secret')
-      await limits?.recordAuthFailure(request)
-      throw unauthenticated(secret === undefined ? 'Missing bearer credential: send Authorization: Bearer <client secret>.' : 'Unknown client credential.')
-    }
+    if (client === undefined) return await refuse(request, secret === undefined ? 'missing_credential' : 'unknown_secret')
+    // A valid secret is authenticated whatever else its address sent: services share addresses
+    // (one host, a NAT, a sidecar, an ingress), and a neighbour's failures must not lock them out.
+    // Secrets are 256-bit, so guessing one is not what the failure throttle guards against.
     request.client = client
-    // A known secret from a blocked address is refused too (a correct guess is not confirmed).
-    // Both checks go to Redis in one pipelined round trip rather than two.
-    await Promise.all([limits?.checkAuthFailures(request), limits?.client(request, reply)])
+    await limits?.client(request, reply)
     const wanted = Array.isArray(scope) ? scope : [scope]
     if (!wanted.some((s) => client.scopes.includes(s))) {
       opts.onDenied(request, 'missing_scope', client.id, { scope: wanted.join(' or ') })
       throw forbidden(`Client "${client.id}" lacks the scope ${wanted.join(' or ')}.`)
     }
   })
+
+  /**
+   * A missing or unknown secret: 401, or 429 once its address has failed too often in the current
+   * window. The audit trail gets each failure up to the limit, then one event when the address
+   * becomes throttled (detail.throttled), never one per throttled request: a flood of bad secrets
+   * costs the trail at most `max + 1` events per address and window, so it cannot push real
+   * history out of the capped trail. A failure the throttle could not count (Redis too slow or
+   * down) is a 401 but is not audited either, since nothing would bound it. Metrics count every
+   * failure.
+   */
+  async function refuse (request: FastifyRequest, reason: AuthFailureReason): Promise<never> {
+    const verdict = await limits?.authFailure(request)
+    if (verdict?.throttled === true) {
+      if (verdict.becameThrottled) {
+        opts.onDenied(request, reason, undefined, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
+      } else {
+        opts.onUnaudited?.(request, reason)
+      }
+      throw new BrokerError('RATE_LIMITED', 'Too many failed authentications from this address; retry later.', { retryAfter: verdict.retryAfter })
+    }
+    if (verdict?.counted === false) opts.onUnaudited?.(request, reason)
+    else opts.onDenied(request, reason)
+    throw unauthenticated(reason === 'missing_credential' ? 'Missing bearer credential: send Authorization: Bearer <client secret>.' : 'Unknown client credential.')
+  }
 }
 
 /** Whether a client may ask for tokens of this server. */

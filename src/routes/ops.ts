@@ -20,7 +20,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   const { broker } = app
 
   app.post('/v1/revoke', {
-    preHandler: app.authenticate('token:revoke'),
+    onRequest: app.authenticate('token:revoke'),
     schema: {
       summary: 'Revoke tokens: one, per client, per server, per client and server, or all',
       description: 'Revoked tokens are never served again, by any broker instance; the client\'s next request mints a new token. ' +
@@ -61,7 +61,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   })
 
   app.get('/v1/audit', {
-    preHandler: app.authenticate('audit:read'),
+    onRequest: app.authenticate('audit:read'),
     schema: {
       summary: 'Read the audit trail, newest first',
       description: 'Filters combine with AND. Pass `next` back as `cursor` for the following page.',
@@ -76,7 +76,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   })
 
   app.get('/v1/audit/export', {
-    preHandler: app.authenticate('audit:read'),
+    onRequest: app.authenticate('audit:read'),
     schema: {
       summary: 'Export the audit trail as NDJSON, oldest first (for a SIEM)',
       tags: ['audit'],
@@ -100,7 +100,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   })
 
   app.post('/v1/audit/trace', {
-    preHandler: app.authenticate('audit:read'),
+    onRequest: app.authenticate('audit:read'),
     schema: {
       summary: 'Who held this token? Finds the events for a token value by its fingerprint',
       description: 'The token is hashed on arrival (HMAC under a key derived from BROKER_SECRET); it is never stored or logged.',
@@ -127,7 +127,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   })
 
   app.get('/v1/servers', {
-    preHandler: app.authenticate('server:read'),
+    onRequest: app.authenticate('server:read'),
     schema: {
       summary: 'The PMS servers the broker serves, with their probed state',
       tags: ['servers'],
@@ -156,7 +156,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   })
 
   app.post('/v1/servers/:name/rotate', {
-    preHandler: app.authenticate('server:rotate'),
+    onRequest: app.authenticate('server:rotate'),
     schema: {
       summary: 'Rotate every active token of a server now',
       description: 'Queues one rotation per active client; answers before they run.',

@@ -16,7 +16,7 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
   const { broker } = app
 
   app.post('/v1/sources/connection', {
-    preHandler: app.authenticate('source:connect'),
+    onRequest: app.authenticate('source:connect'),
     schema: {
       summary: 'Connection details and a token for a source this PMS knows',
       description: 'Cached, encrypted, single-flight, rotated and revocable like PMS tokens (revoke by `source`). ' +

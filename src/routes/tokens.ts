@@ -11,7 +11,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
   const { broker } = app
 
   app.post('/v1/tokens', {
-    preHandler: app.authenticate('token:issue'),
+    onRequest: app.authenticate('token:issue'),
     schema: {
       summary: 'Get this client\'s transient token for a PMS server',
       description: 'Returns the cached token while it is live; mints one upstream (once, across all broker instances) otherwise. ' +
@@ -40,7 +40,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
   })
 
   app.get('/v1/tokens/:tokenId', {
-    preHandler: app.authenticate(['token:issue', 'audit:read']),
+    onRequest: app.authenticate(['token:issue', 'audit:read']),
     schema: {
       summary: 'State of one token (never the token itself)',
       description: 'Answers the client that owns the token, and clients with scope audit:read.',
