@@ -262,6 +262,27 @@ export class PmsSimulator {
     return this.#transient.size
   }
 
+  /**
+   * Test seams that change one restart signal alone, so a test can prove the broker reads each:
+   * a new version or machineIdentifier reported while every token lives on, or the
+   * notification streams dropped while nothing else changes. A real PMS changes these only
+   * together with a restart; the tests use them to check one detection path at a time.
+   */
+  setIdentity (change: { version?: string, machineIdentifier?: string }): void {
+    if (change.version !== undefined) this.#version = change.version
+    if (change.machineIdentifier !== undefined) this.#machineIdentifier = change.machineIdentifier
+  }
+
+  /** How many `/:/eventsource/notifications` streams are open now. */
+  get eventStreams (): number { return this.#streams.size }
+
+  /** Ends every open `/:/eventsource/notifications` stream; returns how many were open. */
+  dropEventStreams (): number {
+    const n = this.#streams.size
+    for (const res of [...this.#streams]) res.destroy()
+    return n
+  }
+
   /** Kills one transient token, as a sign-out of its device does; true when it was live. */
   killToken (token: string): boolean {
     return this.#transient.delete(token)
