@@ -264,8 +264,10 @@ async function footprint (sim: PmsSimulator): Promise<void> {
     const id = await redis.get(`${s.prefix}:cur:c0:default`)
     const tok = Number(await redis.memory('USAGE', `${s.prefix}:tok:${id}`))
     const cur = Number(await redis.memory('USAGE', `${s.prefix}:cur:c0:default`))
-    const stream = Number(await redis.memory('USAGE', `${s.prefix}:audit`, 'SAMPLES', '0'))
-    const events = await redis.xlen(`${s.prefix}:audit`)
+    // Both audit streams: security events and cache serves.
+    const stream = Number(await redis.memory('USAGE', `${s.prefix}:audit`, 'SAMPLES', '0')) +
+      Number(await redis.memory('USAGE', `${s.prefix}:audit:serves`, 'SAMPLES', '0'))
+    const events = await redis.xlen(`${s.prefix}:audit`) + await redis.xlen(`${s.prefix}:audit:serves`)
     const idx = ['idx:all', 'idx:client:c0', 'idx:server:default', 'active:default']
     const idxBytes = await Promise.all(idx.map(async (k) => Number(await redis.memory('USAGE', `${s.prefix}:${k}`, 'SAMPLES', '0'))))
     const rss = rssMb(broker.pid)

@@ -120,7 +120,7 @@ t.test('the audit trail records every action with its actor, pages, filters and 
   // Scan the stream itself: no raw token, no admin token, no client secret.
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
-  const raw = JSON.stringify(await redis.xrange(app1.broker.store.keys.audit, '-', '+'))
+  const raw = JSON.stringify([...await redis.xrange(app1.broker.store.keys.audit, '-', '+'), ...await redis.xrange(app1.broker.store.keys.auditServes, '-', '+')])
   for (const [name, secret] of [...Object.entries(tokens).map(([k, v]) => [k, (v as { token: string }).token]),
     ['admin A', simA.adminToken], ['admin B', simB.adminToken], ['secret', clients.a.secret], ['ops secret', ops.secret]]) {
     t.notOk(raw.includes(secret), `audit stream never holds ${name}`)

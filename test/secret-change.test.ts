@@ -16,7 +16,8 @@ async function issue (app: Awaited<ReturnType<typeof buildApp>>, c: TestClient) 
 async function auditFor (prefix: string, tokenId: string): Promise<string[]> {
   const redis = new Redis(REDIS_URL)
   try {
-    const events = await redis.xrange(`${prefix}:audit`, '-', '+')
+    const events = [...await redis.xrange(`${prefix}:audit`, '-', '+'), ...await redis.xrange(`${prefix}:audit:serves`, '-', '+')]
+      .sort(([x], [y]) => (x < y ? -1 : 1))
     return events.map(([, f]) => Object.fromEntries(f.flatMap((_, i) => i % 2 === 0 ? [[f[i], f[i + 1]]] : [])))
       .filter((e) => e.tokenId === tokenId).map((e) => `${e.action}:${JSON.parse(e.detail).reason ?? ''}`)
   } finally {
