@@ -20,7 +20,7 @@ import { createQueues, type Queues } from './jobs/queues.ts'
 import { JobRunner, lockDuration, queueRemints, sweepInterval, triggerProbe } from './jobs/runner.ts'
 import { PlexClient } from './plex/client.ts'
 import auth, { type DenialReason } from './plugins/auth.ts'
-import errorHandler, { describe } from './plugins/error-handler.ts'
+import errorHandler, { describe, sendError } from './plugins/error-handler.ts'
 import { loggerOptions } from './logger.ts'
 import { strictBodyValidator } from './validation.ts'
 import { createRedis } from './redis.ts'
@@ -111,6 +111,11 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     // dribbles header bytes is cut off in about 10 s, not 30-60 s.
     serverFactory: (handler) => createServer({ connectionsCheckingInterval: 1000, headersTimeout: 10_000, requestTimeout: 15_000 }, handler),
     routerOptions: { maxParamLength: 128 },
+    // Errors Fastify raises before routing (a malformed %-escape in the URL) get the one error
+    // shape too, not Fastify's own body without a requestId.
+    frameworkErrors: (err, request, reply) => {
+      sendError(reply, request, 400, 'BAD_REQUEST', err.message)
+    },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
     // Coercion for querystrings and params only: a JSON body says its types ({"server": 5} is a 400).
     schemaController: { compilersFactory: { buildValidator: strictBodyValidator } },
