@@ -58,6 +58,8 @@ export interface SimCounters {
   /** Requests being answered right now, and the most at once since the last reset (event streams excluded). */
   inFlight: number
   maxInFlight: number
+  /** Requests being answered right now, by path (event streams excluded). */
+  inFlightByPath: Record<string, number>
 }
 
 export interface PmsSimOptions {
@@ -162,7 +164,7 @@ export function htmlErrorBody (status: number): string {
 }
 
 export class PmsSimulator {
-  readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 }
+  readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0, inFlightByPath: {} }
 
   readonly #host: string
   #port: number
@@ -402,8 +404,12 @@ export class PmsSimulator {
     if (token !== undefined && this.#everAdmin.has(token)) this.counters.adminCalls++
     if (path !== '/:/eventsource/notifications') {
       this.counters.inFlight++
+      this.counters.inFlightByPath[path] = (this.counters.inFlightByPath[path] ?? 0) + 1
       this.counters.maxInFlight = Math.max(this.counters.maxInFlight, this.counters.inFlight)
-      res.once('close', () => { this.counters.inFlight-- })
+      res.once('close', () => {
+        this.counters.inFlight--
+        this.counters.inFlightByPath[path]--
+      })
     }
 
     const fault = this.#fault
