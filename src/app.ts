@@ -125,7 +125,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   app.removeContentTypeParser('text/plain')
 
   const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
-  const redis = createRedis(config.redisUrl, 'cache', logger)
+  const redis = createRedis(config, 'cache', logger)
   const keys = createKeys(config.redisPrefix)
   const undecryptableWarned = new Set<string>()
   const store = new TokenStore({
@@ -178,7 +178,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
     },
   })
-  const queueRedis = createRedis(config.redisUrl, 'queue', logger)
+  const queueRedis = createRedis(config, 'queue', logger)
   const queues = createQueues(queueRedis, keys.queuePrefix)
   const servers = new Map(config.servers.map((s) => [s.name, s]))
   const rotator = new Rotator({
@@ -224,7 +224,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   let runner: JobRunner | undefined
   let workerRedis: Redis | undefined
   if (config.role !== 'api') {
-    workerRedis = createRedis(config.redisUrl, 'worker', logger)
+    workerRedis = createRedis(config, 'worker', logger)
     runner = new JobRunner({
       store,
       queues,
@@ -296,7 +296,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   }
   app.decorate('broker', broker)
 
-  const rateRedis = createRedis(config.redisUrl, 'ratelimit', logger)
+  const rateRedis = createRedis(config, 'ratelimit', logger)
   await app.register(rateLimits, { redis: rateRedis, prefix: config.redisPrefix, defaultLimit: config.defaultRateLimit, metrics })
   await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
   await app.register(docs, { version: '0.1.0' })

@@ -52,6 +52,8 @@ export interface Config {
   host: string
   port: number
   redisUrl: string
+  /** REDIS_PASSWORD_FILE's content (Redis `requirepass`); kept out of the URL so it is never logged with it. */
+  redisPassword?: string
   redisPrefix: string
   /** Key material (≥ 32 bytes) from which the encryption and fingerprint keys are derived. */
   brokerSecret: Buffer
@@ -97,6 +99,7 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'HOST', default: '0.0.0.0', description: 'Listen address' },
   { name: 'PORT', default: '8080', description: 'Listen port' },
   { name: 'REDIS_URL', default: 'redis://127.0.0.1:6379', description: 'Redis 6.2+ (not Cluster)' },
+  { name: 'REDIS_PASSWORD_FILE', description: 'File holding the Redis password (requirepass), e.g. a Docker secret; the URL then carries none' },
   { name: 'REDIS_PREFIX', default: 'ptb', description: 'Prefix of every Redis key and BullMQ queue, so deployments and test runs can share one Redis' },
   { name: 'BROKER_CONFIG', description: 'Path to a YAML or JSON file with `servers` and `clients`' },
   { name: 'PLEX_URL', description: 'Shortcut for one server named `default`: its URL (with one of the three below)' },
@@ -234,6 +237,13 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(prefix)) problems.push('REDIS_PREFIX: letters, digits, _ . - only (no ":" or spaces), at most 64 characters')
   const redisUrl = dflt('REDIS_URL')
   if (!/^rediss?:\/\//.test(redisUrl)) problems.push('REDIS_URL: must start with redis:// or rediss://')
+  let redisPassword: string | undefined
+  const redisPasswordFile = get('REDIS_PASSWORD_FILE')
+  if (redisPasswordFile !== undefined) {
+    redisPassword = readPath('REDIS_PASSWORD_FILE', redisPasswordFile)?.trim()
+    if (redisPassword === '') problems.push(`REDIS_PASSWORD_FILE: ${redisPasswordFile} is empty`)
+    if (/^rediss?:\/\/[^/]*@/.test(redisUrl)) problems.push('REDIS_PASSWORD_FILE: REDIS_URL carries credentials too; give the password in one place')
+  }
   const logLevel = dflt('LOG_LEVEL')
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) problems.push(`LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent`)
   const role = dflt('BROKER_ROLE')
@@ -356,6 +366,7 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
     host: dflt('HOST'),
     port,
     redisUrl,
+    ...(redisPassword === undefined ? {} : { redisPassword }),
     redisPrefix: prefix,
     brokerSecret,
     tokenLifetimeMs,

@@ -1,5 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis'
 import type { Logger } from 'pino'
+import type { Config } from './config.ts'
 
 export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'
 
@@ -7,10 +8,12 @@ export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'
  * One named connection per role (STYLE.md §5). The request path fails fast: a command that does
  * not answer within a second is rejected, so a stalled Redis becomes a quick 503 instead of a hang.
  * BullMQ workers need `maxRetriesPerRequest: null` (they block on Redis by design).
+ * The password (REDIS_PASSWORD_FILE) is an option, not part of the URL: it never reaches a log line.
  */
-export function createRedis (url: string, role: RedisRole, logger: Logger, extra: RedisOptions = {}): Redis {
+export function createRedis (target: Pick<Config, 'redisUrl' | 'redisPassword'>, role: RedisRole, logger: Logger, extra: RedisOptions = {}): Redis {
   const requestPath = role === 'cache' || role === 'ratelimit'
-  const redis = new Redis(url, {
+  const redis = new Redis(target.redisUrl, {
+    ...(target.redisPassword === undefined ? {} : { password: target.redisPassword }),
     connectionName: `ptb-${role}`,
     // Concurrent requests share one write per event-loop tick (+30% measured on the cache path).
     enableAutoPipelining: requestPath,

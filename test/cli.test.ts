@@ -1,6 +1,6 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
@@ -78,6 +78,39 @@ t.test('ptb login: PIN flow, token file 0600, client id reused on the next login
   t.equal(readFileSync(join(configDir(home), 'client-id'), 'utf8').trim(), id, 'same client id file')
   t.same(new Set(sim.requests.map((q) => q.clientIdentifier)), new Set([id]), 'both logins used the same X-Plex-Client-Identifier')
   t.same(sim.pins.map((p) => p.clientIdentifier), [id, id])
+})
+
+t.test('ptb login: a symlink planted at a temporary path cannot redirect the token into another file', async (t) => {
+  const sim = await tv(t)
+  const home = t.testdir({ 'victim.txt': 'precious\n' })
+  const victim = join(home, 'victim.txt')
+  chmodSync(victim, 0o644)
+  const dir = configDir(home)
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  // The names a local attacker could predict: the old `<file>.<pid>.tmp` (the tests run ptb in
+  // this process, so it is this pid) for both files login writes, and a few plausible guesses.
+  const planted: string[] = []
+  for (const name of ['token', 'client-id']) {
+    for (const suffix of [`.${process.pid}.tmp`, '.tmp', '.0.tmp', '~']) {
+      const link = join(dir, `${name}${suffix}`)
+      symlinkSync(victim, link)
+      planted.push(link)
+    }
+  }
+  const r = run({ PLEX_TV_URL: sim.url, HOME: home })
+  const done = main(['login'], r.io)
+  await approveNextPin(sim, 0)
+  t.equal(await done, 0, r.err())
+  t.equal(readFileSync(victim, 'utf8'), 'precious\n', 'the victim file is untouched')
+  t.equal(statSync(victim).mode & 0o777, 0o644, 'and keeps its mode')
+  const file = join(dir, 'token')
+  t.ok(lstatSync(file).isFile(), 'the token file is a regular file')
+  t.equal(readFileSync(file, 'utf8'), `${sim.accountToken}\n`)
+  t.equal(statSync(file).mode & 0o777, 0o600, 'token file mode 0600')
+  t.equal(statSync(join(dir, 'client-id')).mode & 0o777, 0o600, 'client id file mode 0600')
+  for (const link of planted) t.ok(lstatSync(link).isSymbolicLink(), `${link} was neither followed nor replaced`)
+  const left = readdirSync(dir).filter((f) => !['token', 'client-id'].includes(f) && !planted.includes(join(dir, f)))
+  t.same(left, [], 'no temporary file is left behind')
 })
 
 t.test('ptb login --print: the token alone on stdout; --out elsewhere keeps its own client id', async (t) => {

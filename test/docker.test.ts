@@ -1,20 +1,34 @@
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { execFile, spawnSync } from 'node:child_process'
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { parse } from 'yaml'
-import { ENV_VARIABLES } from '../src/config.ts'
+import { sha256 } from '../src/broker/crypto.ts'
+import { ENV_VARIABLES, loadConfig } from '../src/config.ts'
+import { startSimFromEnv } from '../src/sim/main.ts'
 
 // No Docker engine runs here: the container files are checked statically, by construction.
 const compose = parse(readFileSync('docker-compose.yml', 'utf8'))
 const known = new Set(ENV_VARIABLES.map((v) => v.name))
-const generated = new Set(readFileSync('docker/init-secrets.sh', 'utf8').match(/secrets\/[a-z-]+/g)!.map((s) => `./docker/${s}`))
+
+/** Runs docker/init-secrets.sh as a person would (`sh docker/init-secrets.sh [args]`). */
+function initSecrets (args: string[], env: Record<string, string> = {}) {
+  const r = spawnSync('sh', ['docker/init-secrets.sh', ...args], { encoding: 'utf8', env: { PATH: process.env.PATH, ...env } })
+  if (r.status !== 0) throw new Error(`init-secrets.sh exited ${r.status}: ${r.stderr}`)
+  return r
+}
+const CLIENT_SECRET = /\bptb_[A-Za-z0-9_-]{43}\b/g
+const sample = mkdtempSync(join(tmpdir(), 'ptb-secrets-'))
+initSecrets([join(sample, 'secrets')])
+/** What compose may reference under ./docker/secrets/: exactly what init-secrets.sh writes. */
+const generated = new Set(readdirSync(join(sample, 'secrets')).map((f) => `./docker/secrets/${f}`))
+rmSync(sample, { recursive: true, force: true })
 
 t.test('docker-compose.yml: services, health, dependencies', async (t) => {
   t.same(Object.keys(compose.services).sort(), ['broker', 'grafana', 'pms-sim', 'prometheus', 'redis'])
   t.same(compose.services.broker.depends_on.redis, { condition: 'service_healthy' }, 'broker waits for a healthy Redis')
-  t.ok(compose.services.redis.healthcheck.test.includes('ping'))
+  t.match(compose.services.redis.healthcheck.test.join(' '), /redis-cli ping/)
   t.same(compose.services.grafana.profiles, ['grafana'], 'grafana is optional')
   const redisConf = readFileSync('docker/redis.conf', 'utf8')
   t.match(redisConf, /^appendonly yes$/m, 'AOF persistence')
@@ -25,6 +39,143 @@ t.test('every broker variable in compose is one the config reads; the simulator\
   for (const name of Object.keys(compose.services.broker.environment)) t.ok(known.has(name), `${name} is a broker variable`)
   for (const name of Object.keys(compose.services['pms-sim'].environment)) t.match(name, /^SIM_/)
   t.ok(compose.services.broker.environment.BROKER_SECRET_FILE.startsWith('/run/secrets/'), 'secrets via files')
+})
+
+t.test('compose publishes every port on loopback only, and never Redis', async (t) => {
+  const published: string[] = []
+  for (const [name, svc] of Object.entries(compose.services) as Array<[string, { ports?: unknown[] }]>) {
+    for (const p of svc.ports ?? []) {
+      t.type(p, 'string', `${name}: short port syntax`)
+      t.match(p, /^127\.0\.0\.1:\d+:\d+$/, `${name} publishes ${String(p)} on 127.0.0.1`)
+      published.push(name)
+    }
+  }
+  t.same([...new Set(published)].sort(), ['broker', 'grafana', 'pms-sim', 'prometheus'])
+  t.notOk(compose.services.redis.ports, 'Redis is reachable on the compose network only')
+  t.notOk(compose.services.redis.network_mode ?? compose.services.broker.network_mode, 'no host networking')
+  const head = readFileSync('docker-compose.yml', 'utf8').split('\nname:')[0]
+  t.match(head, /To serve other hosts, change a port's "127\.0\.0\.1:"/, 'the file says how to expose a port')
+})
+
+t.test('Redis: a password from a compose secret, protected mode, and the broker uses it', async (t) => {
+  const redis = compose.services.redis
+  const script = (redis.command as string[]).join(' ')
+  t.match(script, /requirepass \$\$\(cat \/run\/secrets\/redis_password\)/, 'requirepass read from the secret file at start')
+  t.match(script, /exec redis-server \/usr\/local\/etc\/redis\/redis\.conf - <</, 'fed on stdin, not as an argument; exec so Redis gets SIGTERM')
+  t.same(redis.secrets, ['redis_password'])
+  t.equal(redis.user, 'redis', 'not root')
+  t.match((redis.healthcheck.test as string[]).join(' '), /REDISCLI_AUTH=.*\/run\/secrets\/redis_password.*redis-cli ping/, 'the health check authenticates')
+  const conf = readFileSync('docker/redis.conf', 'utf8')
+  t.match(conf, /^protected-mode yes$/m)
+  t.notMatch(conf, /^\s*requirepass/m, 'no password in the committed config')
+  const env = compose.services.broker.environment
+  t.equal(env.REDIS_PASSWORD_FILE, '/run/secrets/redis_password')
+  t.ok(compose.services.broker.secrets.includes('redis_password'))
+  t.notMatch(env.REDIS_URL, /@/, 'no credentials in the URL')
+  t.equal(compose.secrets.redis_password.file, './docker/secrets/redis-password')
+})
+
+t.test('every /run/secrets file a service reads is one of its compose secrets, written by init-secrets.sh', async (t) => {
+  for (const [name, svc] of Object.entries(compose.services) as Array<[string, Record<string, unknown>]>) {
+    const mine = new Set((svc.secrets as string[] | undefined) ?? [])
+    for (const m of JSON.stringify(svc).matchAll(/\/run\/secrets\/([a-z_]+)/g)) t.ok(mine.has(m[1]), `${name} mounts ${m[1]}`)
+    for (const s of mine) t.ok(generated.has(compose.secrets[s].file), `${s} (${compose.secrets[s].file}) is generated`)
+  }
+  t.equal(compose.services.broker.environment.BROKER_CONFIG, '/run/secrets/broker_config', 'the config with the clients\' digests comes from the secrets directory')
+  t.notOk(existsSync('docker/broker.yaml'), 'no broker config with clients is committed')
+  t.match(readFileSync('.gitignore', 'utf8'), /^docker\/secrets\/$/m, 'docker/secrets/ is never committed')
+  t.equal(compose.services.grafana.environment.GF_SECURITY_ADMIN_PASSWORD__FILE, '/run/secrets/grafana_admin_password', 'no default Grafana password')
+})
+
+t.test('pms-sim has a health check of its own, and it passes against a running simulator', async (t) => {
+  const sim = compose.services['pms-sim']
+  const test = sim.healthcheck.test as string[]
+  t.equal(test[0], 'CMD')
+  t.notMatch(test.join(' '), /healthz/, 'not the broker\'s /healthz (the image default)')
+  t.ok(test.join(' ').includes(`127.0.0.1:${sim.environment.SIM_CONTROL_PORT}/`), 'asks the simulator\'s control port')
+  t.same(compose.services.broker.depends_on['pms-sim'], { condition: 'service_healthy' })
+  // Run the very command against a simulator started the way the container starts it.
+  const running = await startSimFromEnv({ ...sim.environment, SIM_HOST: '127.0.0.1', SIM_PORT: '0', SIM_CONTROL_HOST: '127.0.0.1', SIM_CONTROL_PORT: '0', SIM_ADMIN_TOKEN_FILE: undefined, SIM_ADMIN_TOKEN: 'x' })
+  const port = new URL(running.controlUrl).port
+  // Asynchronously: the simulator answers from this very process.
+  const check = () => new Promise<number>((resolve) => {
+    const args = test.slice(2).map((a) => a.replace(`:${sim.environment.SIM_CONTROL_PORT}/`, `:${port}/`))
+    execFile(process.execPath, args, { timeout: 10_000 }, (err) => resolve(err === null ? 0 : typeof err.code === 'number' ? err.code : -1))
+  })
+  t.equal(test[1], 'node')
+  const before = running.sim.counters.requests
+  t.equal(await check(), 0, 'healthy while it runs')
+  t.equal(running.sim.counters.requests, before, 'the check leaves the simulated PMS\'s counters alone')
+  await running.close()
+  t.equal(await check(), 1, 'unhealthy once it is gone')
+})
+
+t.test('init-secrets.sh: generated secrets, modes, a config of digests the broker loads; a second run keeps them', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'ptb-secrets-'))
+  t.teardown(() => rmSync(root, { recursive: true, force: true }))
+  const dir = join(root, 'secrets')
+  const first = initSecrets([dir])
+  const files = readdirSync(dir).sort()
+  t.same(files, ['broker-secret', 'broker.yaml', 'grafana-admin-password', 'plex-token', 'redis-password'], 'these files and no temporary ones')
+  t.equal(statSync(dir).mode & 0o777, 0o700, 'the directory is private on the host')
+  for (const f of files) t.equal(statSync(join(dir, f)).mode & 0o777, 0o644, `${f} is 0644: readable by the containers' own users, whatever the host uid`)
+  const read = (f: string) => readFileSync(join(dir, f), 'utf8')
+  t.equal(Buffer.from(read('broker-secret').trim(), 'base64').length, 32, 'BROKER_SECRET: 32 random bytes')
+  t.match(read('redis-password'), /^[0-9a-f]{64}$/, 'Redis password: 256 bits, safe inside redis.conf syntax')
+
+  // The client secrets are printed once, and the config holds only their digests.
+  const secrets = [...first.stdout.matchAll(CLIENT_SECRET)].map((m) => m[0])
+  t.equal(secrets.length, 2, 'two client secrets printed')
+  const yaml = read('broker.yaml')
+  for (const s of secrets) t.notOk(yaml.includes(s), 'the config does not hold the secret')
+  for (const f of files) for (const s of secrets) t.notOk(read(f).includes(s), `${f} does not hold a client secret`)
+  const entries = parse(yaml).clients as Array<Record<string, unknown>>
+  for (const e of entries) t.same(Object.keys(e).filter((k) => /secret/i.test(k)), ['secretSha256'], `${String(e.id)}: a digest only`)
+
+  // Loaded by the real loadConfig exactly as the broker container sees it: compose's environment,
+  // /run/secrets/<name> mapped to the files init-secrets.sh wrote.
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries(compose.services.broker.environment as Record<string, string>)) {
+    env[k] = v.replace(/^\/run\/secrets\/([a-z_]+)$/, (_, name: string) => join(dir, basename(compose.secrets[name].file)))
+  }
+  const config = loadConfig(env)
+  t.equal(config.redisPassword, read('redis-password'))
+  t.same(config.brokerSecret, Buffer.from(read('broker-secret'), 'base64'))
+  t.equal(config.servers[0].adminToken, read('plex-token'), 'the simulator and the broker share the admin token')
+  const holder = (secret: string) => config.clients.find((c) => c.secretSha256.equals(sha256(secret)))
+  t.match(holder(secrets[0]), { id: 'thumbnailer', scopes: ['token:issue'], servers: ['default'] }, 'the thumbnailer may get tokens of the default server only')
+  t.match(holder(secrets[1]), { id: 'ops', scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
+  t.notOk(config.clients.some((c) => c.scopes.includes('token:issue') && c.servers === '*'), 'no client gets tokens for every server')
+
+  // Idempotent: nothing is overwritten, no secret is printed again.
+  const before = Object.fromEntries(files.map((f) => [f, read(f)]))
+  const second = initSecrets([dir])
+  t.same([...second.stdout.matchAll(CLIENT_SECRET)], [], 'no secret printed the second time')
+  t.match(second.stdout, /kept: +broker-secret redis-password plex-token grafana-admin-password broker\.yaml/)
+  t.same(Object.fromEntries(files.map((f) => [f, read(f)])), before, 'every file unchanged')
+
+  // --force: new secrets, except a real admin token put in plex-token.
+  writeFileSync(join(dir, 'plex-token'), 'a-real-admin-token\n')
+  const forced = initSecrets(['--force', dir])
+  const renewed = [...forced.stdout.matchAll(CLIENT_SECRET)].map((m) => m[0])
+  t.equal(renewed.length, 2, 'new client secrets printed')
+  t.notSame(renewed, secrets)
+  for (const f of ['broker-secret', 'redis-password', 'grafana-admin-password', 'broker.yaml']) t.not(read(f), before[f], `${f} renewed`)
+  t.equal(read('plex-token'), 'a-real-admin-token\n', 'the admin token is kept')
+  for (const f of readdirSync(dir)) t.equal(statSync(join(dir, f)).mode & 0o777, 0o644, `${f} still 0644`)
+})
+
+t.test('init-secrets.sh: writes beside itself by default, or to PTB_SECRETS_DIR', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'ptb-secrets-'))
+  t.teardown(() => rmSync(root, { recursive: true, force: true }))
+  copyFileSync('docker/init-secrets.sh', join(root, 'init-secrets.sh'))
+  const r = spawnSync('sh', [join(root, 'init-secrets.sh')], { encoding: 'utf8', cwd: tmpdir(), env: { PATH: process.env.PATH } })
+  t.equal(r.status, 0, r.stderr)
+  t.ok(existsSync(join(root, 'secrets', 'broker.yaml')), 'docker/secrets/ beside the script, wherever it is run from')
+  initSecrets([], { PTB_SECRETS_DIR: join(root, 'elsewhere') })
+  t.ok(existsSync(join(root, 'elsewhere', 'redis-password')))
+  const bad = spawnSync('sh', ['docker/init-secrets.sh', '--frce'], { encoding: 'utf8' })
+  t.equal(bad.status, 2, 'a mistyped option is refused, not taken for a directory')
 })
 
 t.test('every file compose and the Dockerfile reference exists (or is made by init-secrets.sh)', async (t) => {

@@ -8,8 +8,8 @@
  * PLEX_TV_URL overrides https://plex.tv (the tests point it at the plex.tv simulator, which models
  * the PIN, sign-in and claim behaviour and status codes relied on here).
  */
-import { randomUUID } from 'node:crypto'
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { closeSync, constants, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -120,14 +120,29 @@ function clientIdentifier (tokenFile: string, create: boolean): string {
   return id
 }
 
-/** Written beside, then renamed over: the file is 0600 from its first byte, even when it existed before. */
+/**
+ * Written beside, then renamed over: the file is 0600 from its first byte, even when it existed
+ * before. The temporary name is random and opened with O_CREAT|O_EXCL|O_NOFOLLOW, so a file or
+ * symlink planted at a guessed name makes the write fail instead of redirecting the token into
+ * another file; rename(2) then replaces the target itself (a symlink there is replaced, not followed).
+ */
 function writePrivate (file: string, content: string): void {
   mkdirSync(dirname(file), { recursive: true, mode: 0o700 })
-  const tmp = `${file}.${process.pid}.tmp`
+  const tmp = `${file}.${randomBytes(12).toString('hex')}.tmp`
+  let fd: number | undefined
   try {
-    writeFileSync(tmp, content, { mode: 0o600 })
+    fd = openSync(tmp, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | (constants.O_NOFOLLOW ?? 0), 0o600)
+  } catch (err) {
+    throw new CliError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  try {
+    writeSync(fd, content)
+    fsyncSync(fd)
+    closeSync(fd)
+    fd = undefined
     renameSync(tmp, file)
   } catch (err) {
+    if (fd !== undefined) closeSync(fd)
     rmSync(tmp, { force: true })
     throw new CliError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
