@@ -163,6 +163,8 @@ export function htmlErrorBody (status: number): string {
 
 export class PmsSimulator {
   readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 }
+  /** The token each event stream was opened with, oldest first (accepted streams only). */
+  readonly eventStreamTokens: string[] = []
 
   readonly #host: string
   #port: number
@@ -271,6 +273,16 @@ export class PmsSimulator {
     // Transient tokens minted earlier live on: the doc has nothing on revoking an admin token.
     this.#adminTokens = [...tokens]
     for (const t of tokens) this.#everAdmin.add(t)
+  }
+
+  /**
+   * Drops every open event stream and nothing else (PMS keeps running, tokens stay valid), as a
+   * proxy or a network blip does. Returns how many were dropped.
+   */
+  dropEventStreams (): number {
+    const n = this.#streams.size
+    for (const stream of this.#streams) stream.destroy()
+    return n
   }
 
   /** Replaces the current fault; `setFault({})` clears it. */
@@ -435,6 +447,7 @@ export class PmsSimulator {
         return this.#resources(req, res, url)
       case '/:/eventsource/notifications':
         if (method !== 'GET') return this.#html(res, 405)
+        this.eventStreamTokens.push(token!)
         return this.#eventStream(res)
       default:
         return this.#html(res, 404)
