@@ -80,6 +80,27 @@ t.test('a rotated token file or Preferences.xml is picked up without a restart',
   }
 })
 
+t.test('the event stream reconnects with the admin token of a rotated token file', async (t) => {
+  const sim = await startSim(t)
+  const dir = t.testdir({})
+  const path = join(dir, 'plex-token')
+  writeFileSync(path, `${sim.adminToken}\n`)
+  const first = sim.adminToken
+  const server = { ...serverFor(sim), tokenSource: 'tokenFile' as const, tokenPath: path }
+  const app = await buildTestApp(t, testConfig(uniquePrefix('watch'), [server], [makeClient('a')], { role: 'all' }), { defaultMetrics: false, tokenWatchIntervalMs: 50 })
+  await app.ready()
+  t.ok(await until(5000, async () => sim.eventStreamTokens.length === 1), 'the stream is open')
+  t.equal(sim.eventStreamTokens[0], first)
+  // The token rotates: PMS accepts only the new one, and the file says so.
+  sim.setAdminTokens(['rotated-admin-token-0001'])
+  writeFileSync(path, 'rotated-admin-token-0001\n')
+  t.ok(await until(3000, async () => app.broker.servers.get('default')?.adminToken === 'rotated-admin-token-0001'), 'reloaded')
+  t.equal(sim.dropEventStreams(), 1, 'the open stream is dropped')
+  t.ok(await until(10_000, async () => sim.eventStreamTokens.length >= 2), 'the stream reopens')
+  t.same(sim.eventStreamTokens.slice(1), ['rotated-admin-token-0001'], 'with the new token, not the one it started with')
+  t.notOk(app.logs.text.includes('rotated-admin-token-0001'), 'the new token is not logged')
+})
+
 t.test('when PMS cannot tell, plex.tv decides; a valid account token is kept alive', async (t) => {
   const tv = await PlexTvSimulator.start({})
   t.teardown(() => tv.stop())

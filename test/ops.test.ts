@@ -16,12 +16,16 @@ async function stateOf (app: FastifyInstance, ops: TestClient, tokenId: string):
   return (await app.inject({ method: 'GET', url: `/v1/tokens/${tokenId}`, headers: ops.auth })).json().state
 }
 
+const OPS_SCOPES = ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] as const
+
 async function setup (t: T) {
   const simA = await startSim(t)
   const simB = await startSim(t)
   const clients = { a: makeClient('a'), b: makeClient('b') }
-  const ops = makeClient('ops', { scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
-  const cfg = testConfig(uniquePrefix('ops'), [serverFor(simA, 'one'), serverFor(simB, 'two')], [clients.a, clients.b, ops])
+  const ops = makeClient('ops', { scopes: [...OPS_SCOPES] })
+  // An ops client limited to server "one", as a team running only that PMS would get.
+  const opsOne = makeClient('ops-one', { scopes: [...OPS_SCOPES], servers: ['one'] })
+  const cfg = testConfig(uniquePrefix('ops'), [serverFor(simA, 'one'), serverFor(simB, 'two')], [clients.a, clients.b, ops, opsOne])
   // Two instances on one Redis: what one revokes, the other never serves again.
   const app1 = await buildTestApp(t, cfg)
   const app2 = await buildTestApp(t, { ...cfg })
@@ -31,7 +35,7 @@ async function setup (t: T) {
     b1: await issue(app2, clients.b, 'one'),
     b2: await issue(app2, clients.b, 'two'),
   }
-  return { simA, simB, clients, ops, app1, app2, tokens }
+  return { simA, simB, clients, ops, opsOne, app1, app2, tokens }
 }
 
 const selectors: Array<[string, (tk: Record<string, { tokenId: string }>) => Record<string, unknown>, string[]]> = [
@@ -72,7 +76,9 @@ for (const [name, select, expected] of selectors) {
 t.test('revoke input errors', async (t) => {
   const { ops, app1, clients } = await setup(t)
   for (const payload of [{ reason: 'x' }, { tokenId: 'tk_AAAAAAAAAAAAAAAAAAAAAA', client: 'a', reason: 'x' }, { all: true, server: 'one', reason: 'x' },
-    { client: 'a' }, { client: 'a', reason: '' }, { client: 'a', reason: 'x'.repeat(501) }, { client: 'a', reason: 'x', extra: 1 }, { all: false, reason: 'x' }]) {
+    { client: 'a' }, { client: 'a', reason: '' }, { client: 'a', reason: 'x'.repeat(501) }, { client: 'a', reason: 'x', extra: 1 }, { all: false, reason: 'x' },
+    // source narrows client/server selectors; with all it used to revoke everything, with tokenId it was ignored.
+    { all: true, source: 'server://abc', reason: 'x' }, { tokenId: 'tk_AAAAAAAAAAAAAAAAAAAAAA', source: 'server://abc', reason: 'x' }]) {
     const r = await revoke(app1, ops, payload)
     t.equal(r.statusCode, 400, JSON.stringify(payload).slice(0, 80))
     t.equal(r.json().code, 'BAD_REQUEST')
@@ -189,4 +195,79 @@ t.test('servers status and manual rotation', async (t) => {
   t.same(jobs.map((j) => j.data.tokenId).sort(), [tokens.a1.tokenId, tokens.b1.tokenId].sort(), 'one rotation job per active token, ids only')
   t.notOk(JSON.stringify(jobs.map((j) => j.data)).includes(tokens.a1.token), 'job data carries no token')
   t.equal((await app1.inject({ method: 'POST', url: '/v1/servers/nope/rotate', headers: ops.auth })).statusCode, 404)
+})
+
+t.test('an ops client limited to one server revokes only tokens of that server', async (t) => {
+  const { ops, opsOne, app1, app2, tokens } = await setup(t)
+  // Read with the unlimited ops client, on the other instance.
+  const states = async (): Promise<Record<string, string>> =>
+    Object.fromEntries(await Promise.all(Object.entries(tokens).map(async ([k, v]) => [k, await stateOf(app2, ops, v.tokenId)])))
+
+  for (const payload of [{ server: 'two' }, { client: 'a', server: 'two' }, { all: true }, { source: 'server://abc', server: 'two' }]) {
+    const r = await revoke(app1, opsOne, { ...payload, reason: 'overreach' })
+    t.equal(r.statusCode, 403, `${JSON.stringify(payload)}: 403`)
+    t.match(r.json(), { statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: /ops-one/, requestId: /.+/ })
+  }
+  t.same(await states(), { a1: 'active', a2: 'active', b1: 'active', b2: 'active' }, 'nothing revoked by the refused calls')
+  const denied = (await app2.inject({ method: 'GET', url: '/v1/audit?action=auth.denied', headers: ops.auth })).json().events
+  t.ok(denied.filter((e: { client: string, detail: { reason: string } }) => e.client === 'ops-one' && e.detail.reason === 'forbidden_server').length >= 4, 'each refusal is audited')
+
+  // A token of another server by id: nothing revoked, and the id is not confirmed.
+  t.same((await revoke(app1, opsOne, { tokenId: tokens.a2.tokenId, reason: 'not mine' })).json(), { revoked: 0, upstreamStillValidUntil: null })
+  // By client alone: only that client's tokens on server "one".
+  const byClient = await revoke(app1, opsOne, { client: 'a', reason: 'scoped' })
+  t.equal(byClient.statusCode, 200)
+  t.equal(byClient.json().revoked, 1)
+  t.same(await states(), { a1: 'revoked', a2: 'active', b1: 'active', b2: 'active' }, 'a2 (server two) untouched')
+  // By its own server and by a token id of its server.
+  t.equal((await revoke(app1, opsOne, { tokenId: tokens.b1.tokenId, reason: 'mine' })).json().revoked, 1)
+  t.same(await states(), { a1: 'revoked', a2: 'active', b1: 'revoked', b2: 'active' })
+  // The unlimited ops client still reaches everything.
+  t.equal((await revoke(app2, ops, { all: true, reason: 'full ops' })).json().revoked, 2)
+})
+
+t.test('a limited ops client reads only audit events, tokens and servers of its servers', async (t) => {
+  const { ops, opsOne, app1, app2, tokens, clients } = await setup(t)
+  await app1.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: 'Bearer wrong' }, payload: { server: 'two' } }) // an event without a server
+  await revoke(app1, ops, { client: 'b', server: 'two', reason: 'other team' })
+
+  const everything = (await app2.inject({ method: 'GET', url: '/v1/audit?limit=1000', headers: ops.auth })).json().events
+  t.ok(everything.some((e: { server: string | null }) => e.server === 'two') && everything.some((e: { server: string | null }) => e.server === null), 'the trail holds events of two and without a server')
+  const mine = (await app2.inject({ method: 'GET', url: '/v1/audit?limit=1000', headers: opsOne.auth })).json().events
+  t.ok(mine.length >= 2, 'sees its own server\'s events')
+  t.ok(mine.every((e: { server: string | null }) => e.server === 'one'), 'only events of server one')
+  t.same(mine.map((e: { id: string }) => e.id), everything.filter((e: { server: string | null }) => e.server === 'one').map((e: { id: string }) => e.id), 'every event of server one, in order')
+  const page = (await app2.inject({ method: 'GET', url: '/v1/audit?limit=1', headers: opsOne.auth })).json()
+  const next = (await app2.inject({ method: 'GET', url: `/v1/audit?limit=1&cursor=${page.next}`, headers: opsOne.auth })).json()
+  t.same([...page.events, ...next.events].map((e: { id: string }) => e.id), mine.slice(0, 2).map((e: { id: string }) => e.id), 'pages stay within the scope')
+  t.equal((await app2.inject({ method: 'GET', url: `/v1/audit?tokenId=${tokens.b2.tokenId}`, headers: opsOne.auth })).json().events.length, 0, 'another server\'s token id finds nothing')
+  const other = await app2.inject({ method: 'GET', url: '/v1/audit?server=two', headers: opsOne.auth })
+  t.equal(other.statusCode, 403)
+  t.equal(other.json().code, 'FORBIDDEN')
+
+  const exported = await app2.inject({ method: 'GET', url: '/v1/audit/export', headers: opsOne.auth })
+  const lines = exported.body.trim().split('\n').map((l) => JSON.parse(l))
+  t.same(lines.map((e: { id: string }) => e.id), mine.map((e: { id: string }) => e.id).reverse(), 'export: the same events, oldest first')
+  t.equal((await app2.inject({ method: 'GET', url: '/v1/audit/export?server=two', headers: opsOne.auth })).statusCode, 403)
+
+  const traceOther = (await app1.inject({ method: 'POST', url: '/v1/audit/trace', headers: opsOne.auth, payload: { token: tokens.b2.token } })).json()
+  t.same({ holder: traceOther.holder, events: traceOther.events }, { holder: null, events: [] }, 'a token of server two traces like an unknown one')
+  const traceMine = (await app1.inject({ method: 'POST', url: '/v1/audit/trace', headers: opsOne.auth, payload: { token: tokens.b1.token } })).json()
+  t.match(traceMine.holder, { client: 'b', server: 'one', tokenId: tokens.b1.tokenId })
+
+  t.equal((await app2.inject({ method: 'GET', url: `/v1/tokens/${tokens.a1.tokenId}`, headers: opsOne.auth })).statusCode, 200)
+  const hidden = await app2.inject({ method: 'GET', url: `/v1/tokens/${tokens.a2.tokenId}`, headers: opsOne.auth })
+  t.equal(hidden.statusCode, 404, 'a token of another server looks missing')
+  t.equal((await app2.inject({ method: 'GET', url: `/v1/tokens/${tokens.a2.tokenId}`, headers: clients.a.auth })).statusCode, 200, 'its owner still sees it')
+
+  const servers = (await app2.inject({ method: 'GET', url: '/v1/servers', headers: opsOne.auth })).json().servers
+  t.same(servers.map((s: { name: string }) => s.name), ['one'], '/v1/servers lists only its servers')
+  t.same((await app2.inject({ method: 'GET', url: '/v1/servers', headers: ops.auth })).json().servers.map((s: { name: string }) => s.name).sort(), ['one', 'two'])
+  const rotTwo = await app2.inject({ method: 'POST', url: '/v1/servers/two/rotate', headers: opsOne.auth })
+  t.equal(rotTwo.statusCode, 403)
+  t.equal(rotTwo.json().code, 'FORBIDDEN')
+  t.equal((await app2.inject({ method: 'POST', url: '/v1/servers/nope/rotate', headers: opsOne.auth })).statusCode, 403, 'unknown names outside its list are 403 too: no probing')
+  t.same((await app2.inject({ method: 'POST', url: '/v1/servers/one/rotate', headers: opsOne.auth })).json(), { rotating: 2 })
+  const jobs = await app2.broker.queues.tokens.getJobs(['waiting', 'delayed', 'prioritized'])
+  t.same(jobs.map((j) => j.data.tokenId).sort(), [tokens.a1.tokenId, tokens.b1.tokenId].sort(), 'rotation queued for server one only')
 })

@@ -162,3 +162,66 @@ t.test('the /identity probe bypasses an open breaker and its success closes it',
   t.match(await c.identity(fx.cfg), { machineIdentifier: 'm' }, 'the probe still reaches PMS')
   t.equal(c.breakerState('fx'), 'closed', 'PMS answered: mints may go again without waiting a minute')
 })
+
+/** Writes `total` bytes of a never-ending-looking body in 64 KiB chunks; records how much went out and whether the peer hung up. */
+function flood (res: ServerResponse, total: number, opts: { contentLength?: boolean, type?: string } = {}): { written: () => number, hungUp: Promise<void> } {
+  let written = 0
+  const hungUp = new Promise<void>((resolve) => res.once('close', () => resolve()))
+  res.writeHead(200, { 'content-type': opts.type ?? 'application/json', ...(opts.contentLength === true ? { 'content-length': String(total) } : {}) })
+  res.write('{"MediaContainer":{"token":"')
+  const chunk = Buffer.alloc(64 * 1024, 'a')
+  const pump = (): void => {
+    while (written < total && !res.destroyed) {
+      written += chunk.length
+      if (!res.write(chunk)) { res.once('drain', pump); return }
+    }
+    if (!res.destroyed) res.end('"}}')
+  }
+  pump()
+  return { written: () => written, hungUp }
+}
+
+t.test('an answer over 1 MiB is a bad response, refused without reading it to the end', async (t) => {
+  const MiB = 1024 * 1024
+  for (const contentLength of [true, false]) {
+    let sent: ReturnType<typeof flood> | undefined
+    // 64 MiB: far more than any socket buffer, so reading it all would show.
+    const fx = await fixture(t, (_req, res) => { sent = flood(res, 64 * MiB, { contentLength }) })
+    const started = Date.now()
+    const err = await client(t, { timeoutMs: 10_000 }).mintTransient(fx.cfg).catch((e: unknown) => e)
+    t.type(err, PlexBadResponseError, `${contentLength ? 'declared' : 'chunked'}: PlexBadResponseError`)
+    t.match((err as Error).message, /over 1048576 bytes/)
+    t.notOk((err as Error).message.includes(ADMIN))
+    t.ok(Date.now() - started < 5000, 'fails at once, not at the deadline')
+    await sent!.hungUp
+    t.ok(sent!.written() < 16 * MiB, `${contentLength ? 'declared' : 'chunked'}: the connection was dropped early (${Math.round(sent!.written() / MiB)} MiB of 64 sent)`)
+  }
+  // Just under the cap still works.
+  const fx = await fixture(t, (_req, res) => { res.setHeader('content-type', 'application/json'); res.end(`{"MediaContainer":{"token":"t","pad":"${'x'.repeat(MiB - 100)}"}}`) })
+  t.equal(await client(t).mintTransient(fx.cfg), 't')
+})
+
+t.test('an event stream that never ends an event is dropped at 1 MiB instead of growing', async (t) => {
+  let sent: { written: () => number, hungUp: Promise<void> } | undefined
+  const fx = await fixture(t, (_req, res) => {
+    let written = 0
+    const hungUp = new Promise<void>((resolve) => res.once('close', () => resolve()))
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.write('event: ping\ndata: {}\n\n')
+    // One endless line: no newline, ever.
+    const timer = setInterval(() => {
+      if (res.destroyed) { clearInterval(timer); return }
+      res.write(Buffer.alloc(64 * 1024, 'x'))
+      written += 64 * 1024
+    }, 2)
+    sent = { written: () => written, hungUp }
+  })
+  const events: string[] = []
+  const reason = await new Promise<string>((resolve) => {
+    client(t).watchEvents(fx.cfg, { signal: new AbortController().signal, onOpen: () => events.push('open'), onEvent: (e) => events.push(e), onClose: resolve })
+  })
+  t.same(events, ['open', 'ping'], 'events before the endless line were read')
+  t.match(reason, /event over 1048576 bytes/)
+  await sent!.hungUp
+  t.ok(sent!.written() < 4 * 1024 * 1024, 'the stream was dropped soon after the cap')
+})

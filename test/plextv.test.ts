@@ -198,3 +198,39 @@ t.test('an error body without an envelope still gives a status', async (t) => {
   t.equal(err.message, 'plex.tv answered POST /api/v2/pins with 502')
   t.equal(await tv.checkAccountToken('x'), 'unknown')
 })
+
+t.test('a plex.tv answer over 1 MiB is refused without reading it to the end', async (t) => {
+  let written = 0
+  let hungUp: Promise<void> | undefined
+  let status = 200
+  const server = createServer((_req, res) => {
+    written = 0
+    hungUp = new Promise<void>((resolve) => res.once('close', () => resolve()))
+    res.writeHead(status, { 'content-type': 'application/json' })
+    res.write('{"user":{"id":1,"username":"')
+    const chunk = Buffer.alloc(64 * 1024, 'a')
+    const pump = (): void => {
+      while (written < 64 * 1024 * 1024 && !res.destroyed) {
+        written += chunk.length
+        if (!res.write(chunk)) { res.once('drain', pump); return }
+      }
+      if (!res.destroyed) res.end('"}}')
+    }
+    pump()
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const tv = new PlexTv({ baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, clientIdentifier: 'test-client', timeoutMs: 10_000 })
+  t.teardown(async () => {
+    await tv.close()
+    await new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections() })
+  })
+  const err = await rejection(tv.user('account-token-1234'))
+  t.type(err, PlexTvError)
+  t.match(err, { status: 502, message: /over 1048576 bytes/ })
+  t.notOk(err.message.includes('account-token-1234'))
+  await hungUp
+  t.ok(written < 16 * 1024 * 1024, 'the connection was dropped early')
+  // An oversized error answer keeps its status: a 401 still means the token is invalid.
+  status = 401
+  t.equal(await tv.checkAccountToken('account-token-1234'), 'invalid')
+})

@@ -21,6 +21,11 @@ export interface AuditFilter {
   tokenId?: string
   /** One fingerprint, or any of several (a token's fingerprints under each known BROKER_SECRET). */
   fingerprint?: string | readonly string[]
+  /**
+   * Only events of these servers (an ops client limited to some servers); events without a
+   * server are left out too. Undefined: no restriction.
+   */
+  servers?: readonly string[]
   /** Inclusive bounds, ms since epoch. */
   since?: number
   until?: number
@@ -64,6 +69,7 @@ function matches (e: AuditEvent, q: AuditFilter): boolean {
   return (q.action === undefined || e.action === q.action) &&
     (q.client === undefined || e.client === q.client) &&
     (q.server === undefined || e.server === q.server) &&
+    (q.servers === undefined || (e.server !== null && q.servers.includes(e.server))) &&
     (q.tokenId === undefined || e.tokenId === q.tokenId) &&
     (q.fingerprint === undefined || (typeof q.fingerprint === 'string' ? e.fingerprint === q.fingerprint : q.fingerprint.includes(e.fingerprint ?? '')))
 }

@@ -18,8 +18,15 @@ export interface IssuerOptions {
   renewJitter?: number
   /** Longest a request waits for another mint of the same (client, server) before answering 503. */
   mintWaitMs: number
-  /** Mint lock lifetime: longer than one PMS call, short enough that a crashed holder does not block for long. */
+  /**
+   * Mint lock lifetime: short enough that a crashed holder does not block for long. A live holder
+   * renews it every third of this while it mints (a mint can outlast it: the machineIdentifier
+   * lookup, the mint, their retries and the wait for a free PMS slot), so it never expires under
+   * a mint in progress and another instance never mints the same token twice.
+   */
   lockTtlMs: number
+  /** Longest a holder keeps renewing the mint lock; after that it lapses. Default 10 × lockTtlMs. */
+  maxLockHoldMs?: number
   /** Looks up (and caches in Redis) the machineIdentifier of a server. */
   machineIdentifier: (server: ServerConfig) => Promise<string>
   /** True when the server's admin token is known to be rejected: fail fast, do not call PMS. */
@@ -36,6 +43,12 @@ export interface IssuerOptions {
 }
 
 export type IssuedToken = ServedToken & { source: 'cache' | 'upstream' }
+
+/** Resets a lock's expiry only if this owner still holds it. KEYS: lock  ARGV: owner, ttlMs → 1 held, 0 lost */
+const RENEW_LOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+`
 
 /** Maps a PMS failure to the error a client sees. Never includes a token. */
 export function upstreamError (server: string, err: unknown): BrokerError {
@@ -113,12 +126,14 @@ export class TokenIssuer {
       if (await store.peek(client, server.name, target) !== undefined) return false
       const owner = await store.lock(lockKey, lockTtlMs)
       if (owner !== undefined) {
+        const heartbeat = this.#renew(lockKey, owner, server.name)
         try {
           // Someone may have minted between our peek and our lock.
           if (await store.peek(client, server.name, target) !== undefined) return false
           const stored = await this.mint(client, server, { audit, target })
           return stored !== undefined
         } finally {
+          heartbeat.stop()
           await store.unlock(lockKey, owner).catch(() => {})
         }
       }
@@ -129,6 +144,36 @@ export class TokenIssuer {
       await sleep(pause + Math.random() * pause)
       pause = Math.min(pause * 2, 200)
     }
+  }
+
+  /**
+   * Keeps the mint lock alive while this holder works: every third of its TTL the lock's expiry is
+   * reset, only if this owner still holds it (compare-and-set). Stops on `stop()`, when the lock
+   * turned out lost, or after `maxLockHoldMs` (a wedged holder must not block the slot forever).
+   */
+  #renew (key: string, owner: string, server: string): { stop: () => void } {
+    const { store, lockTtlMs, logger } = this.#o
+    const until = Date.now() + (this.#o.maxLockHoldMs ?? lockTtlMs * 10)
+    let stopped = false
+    const timer = setInterval(() => {
+      if (stopped) return
+      if (Date.now() >= until) {
+        stop()
+        logger.warn({ server }, 'mint still running after its longest lock hold; the mint lock is left to lapse')
+        return
+      }
+      store.call(() => store.redis.eval(RENEW_LOCK, 1, key, owner, lockTtlMs)).then((held) => {
+        if (Number(held) === 1 || stopped) return
+        stop()
+        logger.warn({ server }, 'mint lock lost while minting; another instance may mint too')
+      }).catch(() => {})
+    }, Math.max(10, Math.floor(lockTtlMs / 3)))
+    timer.unref()
+    function stop (): void {
+      stopped = true
+      clearInterval(timer)
+    }
+    return { stop }
   }
 
   /**

@@ -98,7 +98,7 @@ export class JobRunner {
     this.#timer.unref()
     this.#o.checkAdminTokens?.().catch((err: unknown) => logger.warn({ err: { message: (err as Error).message } }, 'admin token check failed'))
     if (this.#o.watchEvents !== false) {
-      for (const server of this.#o.servers.values()) void this.#watch(server)
+      for (const name of this.#o.servers.keys()) void this.#watch(name)
     }
   }
 
@@ -195,16 +195,21 @@ export class JobRunner {
    * is often the first sign that PMS is back. Reconnects back off from 1 s to 30 s. While the
    * admin token is known to be rejected the stream is not reopened (each attempt would be one more
    * 401): the rechecks decide when PMS accepts the token again, and the stream follows.
+   * The server is looked up again before every (re)connect: a reloaded token file replaces the
+   * server's config, and the stream must reopen with the new admin token, not the one it started with.
    */
-  async #watch (server: ServerConfig): Promise<void> {
+  async #watch (name: string): Promise<void> {
     const { plex, logger } = this.#o
     const signal = this.#abort.signal
     let pause = 1000
     while (!signal.aborted) {
+      const server = this.#o.servers.get(name)
+      if (server === undefined) return
       if (await this.#o.adminTokenRejected?.(server).catch(() => false) === true) {
         await this.#sleep(this.#o.probeIntervalMs, signal)
         continue
       }
+      let reason = ''
       const opened = await new Promise<boolean>((resolve) => {
         let wasOpen = false
         plex.watchEvents(server, {
@@ -214,14 +219,15 @@ export class JobRunner {
             pause = 1000
             this.triggerProbe(server.name, 'eventsource').catch(() => {})
           },
-          onClose: () => {
+          onClose: (why) => {
+            reason = why
             resolve(wasOpen)
           },
         })
       })
       if (signal.aborted) return
       if (opened) {
-        logger.info({ server: server.name }, 'PMS event stream dropped; probing now')
+        logger.info({ server: server.name, reason }, 'PMS event stream dropped; probing now')
         await this.triggerProbe(server.name, 'eventsource').catch(() => {})
       }
       await this.#sleep(pause + Math.random() * pause * 0.2, signal)

@@ -1,9 +1,10 @@
 import { Agent, errors as undiciErrors, request } from 'undici'
 import type { ServerConfig } from '../config.ts'
+import { MAX_BODY_BYTES, readCapped } from './body.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { parsePlex } from './parse.ts'
 
-/** PMS answered 401 or 403: the token used was rejected (../shared/plex-api.md §4.3: decide on status only). */
+/** PMS answered 401 or 403: the token used was rejected (plex-api.md §4.3: decide on status only). */
 export class PlexRejectedError extends Error {
   readonly code = 'PLEX_REJECTED'
   readonly status: number
@@ -25,7 +26,7 @@ export class PlexUnavailableError extends Error {
   }
 }
 
-/** PMS answered 2xx with a body the broker cannot use. */
+/** PMS answered 2xx with a body the broker cannot use (unparsable, or larger than MAX_BODY_BYTES). */
 export class PlexBadResponseError extends Error {
   readonly code = 'PLEX_BAD_RESPONSE'
   constructor (message: string) {
@@ -59,6 +60,8 @@ export interface PlexClientOptions {
   /** Opens after `failureThreshold` (5) consecutive failures for `openMs` (5 s); `/identity` probes bypass it and close it. */
   breaker?: { failureThreshold?: number, openMs?: number }
   onCall?: (e: { server: string, endpoint: string, outcome: CallOutcome, durationMs: number }) => void
+  /** Largest answer body, and largest event of the event stream, in bytes. Default {@link MAX_BODY_BYTES} (1 MiB). */
+  maxBodyBytes?: number
 }
 
 export interface SourceConnection { uri: string, protocol: string, address: string, port: number, local: boolean, relay: boolean }
@@ -192,19 +195,24 @@ export class PlexClient {
       if (!retried && err instanceof undiciErrors.SocketError) return await this.#send(server, path, token, method, true)
       throw new PlexUnavailableError(`PMS "${server.name}" unreachable: ${describe(err)}`)
     }
-    let text: string
+    const cap = this.#o.maxBodyBytes ?? MAX_BODY_BYTES
+    const status = res.statusCode
+    let text: string | undefined
     try {
-      text = await res.body.text()
+      // The status alone decides an error (its HTML page is not used): read at most the cap of it,
+      // so the keep-alive connection can be reused, and never more.
+      if (status >= 300) await res.body.dump({ limit: cap })
+      else text = await readCapped(res, cap)
     } catch (err) {
       throw new PlexUnavailableError(`PMS "${server.name}" broke off its answer: ${describe(err)}`)
     }
-    const status = res.statusCode
     if (status === 401 || status === 403) throw new PlexRejectedError(`PMS "${server.name}" answered ${status} to ${url.pathname}`, status)
     if (status === 400 || status === 404) throw new PlexNotFoundError(`PMS "${server.name}" answered ${status} to ${url.pathname}`, status)
     if (status >= 300) {
       const retryAfter = Number(res.headers['retry-after'])
       throw new PlexUnavailableError(`PMS "${server.name}" answered ${status} to ${url.pathname}`, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : 5)
     }
+    if (text === undefined) throw new PlexBadResponseError(`PMS "${server.name}" sent an answer over ${cap} bytes to ${url.pathname}; not read`)
     const parsed = parsePlex(text, String(res.headers['content-type'] ?? ''))
     if (parsed === undefined) throw new PlexBadResponseError(`PMS "${server.name}" sent an unparsable answer to ${url.pathname}`)
     return parsed
@@ -260,7 +268,9 @@ export class PlexClient {
   /**
    * Opens `/:/eventsource/notifications` with the admin token and reads it until it ends.
    * PMS drops it when it stops, so `onClose` is the caller's restart hint. No reconnect here;
-   * not subject to the concurrency cap (it is one long-lived stream per server).
+   * not subject to the concurrency cap (it is one long-lived stream per server). An event that
+   * grows past `maxBodyBytes` without its blank-line end (a stream that never sends one) closes
+   * the stream (`onClose('event over … bytes')`): the buffer never grows without bound.
    */
   watchEvents (server: ServerConfig, h: WatchHandlers): void {
     const url = new URL(':/eventsource/notifications', server.url.endsWith('/') ? server.url : `${server.url}/`)
@@ -283,15 +293,23 @@ export class PlexClient {
         return
       }
       h.onOpen?.()
+      const cap = this.#o.maxBodyBytes ?? MAX_BODY_BYTES
+      res.body.setEncoding('utf8')
       let buf = ''
       for await (const chunk of res.body) {
-        buf += String(chunk)
+        buf += chunk as string
         let i
         while ((i = buf.indexOf('\n\n')) >= 0) {
           const block = buf.slice(0, i)
           buf = buf.slice(i + 2)
           const ev = /^event: ?(.*)$/m.exec(block)?.[1]
           if (ev !== undefined) h.onEvent?.(ev)
+        }
+        // Characters, not bytes: close enough for a bound, and cheap.
+        if (buf.length > cap) {
+          res.body.destroy()
+          close(`event over ${cap} bytes`)
+          return
         }
       }
       close('ended')

@@ -1,5 +1,6 @@
 import { Agent, request } from 'undici'
 import { XMLParser } from 'fast-xml-parser'
+import { MAX_BODY_BYTES, readCapped } from './body.ts'
 
 /**
  * plex.tv answered with an error: the HTTP `status` plus plex.tv's own `code` from the error
@@ -105,7 +106,7 @@ const bool = (v: unknown): boolean => v === true || v === 1 || v === '1' || v ==
 const str = (v: unknown): string => (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : '')
 
 /**
- * The plex.tv API the broker and `ptb` use (../shared/plex-api.md §5): PIN login, password
+ * The plex.tv API the broker and `ptb` use (plex-api.md §5): PIN login, password
  * sign-in, token details, keep-alive ping, resources, claim tokens. Every call sends the same
  * X-Plex-Client-Identifier/Product/Version and `Accept: application/json`, and still parses XML
  * (plex.tv's default, and what some endpoints answer anyway). Tokens travel only in the
@@ -142,7 +143,7 @@ export class PlexTv {
     if (opts.token !== undefined) headers['x-plex-token'] = opts.token
     if (opts.form !== undefined) headers['content-type'] = 'application/x-www-form-urlencoded'
     let status: number
-    let text: string
+    let text: string | undefined
     let retryAfter: string | string[] | undefined
     try {
       const res = await request(`${this.#base}${path}`, {
@@ -154,12 +155,16 @@ export class PlexTv {
       })
       status = res.statusCode
       retryAfter = res.headers['retry-after']
-      text = await res.body.text()
+      // At most MAX_BODY_BYTES: plex.tv's answers are a few KiB, anything larger is refused unread.
+      text = await readCapped(res, MAX_BODY_BYTES)
     } catch (err) {
       const reason = reasonOf(err)
       throw new PlexTvUnreachableError(`plex.tv (${this.#base}) did not answer ${what}: ${describe(reason, this.#timeoutMs)}`, reason)
     }
-    const body = parseBody(text)
+    // An oversized error answer still reports its status (its envelope is lost); an oversized
+    // success is unusable: 502, like any other unusable plex.tv answer.
+    if (text === undefined && status < 400) throw new PlexTvError(`plex.tv answered ${what} with a body over ${MAX_BODY_BYTES} bytes; not read`, 502)
+    const body = parseBody(text ?? '')
     if (status >= 400) {
       const e = errorOf(body)
       const detail = e.message === undefined ? '' : `: ${scrub(e.message, opts)}`

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import type { ServerConfig } from '../config.ts'
+import type { ClientConfig, ServerConfig } from '../config.ts'
 import { forbidden, notFound } from '../errors.ts'
 import { mayUseServer } from '../plugins/auth.ts'
 
@@ -11,12 +11,25 @@ export const iso = (ms: number): string => new Date(ms).toISOString()
  * names exist outside its list.
  */
 export function allowedServer (app: FastifyInstance, request: FastifyRequest, name: string): ServerConfig {
+  checkServer(app, request, name)
+  const server = app.broker.servers.get(name)
+  if (server === undefined) throw notFound(`No server named "${name}".`)
+  return server
+}
+
+/** 403 (audited as `forbidden_server`) when the client's `servers` list does not name this server. */
+export function checkServer (app: FastifyInstance, request: FastifyRequest, name: string): void {
   const client = request.client!
   if (!mayUseServer(client, name)) {
     app.broker.denied(request, 'forbidden_server', client.id, { server: name })
     throw forbidden(`Client "${client.id}" may not use server "${name}".`)
   }
-  const server = app.broker.servers.get(name)
-  if (server === undefined) throw notFound(`No server named "${name}".`)
-  return server
+}
+
+/**
+ * The servers an ops client is limited to, or undefined when its list is `*`. Ops routes apply
+ * it everywhere: revocations, audit reads and server status only reach these servers.
+ */
+export function serverScope (client: ClientConfig): readonly string[] | undefined {
+  return client.servers === '*' ? undefined : client.servers
 }

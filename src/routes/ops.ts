@@ -1,10 +1,12 @@
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import type { RetireSelector } from '../broker/token-store.ts'
 import { isVulnerable } from '../broker/server-state.ts'
-import { badRequest, notFound } from '../errors.ts'
+import { badRequest, forbidden } from '../errors.ts'
 import { rotateJobId } from '../jobs/queues.ts'
+import { mayUseServer } from '../plugins/auth.ts'
+import { allowedServer, checkServer, serverScope } from './common.ts'
 import { authErrors } from '../schemas/common.ts'
 import {
   AuditExportQuerySchema, AuditPageSchema, AuditQuerySchema, RevokeBodySchema, RevokeResultSchema, RotateResultSchema,
@@ -33,9 +35,14 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request) => {
     const { tokenId, client, server, all, reason, source } = request.body
+    const caller = request.client!
     let selector: RetireSelector
     let kind: string
-    if (source !== undefined && tokenId === undefined && all === undefined) {
+    if (source !== undefined && (tokenId !== undefined || all !== undefined)) {
+      // {all, source} used to revoke every token and {tokenId, source} ignored source: refuse both.
+      throw badRequest('source narrows {client} and/or {server}, or stands alone; it cannot be combined with tokenId or all.')
+    }
+    if (source !== undefined) {
       selector = client !== undefined ? { client, server, target: source } : server !== undefined ? { server, target: source } : { target: source }
       kind = 'source'
     } else if (tokenId !== undefined && client === undefined && server === undefined && all === undefined) {
@@ -53,18 +60,53 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     } else {
       throw badRequest('Give exactly one selector: {tokenId}, {client}, {server}, {client, server}, {source} (optionally with client and/or server) or {all: true}.')
     }
-    const r = await broker.store.retire(selector, 'revoked', 'token.revoke',
-      { reason, actor: request.client!.id, selector: kind }, { requestId: request.id, ip: request.ip })
-    broker.revoked(kind, r.count)
-    request.log.info({ selector: kind, revoked: r.count, actor: request.client!.id }, 'tokens revoked')
-    return { revoked: r.count, upstreamStillValidUntil: r.count === 0 ? null : iso(r.latestExpiresAt) }
+    const selectors = await scoped(request, selector, kind)
+    let count = 0
+    let latestExpiresAt = 0
+    for (const sel of selectors) {
+      const r = await broker.store.retire(sel, 'revoked', 'token.revoke',
+        { reason, actor: caller.id, selector: kind }, { requestId: request.id, ip: request.ip })
+      count += r.count
+      latestExpiresAt = Math.max(latestExpiresAt, r.latestExpiresAt)
+    }
+    broker.revoked(kind, count)
+    request.log.info({ selector: kind, revoked: count, actor: caller.id }, 'tokens revoked')
+    return { revoked: count, upstreamStillValidUntil: count === 0 ? null : iso(latestExpiresAt) }
   })
+
+  /**
+   * A revocation selector within the caller's `servers` list. An unlimited caller (`*`) gets it
+   * as is. A limited caller: `{all: true}` is 403 and a named server outside the list is 403
+   * (audited); `{client}` and `{source}` without a server are narrowed to one selector per server
+   * of the list; `{tokenId}` of a token on another server matches nothing (answers `revoked: 0`,
+   * like an unknown id, so ids of other servers are not confirmed).
+   */
+  async function scoped (request: FastifyRequest, selector: RetireSelector, kind: string): Promise<RetireSelector[]> {
+    const caller = request.client!
+    const scope = serverScope(caller)
+    if (scope === undefined) return [selector]
+    if ('all' in selector) {
+      broker.denied(request, 'forbidden_server', caller.id, { selector: kind })
+      throw forbidden(`Client "${caller.id}" is limited to some servers; {all: true} needs servers: ["*"]. Revoke per server instead.`)
+    }
+    if ('server' in selector && selector.server !== undefined) {
+      checkServer(app, request, selector.server)
+      return [selector]
+    }
+    if ('tokenId' in selector) {
+      const record = await broker.store.get(selector.tokenId)
+      return record !== undefined && mayUseServer(caller, record.server) ? [selector] : []
+    }
+    if ('client' in selector) return scope.map((s) => ({ ...selector, server: s }))
+    return scope.map((s) => ({ server: s, target: selector.target }))
+  }
 
   app.get('/v1/audit', {
     onRequest: app.authenticate('audit:read'),
     schema: {
       summary: 'Read the audit trail, newest first',
-      description: 'Filters combine with AND. Pass `next` back as `cursor` for the following page.',
+      description: 'Filters combine with AND. Pass `next` back as `cursor` for the following page. ' +
+        'A caller limited to some servers sees only events of those servers (not events without a server); `server` outside its list is 403.',
       tags: ['audit'],
       security: [{ bearer: [] }],
       querystring: AuditQuerySchema,
@@ -72,13 +114,14 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request) => {
     const q = request.query
-    return await broker.audit.page({ ...q, since: ms(q.since), until: ms(q.until) }, q.limit ?? 100, q.cursor)
+    return await broker.audit.page({ ...q, since: ms(q.since), until: ms(q.until), servers: auditScope(request, q.server) }, q.limit ?? 100, q.cursor)
   })
 
   app.get('/v1/audit/export', {
     onRequest: app.authenticate('audit:read'),
     schema: {
       summary: 'Export the audit trail as NDJSON, oldest first (for a SIEM)',
+      description: 'A caller limited to some servers gets only events of those servers.',
       tags: ['audit'],
       security: [{ bearer: [] }],
       querystring: AuditExportQuerySchema,
@@ -87,7 +130,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request, reply) => {
     const q = request.query
-    const events = broker.audit.export({ ...q, since: ms(q.since), until: ms(q.until) })
+    const events = broker.audit.export({ ...q, since: ms(q.since), until: ms(q.until), servers: auditScope(request, q.server) })
     // Read the first chunk before answering, so a Redis failure is still a clean JSON error.
     const first = await events.next()
     async function * lines (): AsyncGenerator<string> {
@@ -103,7 +146,8 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     onRequest: app.authenticate('audit:read'),
     schema: {
       summary: 'Who held this token? Finds the events for a token value by its fingerprint',
-      description: 'The token is hashed on arrival (HMAC under a key derived from BROKER_SECRET); it is never stored or logged.',
+      description: 'The token is hashed on arrival (HMAC under a key derived from BROKER_SECRET); it is never stored or logged. ' +
+        'A caller limited to some servers gets a token of another server answered like an unknown one.',
       tags: ['audit'],
       security: [{ bearer: [] }],
       body: TraceBodySchema,
@@ -112,10 +156,14 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   }, async (request) => {
     // Under every known secret: a token minted before a BROKER_SECRET rotation keeps its old fingerprint.
     const fingerprints = broker.store.fingerprints(request.body.token)
+    const servers = auditScope(request)
     // The holder comes from the index written at mint (kept for AUDIT_RETENTION), so it is found
     // however many events were written since; the events are the newest that mention it.
-    const held = await broker.store.holder(fingerprints)
-    const { events } = await broker.audit.page(held === undefined ? { fingerprint: fingerprints } : { tokenId: held.tokenId }, 1000)
+    // A holder on a server outside a limited caller's list answers like an unknown token.
+    const found = await broker.store.holder(fingerprints)
+    const held = found !== undefined && (servers === undefined || servers.includes(found.server)) ? found : undefined
+    if (found !== undefined && held === undefined) return { fingerprint: fingerprints[0], holder: null, events: [] }
+    const { events } = await broker.audit.page(held === undefined ? { fingerprint: fingerprints, servers } : { tokenId: held.tokenId, servers }, 1000)
     const fromEvents = events.find((e) => e.client !== null && e.tokenId !== null && e.server !== null)
     return {
       fingerprint: held?.fingerprint ?? fromEvents?.fingerprint ?? fingerprints[0],
@@ -126,17 +174,29 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     }
   })
 
+  /**
+   * The servers a limited caller's audit reads are filtered to (undefined: `*`, everything). It
+   * sees only events of those servers: events with no server (authentication failures, which
+   * name other clients and addresses) are withheld too. Asking for a server outside the list
+   * by name is 403.
+   */
+  function auditScope (request: FastifyRequest, server?: string): readonly string[] | undefined {
+    if (server !== undefined) checkServer(app, request, server)
+    return serverScope(request.client!)
+  }
+
   app.get('/v1/servers', {
     onRequest: app.authenticate('server:read'),
     schema: {
-      summary: 'The PMS servers the broker serves, with their probed state',
+      summary: 'The PMS servers the broker serves, with their probed state (only those in the caller\'s servers list)',
       tags: ['servers'],
       security: [{ bearer: [] }],
       response: { 200: Type.Object({ servers: Type.Array(ServerInfoSchema) }), ...authErrors },
     },
-  }, async () => {
+  }, async (request) => {
     const servers = []
     for (const s of broker.servers.values()) {
+      if (!mayUseServer(request.client!, s.name)) continue
       const st = await broker.states.get(s.name)
       const active = await broker.store.activeClients(s.name, broker.config.tokenLifetimeMs)
       servers.push({
@@ -166,8 +226,8 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       response: { 202: RotateResultSchema, 404: { $ref: 'Error#' }, ...authErrors },
     },
   }, async (request, reply) => {
-    const name = request.params.name
-    if (!broker.servers.has(name)) throw notFound(`No server named "${name}".`)
+    // 403 for a server outside the caller's list (before the 404, so names are not probed).
+    const name = allowedServer(app, request, request.params.name).name
     const clients = await broker.store.activeClients(name, broker.config.tokenLifetimeMs)
     const jobs: Array<{ name: string, data: { tokenId: string, reason: 'manual' }, opts: { jobId: string } }> = []
     for (const client of clients) {

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { notFound } from '../errors.ts'
+import { mayUseServer } from '../plugins/auth.ts'
 import { allowedServer, iso } from './common.ts'
 import { authErrors } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
@@ -43,7 +44,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     onRequest: app.authenticate(['token:issue', 'audit:read']),
     schema: {
       summary: 'State of one token (never the token itself)',
-      description: 'Answers the client that owns the token, and clients with scope audit:read.',
+      description: 'Answers the client that owns the token, and clients with scope audit:read whose servers list holds the token\'s server.',
       tags: ['tokens'],
       security: [{ bearer: [] }],
       params: TokenIdParamsSchema,
@@ -53,7 +54,10 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     const record = await broker.store.get(request.params.tokenId)
     const client = request.client!
     // Another client's token answers 404 like a missing one: ids of others are not confirmed.
-    if (record === undefined || (record.client !== client.id && !client.scopes.includes('audit:read'))) throw notFound('No such token.')
+    // audit:read reaches only tokens of servers in the reader's list.
+    const mayRead = (r: { client: string, server: string }): boolean =>
+      r.client === client.id || (client.scopes.includes('audit:read') && mayUseServer(client, r.server))
+    if (record === undefined || !mayRead(record)) throw notFound('No such token.')
     const retired = record.retiredAt === undefined ? {} : record.state === 'revoked'
       ? { revokedAt: iso(record.retiredAt), reason: record.reason }
       : record.state === 'invalidated' ? { invalidatedAt: iso(record.retiredAt), reason: record.reason } : {}

@@ -6,11 +6,13 @@ export const RevokeBodySchema = Type.Object({
   client: Type.Optional(NameSchema),
   server: Type.Optional(NameSchema),
   all: Type.Optional(Type.Literal(true)),
-  source: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Only tokens for this source (server://… or provider://…); combine with client and/or server' })),
+  source: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Only tokens for this source (server://… or provider://…); alone or with client and/or server, never with tokenId or all (400)' })),
   reason: Type.String({ minLength: 1, maxLength: 500, description: 'Why: recorded in the audit trail' }),
 }, {
   additionalProperties: false,
-  description: 'Exactly one selector: {tokenId}, {client}, {server}, {client, server} or {all: true}; plus a reason.',
+  description: 'Exactly one selector: {tokenId}, {client}, {server}, {client, server}, {source} (optionally with client and/or server) or {all: true}; plus a reason. ' +
+    'A caller limited to some servers reaches only tokens of those servers: a server outside its list and {all: true} are 403, ' +
+    '{client} and {source} are narrowed to its servers, {tokenId} of another server revokes nothing.',
 })
 
 export const RevokeResultSchema = Type.Object({

@@ -165,6 +165,8 @@ export function htmlErrorBody (status: number): string {
 
 export class PmsSimulator {
   readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0, inFlightByPath: {} }
+  /** The token each event stream was opened with, oldest first (accepted streams only). */
+  readonly eventStreamTokens: string[] = []
 
   readonly #host: string
   #port: number
@@ -278,7 +280,10 @@ export class PmsSimulator {
   /** How many `/:/eventsource/notifications` streams are open now. */
   get eventStreams (): number { return this.#streams.size }
 
-  /** Ends every open `/:/eventsource/notifications` stream; returns how many were open. */
+  /**
+   * Drops every open event stream and nothing else (PMS keeps running, tokens stay valid), as a
+   * proxy or a network blip does. Returns how many were dropped.
+   */
   dropEventStreams (): number {
     const n = this.#streams.size
     for (const res of [...this.#streams]) res.destroy()
@@ -462,6 +467,7 @@ export class PmsSimulator {
         return this.#resources(req, res, url)
       case '/:/eventsource/notifications':
         if (method !== 'GET') return this.#html(res, 405)
+        this.eventStreamTokens.push(token!)
         return this.#eventStream(res)
       default:
         return this.#html(res, 404)
