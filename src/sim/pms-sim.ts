@@ -413,7 +413,7 @@ export class PmsSimulator {
       this.counters.maxInFlight = Math.max(this.counters.maxInFlight, this.counters.inFlight)
       res.once('close', () => {
         this.counters.inFlight--
-        this.counters.inFlightByPath[path]--
+        if (--this.counters.inFlightByPath[path] === 0) delete this.counters.inFlightByPath[path]
       })
     }
 

@@ -376,10 +376,10 @@ t.test('counters count every request by path and reset in place', async (t) => {
   await call(sim, '/identity')
   await call(sim, '/identity?x=1')
   await call(sim, '/')
-  t.same(counters, { requests: 3, mints: 0, unauthorized: 1, adminCalls: 0, identity: 2, byPath: { '/identity': 2, '/': 1 }, inFlight: 0, maxInFlight: 1 })
+  t.same(counters, { requests: 3, mints: 0, unauthorized: 1, adminCalls: 0, identity: 2, byPath: { '/identity': 2, '/': 1 }, inFlight: 0, maxInFlight: 1, inFlightByPath: {} })
   sim.resetCounters()
   t.equal(sim.counters, counters, 'the same object')
-  t.same(counters, { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0 })
+  t.same(counters, { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0, inFlightByPath: {} })
 })
 
 t.test('setAdminTokens replaces the admin tokens', async (t) => {
