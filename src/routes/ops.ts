@@ -5,6 +5,7 @@ import type { RetireSelector } from '../broker/token-store.ts'
 import { isVulnerable } from '../broker/server-state.ts'
 import { badRequest, notFound } from '../errors.ts'
 import { rotateJobId } from '../jobs/queues.ts'
+import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import {
   AuditExportQuerySchema, AuditPageSchema, AuditQuerySchema, RevokeBodySchema, RevokeResultSchema, RotateResultSchema,
@@ -12,7 +13,16 @@ import {
 } from '../schemas/ops.ts'
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
-const ms = (s: string | undefined): number | undefined => (s === undefined ? undefined : Date.parse(s))
+/**
+ * `since`/`until` as ms since 1970. The schema checks the format; a time before 1970 (audit ids
+ * start there) or one Date cannot read (a leap second) is the caller's mistake, a 400.
+ */
+function ms (name: 'since' | 'until', s: string | undefined): number | undefined {
+  if (s === undefined) return undefined
+  const t = Date.parse(s)
+  if (!Number.isFinite(t) || t < 0) throw badRequest(`Invalid querystring: ${name} must be a date-time at or after 1970-01-01T00:00:00Z.`)
+  return t
+}
 
 /** Revocation, the audit trail and server status: the routes ops use. */
 export default async function opsRoutes (fastify: FastifyInstance): Promise<void> {
@@ -54,7 +64,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       throw badRequest('Give exactly one selector: {tokenId}, {client}, {server}, {client, server}, {source} (optionally with client and/or server) or {all: true}.')
     }
     const r = await broker.store.retire(selector, 'revoked', 'token.revoke',
-      { reason, actor: request.client!.id, selector: kind }, { requestId: request.id, ip: request.ip })
+      { reason, actor: request.client!.id, selector: kind }, requestContext(request))
     broker.revoked(kind, r.count)
     request.log.info({ selector: kind, revoked: r.count, actor: request.client!.id }, 'tokens revoked')
     return { revoked: r.count, upstreamStillValidUntil: r.count === 0 ? null : iso(r.latestExpiresAt) }
@@ -72,7 +82,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request) => {
     const q = request.query
-    return await broker.audit.page({ ...q, since: ms(q.since), until: ms(q.until) }, q.limit ?? 100, q.cursor)
+    return await broker.audit.page({ ...q, since: ms('since', q.since), until: ms('until', q.until) }, q.limit ?? 100, q.cursor)
   })
 
   app.get('/v1/audit/export', {
@@ -87,7 +97,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request, reply) => {
     const q = request.query
-    const events = broker.audit.export({ ...q, since: ms(q.since), until: ms(q.until) })
+    const events = broker.audit.export({ ...q, since: ms('since', q.since), until: ms('until', q.until) })
     // Read the first chunk before answering, so a Redis failure is still a clean JSON error.
     const first = await events.next()
     async function * lines (): AsyncGenerator<string> {
@@ -176,7 +186,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     }
     await broker.store.call(() => broker.queues.tokens.addBulk(jobs))
     await broker.store.audit({ action: 'server.rotate', server: name, detail: { actor: request.client!.id, tokens: jobs.length } },
-      { requestId: request.id, ip: request.ip })
+      requestContext(request))
     return await reply.code(202).send({ rotating: jobs.length })
   })
 }
