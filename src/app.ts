@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { createServer } from 'node:http'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
 import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
@@ -27,6 +27,7 @@ import { createRedis } from './redis.ts'
 import { Metrics } from './metrics.ts'
 import metricsPlugin from './plugins/metrics.ts'
 import rateLimits from './plugins/rate-limits.ts'
+import requestIdentity, { requestContext } from './plugins/request-identity.ts'
 import docs from './plugins/docs.ts'
 import healthRoutes from './routes/health.ts'
 import tokenRoutes from './routes/tokens.ts'
@@ -81,6 +82,52 @@ export interface AppOverrides {
   tokenWatchIntervalMs?: number
   /** Stable X-Plex-Client-Identifier; by default derived from REDIS_PREFIX so all instances share one. */
   plexClientIdentifier?: string
+  /** HTTP server timeouts (tests shorten them); defaults in HTTP_TIMEOUTS. */
+  httpTimeouts?: Partial<HttpTimeouts>
+}
+
+export interface HttpTimeouts {
+  /** A connection idle this long is closed (none sent yet, a stalled body, or a client not reading the answer). */
+  connectionTimeoutMs: number
+  /** An idle keep-alive connection is closed after this long (above common load-balancer idle timeouts of 60 s). */
+  keepAliveTimeoutMs: number
+  /** The headers must arrive within this long (slowloris). */
+  headersTimeoutMs: number
+  /** The whole request must arrive within this long. */
+  requestTimeoutMs: number
+}
+
+export const HTTP_TIMEOUTS: Readonly<HttpTimeouts> = Object.freeze({
+  connectionTimeoutMs: 10_000,
+  keepAliveTimeoutMs: 72_000,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 15_000,
+})
+
+/**
+ * The HTTP server. Fastify applies connectionTimeout and keepAliveTimeout only to servers it
+ * creates itself, so with a serverFactory they are set here.
+ *
+ * The connection timeout is a socket idle timeout. It must not cut off a request the broker is
+ * still working on (a mint may wait for another instance's for up to 2 × PLEX_TIMEOUT + 2 s, longer
+ * than 10 s): while the request has arrived and no answer has started, the connection is kept (the
+ * handler's own deadlines bound that wait). A connection idle before or between requests, while
+ * sending a request, or while not reading an answer already started, is closed.
+ */
+export function createHttpServer (handler: (req: IncomingMessage, res: ServerResponse) => void, t: HttpTimeouts): Server {
+  // Node enforces headersTimeout and requestTimeout only when it checks connections (every 30 s by
+  // default): check every second, so a slowloris client that dribbles header bytes is cut off in
+  // about headersTimeout, not 30-60 s.
+  const server = createServer({ connectionsCheckingInterval: 1000, headersTimeout: t.headersTimeoutMs, requestTimeout: t.requestTimeoutMs }, (req, res) => {
+    // With a listener, Node leaves the decision to it instead of destroying the socket.
+    res.on('timeout', () => {
+      if (!req.complete || res.headersSent) res.socket?.destroy()
+    })
+    handler(req, res)
+  })
+  server.keepAliveTimeout = t.keepAliveTimeoutMs
+  server.setTimeout(t.connectionTimeoutMs)
+  return server
 }
 
 /**
@@ -91,25 +138,25 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   const logger = overrides.logStream === undefined
     ? pino(loggerOptions(config.logLevel, process.stdout.isTTY === true))
     : pino(loggerOptions(config.logLevel), overrides.logStream)
+  const timeouts: HttpTimeouts = { ...HTTP_TIMEOUTS, ...overrides.httpTimeouts }
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     // Our own onResponse hook writes the one line per request (with the client id).
     logController: new LogController({ disableRequestLogging: true }),
-    genReqId: (req) => {
-      const given = req.headers['x-request-id']
-      return typeof given === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(given) ? given : randomUUID()
-    },
+    // The request id is always the broker's own: a caller's X-Request-Id is kept apart as
+    // request.clientRequestId (plugins/request-identity.ts) and never taken for the broker's.
+    genReqId: () => randomUUID(),
     requestIdHeader: false,
-    trustProxy: config.trustProxy,
+    // Only the listed proxies' X-Forwarded-For is believed (config.ts refuses `true` and hop counts);
+    // plugins/request-identity.ts then validates the address proxy-addr picks.
+    trustProxy: config.trustProxy.length === 0 ? false : [...config.trustProxy],
     bodyLimit: 16 * 1024,
-    // Explicit timeouts: slow clients (slowloris) cannot hold sockets forever.
-    connectionTimeout: 10_000,
-    requestTimeout: 15_000,
-    keepAliveTimeout: 72_000,
-    // Node enforces headersTimeout and requestTimeout only when it checks connections (every
-    // 30 s by default): check every second, and give headers 10 s, so a slowloris client that
-    // dribbles header bytes is cut off in about 10 s, not 30-60 s.
-    serverFactory: (handler) => createServer({ connectionsCheckingInterval: 1000, headersTimeout: 10_000, requestTimeout: 15_000 }, handler),
+    // Explicit timeouts: slow clients (slowloris) cannot hold sockets forever. Fastify hands
+    // these to serverFactory, which applies them (createHttpServer).
+    connectionTimeout: timeouts.connectionTimeoutMs,
+    requestTimeout: timeouts.requestTimeoutMs,
+    keepAliveTimeout: timeouts.keepAliveTimeoutMs,
+    serverFactory: (handler) => createHttpServer(handler, timeouts),
     routerOptions: { maxParamLength: 128 },
     // Errors Fastify raises before routing (a malformed %-escape in the URL) get the one error
     // shape too, not Fastify's own body without a requestId.
@@ -268,7 +315,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
       request.log.info({ reason, client }, 'request denied')
       metrics.authFailures.inc({ reason })
       store.audit({ action: 'auth.denied', client, detail: { reason, route: request.routeOptions.url, ...detail } },
-        { requestId: request.id, ip: request.ip }).catch((err: unknown) => request.log.warn({ err: describe(err) }, 'audit write failed'))
+        requestContext(request)).catch((err: unknown) => request.log.warn({ err: describe(err) }, 'audit write failed'))
     },
     served: (server, source) => metrics.tokensServed.inc({ server, source }),
     sourceServed: (server, source) => metrics.sourceConnections.inc({ server, source }),
@@ -296,22 +343,24 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   }
   app.decorate('broker', broker)
 
+  await app.register(requestIdentity)
   const rateRedis = createRedis(config, 'ratelimit', logger)
   await app.register(rateLimits, { redis: rateRedis, prefix: config.redisPrefix, defaultLimit: config.defaultRateLimit, metrics })
   await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
   await app.register(docs, { version: '0.1.0' })
-  await app.register(metricsPlugin, { metrics, token: config.metricsToken, refresh: () => refreshGauges(broker) })
-  await app.register(auth, {
-    clients: config.clients,
+  const failedAuth = {
     onDenied: broker.denied,
-    onUnaudited: (_request, reason) => metrics.authFailures.inc({ reason }),
+    onUnaudited: (_request: FastifyRequest, reason: string) => metrics.authFailures.inc({ reason }),
     limits: app.limits,
-  })
+  }
+  await app.register(metricsPlugin, { metrics, token: config.metricsToken, refresh: () => refreshGauges(broker), ...failedAuth })
+  await app.register(auth, { clients: config.clients, ...failedAuth })
 
   // One log line per request: id, client, route pattern, status and duration (pino adds time).
   app.addHook('onResponse', async (request, reply) => {
     request.log.info({
       client: request.client?.id,
+      ...(request.clientRequestId === null ? {} : { clientRequestId: request.clientRequestId }),
       method: request.method,
       route: request.routeOptions.url ?? 'unmatched',
       statusCode: reply.statusCode,

@@ -1,5 +1,6 @@
 import { randomBytes, createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { dirname, extname, resolve } from 'node:path'
 import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
@@ -60,6 +61,10 @@ export interface Config {
   tokenLifetimeMs: number
   tokenRenewAfterMs: number
   probeIntervalMs: number
+  /**
+   * METRICS_TOKEN (or METRICS_TOKEN_FILE): `/metrics` requires `Authorization: Bearer <it>`.
+   * Required when HOST is not a loopback address.
+   */
   metricsToken: string | undefined
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
   role: Role
@@ -69,8 +74,12 @@ export interface Config {
   plexTimeoutMs: number
   /** Concurrent PMS calls per server, per broker process. */
   plexConcurrency: number
-  /** `trustProxy` for Fastify: whether X-Forwarded-For sets the client IP. */
-  trustProxy: boolean | string
+  /**
+   * TRUST_PROXY: the reverse proxies (addresses, CIDRs, or proxy-addr's `loopback`, `linklocal`,
+   * `uniquelocal`) whose X-Forwarded-For is believed. Empty: the header is ignored. The client's
+   * address is the right-most X-Forwarded-For entry that is not one of these.
+   */
+  trustProxy: readonly string[]
   defaultRateLimit: RateLimitConfig
   servers: ServerConfig[]
   clients: ClientConfig[]
@@ -117,12 +126,13 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'PLEX_TIMEOUT', default: '5s', description: 'Deadline of one PMS call' },
   { name: 'PLEX_CONCURRENCY', default: '4', description: 'PMS calls in flight per server and broker instance' },
   { name: 'PLEX_TV_URL', default: 'https://plex.tv', description: 'plex.tv base URL (admin token checks, ptb login)' },
-  { name: 'METRICS_TOKEN', description: 'When set, /metrics requires Authorization: Bearer <it>' },
+  { name: 'METRICS_TOKEN', description: '/metrics requires Authorization: Bearer <it>. Required when HOST is not a loopback address (127.0.0.0/8, ::1, localhost)' },
+  { name: 'METRICS_TOKEN_FILE', description: 'File holding METRICS_TOKEN (Docker/Kubernetes secrets)' },
   { name: 'LOG_LEVEL', default: 'info', description: 'pino level: fatal, error, warn, info, debug, trace, silent' },
   { name: 'BROKER_ROLE', default: 'all', description: 'api (HTTP only), worker (background jobs only) or all' },
   { name: 'AUDIT_RETENTION', default: '30d', description: 'Audit events older than this are trimmed' },
   { name: 'AUDIT_MAX_EVENTS', default: '1000000', description: 'Cap on the number of audit events kept' },
-  { name: 'TRUST_PROXY', default: 'false', description: 'Fastify trustProxy: true, false, a hop count, or a comma-separated list of addresses/CIDRs' },
+  { name: 'TRUST_PROXY', default: 'false', description: 'Reverse proxies whose X-Forwarded-For is believed: comma-separated addresses/CIDRs (or loopback, linklocal, uniquelocal); false = none. `true` and hop counts are refused' },
   { name: 'RATE_LIMIT_DEFAULT', default: '600/1m', description: 'Per-client request limit when the client sets none: <max>/<duration>' },
 ]
 
@@ -252,12 +262,22 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
   const tokenRenewAfterMs = duration('TOKEN_RENEW_AFTER')
   if (tokenRenewAfterMs >= tokenLifetimeMs) problems.push(`TOKEN_RENEW_AFTER: must be shorter than TOKEN_LIFETIME (${dflt('TOKEN_LIFETIME')})`)
 
-  let trustProxy: boolean | string | number = false
+  const trustProxy: string[] = []
   const tp = dflt('TRUST_PROXY')
-  if (tp === 'true' || tp === 'false') trustProxy = tp === 'true'
-  else if (/^\d+$/.test(tp)) trustProxy = Number(tp)
-  else if (/^[0-9a-fA-F:.,/ ]+$/.test(tp)) trustProxy = tp
-  else problems.push('TRUST_PROXY: true, false, a hop count, or a comma-separated list of addresses/CIDRs')
+  if (tp === 'true') {
+    problems.push('TRUST_PROXY: "true" is refused: it believes X-Forwarded-For from anyone, so any client could choose the address ' +
+      'the failed-authentication throttle counts and the audit trail records. List the proxies that connect to the broker ' +
+      '(addresses or CIDRs, e.g. TRUST_PROXY=10.0.0.7 or 172.18.0.0/16)')
+  } else if (/^\d+$/.test(tp)) {
+    problems.push(`TRUST_PROXY: a hop count ("${tp}") is refused: it cannot check that the peer is a proxy, and Fastify then ignores ` +
+      'X-Forwarded-For altogether (every client would be recorded and throttled as the proxy). List the proxies\' addresses or CIDRs')
+  } else if (tp !== 'false') {
+    for (const entry of tp.split(',').map((e) => e.trim()).filter((e) => e !== '')) {
+      const problem = trustedProxyProblem(entry)
+      if (problem === undefined) trustProxy.push(entry)
+      else problems.push(`TRUST_PROXY: "${entry.slice(0, 64)}" ${problem}`)
+    }
+  }
 
   let defaultRateLimit: RateLimitConfig = { max: 600, timeWindowMs: 60_000 }
   const rl = /^(\d+)\/(.+)$/.exec(dflt('RATE_LIMIT_DEFAULT'))
@@ -269,7 +289,20 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
   }
 
   const plexTvUrl = dflt('PLEX_TV_URL')
-  if (!/^https?:\/\//.test(plexTvUrl)) problems.push('PLEX_TV_URL: must be an http(s) URL')
+  const plexTvProblem = plexTvUrlProblem(plexTvUrl)
+  if (plexTvProblem !== undefined) problems.push(`PLEX_TV_URL: ${plexTvProblem}`)
+
+  const host = dflt('HOST')
+  let metricsToken = get('METRICS_TOKEN')
+  const metricsFile = get('METRICS_TOKEN_FILE')
+  if (metricsToken === undefined && metricsFile !== undefined) {
+    metricsToken = readPath('METRICS_TOKEN_FILE', metricsFile)?.trim()
+    if (metricsToken === '') problems.push(`METRICS_TOKEN_FILE: ${metricsFile} is empty`)
+  } else if (metricsToken === undefined && !isLoopbackHost(host)) {
+    problems.push(`METRICS_TOKEN: required when HOST (${host}) is not a loopback address: /metrics shows client and server names, ` +
+      'token counts and upstream health to whoever can reach the port. Set METRICS_TOKEN or METRICS_TOKEN_FILE (and give the ' +
+      'scraper the same token), or listen on 127.0.0.1')
+  }
 
   // Servers and clients: the file, then the PLEX_URL shortcut.
   let file: FileConfig = {}
@@ -363,7 +396,7 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
   const plexConcurrency = integer('PLEX_CONCURRENCY', 1, 1000)
   if (problems.length > 0) throw new ConfigError(problems)
   return deepFreeze({
-    host: dflt('HOST'),
+    host,
     port,
     redisUrl,
     ...(redisPassword === undefined ? {} : { redisPassword }),
@@ -372,14 +405,14 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
     tokenLifetimeMs,
     tokenRenewAfterMs,
     probeIntervalMs,
-    metricsToken: get('METRICS_TOKEN'),
+    metricsToken,
     logLevel: logLevel as Config['logLevel'],
     role: role as Role,
     auditRetentionMs,
     auditMaxEvents,
     plexTimeoutMs,
     plexConcurrency,
-    trustProxy: trustProxy as boolean | string,
+    trustProxy,
     defaultRateLimit,
     servers,
     clients,
@@ -416,6 +449,46 @@ export function loadConfig (env: Record<string, string | undefined>, io: ConfigI
       with: (name: string, url: string): ServerConfig => ({ name, url: url.replace(/\/+$/, ''), adminToken: v, tokenSource: source, ...(path === undefined ? {} : { tokenPath: path }) }),
     }
   }
+}
+
+/** A loopback host name or address: 127.0.0.0/8, ::1 (bracketed or not) or `localhost`. */
+export function isLoopbackHost (host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1')
+  if (h === 'localhost' || h === '::1') return true
+  return isIP(h) === 4 && h.startsWith('127.')
+}
+
+/**
+ * Why a plex.tv base URL (PLEX_TV_URL, for the broker and `ptb`) is not acceptable, or undefined.
+ * The admin token, and for `ptb login --password` the account password, are sent to it, so it
+ * must be https; plain http only to a loopback address (a local simulator or test double).
+ */
+export function plexTvUrlProblem (url: string): string | undefined {
+  let u: URL
+  try {
+    u = new URL(url)
+  } catch {
+    return 'must be an https URL'
+  }
+  if (u.username !== '' || u.password !== '') return 'must not contain credentials'
+  if (u.protocol === 'https:') return undefined
+  if (u.protocol === 'http:' && isLoopbackHost(u.hostname)) return undefined
+  return 'must be an https URL: the admin token (and, for `ptb login --password`, the password) travel to it; ' +
+    'plain http is allowed only to a loopback address (127.0.0.0/8, ::1, localhost)'
+}
+
+const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal'])
+
+/** Why a TRUST_PROXY entry is not an address, a CIDR or one of proxy-addr's names, or undefined. */
+function trustedProxyProblem (entry: string): string | undefined {
+  if (PROXY_NAMES.has(entry) || isIP(entry) !== 0) return undefined
+  const m = /^([^/]+)\/(\d{1,3})$/.exec(entry)
+  const kind = m === null ? 0 : isIP(m[1])
+  if (m === null || kind === 0) return 'is not an IP address, a CIDR (address/prefix length), loopback, linklocal or uniquelocal'
+  const bits = Number(m[2])
+  if (bits > (kind === 4 ? 32 : 128)) return `has a prefix length over ${kind === 4 ? 32 : 128}`
+  if (bits === 0) return 'trusts every address, which is what TRUST_PROXY=true would do (refused); list the proxies\' own networks'
+  return undefined
 }
 
 function deepFreeze<T> (o: T): T {

@@ -114,6 +114,8 @@ async function main (): Promise<void> {
     config = loadConfig({
       ...env,
       BROKER_DEMO: '1',
+      // Local by default: the demo prints 127.0.0.1 URLs, and a wider HOST needs METRICS_TOKEN.
+      HOST: env.HOST ?? '127.0.0.1',
       BROKER_SECRET: env.BROKER_SECRET ?? secrets.brokerSecret,
       BROKER_SECRET_FILE: undefined,
       PLEX_TV_URL: plexTv.url,

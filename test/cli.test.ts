@@ -161,7 +161,11 @@ t.test('ptb login: expired PIN, 429, unreachable plex.tv', async (t) => {
 
   const bad = run({ PLEX_TV_URL: 'plex.tv', HOME: home })
   t.equal(await main(['login'], bad.io), 2)
-  t.match(bad.err(), /PLEX_TV_URL must be an http\(s\) URL/)
+  t.match(bad.err(), /PLEX_TV_URL must be an https URL/)
+  // The password and the account token travel to PLEX_TV_URL: plain http only to loopback.
+  const plain = run({ PLEX_TV_URL: 'http://plex.example', HOME: home })
+  t.equal(await main(['login'], plain.io), 2)
+  t.match(plain.err(), /PLEX_TV_URL must be an https URL: the admin token .* loopback/)
 })
 
 t.test('ptb login: a cancelled wait stops polling', async (t) => {

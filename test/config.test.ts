@@ -2,10 +2,11 @@ import t from 'tap'
 import fc from 'fast-check'
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { ConfigError, ENV_VARIABLES, loadConfig, parseDuration, tokenFromPreferences } from '../src/config.ts'
+import { ConfigError, ENV_VARIABLES, isLoopbackHost, loadConfig, parseDuration, plexTvUrlProblem, tokenFromPreferences } from '../src/config.ts'
 
 const SECRET = Buffer.alloc(32, 7).toString('base64')
-const BASE = { BROKER_SECRET: SECRET, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin-token-value' }
+// HOST on loopback: a broker listening wider needs METRICS_TOKEN (tested below).
+const BASE = { BROKER_SECRET: SECRET, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin-token-value', HOST: '127.0.0.1' }
 
 function problems (env: Record<string, string | undefined>, io?: { readFile?: (p: string) => string }): string[] {
   try {
@@ -18,12 +19,13 @@ function problems (env: Record<string, string | undefined>, io?: { readFile?: (p
 }
 
 t.test('defaults', async (t) => {
+  t.equal(loadConfig({ ...BASE, HOST: undefined, METRICS_TOKEN: 'm' }).host, '0.0.0.0')
   const c = loadConfig(BASE)
   t.match(c, {
-    host: '0.0.0.0', port: 8080, redisUrl: 'redis://127.0.0.1:6379', redisPrefix: 'ptb',
+    host: '127.0.0.1', port: 8080, redisUrl: 'redis://127.0.0.1:6379', redisPrefix: 'ptb',
     tokenLifetimeMs: 48 * 3600_000, tokenRenewAfterMs: 24 * 3600_000, probeIntervalMs: 15_000,
     metricsToken: undefined, logLevel: 'info', role: 'all', auditRetentionMs: 30 * 86_400_000, auditMaxEvents: 1_000_000,
-    plexTimeoutMs: 5000, plexConcurrency: 4, trustProxy: false, defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
+    plexTimeoutMs: 5000, plexConcurrency: 4, trustProxy: [], defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
     demo: false, plexTvUrl: 'https://plex.tv',
   })
   t.same(c.servers, [{ name: 'default', url: 'http://127.0.0.1:32400', adminToken: 'admin-token-value', tokenSource: 'token' }])
@@ -42,9 +44,46 @@ t.test('every variable is parsed', async (t) => {
     host: '127.0.0.1', port: 9000, redisUrl: 'redis://redis:6380/2', redisPrefix: 'prod-a', tokenLifetimeMs: 36_000_000,
     tokenRenewAfterMs: 5_400_000, probeIntervalMs: 500, metricsToken: 'm', logLevel: 'debug', role: 'worker',
     auditRetentionMs: 7 * 86_400_000, auditMaxEvents: 5000, plexTimeoutMs: 2000, plexConcurrency: 8,
-    trustProxy: '10.0.0.0/8,127.0.0.1', defaultRateLimit: { max: 50, timeWindowMs: 10_000 }, plexTvUrl: 'http://127.0.0.1:9999',
+    trustProxy: ['10.0.0.0/8', '127.0.0.1'], defaultRateLimit: { max: 50, timeWindowMs: 10_000 }, plexTvUrl: 'http://127.0.0.1:9999',
   })
-  t.equal(loadConfig({ ...BASE, TRUST_PROXY: 'true' }).trustProxy, true)
+})
+
+t.test('TRUST_PROXY: only a list of proxies; true and hop counts are refused, saying why', async (t) => {
+  t.same(loadConfig({ ...BASE, TRUST_PROXY: ' 10.0.0.7 , 172.18.0.0/16,fd00::/8, ::1, uniquelocal' }).trustProxy,
+    ['10.0.0.7', '172.18.0.0/16', 'fd00::/8', '::1', 'uniquelocal'])
+  t.same(loadConfig({ ...BASE, TRUST_PROXY: 'false' }).trustProxy, [], 'false: no proxy, X-Forwarded-For is ignored')
+  const all = problems({ ...BASE, TRUST_PROXY: 'true' })
+  t.match(all.join(), /^TRUST_PROXY: "true" is refused: it believes X-Forwarded-For from anyone.*List the proxies/)
+  const hops = problems({ ...BASE, TRUST_PROXY: '1' })
+  t.match(hops.join(), /^TRUST_PROXY: a hop count \("1"\) is refused: .*recorded and throttled as the proxy/)
+  t.match(problems({ ...BASE, TRUST_PROXY: '0.0.0.0/0' }).join(), /^TRUST_PROXY: "0\.0\.0\.0\/0" trusts every address/)
+  t.match(problems({ ...BASE, TRUST_PROXY: '::/0' }).join(), /trusts every address/)
+  t.match(problems({ ...BASE, TRUST_PROXY: '10.0.0.0/33' }).join(), /prefix length over 32/)
+  t.match(problems({ ...BASE, TRUST_PROXY: '10.0.0.1,proxy.internal' }).join(), /^TRUST_PROXY: "proxy\.internal" is not an IP address/)
+})
+
+t.test('PLEX_TV_URL: https, or http to loopback only (the admin token and passwords travel to it)', async (t) => {
+  for (const ok of ['https://plex.tv', 'https://plex.example:8443/', 'http://127.0.0.1:9999', 'http://127.8.9.10', 'http://localhost:1', 'http://[::1]:3000']) {
+    t.equal(plexTvUrlProblem(ok), undefined, ok)
+  }
+  for (const bad of ['http://plex.tv', 'http://10.0.0.5:3000', 'http://127.0.0.1.example', 'ftp://plex.tv', 'plex.tv', 'https://user:pw@plex.tv']) {
+    t.type(plexTvUrlProblem(bad), 'string', bad)
+  }
+  t.match(problems({ ...BASE, PLEX_TV_URL: 'http://plex.tv' }).join(), /^PLEX_TV_URL: must be an https URL: the admin token .*loopback address \(127\.0\.0\.0\/8, ::1, localhost\)/)
+  t.ok(isLoopbackHost('127.0.0.1') && isLoopbackHost('::1') && isLoopbackHost('[::1]') && isLoopbackHost('LOCALHOST'))
+  t.notOk(isLoopbackHost('0.0.0.0') || isLoopbackHost('::') || isLoopbackHost('10.0.0.1') || isLoopbackHost('127.example'))
+})
+
+t.test('METRICS_TOKEN: required to listen beyond loopback; from the variable or a file', async (t) => {
+  const wide = problems({ ...BASE, HOST: '0.0.0.0' })
+  t.match(wide.join(), /^METRICS_TOKEN: required when HOST \(0\.0\.0\.0\) is not a loopback address: .*METRICS_TOKEN_FILE/)
+  t.match(problems({ ...BASE, HOST: '::' }).join(), /^METRICS_TOKEN: required/)
+  for (const host of ['127.0.0.1', '::1', 'localhost']) t.equal(loadConfig({ ...BASE, HOST: host }).metricsToken, undefined, `${host}: optional`)
+  t.equal(loadConfig({ ...BASE, HOST: '0.0.0.0', METRICS_TOKEN: 'scrape' }).metricsToken, 'scrape')
+  const dir = t.testdir({ token: 'from-file\n', empty: '\n' })
+  t.equal(loadConfig({ ...BASE, HOST: '0.0.0.0', METRICS_TOKEN_FILE: join(dir, 'token') }).metricsToken, 'from-file')
+  t.match(problems({ ...BASE, HOST: '0.0.0.0', METRICS_TOKEN_FILE: join(dir, 'empty') }).join(), /^METRICS_TOKEN_FILE: .* is empty/)
+  t.match(problems({ ...BASE, HOST: '0.0.0.0', METRICS_TOKEN_FILE: join(dir, 'missing') }).join(), /^METRICS_TOKEN_FILE: cannot read/)
 })
 
 t.test('each bad value is named, all problems are reported at once, no secret in any message', async (t) => {
@@ -104,7 +143,7 @@ clients:
     sources: ["*"]
 `
   writeFileSync(join(dir, 'broker.yaml'), yaml)
-  const c = loadConfig({ BROKER_SECRET: SECRET, BROKER_CONFIG: join(dir, 'broker.yaml') })
+  const c = loadConfig({ BROKER_SECRET: SECRET, HOST: BASE.HOST, BROKER_CONFIG: join(dir, 'broker.yaml') })
   t.same(c.servers.map((s) => [s.name, s.url, s.adminToken, s.tokenSource]), [
     ['a', 'http://10.0.0.1:32400', 'file-admin-token', 'tokenFile'],
     ['b', 'https://pms.example:32400', 'prefs-admin-token', 'preferencesPath'],
@@ -139,7 +178,7 @@ clients:
 
 t.test('PLEX_TOKEN_FILE, PLEX_PREFERENCES_PATH and BROKER_SECRET_FILE', async (t) => {
   const dir = t.testdir({ tok: 'from-file\n', secret: `${SECRET}\n`, 'Preferences.xml': '<Preferences PlexOnlineToken="from-prefs" />' })
-  t.equal(loadConfig({ BROKER_SECRET_FILE: join(dir, 'secret'), PLEX_URL: BASE.PLEX_URL, PLEX_TOKEN_FILE: join(dir, 'tok') }).servers[0].adminToken, 'from-file')
+  t.equal(loadConfig({ BROKER_SECRET_FILE: join(dir, 'secret'), PLEX_URL: BASE.PLEX_URL, HOST: BASE.HOST, PLEX_TOKEN_FILE: join(dir, 'tok') }).servers[0].adminToken, 'from-file')
   t.equal(loadConfig({ ...BASE, PLEX_TOKEN: undefined, PLEX_PREFERENCES_PATH: join(dir, 'Preferences.xml') }).servers[0].adminToken, 'from-prefs')
   t.equal(tokenFromPreferences('<Preferences PlexOnlineToken="" />'), undefined)
   t.equal(tokenFromPreferences('<Other PlexOnlineToken="x"/>'), undefined)

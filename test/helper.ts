@@ -84,7 +84,7 @@ export function testConfig (prefix: string, servers: ServerConfig[], clients: Te
     auditMaxEvents: 1_000_000,
     plexTimeoutMs: 2000,
     plexConcurrency: 4,
-    trustProxy: false,
+    trustProxy: [],
     defaultRateLimit: { max: 100_000, timeWindowMs: 60_000 },
     demo: false,
     plexTvUrl: 'http://127.0.0.1:1',

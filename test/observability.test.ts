@@ -156,8 +156,10 @@ t.test('logs: one line per request with id, client, route, status, duration; nev
     t.notOk(r.body.includes(sim.adminToken), 'no admin token in any answer')
   }
   const records = app.logs.records()
-  const req = records.find((l) => l.msg === 'request' && l.reqId === 'req-123')
-  t.match(req, { reqId: 'req-123', client: 'logged', route: '/v1/tokens', statusCode: 200, durationMs: Number })
+  // The caller's X-Request-Id is logged next to the broker's own id, never as it.
+  const req = records.find((l) => l.msg === 'request' && l.clientRequestId === 'req-123')
+  t.match(req, { reqId: String, clientRequestId: 'req-123', client: 'logged', route: '/v1/tokens', statusCode: 200, durationMs: Number })
+  t.not(req?.reqId, 'req-123')
   t.ok(records.some((l) => l.msg === 'token minted'), 'lifecycle: mint at info')
   t.ok(records.some((l) => l.msg === 'tokens revoked'), 'lifecycle: revoke at info')
   for (const [what, secret] of [['token', tok.token], ['admin token', sim.adminToken], ['client secret', a.secret], ['ops secret', ops.secret]]) {

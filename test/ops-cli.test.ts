@@ -88,7 +88,7 @@ t.test('client add: every known scope is accepted and boots the broker; a typo i
   const { entry } = JSON.parse(all.out())
   t.same(entry.scopes, [...SCOPES])
   // What the command printed is what the broker's config loader accepts.
-  const env = { BROKER_SECRET: Buffer.alloc(32, 7).toString('base64'), PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', BROKER_CONFIG: '/etc/ptb/broker.json' }
+  const env = { BROKER_SECRET: Buffer.alloc(32, 7).toString('base64'), PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', HOST: '127.0.0.1', BROKER_CONFIG: '/etc/ptb/broker.json' }
   const loaded = loadConfig(env, { readFile: () => JSON.stringify({ clients: [entry] }) })
   t.same(loaded.clients[0].scopes, [...SCOPES], 'the broker boots with it')
 

@@ -9,7 +9,10 @@ export interface AuditEvent {
   server: string | null
   tokenId: string | null
   fingerprint: string | null
+  /** The broker's id of the request that caused the event. */
   requestId: string | null
+  /** The X-Request-Id the caller sent, if any (its own correlation id, not the broker's). */
+  clientRequestId: string | null
   ip: string | null
   detail: Record<string, unknown>
 }
@@ -51,6 +54,7 @@ function toEvent (id: string, fields: string[]): AuditEvent {
     // Lua's cjson encodes an empty table as [].
     if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) detail = parsed as Record<string, unknown>
   } catch {}
+  const bar = (f.requestId ?? '').indexOf('|')
   return {
     id,
     time: new Date(Number(f.time ?? id.split('-')[0])).toISOString(),
@@ -59,7 +63,8 @@ function toEvent (id: string, fields: string[]): AuditEvent {
     server: orNull(f.server),
     tokenId: orNull(f.tokenId),
     fingerprint: orNull(f.fingerprint),
-    requestId: orNull(f.requestId),
+    requestId: orNull(bar === -1 ? f.requestId : f.requestId.slice(0, bar)),
+    clientRequestId: bar === -1 ? null : orNull(f.requestId.slice(bar + 1)),
     ip: orNull(f.ip),
     detail,
   }

@@ -53,8 +53,21 @@ export interface TokenRecord {
 
 /** Who asked: recorded on every audit event. */
 export interface RequestContext {
+  /** The broker's own id of the request (never a client-supplied value). */
   requestId: string
+  /** The client's address (validated: an IP address, see plugins/request-identity.ts). */
   ip: string
+  /** The caller's X-Request-Id, when it sent a valid one: recorded apart from `requestId`. */
+  clientRequestId?: string
+}
+
+/**
+ * The audit stream's `requestId` field: the broker's id, then `|` and the caller's X-Request-Id
+ * when there is one (neither can contain `|`). AuditLog splits it into `requestId` and
+ * `clientRequestId`, so the Lua scripts need no extra argument.
+ */
+export function requestIdField (ctx: RequestContext): string {
+  return ctx.clientRequestId === undefined || ctx.clientRequestId === '' ? ctx.requestId : `${ctx.requestId}|${ctx.clientRequestId}`
 }
 
 export const SYSTEM_CONTEXT: RequestContext = { requestId: '', ip: '' }
@@ -196,7 +209,7 @@ export class TokenStore {
     const action = target === undefined ? 'token.issue' : 'source.connect'
     const r = await this.call(() => this.redis.ptbServe(
       k.current(slot, server), k.active(server), k.audit, k.auditServes,
-      k.tokenPrefix, slot, server, this.now(), ctx.requestId, ctx.ip, source, this.#maxlen, client, action, target ?? '',
+      k.tokenPrefix, slot, server, this.now(), requestIdField(ctx), ctx.ip, source, this.#maxlen, client, action, target ?? '',
       this.#crypto.keyId, this.#kids))
     if (r[0] === 'miss') {
       if (r[1] === 'mismatch') this.#onAudit('token.mismatch', 1)
@@ -310,7 +323,7 @@ export class TokenStore {
       k.allTokens, k.audit, k.token(tokenId), k.fingerprint(fp),
       k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, { tokenId, client: input.client, server: input.server, slot }),
       fp, input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
-      input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', ctx.requestId, ctx.ip,
+      input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', requestIdField(ctx), ctx.ip,
       JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? '',
       this.#crypto.keyId, this.#retentionMs))
     if (r[0] !== 'ok') return undefined
@@ -380,7 +393,7 @@ export class TokenStore {
     }
     const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index,
       k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
-      ctx.requestId, ctx.ip, JSON.stringify(detail), this.#maxlen, target))
+      requestIdField(ctx), ctx.ip, JSON.stringify(detail), this.#maxlen, target))
     if (Number(count) > 0) this.#onAudit(action, Number(count))
     return { count: Number(count), latestExpiresAt: Number(latest) }
   }
@@ -388,7 +401,7 @@ export class TokenStore {
   /** Appends an audit event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async audit (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
     const id = await this.call(() => this.redis.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
-      e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', ctx.requestId, ctx.ip,
+      e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', requestIdField(ctx), ctx.ip,
       JSON.stringify(e.detail ?? {})))
     this.#onAudit(e.action, 1)
     return id

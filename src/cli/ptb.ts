@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util'
 import { request } from 'undici'
 import { Document, type YAMLMap, type YAMLSeq } from 'yaml'
 import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreachableError, type Resource } from '../plex/plextv.ts'
+import { plexTvUrlProblem } from '../config.ts'
 import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
 
 export interface CliIo {
@@ -150,7 +151,8 @@ function writePrivate (file: string, content: string): void {
 
 function plexTv (io: CliIo, clientId: string): PlexTv {
   const baseUrl = io.env.PLEX_TV_URL ?? DEFAULT_PLEX_TV_URL
-  if (!/^https?:\/\/[^/]/.test(baseUrl)) throw new CliError(`PLEX_TV_URL must be an http(s) URL, got "${baseUrl}"`, EXIT.usage)
+  const problem = plexTvUrlProblem(baseUrl)
+  if (problem !== undefined) throw new CliError(`PLEX_TV_URL ${problem}`, EXIT.usage)
   return new PlexTv({ baseUrl, clientIdentifier: clientId, product: 'plex-token-broker (ptb)', timeoutMs: 15_000 })
 }
 

@@ -20,9 +20,9 @@ declare module 'fastify' {
   }
 }
 
-export type DenialReason = 'missing_credential' | 'unknown_secret' | 'missing_scope' | 'forbidden_server' | 'forbidden_source'
-/** The reasons a request fails authentication itself (no valid secret). */
-export type AuthFailureReason = Extract<DenialReason, 'missing_credential' | 'unknown_secret'>
+export type DenialReason = 'missing_credential' | 'unknown_secret' | 'missing_scope' | 'forbidden_server' | 'forbidden_source' | 'metrics_token'
+/** The reasons a request fails authentication itself (no valid secret, or a wrong METRICS_TOKEN). */
+export type AuthFailureReason = Extract<DenialReason, 'missing_credential' | 'unknown_secret' | 'metrics_token'>
 
 export interface AuthOptions {
   clients: readonly ClientConfig[]
@@ -79,29 +79,35 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
     }
   })
 
-  /**
-   * A missing or unknown secret: 401, or 429 once its address has failed too often in the current
-   * window. The audit trail gets each failure up to the limit, then one event when the address
-   * becomes throttled (detail.throttled), never one per throttled request: a flood of bad secrets
-   * costs the trail at most `max + 1` events per address and window, so it cannot push real
-   * history out of the capped trail. A failure the throttle could not count (Redis too slow or
-   * down) is a 401 but is not audited either, since nothing would bound it. Metrics count every
-   * failure.
-   */
   async function refuse (request: FastifyRequest, reason: AuthFailureReason): Promise<never> {
-    const verdict = await limits?.authFailure(request)
-    if (verdict?.throttled === true) {
-      if (verdict.becameThrottled) {
-        opts.onDenied(request, reason, undefined, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
-      } else {
-        opts.onUnaudited?.(request, reason)
-      }
-      throw new BrokerError('RATE_LIMITED', 'Too many failed authentications from this address; retry later.', { retryAfter: verdict.retryAfter })
-    }
-    if (verdict?.counted === false) opts.onUnaudited?.(request, reason)
-    else opts.onDenied(request, reason)
-    throw unauthenticated(reason === 'missing_credential' ? 'Missing bearer credential: send Authorization: Bearer <client secret>.' : 'Unknown client credential.')
+    return await refuseFailedAuthentication(request, reason, opts,
+      reason === 'missing_credential' ? 'Missing bearer credential: send Authorization: Bearer <client secret>.' : 'Unknown client credential.')
   }
+}
+
+/**
+ * A failed authentication (a missing or unknown secret, a wrong METRICS_TOKEN): 401, or 429 once
+ * its address has failed too often in the current window. The audit trail gets each failure up to
+ * the limit, then one event when the address becomes throttled (detail.throttled), never one per
+ * throttled request: a flood of bad secrets costs the trail at most `max + 1` events per address
+ * and window, so it cannot push real history out of the capped trail. A failure the throttle could
+ * not count (Redis too slow or down) is a 401 but is not audited either, since nothing would
+ * bound it. Metrics count every failure.
+ */
+export async function refuseFailedAuthentication (request: FastifyRequest, reason: AuthFailureReason,
+  opts: Pick<AuthOptions, 'onDenied' | 'onUnaudited' | 'limits'>, message: string): Promise<never> {
+  const verdict = await opts.limits?.authFailure(request)
+  if (verdict?.throttled === true) {
+    if (verdict.becameThrottled) {
+      opts.onDenied(request, reason, undefined, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
+    } else {
+      opts.onUnaudited?.(request, reason)
+    }
+    throw new BrokerError('RATE_LIMITED', 'Too many failed authentications from this address; retry later.', { retryAfter: verdict.retryAfter })
+  }
+  if (verdict?.counted === false) opts.onUnaudited?.(request, reason)
+  else opts.onDenied(request, reason)
+  throw unauthenticated(message)
 }
 
 /** Whether a client may ask for tokens of this server. */

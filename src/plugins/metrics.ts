@@ -2,11 +2,15 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { digestEquals, sha256 } from '../broker/crypto.ts'
 import type { Metrics } from '../metrics.ts'
-import { sendError } from './error-handler.ts'
+import { type AuthOptions, bearer, refuseFailedAuthentication } from './auth.ts'
 
-export interface MetricsPluginOptions {
+export interface MetricsPluginOptions extends Pick<AuthOptions, 'onDenied' | 'onUnaudited' | 'limits'> {
   metrics: Metrics
-  /** When set, `/metrics` requires `Authorization: Bearer <token>` (METRICS_TOKEN). */
+  /**
+   * When set, `/metrics` requires `Authorization: Bearer <token>` (METRICS_TOKEN; config.ts
+   * requires it unless HOST is loopback). A wrong or missing token is a failed authentication:
+   * counted, audited and throttled per address like a client's (onDenied, onUnaudited, limits).
+   */
   token?: string
   /** Refreshes gauges read from Redis (server state, queue depth) just before a scrape. */
   refresh: () => Promise<void>
@@ -33,15 +37,12 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
       description: 'Text exposition format. Requires `Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set.',
       tags: ['health'],
       produces: ['text/plain'],
-      response: { 200: { type: 'string' }, 401: { $ref: 'Error#' } },
+      response: { 200: { type: 'string' }, 401: { $ref: 'Error#' }, 429: { $ref: 'Error#' } },
     },
   }, async (request, reply) => {
     if (expected !== undefined) {
-      const header = request.headers.authorization ?? ''
-      const given = header.startsWith('Bearer ') ? header.slice(7) : ''
-      if (!digestEquals(sha256(given), expected)) {
-        metrics.authFailures.inc({ reason: 'metrics_token' })
-        return sendError(reply, request, 401, 'UNAUTHENTICATED', 'Send Authorization: Bearer <METRICS_TOKEN>.')
+      if (!digestEquals(sha256(bearer(request) ?? ''), expected)) {
+        await refuseFailedAuthentication(request, 'metrics_token', opts, 'Send Authorization: Bearer <METRICS_TOKEN>.')
       }
     }
     // Gauges read from Redis are best effort: a Redis outage must not hide the process metrics.

@@ -7,6 +7,7 @@ import { badRequest, forbidden } from '../errors.ts'
 import { rotateJobId } from '../jobs/queues.ts'
 import { mayUseServer } from '../plugins/auth.ts'
 import { allowedServer, checkServer, serverScope } from './common.ts'
+import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import {
   AuditExportQuerySchema, AuditPageSchema, AuditQuerySchema, RevokeBodySchema, RevokeResultSchema, RotateResultSchema,
@@ -14,7 +15,16 @@ import {
 } from '../schemas/ops.ts'
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
-const ms = (s: string | undefined): number | undefined => (s === undefined ? undefined : Date.parse(s))
+/**
+ * `since`/`until` as ms since 1970. The schema checks the format; a time before 1970 (audit ids
+ * start there) or one Date cannot read (a leap second) is the caller's mistake, a 400.
+ */
+function ms (name: 'since' | 'until', s: string | undefined): number | undefined {
+  if (s === undefined) return undefined
+  const t = Date.parse(s)
+  if (!Number.isFinite(t) || t < 0) throw badRequest(`Invalid querystring: ${name} must be a date-time at or after 1970-01-01T00:00:00Z.`)
+  return t
+}
 
 /** Revocation, the audit trail and server status: the routes ops use. */
 export default async function opsRoutes (fastify: FastifyInstance): Promise<void> {
@@ -65,7 +75,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     let latestExpiresAt = 0
     for (const sel of selectors) {
       const r = await broker.store.retire(sel, 'revoked', 'token.revoke',
-        { reason, actor: caller.id, selector: kind }, { requestId: request.id, ip: request.ip })
+        { reason, actor: caller.id, selector: kind }, requestContext(request))
       count += r.count
       latestExpiresAt = Math.max(latestExpiresAt, r.latestExpiresAt)
     }
@@ -114,7 +124,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request) => {
     const q = request.query
-    return await broker.audit.page({ ...q, since: ms(q.since), until: ms(q.until), servers: auditScope(request, q.server) }, q.limit ?? 100, q.cursor)
+    return await broker.audit.page({ ...q, since: ms('since', q.since), until: ms('until', q.until), servers: auditScope(request, q.server) }, q.limit ?? 100, q.cursor)
   })
 
   app.get('/v1/audit/export', {
@@ -130,7 +140,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request, reply) => {
     const q = request.query
-    const events = broker.audit.export({ ...q, since: ms(q.since), until: ms(q.until), servers: auditScope(request, q.server) })
+    const events = broker.audit.export({ ...q, since: ms('since', q.since), until: ms('until', q.until), servers: auditScope(request, q.server) })
     // Read the first chunk before answering, so a Redis failure is still a clean JSON error.
     const first = await events.next()
     async function * lines (): AsyncGenerator<string> {
@@ -236,7 +246,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     }
     await broker.store.call(() => broker.queues.tokens.addBulk(jobs))
     await broker.store.audit({ action: 'server.rotate', server: name, detail: { actor: request.client!.id, tokens: jobs.length } },
-      { requestId: request.id, ip: request.ip })
+      requestContext(request))
     return await reply.code(202).send({ rotating: jobs.length })
   })
 }

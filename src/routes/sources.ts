@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { compareVersions } from '../broker/server-state.ts'
 import { BrokerError, forbidden } from '../errors.ts'
 import { allowedServer, iso } from './common.ts'
+import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
 
@@ -40,7 +41,7 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
     if (version !== null && compareVersions(version, FIRST_RESOURCES_VERSION) < 0) {
       throw new BrokerError('UPSTREAM_UNSUPPORTED', `PMS "${name}" is version ${version}; source connections need PMS ${FIRST_RESOURCES_VERSION} or newer.`)
     }
-    const t = await broker.issuer.issue(client.id, server, { requestId: request.id, ip: request.ip }, source)
+    const t = await broker.issuer.issue(client.id, server, requestContext(request), source)
     broker.sourceServed(name, t.source)
     const meta = JSON.parse(t.meta || '{}') as { name?: string, clientIdentifier?: string, connections?: unknown[] }
     return {

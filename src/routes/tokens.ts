@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { notFound } from '../errors.ts'
 import { mayUseServer } from '../plugins/auth.ts'
 import { allowedServer, iso } from './common.ts'
+import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
 
@@ -25,7 +26,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
   }, async (request) => {
     const client = request.client!
     const server = allowedServer(app, request, request.body.server)
-    const ctx = { requestId: request.id, ip: request.ip }
+    const ctx = requestContext(request)
     const t = request.body.rejectedTokenId === undefined
       ? await broker.issuer.issue(client.id, server, ctx)
       : await broker.reportRejected(client.id, server, request.body.rejectedTokenId, ctx)

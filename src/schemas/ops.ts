@@ -32,8 +32,9 @@ export const AuditEventSchema = Type.Object({
   server: Nullable(Type.String()),
   tokenId: Nullable(Type.String()),
   fingerprint: Nullable(Type.String({ description: 'HMAC-SHA256 of the token under a key derived from BROKER_SECRET' })),
-  requestId: Nullable(Type.String()),
-  ip: Nullable(Type.String()),
+  requestId: Nullable(Type.String({ description: 'The broker\'s id of the request (also its X-Request-Id response header and log reqId); null for background work' })),
+  clientRequestId: Nullable(Type.String({ description: 'The X-Request-Id the caller sent, if valid: the caller\'s own correlation id, never taken as the broker\'s' })),
+  ip: Nullable(Type.String({ description: 'The caller\'s address: the socket\'s, or the client address a trusted proxy (TRUST_PROXY) forwarded' })),
   detail: Type.Record(Type.String(), Type.Unknown()),
 }, { $id: 'AuditEvent', title: 'AuditEvent' })
 
