@@ -14,6 +14,7 @@
 #                            real PMS, replace it with the token `ptb login` saved
 #   broker.yaml              BROKER_CONFIG: the clients, holding only SHA-256 digests of their secrets
 #   grafana-admin-password   the Grafana `admin` password (`--profile grafana`)
+#   metrics-token            METRICS_TOKEN: the bearer token Prometheus sends to the broker's /metrics
 #
 # The client secrets (thumbnailer: token:issue on the default server; ops: revoke, audit,
 # servers, rotate) are printed once, on stdout, and stored nowhere: hand each to its service.
@@ -69,6 +70,7 @@ if wanted broker-secret; then head -c 32 /dev/urandom | base64 | tr -d '\n' | pu
 if wanted redis-password; then random_hex 32 | put redis-password; note redis-password made; else note redis-password kept; fi
 if [ ! -s "$dir/plex-token" ]; then random_hex 20 | put plex-token; note plex-token made; else note plex-token kept; fi
 if wanted grafana-admin-password; then random_hex 16 | put grafana-admin-password; note grafana-admin-password made; else note grafana-admin-password kept; fi
+if wanted metrics-token; then random_hex 32 | put metrics-token; note metrics-token made; else note metrics-token kept; fi
 
 if wanted broker.yaml; then
   thumbnailer=ptb_$(random_b64url)

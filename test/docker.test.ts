@@ -116,7 +116,7 @@ t.test('init-secrets.sh: generated secrets, modes, a config of digests the broke
   const dir = join(root, 'secrets')
   const first = initSecrets([dir])
   const files = readdirSync(dir).sort()
-  t.same(files, ['broker-secret', 'broker.yaml', 'grafana-admin-password', 'plex-token', 'redis-password'], 'these files and no temporary ones')
+  t.same(files, ['broker-secret', 'broker.yaml', 'grafana-admin-password', 'metrics-token', 'plex-token', 'redis-password'], 'these files and no temporary ones')
   t.equal(statSync(dir).mode & 0o777, 0o700, 'the directory is private on the host')
   for (const f of files) t.equal(statSync(join(dir, f)).mode & 0o777, 0o644, `${f} is 0644: readable by the containers' own users, whatever the host uid`)
   const read = (f: string) => readFileSync(join(dir, f), 'utf8')
@@ -140,6 +140,7 @@ t.test('init-secrets.sh: generated secrets, modes, a config of digests the broke
   }
   const config = loadConfig(env)
   t.equal(config.redisPassword, read('redis-password'))
+  t.equal(config.metricsToken, read('metrics-token').trim(), '/metrics needs the token Prometheus sends')
   t.same(config.brokerSecret, Buffer.from(read('broker-secret'), 'base64'))
   t.equal(config.servers[0].adminToken, read('plex-token'), 'the simulator and the broker share the admin token')
   const holder = (secret: string) => config.clients.find((c) => c.secretSha256.equals(sha256(secret)))
@@ -151,7 +152,7 @@ t.test('init-secrets.sh: generated secrets, modes, a config of digests the broke
   const before = Object.fromEntries(files.map((f) => [f, read(f)]))
   const second = initSecrets([dir])
   t.same([...second.stdout.matchAll(CLIENT_SECRET)], [], 'no secret printed the second time')
-  t.match(second.stdout, /kept: +broker-secret redis-password plex-token grafana-admin-password broker\.yaml/)
+  t.match(second.stdout, /kept: +broker-secret redis-password plex-token grafana-admin-password metrics-token broker\.yaml/)
   t.same(Object.fromEntries(files.map((f) => [f, read(f)])), before, 'every file unchanged')
 
   // --force: new secrets, except a real admin token put in plex-token.
@@ -160,7 +161,7 @@ t.test('init-secrets.sh: generated secrets, modes, a config of digests the broke
   const renewed = [...forced.stdout.matchAll(CLIENT_SECRET)].map((m) => m[0])
   t.equal(renewed.length, 2, 'new client secrets printed')
   t.notSame(renewed, secrets)
-  for (const f of ['broker-secret', 'redis-password', 'grafana-admin-password', 'broker.yaml']) t.not(read(f), before[f], `${f} renewed`)
+  for (const f of ['broker-secret', 'redis-password', 'grafana-admin-password', 'metrics-token', 'broker.yaml']) t.not(read(f), before[f], `${f} renewed`)
   t.equal(read('plex-token'), 'a-real-admin-token\n', 'the admin token is kept')
   for (const f of readdirSync(dir)) t.equal(statSync(join(dir, f)).mode & 0o777, 0o644, `${f} still 0644`)
 })
@@ -187,6 +188,8 @@ t.test('every file compose and the Dockerfile reference exists (or is made by in
   for (const f of files) t.ok(existsSync(f) || generated.has(f), `${f} exists`)
   const prom = parse(readFileSync('docker/prometheus.yml', 'utf8'))
   t.equal(prom.scrape_configs[0].static_configs[0].targets[0], 'broker:8080')
+  t.equal(prom.scrape_configs[0].authorization?.credentials_file, '/run/secrets/metrics_token', 'Prometheus sends the metrics token')
+  t.ok((compose.services.prometheus.secrets as string[]).includes('metrics_token'), 'and has it mounted')
   t.ok(parse(readFileSync('docker/alerts.yml', 'utf8')).groups[0].rules.length >= 3)
   JSON.parse(readFileSync('docker/grafana/dashboards/plex-token-broker.json', 'utf8'))
 })
