@@ -102,11 +102,14 @@ t.test('repeated failed authentication from one address is throttled; a good sec
 t.test('unknown routes are rate limited per address', async (t) => {
   const sim = await startSim(t)
   const app = await buildTestApp(t, testConfig(uniquePrefix('notfound'), [serverFor(sim)], []), { defaultMetrics: false })
-  let last = 0
-  for (let i = 0; i < 61; i++) last = (await app.inject({ method: 'GET', url: `/probe-${i}` })).statusCode
-  t.equal(last, 429)
+  const statuses: number[] = []
+  for (let i = 0; i < 61; i++) statuses.push((await app.inject({ method: 'GET', url: `/probe-${i}` })).statusCode)
+  t.same(statuses.slice(0, 60), Array(60).fill(404), 'the first 60 unknown routes are 404s')
+  t.equal(statuses[60], 429, 'the 61st is throttled')
   const r = await app.inject({ method: 'GET', url: '/admin' })
   t.equal(r.json().code, 'RATE_LIMITED')
+  const other = await app.inject({ method: 'GET', url: '/admin', remoteAddress: '10.9.9.9' })
+  t.equal(other.statusCode, 404, 'another address is not affected')
 })
 
 t.test('OpenAPI document covers every route with its error shape', async (t) => {
@@ -116,7 +119,7 @@ t.test('OpenAPI document covers every route with its error shape', async (t) => 
   t.equal(r.statusCode, 200)
   const doc = r.json()
   t.equal(doc.openapi, '3.1.0')
-  for (const path of ['/v1/tokens', '/v1/tokens/{tokenId}', '/v1/revoke', '/v1/audit', '/v1/audit/export', '/v1/audit/trace', '/v1/servers', '/v1/servers/{name}/rotate', '/healthz', '/readyz', '/metrics']) {
+  for (const path of ['/v1/tokens', '/v1/tokens/{tokenId}', '/v1/sources/connection', '/v1/revoke', '/v1/audit', '/v1/audit/export', '/v1/audit/trace', '/v1/servers', '/v1/servers/{name}/rotate', '/healthz', '/readyz', '/metrics']) {
     t.ok(doc.paths[path], `documents ${path}`)
   }
   t.ok(doc.components.schemas.Error, 'the Error schema is shared')
@@ -150,11 +153,15 @@ t.test('logs: one line per request with id, client, route, status, duration; nev
     { method: 'GET', url: '/readyz' },
     { method: 'GET', url: '/metrics' },
   ] as const
+  const statuses: number[] = []
   for (const c of calls) {
     const r = await app.inject(c as never)
+    statuses.push(r.statusCode)
     if (r.statusCode >= 400) t.same(Object.keys(r.json()).sort(), ERROR_KEYS, `${c.method} ${c.url.slice(0, 30)}: error shape`)
     t.notOk(r.body.includes(sim.adminToken), 'no admin token in any answer')
   }
+  // Each call's expected outcome, so a path that silently stopped erroring (or started) is seen.
+  t.same(statuses, [200, 200, 404, 415, 401, 401, 200, 404, 200, 200, 200, 200, 202, 200, 404, 200, 200, 200], 'every call answered as expected')
   const records = app.logs.records()
   // The caller's X-Request-Id is logged next to the broker's own id, never as it.
   const req = records.find((l) => l.msg === 'request' && l.clientRequestId === 'req-123')

@@ -137,13 +137,16 @@ t.test('error codes: every failure is a JSON error with a stable code and no int
     ['unknown route', { method: 'GET', url: '/v1/nope' }, 404, 'NOT_FOUND'],
     ['unknown token id', { method: 'GET', url: '/v1/tokens/tk_AAAAAAAAAAAAAAAAAAAAAA', headers: a.auth }, 404, 'NOT_FOUND'],
   ]
+  const ids = new Set<string>()
   for (const [name, req, status, code] of cases) {
     const r = await app.inject(req)
+    ids.add(r.json().requestId)
     t.equal(r.statusCode, status, `${name}: status`)
     const body = r.json()
     t.equal(body.code, code, `${name}: code`)
     t.same(Object.keys(body).sort(), ERROR_KEYS, `${name}: error shape`)
-    t.equal(body.requestId, r.headers['request-id'] ?? body.requestId, `${name}: request id`)
+    t.match(body.requestId, /^[0-9a-f-]{36}$/, `${name}: the broker's own request id`)
+    t.equal(r.headers['x-request-id'], body.requestId, `${name}: the same id in the X-Request-Id header`)
     t.notMatch(r.body, /at .*\.ts:\d+|node_modules/, `${name}: no stack trace`)
   }
   // A server the client may ask for in principle but which is not configured.
