@@ -1,6 +1,7 @@
 import { Redis, type RedisOptions } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Config } from './config.ts'
+import { BrokerError, storeUnavailable } from './errors.ts'
 
 export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'
 
@@ -36,4 +37,22 @@ export function createRedis (target: Pick<Config, 'redisUrl' | 'redisPassword'>,
     }
   })
   return redis
+}
+
+/**
+ * Runs one Redis call with a hard deadline; any failure becomes STORE_UNAVAILABLE (503). The
+ * request path goes through this so a stalled Redis is a quick answer, never a hang.
+ */
+export async function withDeadline<T> (fn: () => Promise<T>, timeoutMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error('redis call timed out')), timeoutMs)
+  })
+  try {
+    return await Promise.race([fn(), deadline])
+  } catch (err) {
+    throw err instanceof BrokerError ? err : storeUnavailable(err)
+  } finally {
+    clearTimeout(timer)
+  }
 }

@@ -256,8 +256,7 @@ t.test('a failure the throttle cannot count is a 401, counted in metrics but not
   await app.register(errorHandler)
   await app.register(auth, {
     clients: [a.config],
-    onDenied: (_r, reason) => denied.push(reason),
-    onUnaudited: (_r, reason) => unaudited.push(reason),
+    denials: { record: (_r, reason) => { denied.push(reason) }, counted: (reason) => { unaudited.push(reason) } },
     limits: { client: async () => {}, notFound: async () => {}, authFailure: async () => verdict },
   })
   app.get('/x', { onRequest: app.authenticate('token:issue') }, async () => ({ ok: true }))

@@ -38,6 +38,12 @@ export interface Keys {
    * by whichever instance asked PMS last, so the fleet asks at most once per interval.
    */
   adminRecheck: (server: string) => string
+  /** Lock: probes of one server never overlap across instances. */
+  probeLock: (server: string) => string
+  /** Prefix of the rate-limit counters (`client:<id>`, `authfail:<ip>`, `notfound:<ip>`). */
+  rateLimitPrefix: string
+  /** String written by /readyz to prove Redis accepts writes (expires after a minute). */
+  readiness: string
   /** Lock key used to make scheduler setup safe when several instances boot at once. */
   schedulerLock: string
   /** BullMQ prefix. */
@@ -62,6 +68,9 @@ export function createKeys (prefix: string): Keys {
     fingerprint: (fp) => `${p}fp:${fp}`,
     server: (s) => `${p}srv:${s}`,
     adminRecheck: (s) => `${p}lock:admin-recheck:${s}`,
+    probeLock: (s) => `${p}lock:probe:${s}`,
+    readiness: `${p}readyz`,
+    rateLimitPrefix: `${p}rl:`,
     schedulerLock: `${p}lock:schedulers`,
     queuePrefix: `${p}q`,
   }

@@ -55,7 +55,7 @@ export class ServerProbe {
    */
   async probe (server: ServerConfig): Promise<ProbeResult> {
     const { store } = this.#o
-    const lockKey = `${store.keys.prefix}:lock:probe:${server.name}`
+    const lockKey = store.keys.probeLock(server.name)
     const deadline = Date.now() + 3000
     let owner = await store.lock(lockKey, 30_000)
     while (owner === undefined && Date.now() < deadline) {

@@ -1,7 +1,7 @@
 import type { Redis, Result } from 'ioredis'
-import { BrokerError, storeUnavailable } from '../errors.ts'
 import { type BrokerKeys, fingerprint, type KeyRing, newTokenId, open, seal, type SealBinding } from './crypto.ts'
 import type { Keys } from './keys.ts'
+import { withDeadline } from '../redis.ts'
 import { AUDIT, PEEK, RESEAL, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
 
 export type TokenState = 'active' | 'rotated' | 'revoked' | 'invalidated' | 'expired'
@@ -182,20 +182,8 @@ export class TokenStore {
     return [...this.#ring.byId.values()].map((k) => fingerprint(k.fingerprint, token))
   }
 
-  /** Runs one Redis call with a hard deadline; any failure becomes STORE_UNAVAILABLE. */
-  async call<T> (fn: () => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined
-    const deadline = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error('redis call timed out')), this.#timeoutMs)
-    })
-    try {
-      return await Promise.race([fn(), deadline])
-    } catch (err) {
-      throw err instanceof BrokerError ? err : storeUnavailable(err)
-    } finally {
-      clearTimeout(timer)
-    }
-  }
+  /** Runs one Redis call with this store's deadline (redis.ts withDeadline): a stall is a 503, never a hang. */
+  readonly call = async <T>(fn: () => Promise<T>): Promise<T> => await withDeadline(fn, this.#timeoutMs)
 
   /**
    * The hot path: the current live token of (client, server), with its `token.issue` audit event

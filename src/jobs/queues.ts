@@ -10,7 +10,8 @@ export const PROBES_QUEUE = 'probes'
 
 export type TokenJob =
   | { name: 'rotate', data: { tokenId: string, reason: 'scheduled' | 'rejected' | 'manual' } }
-  | { name: 'remint', data: { client: string, server: string } }
+  /** `slot`: a client's PMS token, or a client's token for one source (token-store.ts slotKey). */
+  | { name: 'remint', data: { slot: string, server: string } }
 
 export type ProbeJob =
   | { name: 'probe', data: { server: string, trigger: 'schedule' | 'eventsource' | 'rejection' | 'manual' } }
@@ -18,7 +19,7 @@ export type ProbeJob =
   | { name: 'admin', data: Record<string, never> }
 
 export const rotateJobId = (tokenId: string): string => `rotate.${tokenId}`
-export const remintJobId = (server: string, client: string, restartAt: number): string => `remint.${server}.${client}.${restartAt}`
+export const remintJobId = (server: string, slot: string, restartAt: number): string => `remint.${server}.${slot}.${restartAt}`
 export const probeSchedulerId = (server: string): string => `probe.${server}`
 export const SWEEP_SCHEDULER_ID = 'sweep.rotations'
 export const ADMIN_SCHEDULER_ID = 'check.admin-tokens'

@@ -5,16 +5,13 @@ import type { ServerConfig } from '../config.ts'
 import { BrokerError } from '../errors.ts'
 import type { ServerProbe } from '../broker/probe.ts'
 import type { Rotator } from '../broker/rotator.ts'
-import type { TokenStore } from '../broker/token-store.ts'
 import type { PlexClient } from '../plex/client.ts'
-import {
-  ADMIN_CHECK_EVERY_MS, ADMIN_SCHEDULER_ID, PROBES_QUEUE, type ProbeJob, probeSchedulerId, type Queues, remintJobId, rotateJobId, SWEEP_SCHEDULER_ID,
-  TOKENS_QUEUE, type TokenJob, backoffDelay,
-} from './queues.ts'
+import type { JobProducer, ProbeTrigger } from './producer.ts'
+import { PROBES_QUEUE, type ProbeJob, TOKENS_QUEUE, type TokenJob, backoffDelay } from './queues.ts'
 
 export interface JobRunnerOptions {
-  store: TokenStore
-  queues: Queues
+  /** Where the jobs this runner's work leads to are queued (sweep → rotations, stream drop → probe). */
+  jobs: JobProducer
   /** Blocking connection for the workers (`maxRetriesPerRequest: null`). */
   connection: Redis
   prefix: string
@@ -102,35 +99,10 @@ export class JobRunner {
     }
   }
 
-  /**
-   * Creates the probe and sweep schedulers when missing or changed. Idempotent, and serialised
-   * across instances by a Redis lock: several replicas upserting the same scheduler at the same
-   * moment have duplicated or lost schedulers (bullmq #2988, #3085, #3262, #3381).
-   */
+  /** The periodic probes, sweep and admin check (created by the producer, serialised across instances). */
   async ensureSchedulers (): Promise<boolean> {
-    const { store, queues, servers, probeIntervalMs, sweepIntervalMs } = this.#o
-    const owner = await store.lock(store.keys.schedulerLock, 15_000)
-    if (owner === undefined) return false
-    try {
-      const wanted = new Map<string, { every: number, name: string, data: Record<string, unknown> }>()
-      for (const name of servers.keys()) {
-        wanted.set(probeSchedulerId(name), { every: probeIntervalMs, name: 'probe', data: { server: name, trigger: 'schedule' } })
-      }
-      wanted.set(SWEEP_SCHEDULER_ID, { every: sweepIntervalMs, name: 'sweep', data: {} })
-      if (this.#o.checkAdminTokens !== undefined) wanted.set(ADMIN_SCHEDULER_ID, { every: ADMIN_CHECK_EVERY_MS, name: 'admin', data: {} })
-      const existing = await queues.probes.getJobSchedulers(0, -1)
-      for (const e of existing) {
-        if (!wanted.has(e.key)) await queues.probes.removeJobScheduler(e.key)
-      }
-      for (const [id, w] of wanted) {
-        const e = existing.find((x) => x.key === id)
-        if (e !== undefined && Number(e.every) === w.every && e.template?.data?.server === w.data.server) continue
-        await queues.probes.upsertJobScheduler(id, { every: w.every }, { name: w.name, data: w.data })
-      }
-      return true
-    } finally {
-      await store.unlock(store.keys.schedulerLock, owner).catch(() => {})
-    }
+    const { jobs, servers, probeIntervalMs, sweepIntervalMs } = this.#o
+    return await jobs.ensureSchedulers({ servers: servers.keys(), probeIntervalMs, sweepIntervalMs, adminChecks: this.#o.checkAdminTokens !== undefined })
   }
 
   /** Runs the admin token checks now (ops and tests). */
@@ -139,8 +111,8 @@ export class JobRunner {
   }
 
   /** Queues a probe now (an event stream dropped, a client reported a dead token). At most one per server per second. */
-  async triggerProbe (server: string, trigger: 'eventsource' | 'rejection' | 'manual'): Promise<void> {
-    await triggerProbe(this.#o.queues, server, trigger)
+  async triggerProbe (server: string, trigger: ProbeTrigger): Promise<void> {
+    await this.#o.jobs.probeNow(server, trigger)
   }
 
   async close (): Promise<void> {
@@ -153,7 +125,9 @@ export class JobRunner {
   async #tokenJob (job: TokenJob): Promise<string> {
     try {
       if (job.name === 'rotate') return await this.#o.rotator.rotate(job.data.tokenId, job.data.reason)
-      return (await this.#o.rotator.remint(job.data.client, job.data.server)) ? 'minted' : 'not_needed'
+      // `client` is the field name of re-mint jobs queued before it was called `slot`.
+      const slot = job.data.slot ?? (job.data as { client?: string }).client ?? ''
+      return (await this.#o.rotator.remint(slot, job.data.server)) ? 'minted' : 'not_needed'
     } catch (err) {
       // A rejected admin token will not heal by retrying: ops must act (UnrecoverableError = no retry).
       if (err instanceof BrokerError && err.code === 'UPSTREAM_REJECTED') throw new UnrecoverableError(err.message)
@@ -169,13 +143,7 @@ export class JobRunner {
     if (job.name === 'sweep') {
       await this.#o.onSweep?.()
       const due = await this.#o.rotator.due()
-      for (let i = 0; i < due.length; i += 500) {
-        await this.#o.queues.tokens.addBulk(due.slice(i, i + 500).map((d) => ({
-          name: 'rotate',
-          data: { tokenId: d.tokenId, reason: 'scheduled' },
-          opts: { jobId: rotateJobId(d.tokenId) },
-        })))
-      }
+      await this.#o.jobs.rotate(due.map((d) => ({ tokenId: d.tokenId, reason: 'scheduled' })))
       return { due: due.length }
     }
     const server = this.#o.servers.get(job.data.server)
@@ -240,22 +208,5 @@ export class JobRunner {
       const t = setTimeout(resolve, ms)
       signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
     })
-  }
-}
-
-/** Usable by API-only instances too: they queue the probe, a worker instance runs it. */
-export async function triggerProbe (queues: Queues, server: string, trigger: 'eventsource' | 'rejection' | 'manual'): Promise<void> {
-  const second = Math.floor(Date.now() / 1000)
-  await queues.probes.add('probe', { server, trigger }, { jobId: `probe.${server}.now.${second}` })
-}
-
-/** Fresh tokens for the active clients of a restarted server, as jobs: bounded concurrency, retried. */
-export async function queueRemints (queues: Queues, server: string, clients: string[], at: number): Promise<void> {
-  for (let i = 0; i < clients.length; i += 500) {
-    await queues.tokens.addBulk(clients.slice(i, i + 500).map((client) => ({
-      name: 'remint',
-      data: { client, server },
-      opts: { jobId: remintJobId(server, client, at) },
-    })))
   }
 }

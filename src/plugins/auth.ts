@@ -4,6 +4,7 @@ import type { ClientConfig, Scope } from '../config.ts'
 import { digestEquals, sha256 } from '../broker/crypto.ts'
 import { BrokerError, forbidden, unauthenticated } from '../errors.ts'
 import type { Limits } from './rate-limits.ts'
+import type { DenialReason, Denials } from './denials.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -20,19 +21,18 @@ declare module 'fastify' {
   }
 }
 
-export type DenialReason = 'missing_credential' | 'unknown_secret' | 'missing_scope' | 'forbidden_server' | 'forbidden_source' | 'metrics_token'
+export type { DenialReason }
 /** The reasons a request fails authentication itself (no valid secret, or a wrong METRICS_TOKEN). */
 export type AuthFailureReason = Extract<DenialReason, 'missing_credential' | 'unknown_secret' | 'metrics_token'>
 
 export interface AuthOptions {
   clients: readonly ClientConfig[]
-  /** Audit and count a denial. Must not throw. */
-  onDenied: (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>) => void
   /**
-   * Count a failed authentication in the metrics without auditing it: its address is throttled,
-   * or the throttle could not count it (Redis too slow or down). Must not throw.
+   * Where refusals go (plugins/denials.ts): `record` audits and counts one, `counted` only counts a
+   * failed authentication whose address is throttled, or that the throttle could not count (Redis
+   * too slow or down). Neither throws.
    */
-  onUnaudited?: (request: FastifyRequest, reason: AuthFailureReason) => void
+  denials: Pick<Denials, 'record' | 'counted'>
   /** The failed-authentication throttle per address and the per-client limit. */
   limits?: Limits
 }
@@ -74,7 +74,7 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
     await limits?.client(request, reply)
     const wanted = Array.isArray(scope) ? scope : [scope]
     if (!wanted.some((s) => client.scopes.includes(s))) {
-      opts.onDenied(request, 'missing_scope', client.id, { scope: wanted.join(' or ') })
+      opts.denials.record(request, 'missing_scope', client.id, { scope: wanted.join(' or ') })
       throw forbidden(`Client "${client.id}" lacks the scope ${wanted.join(' or ')}.`)
     }
   })
@@ -95,18 +95,18 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
  * bound it. Metrics count every failure.
  */
 export async function refuseFailedAuthentication (request: FastifyRequest, reason: AuthFailureReason,
-  opts: Pick<AuthOptions, 'onDenied' | 'onUnaudited' | 'limits'>, message: string): Promise<never> {
+  opts: Pick<AuthOptions, 'denials' | 'limits'>, message: string): Promise<never> {
   const verdict = await opts.limits?.authFailure(request)
   if (verdict?.throttled === true) {
     if (verdict.becameThrottled) {
-      opts.onDenied(request, reason, undefined, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
+      opts.denials.record(request, reason, undefined, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
     } else {
-      opts.onUnaudited?.(request, reason)
+      opts.denials.counted(reason)
     }
     throw new BrokerError('RATE_LIMITED', 'Too many failed authentications from this address; retry later.', { retryAfter: verdict.retryAfter })
   }
-  if (verdict?.counted === false) opts.onUnaudited?.(request, reason)
-  else opts.onDenied(request, reason)
+  if (verdict?.counted === false) opts.denials.counted(reason)
+  else opts.denials.record(request, reason)
   throw unauthenticated(message)
 }
 

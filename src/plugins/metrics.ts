@@ -4,12 +4,12 @@ import { digestEquals, sha256 } from '../broker/crypto.ts'
 import type { Metrics } from '../metrics.ts'
 import { type AuthOptions, bearer, refuseFailedAuthentication } from './auth.ts'
 
-export interface MetricsPluginOptions extends Pick<AuthOptions, 'onDenied' | 'onUnaudited' | 'limits'> {
+export interface MetricsPluginOptions extends Pick<AuthOptions, 'denials' | 'limits'> {
   metrics: Metrics
   /**
    * When set, `/metrics` requires `Authorization: Bearer <token>` (METRICS_TOKEN; config.ts
    * requires it unless HOST is loopback). A wrong or missing token is a failed authentication:
-   * counted, audited and throttled per address like a client's (onDenied, onUnaudited, limits).
+   * counted, audited and throttled per address like a client's (denials, limits).
    */
   token?: string
   /** Refreshes gauges read from Redis (server state, queue depth) just before a scrape. */

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyRateLimit, { normalizeIP, type FastifyRateLimitStore, type FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
-import type { Redis } from 'ioredis'
+import type { WindowCounters } from '../broker/window-counters.ts'
 import type { RateLimitConfig } from '../config.ts'
 import { BrokerError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
@@ -43,8 +43,8 @@ export interface Limits {
 }
 
 export interface RateLimitsOptions {
-  redis: Redis
-  prefix: string
+  /** The Redis counters behind every limit (broker/window-counters.ts). */
+  counters: WindowCounters
   defaultLimit: RateLimitConfig
   metrics: Metrics
   /** Failed authentications answered 401 per address and window; further failures get 429. */
@@ -60,37 +60,6 @@ export function describeWindow (ms: number): string {
   const [size, unit] = UNITS.find(([size]) => ms >= size && ms % size === 0) ?? [1, 'millisecond']
   const n = Math.round(ms / size)
   return `${n} ${unit}${n === 1 ? '' : 's'}`
-}
-
-/**
- * Fixed-window counters in Redis: the first hit of a window creates the key with the window as
- * its expiry, later hits only increment it. SET NX PX + INCR + PTTL in one MULTI is atomic and
- * works on Redis 6.2 (PEXPIRE NX would need 7.0).
- */
-class WindowCounters {
-  private readonly redis: Redis
-  private readonly namespace: string
-
-  constructor (redis: Redis, namespace: string) {
-    this.redis = redis
-    this.namespace = namespace
-  }
-
-  async hit (key: string, windowMs: number): Promise<{ current: number, ttl: number }> {
-    const k = this.namespace + key
-    const replies = await this.redis.multi().set(k, '0', 'PX', windowMs, 'NX').incr(k).pttl(k).exec()
-    if (replies === null) throw new Error('rate-limit transaction aborted')
-    for (const [err] of replies) if (err !== null) throw err
-    const ttl = Number(replies[2][1])
-    return { current: Number(replies[1][1]), ttl: ttl > 0 ? ttl : windowMs }
-  }
-
-  async read (key: string): Promise<{ current: number, ttl: number }> {
-    const k = this.namespace + key
-    const [[e1, current], [e2, ttl]] = (await this.redis.multi().get(k).pttl(k).exec()) ?? [[null, null], [null, -2]]
-    if (e1 !== null || e2 !== null) throw e1 ?? e2
-    return current === null ? { current: 0, ttl: 0 } : { current: Number(current), ttl: Math.max(0, Number(ttl)) }
-  }
 }
 
 /**
@@ -122,7 +91,7 @@ async function rateLimits (app: FastifyInstance, opts: RateLimitsOptions): Promi
   const { metrics } = opts
   const authFailures = opts.authFailures ?? { max: 20, timeWindowMs: 60_000 }
   const notFoundLimit = opts.notFoundLimit ?? { max: 60, timeWindowMs: 60_000 }
-  const counters = new WindowCounters(opts.redis, `${opts.prefix}:rl:`)
+  const { counters } = opts
   let lastUnavailableLog = 0
   await app.register(fastifyRateLimit, {
     global: false,

@@ -21,7 +21,7 @@ export function allowedServer (app: FastifyInstance, request: FastifyRequest, na
 export function checkServer (app: FastifyInstance, request: FastifyRequest, name: string): void {
   const client = request.client!
   if (!mayUseServer(client, name)) {
-    app.broker.denied(request, 'forbidden_server', client.id, { server: name })
+    app.broker.denials.record(request, 'forbidden_server', client.id, { server: name })
     throw forbidden(`Client "${client.id}" may not use server "${name}".`)
   }
 }

@@ -25,7 +25,7 @@ export default async function healthRoutes (app: FastifyInstance): Promise<void>
       },
     },
   }, async (request, reply) => {
-    const checks = await broker.readiness()
+    const checks = await broker.readiness.check()
     const failed = Object.entries(checks).filter(([, v]) => v !== 'ok')
     if (failed.length > 0) {
       return sendError(reply, request, 503, 'STORE_UNAVAILABLE', `Not ready: ${failed.map(([k, v]) => `${k} ${v}`).join(', ')}.`, 2)

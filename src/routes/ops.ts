@@ -79,7 +79,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       count += r.count
       latestExpiresAt = Math.max(latestExpiresAt, r.latestExpiresAt)
     }
-    broker.revoked(kind, count)
+    broker.metrics.revocations.inc({ selector: kind }, count)
     request.log.info({ selector: kind, revoked: count, actor: caller.id }, 'tokens revoked')
     return { revoked: count, upstreamStillValidUntil: count === 0 ? null : iso(latestExpiresAt) }
   })
@@ -96,7 +96,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     const scope = serverScope(caller)
     if (scope === undefined) return [selector]
     if ('all' in selector) {
-      broker.denied(request, 'forbidden_server', caller.id, { selector: kind })
+      broker.denials.record(request, 'forbidden_server', caller.id, { selector: kind })
       throw forbidden(`Client "${caller.id}" is limited to some servers; {all: true} needs servers: ["*"]. Revoke per server instead.`)
     }
     if ('server' in selector && selector.server !== undefined) {

@@ -32,7 +32,7 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
     const { server: name, source } = request.body
     const server = allowedServer(app, request, name)
     if (client.sources !== '*' && !client.sources.includes(source)) {
-      broker.denied(request, 'forbidden_source', client.id, { server: name, source })
+      broker.denials.record(request, 'forbidden_source', client.id, { server: name, source })
       throw forbidden(`Client "${client.id}" may not ask for source "${source}".`)
     }
     // The version decides whether PMS can answer at all; learn it (from /identity) on first contact.
@@ -42,7 +42,7 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
       throw new BrokerError('UPSTREAM_UNSUPPORTED', `PMS "${name}" is version ${version}; source connections need PMS ${FIRST_RESOURCES_VERSION} or newer.`)
     }
     const t = await broker.issuer.issue(client.id, server, requestContext(request), source)
-    broker.sourceServed(name, t.source)
+    broker.metrics.sourceConnections.inc({ server: name, source: t.source })
     const meta = JSON.parse(t.meta || '{}') as { name?: string, clientIdentifier?: string, connections?: unknown[] }
     return {
       source,

@@ -29,8 +29,8 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     const ctx = requestContext(request)
     const t = request.body.rejectedTokenId === undefined
       ? await broker.issuer.issue(client.id, server, ctx)
-      : await broker.reportRejected(client.id, server, request.body.rejectedTokenId, ctx)
-    broker.served(server.name, t.source)
+      : await broker.rejection.report(client.id, server, request.body.rejectedTokenId, ctx)
+    broker.metrics.tokensServed.inc({ server: server.name, source: t.source })
     return {
       tokenId: t.tokenId,
       token: t.token,

@@ -1,0 +1,295 @@
+import type { Redis } from 'ioredis'
+import pino, { type DestinationStream, type Logger } from 'pino'
+import type { Config, ServerConfig } from './config.ts'
+import { AdminTokenHealth } from './broker/admin-token-health.ts'
+import { AuditLog } from './broker/audit-log.ts'
+import { keyRing } from './broker/crypto.ts'
+import { TokenIssuer } from './broker/issuer.ts'
+import { createKeys, type Keys } from './broker/keys.ts'
+import { ServerProbe } from './broker/probe.ts'
+import { Readiness } from './broker/readiness.ts'
+import { RejectionCheck } from './broker/rejection-check.ts'
+import { Rotator } from './broker/rotator.ts'
+import { ServerStates } from './broker/server-state.ts'
+import { TokenFileWatcher } from './broker/token-files.ts'
+import { TokenStore } from './broker/token-store.ts'
+import { WindowCounters } from './broker/window-counters.ts'
+import { JobProducer } from './jobs/producer.ts'
+import { createQueues, type Queues } from './jobs/queues.ts'
+import { JobRunner, lockDuration, sweepInterval } from './jobs/runner.ts'
+import { loggerOptions } from './logger.ts'
+import { Metrics } from './metrics.ts'
+import { PlexClient } from './plex/client.ts'
+import { PlexTv } from './plex/plextv.ts'
+import { Denials } from './plugins/denials.ts'
+import { describe } from './plugins/error-handler.ts'
+import { createRedis } from './redis.ts'
+
+export interface ServiceOverrides {
+  /** Where logs go (tests capture them). */
+  logStream?: DestinationStream
+  now?: () => number
+  /** Skip Node's default process metrics (tests that build many apps in one process). */
+  defaultMetrics?: boolean
+  /** How often token files are polled for changes (default 5 s). */
+  tokenWatchIntervalMs?: number
+  /** Stable X-Plex-Client-Identifier; by default derived from REDIS_PREFIX so all instances share one. */
+  plexClientIdentifier?: string
+}
+
+/** The Redis connections of one instance, one per role (redis.ts). */
+export interface Connections {
+  /** The request path: token store, audit, readiness. */
+  cache: Redis
+  /** Rate-limit counters (fail open, short deadline). */
+  ratelimit: Redis
+  /** BullMQ producers. */
+  queue: Redis
+  /** BullMQ workers (blocking); only with the worker role. */
+  worker: Redis | undefined
+}
+
+/**
+ * Every service of one broker instance, built once by `createServices`: the routes, plugins and
+ * jobs use these instances (`app.broker`), never copies or closures standing in for them.
+ */
+export interface Services {
+  config: Readonly<Config>
+  logger: Logger
+  metrics: Metrics
+  /** The configured PMS servers by name (token files may replace an entry's admin token). */
+  servers: Map<string, ServerConfig>
+  keys: Keys
+  connections: Connections
+  store: TokenStore
+  plex: PlexClient
+  plexTv: PlexTv
+  states: ServerStates
+  adminHealth: AdminTokenHealth
+  issuer: TokenIssuer
+  rejection: RejectionCheck
+  queues: Queues
+  jobs: JobProducer
+  rotator: Rotator
+  probe: ServerProbe
+  audit: AuditLog
+  readiness: Readiness
+  denials: Denials
+  /** The rate-limit counters (per client, failed authentication, unknown routes). */
+  counters: WindowCounters
+  watcher: TokenFileWatcher
+  /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
+  runner: JobRunner | undefined
+  /** Starts the background parts: the job runner (worker role) and the token-file watcher. */
+  start: () => Promise<void>
+  /** Stops everything in reverse order of construction: workers, then clients, then connections. */
+  close: () => Promise<void>
+}
+
+export function createLogger (config: Readonly<Config>, stream?: DestinationStream): Logger {
+  return stream === undefined
+    ? pino(loggerOptions(config.logLevel, process.stdout.isTTY === true))
+    : pino(loggerOptions(config.logLevel), stream)
+}
+
+/**
+ * Builds the service graph of one instance. This is the only place that constructs services;
+ * shutdown order (`close`) sits next to construction so the two cannot drift apart.
+ */
+export function createServices (config: Readonly<Config>, overrides: ServiceOverrides = {}): Services {
+  const logger = createLogger(config, overrides.logStream)
+  const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
+  const connections: Connections = {
+    cache: createRedis(config, 'cache', logger),
+    ratelimit: createRedis(config, 'ratelimit', logger),
+    queue: createRedis(config, 'queue', logger),
+    worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
+  }
+  const keys = createKeys(config.redisPrefix)
+  const clientIdentifier = overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`
+  const servers = new Map(config.servers.map((s) => [s.name, s]))
+
+  const undecryptableWarned = new Set<string>()
+  const store = new TokenStore({
+    redis: connections.cache,
+    keys,
+    crypto: keyRing(config.brokerSecret, config.brokerSecretPrevious),
+    auditMaxEvents: config.auditMaxEvents,
+    auditRetentionMs: config.auditRetentionMs,
+    recordTtlMs: config.tokenLifetimeMs,
+    now: overrides.now,
+    onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
+    onUndecryptable: (server) => {
+      metrics.undecryptable.inc({ server })
+      if (undecryptableWarned.has(server)) return
+      undecryptableWarned.add(server)
+      logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
+        'each is invalidated and re-minted on its next request')
+    },
+  })
+  const plex = new PlexClient({
+    clientIdentifier,
+    timeoutMs: config.plexTimeoutMs,
+    concurrency: config.plexConcurrency,
+    onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
+  })
+  const plexTv = new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
+  const states = new ServerStates(store, plex)
+  const queues = createQueues(connections.queue, keys.queuePrefix)
+  const jobs = new JobProducer({
+    queues,
+    lock: async (key, ttl) => await store.lock(key, ttl),
+    unlock: async (key, owner) => { await store.unlock(key, owner) },
+    schedulerLockKey: keys.schedulerLock,
+  })
+  const adminHealth = new AdminTokenHealth({
+    store,
+    states,
+    plex,
+    logger,
+    accountCheck: async (token) => await plexTv.checkAccountToken(token),
+    keepAlive: async (token) => { await plexTv.ping(token) },
+    onResult: (server, verdict) => metrics.adminTokenValid.set({ server }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1),
+    probeIntervalMs: config.probeIntervalMs,
+  })
+  const issuer = new TokenIssuer({
+    store,
+    plex,
+    logger,
+    tokenLifetimeMs: config.tokenLifetimeMs,
+    tokenRenewAfterMs: config.tokenRenewAfterMs,
+    mintWaitMs: config.plexTimeoutMs * 2 + 2000,
+    lockTtlMs: config.plexTimeoutMs * 2 + 1000,
+    machineIdentifier: async (s) => await states.machineIdentifier(s),
+    onMint: (server, result) => metrics.mints.inc({ server, result }),
+    adminTokenBlocked: async (server) => await adminHealth.blocked(server),
+    onAdminRejected: async (server) => {
+      await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
+    },
+  })
+  const rotator = new Rotator({
+    store,
+    issuer,
+    servers,
+    logger,
+    activeWindowMs: config.tokenLifetimeMs,
+    onRotate: (server, reason) => metrics.rotations.inc({ server, reason }),
+  })
+  const probe = new ServerProbe({
+    store,
+    states,
+    plex,
+    issuer,
+    logger,
+    activeWindowMs: config.tokenLifetimeMs,
+    onRestart: async (server, slots) => { await jobs.remint(server, slots, store.now()) },
+    onRestartDetected: (server, invalidated) => {
+      metrics.restarts.inc({ server })
+      metrics.invalidations.inc({ server, reason: 'restart' }, invalidated)
+    },
+  })
+  const rejection = new RejectionCheck({
+    store,
+    plex,
+    issuer,
+    logger,
+    onConfirmed: (server) => {
+      metrics.invalidations.inc({ server, reason: 'rejected' })
+      jobs.probeNow(server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
+    },
+  })
+  const audit = new AuditLog(store, {
+    onDropped: (n) => {
+      metrics.auditDropped.inc(n)
+      logger.warn({ dropped: n, max: config.auditMaxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
+    },
+  })
+  const readiness = new Readiness({ redis: connections.cache, keys, call: store.call, now: store.now })
+  const denials = new Denials(store, metrics)
+  const counters = new WindowCounters(connections.ratelimit, keys.rateLimitPrefix)
+  const watcher = new TokenFileWatcher(servers, logger, (server) => {
+    adminHealth.check(server).catch(() => {})
+  })
+  const runner = connections.worker === undefined
+    ? undefined
+    : new JobRunner({
+      jobs,
+      connection: connections.worker,
+      prefix: keys.queuePrefix,
+      servers,
+      plex,
+      rotator,
+      probe,
+      logger,
+      probeIntervalMs: config.probeIntervalMs,
+      sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
+      lockDurationMs: lockDuration(config.tokenRenewAfterMs),
+      concurrency: config.plexConcurrency,
+      onSweep: async () => { await audit.trim(config.auditRetentionMs, config.auditMaxEvents) },
+      checkAdminTokens: async () => {
+        for (const s of servers.values()) await adminHealth.check(s)
+      },
+      recheckAdminToken: async (server) => await adminHealth.recheck(server),
+      adminTokenRejected: async (server) => await adminHealth.rejected(server),
+    })
+
+  return {
+    config,
+    logger,
+    metrics,
+    servers,
+    keys,
+    connections,
+    store,
+    plex,
+    plexTv,
+    states,
+    adminHealth,
+    issuer,
+    rejection,
+    queues,
+    jobs,
+    rotator,
+    probe,
+    audit,
+    readiness,
+    denials,
+    counters,
+    watcher,
+    runner,
+    start: async () => {
+      await runner?.start()
+      watcher.start(overrides.tokenWatchIntervalMs ?? 5000)
+    },
+    close: async () => {
+      // Workers first (they finish or leave in-flight jobs), then the clients, then the connections they use.
+      watcher.stop()
+      await runner?.close()
+      await plexTv.close()
+      await queues.close()
+      await plex.close()
+      for (const c of [connections.worker, connections.queue, connections.ratelimit, connections.cache]) {
+        await c?.quit().catch(() => c.disconnect())
+      }
+    },
+  }
+}
+
+/** Gauges that live in Redis (shared by every instance), read at scrape time. */
+export async function refreshGauges (s: Pick<Services, 'metrics' | 'store' | 'servers' | 'states' | 'queues'>): Promise<void> {
+  const { metrics, store } = s
+  const now = store.now()
+  for (const name of s.servers.keys()) {
+    const st = await s.states.get(name)
+    if (st.state === 'unknown') metrics.serverUp.remove({ server: name })
+    else metrics.serverUp.set({ server: name }, st.state === 'up' ? 1 : 0)
+    metrics.adminTokenValid.set({ server: name }, st.adminToken === 'valid' ? 1 : st.adminToken === 'invalid' ? 0 : -1)
+    metrics.activeTokens.set({ server: name }, st.activeTokens ?? 0)
+    if (st.oldestExpiresAt === null) metrics.oldestExpiry.remove({ server: name })
+    else metrics.oldestExpiry.set({ server: name }, Math.max(0, (st.oldestExpiresAt - now) / 1000))
+  }
+  for (const [queue, q] of [['tokens', s.queues.tokens], ['probes', s.queues.probes]] as const) {
+    const counts = await store.call(() => q.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children'))
+    for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue, state }, n)
+  }
+}
