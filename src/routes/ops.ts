@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import type { RetireSelector } from '../broker/token-store.ts'
+import { parseRevokeSelector } from '../broker/revoke-selector.ts'
 import { isVulnerable } from '../broker/server-state.ts'
 import { badRequest, forbidden } from '../errors.ts'
 import { rotateJobId } from '../jobs/queues.ts'
@@ -44,32 +45,9 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       response: { 200: RevokeResultSchema, ...authErrors },
     },
   }, async (request) => {
-    const { tokenId, client, server, all, reason, source } = request.body
+    const { reason } = request.body
     const caller = request.client!
-    let selector: RetireSelector
-    let kind: string
-    if (source !== undefined && (tokenId !== undefined || all !== undefined)) {
-      // {all, source} used to revoke every token and {tokenId, source} ignored source: refuse both.
-      throw badRequest('source narrows {client} and/or {server}, or stands alone; it cannot be combined with tokenId or all.')
-    }
-    if (source !== undefined) {
-      selector = client !== undefined ? { client, server, target: source } : server !== undefined ? { server, target: source } : { target: source }
-      kind = 'source'
-    } else if (tokenId !== undefined && client === undefined && server === undefined && all === undefined) {
-      selector = { tokenId }
-      kind = 'token'
-    } else if (all === true && tokenId === undefined && client === undefined && server === undefined) {
-      selector = { all: true }
-      kind = 'all'
-    } else if (tokenId === undefined && all === undefined && client !== undefined) {
-      selector = server === undefined ? { client } : { client, server }
-      kind = server === undefined ? 'client' : 'client_server'
-    } else if (tokenId === undefined && all === undefined && server !== undefined) {
-      selector = { server }
-      kind = 'server'
-    } else {
-      throw badRequest('Give exactly one selector: {tokenId}, {client}, {server}, {client, server}, {source} (optionally with client and/or server) or {all: true}.')
-    }
+    const { selector, kind } = parseRevokeSelector(request.body)
     const selectors = await scoped(request, selector, kind)
     let count = 0
     let latestExpiresAt = 0
