@@ -6,7 +6,7 @@ import { BrokerError, storeUnavailable } from './errors.ts'
 export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'
 
 /**
- * One named connection per role (STYLE.md §5). The request path fails fast: a command that does
+ * One named connection per role. The request path fails fast: a command that does
  * not answer within a second is rejected, so a stalled Redis becomes a quick 503 instead of a hang.
  * BullMQ workers need `maxRetriesPerRequest: null` (they block on Redis by design).
  * The password (REDIS_PASSWORD_FILE) is an option, not part of the URL: it never reaches a log line.

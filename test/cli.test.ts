@@ -297,7 +297,7 @@ t.test('ptb servers discover: no owned servers', async (t) => {
   t.equal(sim.requests[0].clientIdentifier, 'ptb-kept', 'the stored client id is used')
 })
 
-/** A PMS with just `/identity` and `/myplex/claim` (plex-api.md §4.1, §5.7). */
+/** A PMS with just `/identity` and `/myplex/claim` (docs/plex-api.md §4, §5). */
 async function fixturePms (t: Test, opts: { claimed?: boolean, machineIdentifier?: string, claimStatus?: number, identityXml?: boolean }) {
   const state = { claimed: opts.claimed ?? false, claimStatus: opts.claimStatus ?? 200, claims: [] as string[] }
   const server = createServer((req, res) => {

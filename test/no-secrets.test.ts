@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join, relative } from 'node:path'
 
-// No usable client secret ships in the repository (issue 14): a config digest whose secret is
+// No usable client secret ships in the repository: a config digest whose secret is
 // written in some file lets anyone who reads the repository authenticate as that client. So: take
 // every SHA-256-shaped hex string in any file, and hash every string-like piece of every file;
 // no piece may hash to one of those digests.

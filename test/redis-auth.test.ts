@@ -14,7 +14,7 @@ import { freePort } from '../src/demo.ts'
 import { createRedis } from '../src/redis.ts'
 import { LogCapture, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
-// The compose stack's Redis requires a password (issue 14). These tests run the compose file's own
+// The compose stack's Redis requires a password. These tests run the compose file's own
 // redis command (a real redis-server, paths mapped to a temp dir) and connect the broker to it
 // through REDIS_PASSWORD_FILE, as the broker container does.
 

@@ -5,7 +5,7 @@ import { backoffDelay, BACKOFF_CAP_MS } from '../src/jobs/queues.ts'
 import { sweepInterval } from '../src/jobs/runner.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until } from './helper.ts'
 
-// Short lifetimes, real BullMQ workers, real timers (issue 3 "Done when").
+// Short lifetimes, real BullMQ workers, real timers.
 const FAST = { tokenLifetimeMs: 10_000, tokenRenewAfterMs: 4000, probeIntervalMs: 1000, role: 'all' as const }
 
 async function issue (app: FastifyInstance, c: TestClient, extra: Record<string, unknown> = {}) {

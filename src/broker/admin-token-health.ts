@@ -43,7 +43,7 @@ export function recheckStartMs (probeIntervalMs: number): number {
 export type RecheckResult = 'accepted' | 'rejected' | 'unknown' | 'skipped' | 'not_rejected'
 
 /**
- * Validates each server's admin token (issue 8): against PMS (`GET /` with the admin token) and,
+ * Validates each server's admin token: against PMS (`GET /` with the admin token) and,
  * for account tokens, at plex.tv. An outage is `unknown`, never `invalid`: only a 401/403 from
  * the party that owns the token condemns it. The verdict lives in the server hash (shared by all
  * instances), changes are audited, and an invalid token makes the issuer fail fast instead of

@@ -8,7 +8,7 @@ import type { TokenStore } from './token-store.ts'
 /**
  * The broker's own transient token per server, used as a canary: PMS keeps no expiry and gives
  * no restart marker, but a restart destroys every transient token, so a canary that PMS suddenly
- * rejects means PMS restarted (../shared/plex-api.md §4.4). The id contains `~`, which config
+ * rejects means PMS restarted (docs/plex-api.md §4). The id contains `~`, which config
  * never allows in a client id, so it can never collide with a real client.
  */
 export const CANARY_CLIENT = '~canary'
@@ -36,7 +36,7 @@ export interface ServerProbeOptions {
 }
 
 /**
- * One probe of one PMS, layered (issue 3): `/identity` (a changed machineIdentifier or version
+ * One probe of one PMS, layered: `/identity` (a changed machineIdentifier or version
  * is a restart), then the canary (a rejected canary is a restart). A server that was down and
  * answers again is checked by the canary too: a network blip must not throw away every token,
  * but when there is no canary to tell, it is treated as a restart, the safe side.

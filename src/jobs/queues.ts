@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis'
 
 /**
  * Queue and job names. BullMQ ids must not contain `:` and must not be all digits
- * (STYLE.md §7); server names and client ids are `[a-z0-9_-]`, so `.` separates parts safely.
+ * because BullMQ reserves them; server names and client ids are `[a-z0-9_-]`, so `.` separates parts safely.
  */
 export const TOKENS_QUEUE = 'tokens'
 export const PROBES_QUEUE = 'probes'
@@ -23,7 +23,7 @@ export const remintJobId = (server: string, slot: string, restartAt: number): st
 export const probeSchedulerId = (server: string): string => `probe.${server}`
 export const SWEEP_SCHEDULER_ID = 'sweep.rotations'
 export const ADMIN_SCHEDULER_ID = 'check.admin-tokens'
-/** Admin tokens are checked at boot and every hour (issue 8). */
+/** Admin tokens are checked at boot and every hour. */
 export const ADMIN_CHECK_EVERY_MS = 3600_000
 
 /** Capped exponential backoff: 1 s, 2 s, 4 s … up to this, each with jitter (see `backoffDelay`). */

@@ -4,7 +4,7 @@ import { MAX_BODY_BYTES, readCapped } from './body.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { parsePlex } from './parse.ts'
 
-/** PMS answered 401 or 403: the token used was rejected (plex-api.md §4.3: decide on status only). */
+/** PMS answered 401 or 403: the token used was rejected (docs/plex-api.md §4: decide on status only). */
 export class PlexRejectedError extends Error {
   readonly code = 'PLEX_REJECTED'
   readonly status: number
@@ -234,7 +234,7 @@ export class PlexClient {
     return mc.token
   }
 
-  /** One cheap authenticated request with `token`: 'rejected' on 401/403 (§4.4 canary). */
+  /** One cheap authenticated request with `token`: 'rejected' on 401/403 (§4 canary). */
   async checkToken (server: ServerConfig, token: string): Promise<'valid' | 'rejected'> {
     try {
       await this.#call(server, 'canary', '', token)

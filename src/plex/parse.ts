@@ -10,7 +10,7 @@ const xml = new XMLParser({
 /**
  * The `MediaContainer` of a PMS answer, from JSON or XML. PMS answers XML by default and JSON
  * with `Accept: application/json`, but some servers and proxies answer XML whatever was asked,
- * and headers lie: the body decides (plex-api.md §1.1). `undefined` when it is neither.
+ * and headers lie: the body decides (docs/plex-api.md §1). `undefined` when it is neither.
  */
 export function parsePlex (body: string, _contentType: string): Record<string, unknown> | undefined {
   const text = body.trimStart()

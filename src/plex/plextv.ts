@@ -5,7 +5,7 @@ import { MAX_BODY_BYTES, readCapped } from './body.ts'
 /**
  * plex.tv answered with an error: the HTTP `status` plus plex.tv's own `code` from the error
  * envelope when there is one (1000 missing client id, 1001 not authenticated, 1020 PIN expired,
- * 1029 2FA code needed, 1031 sign-in lockout; plex-api.md §5.8). The message names the endpoint
+ * 1029 2FA code needed, 1031 sign-in lockout; docs/plex-api.md §5). The message names the endpoint
  * and plex.tv's text, never a token or password.
  */
 export class PlexTvError extends Error {
@@ -33,7 +33,7 @@ export class PlexTvUnreachableError extends Error {
   }
 }
 
-/** plex.tv error codes this client reacts to (plex-api.md §5.8). */
+/** plex.tv error codes this client reacts to (docs/plex-api.md §5). */
 export const PLEX_TV_CODES = {
   clientIdMissing: 1000,
   notAuthenticated: 1001,
@@ -75,16 +75,16 @@ export interface Resource {
   owned: boolean
   /** Comma-separated roles, e.g. `server` or `client,player`. */
   provides: string
-  /** For an owned server an admin-level token; for a shared one a share token (plex-api.md §1.3). */
+  /** For an owned server an admin-level token; for a shared one a share token (docs/plex-api.md §5). */
   accessToken: string | null
-  /** Ordered local → remote → relay (plex-api.md §5.4), plex.tv's order within each group. */
+  /** Ordered local → remote → relay (docs/plex-api.md §5), plex.tv's order within each group. */
   connections: Connection[]
 }
 
 export interface PlexTvOptions {
   /** plex.tv base URL. Default `https://plex.tv` (the broker and `ptb` read PLEX_TV_URL). */
   baseUrl?: string
-  /** Stable per install: plex.tv keeps one token per account and client id (plex-api.md §1.2). */
+  /** Stable per install: plex.tv keeps one token per account and client id (docs/plex-api.md §1). */
   clientIdentifier: string
   /** `X-Plex-Product`, shown in the account's Authorized Devices. Default `plex-token-broker`. */
   product?: string
@@ -106,7 +106,7 @@ const bool = (v: unknown): boolean => v === true || v === 1 || v === '1' || v ==
 const str = (v: unknown): string => (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : '')
 
 /**
- * The plex.tv API the broker and `ptb` use (plex-api.md §5): PIN login, password
+ * The plex.tv API the broker and `ptb` use (docs/plex-api.md §5): PIN login, password
  * sign-in, token details, keep-alive ping, resources, claim tokens. Every call sends the same
  * X-Plex-Client-Identifier/Product/Version and `Accept: application/json`, and still parses XML
  * (plex.tv's default, and what some endpoints answer anyway). Tokens travel only in the
@@ -174,7 +174,7 @@ export class PlexTv {
     return body
   }
 
-  /** Step 1 of the PIN flow (§5.3): a strong PIN, meant for the app.plex.tv link. No token needed. */
+  /** Step 1 of the PIN flow (§5): a strong PIN, meant for the app.plex.tv link. No token needed. */
   async createPin (): Promise<Pin> {
     return pinOf(await this.#call('POST', '/api/v2/pins?strong=true'))
   }
@@ -184,7 +184,7 @@ export class PlexTv {
     return pinOf(await this.#call('GET', `/api/v2/pins/${encodeURIComponent(String(id))}`))
   }
 
-  /** Step 2: the link a person opens to approve the PIN (form-encoded after `#?`, §5.3). */
+  /** Step 2: the link a person opens to approve the PIN (form-encoded after `#?`, §5). */
   authUrl (pin: Pin): string {
     const q = new URLSearchParams({ clientID: this.#clientIdentifier, code: pin.code, 'context[device][product]': this.#product })
     // %20 rather than +: a space reads the same whether the fragment is decoded as a form or a URI.
@@ -192,7 +192,7 @@ export class PlexTv {
   }
 
   /**
-   * Username/password sign-in (§5.2). Answers the account token. A PlexTvError 401 with code 1029
+   * Username/password sign-in (§5). Answers the account token. A PlexTvError 401 with code 1029
    * asks for the 2FA code (call again with it); code 1031 means plex.tv locked this address out
    * after repeated failures: callers must not retry.
    */
@@ -205,7 +205,7 @@ export class PlexTv {
     return token
   }
 
-  /** `GET /api/v2/user` (§5.1): the account behind a token. 401 means the token is invalid. */
+  /** `GET /api/v2/user` (§5): the account behind a token. 401 means the token is invalid. */
   async user (token: string): Promise<PlexUser> {
     const body = await this.#call('GET', '/api/v2/user', { token })
     const u = ((body as { user?: unknown }).user ?? body) as Record<string, unknown>
@@ -222,12 +222,12 @@ export class PlexTv {
     }
   }
 
-  /** Keeps an account token alive (§5.6). */
+  /** Keeps an account token alive (§5). */
   async ping (token: string): Promise<void> {
     await this.#call('GET', '/api/v2/ping', { token })
   }
 
-  /** The account's devices with their access tokens and connections (§5.4); JSON or XML. */
+  /** The account's devices with their access tokens and connections (§5); JSON or XML. */
   async resources (token: string): Promise<Resource[]> {
     const body = await this.#call('GET', '/api/v2/resources?includeHttps=1&includeRelay=1', { token })
     const list = Array.isArray(body)
@@ -256,7 +256,7 @@ export class PlexTv {
     })
   }
 
-  /** A claim token for an unclaimed PMS (§5.7); valid for a few minutes only. */
+  /** A claim token for an unclaimed PMS (§5); valid for a few minutes only. */
   async claimToken (token: string): Promise<string> {
     const t = field(await this.#call('GET', '/api/claim/token.json', { token }), 'MediaContainer', 'token')
     if (typeof t !== 'string' || t === '') throw new PlexTvError('plex.tv sent no claim token', 502)
@@ -268,7 +268,7 @@ export class PlexTv {
   }
 }
 
-/** Local first, relay last (plex-api.md §5.4; PlexAPI's DEFAULT_LOCATION_ORDER). Array#sort is stable. */
+/** Local first, relay last (docs/plex-api.md §5; PlexAPI's DEFAULT_LOCATION_ORDER). Array#sort is stable. */
 const rank = (c: { local: boolean, relay: boolean }): number => (c.relay ? 2 : c.local ? 0 : 1)
 
 function parseBody (text: string): unknown {
@@ -280,7 +280,7 @@ function parseBody (text: string): unknown {
   return text
 }
 
-/** `{"errors":[{code,message,status}]}` or `<errors><error code message status/></errors>` (§1.1). */
+/** `{"errors":[{code,message,status}]}` or `<errors><error code message status/></errors>` (§1). */
 function errorOf (body: unknown): { code?: number, message?: string } {
   if (body === null || typeof body !== 'object') return {}
   const errors = (body as { errors?: unknown }).errors

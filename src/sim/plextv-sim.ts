@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 
-/** One connection of a simulated server (plex-api.md §5.4). */
+/** One connection of a simulated server (docs/plex-api.md §5). */
 export interface TvConnection {
   protocol: string
   address: string
@@ -36,7 +36,7 @@ export interface PlexTvSimOptions {
   totp?: string
   /** Failed sign-ins from one address before every further attempt gets 401 code 1031. Default 3. */
   lockoutAfter?: number
-  /** Lifetime of a PIN, like a strong PIN's `expiresIn` (§5.3). Default 1800 s. */
+  /** Lifetime of a PIN, like a strong PIN's `expiresIn` (§5). Default 1800 s. */
   pinLifetimeSec?: number
   resources?: TvResource[]
   /** Answer every request 429 until `setRateLimited(false)`. */
@@ -45,7 +45,7 @@ export interface PlexTvSimOptions {
   retryAfterSec?: number
   /**
    * `negotiate` (default): JSON when the request accepts `application/json`, XML otherwise, as
-   * plex.tv does (§1.1). `xml`: XML whatever the Accept header says, to exercise XML parsing.
+   * plex.tv does (§1). `xml`: XML whatever the Accept header says, to exercise XML parsing.
    */
   format?: 'negotiate' | 'xml'
 }
@@ -80,14 +80,14 @@ const attrs = (o: Record<string, unknown>): string => Object.entries(o)
   .map(([k, v]) => ` ${k}="${escapeXml(typeof v === 'boolean' ? (v ? '1' : '0') : String(v ?? ''))}"`).join('')
 
 /**
- * plex.tv as ../shared/plex-api.md §5 describes it, for offline tests and the demo:
+ * plex.tv as docs/plex-api.md §5 describes it, for offline tests and the demo:
  * - PINs: create (`POST /api/v2/pins`), poll (`GET /api/v2/pins/{id}`, 404 code 1020 once expired
  *   or for another client id), and `approve`/`expire` from the test, as the person at app.plex.tv;
  * - `POST /api/v2/users/signin` with 2FA (401 code 1029 without the code) and an address lockout
  *   (401 code 1031 after `lockoutAfter` failures, whatever the credentials);
  * - `GET /api/v2/user` (200/401), `/api/v2/ping`, `/api/v2/resources`, `/api/claim/token.json`;
  * - 400 code 1000 without X-Plex-Client-Identifier, 429 with Retry-After in fault mode;
- * - JSON when the request accepts `application/json`, XML otherwise, errors included (§1.1).
+ * - JSON when the request accepts `application/json`, XML otherwise, errors included (§1).
  */
 export class PlexTvSimulator {
   readonly #server: Server
@@ -244,7 +244,7 @@ export class PlexTvSimulator {
       const strong = url.searchParams.get('strong') === 'true'
       const pin: SimPin = {
         id,
-        // A strong code is about 25 characters, a plex.tv/link code 4 (§5.3).
+        // A strong code is about 25 characters, a plex.tv/link code 4 (§5).
         code: strong ? randomBytes(16).toString('hex').slice(0, 25) : randomBytes(2).toString('hex').toUpperCase(),
         clientIdentifier: clientId,
         authToken: null,
@@ -270,7 +270,7 @@ export class PlexTvSimulator {
       const form = new URLSearchParams(body)
       const from = req.socket.remoteAddress ?? ''
       const failures = this.#failures.get(from) ?? 0
-      // §5.2: once locked out, even correct credentials get 1031.
+      // §5: once locked out, even correct credentials get 1031.
       if (failures >= this.#o.lockoutAfter) return fail(401, 1031, LOCKOUT_MESSAGE)
       if (form.get('login') !== this.#o.username || form.get('password') !== this.#o.password) {
         this.#failures.set(from, failures + 1)

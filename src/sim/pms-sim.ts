@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 /**
  * A Plex Media Server simulator for tests and the demo: only the endpoints the broker talks to,
- * answering with the shapes, status codes and bodies of ../../../shared/plex-api.md (cited as §n).
+ * answering with the shapes, status codes and bodies of docs/plex-api.md (cited as §n).
  * Where the doc marks a behaviour UNCERTAIN, the choice made here is written next to the code.
  */
 
@@ -69,7 +69,7 @@ export interface PmsSimOptions {
   host?: string
   /** Tokens with admin access. Default: one random token. */
   adminTokens?: string[]
-  /** Default: 40 random hex characters, like PMS's ProcessedMachineIdentifier (§4.1). */
+  /** Default: 40 random hex characters, like PMS's ProcessedMachineIdentifier (§4). */
   machineIdentifier?: string
   /** Default {@link DEFAULT_VERSION}. */
   version?: string
@@ -103,7 +103,7 @@ export interface RestartOptions {
   machineIdentifier?: string
 }
 
-/** The version the doc's CVE note names as the last affected one (§2), so the broker's warning shows. */
+/** The version the doc's CVE note names as the last affected one (§7), so the broker's warning shows. */
 export const DEFAULT_VERSION = '1.42.2.10156-f737b826c'
 
 /** `/security/resources` exists from PMS 1.15.4 on (§3). */
@@ -136,7 +136,7 @@ function plexDirect (address: string, port: number, local: boolean, relay: boole
 
 type Attrs = Record<string, string | number | boolean>
 
-/** One element of an answer, rendered as XML (the default) or as PMS's JSON (§1.1). */
+/** One element of an answer, rendered as XML (the default) or as PMS's JSON (§1). */
 interface Node {
   tag: string
   attrs: Attrs
@@ -151,11 +151,11 @@ interface Transient {
 
 const XML_TYPE = 'text/xml;charset=utf-8'
 const JSON_TYPE = 'application/json'
-/** Headers of every PMS answer seen in the 401 capture (§4.3). */
+/** Headers of every PMS answer seen in the 401 capture (§4). */
 const PMS_HEADERS = { 'X-Plex-Protocol': '1.0', 'Cache-Control': 'no-cache' }
 
 /**
- * PMS's HTML error page. For 401 this is byte for byte the §4.3 capture (91 bytes); the other
+ * PMS's HTML error page. For 401 this is byte for byte the §4 capture (91 bytes); the other
  * statuses follow the same pattern, as §2 and §3 only say "text/html".
  */
 export function htmlErrorBody (status: number): string {
@@ -184,7 +184,7 @@ export class PmsSimulator {
   readonly #pingIntervalMs: number
   readonly #transientCanMint: boolean
   readonly #now: () => number
-  /** Stands for the server's last update time in `/`; §4.2 says not to rely on it, so restarts keep it. */
+  /** Stands for the server's last update time in `/`; §4 says not to rely on it, so restarts keep it. */
   readonly #updatedAt: number
 
   readonly #transient = new Map<string, Transient>()
@@ -309,7 +309,7 @@ export class PmsSimulator {
 
   /**
    * A PMS restart: every transient token dies (§2), every connection drops (event streams
-   * included, §4.4), the port refuses connections for `downForMs`, and the version may change.
+   * included, §4), the port refuses connections for `downForMs`, and the version may change.
    * Resolves once the server listens again.
    */
   async restart (opts: RestartOptions = {}): Promise<void> {
@@ -437,7 +437,7 @@ export class PmsSimulator {
   #route (req: IncomingMessage, res: ServerResponse, url: URL): void {
     const path = url.pathname
     const method = req.method ?? 'GET'
-    // The two endpoints PMS answers without a token (§4.1, §5.7).
+    // The two endpoints PMS answers without a token (§4, §5).
     if (path === '/identity') {
       if (method !== 'GET' && method !== 'HEAD') return this.#html(res, 405)
       return this.#send(req, res, this.#identity())
@@ -447,7 +447,7 @@ export class PmsSimulator {
       return this.#claim(req, res, url)
     }
 
-    // Every X-Plex-* header may come as a query argument instead (§1.2).
+    // Every X-Plex-* header may come as a query argument instead (§1).
     const token = headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
     const kind = this.#tokenKind(token)
     if (kind === undefined) {
@@ -589,7 +589,7 @@ export class PmsSimulator {
   }
 
   /**
-   * §4.4: a stream that stays open until PMS goes away. PMS's heartbeat format is not in the doc;
+   * §4: a stream that stays open until PMS goes away. PMS's heartbeat format is not in the doc;
    * a named `ping` event with `{}` keeps both the connection and an EventSource client alive.
    * One is sent at once, so a client knows the stream is open.
    */
@@ -607,7 +607,7 @@ export class PmsSimulator {
   }
 
   /**
-   * §5.7: only an unclaimed server can be claimed, with a plex.tv claim token (`claim-…`); it
+   * §5: only an unclaimed server can be claimed, with a plex.tv claim token (`claim-…`); it
    * answers the /myplex/account container. The doc names no error statuses: a missing or
    * malformed token is 400, an already claimed server 403.
    */
@@ -636,7 +636,7 @@ export class PmsSimulator {
     return (headerValue(req.headers.accept) ?? '').includes('application/json')
   }
 
-  /** XML by default, JSON only for `Accept: application/json` (§1.1). */
+  /** XML by default, JSON only for `Accept: application/json` (§1). */
   #send (req: IncomingMessage, res: ServerResponse, node: Node): void {
     const json = this.#wantsJson(req)
     const body = json ? JSON.stringify({ [node.tag]: toJson(node) }) : `<?xml version="1.0" encoding="UTF-8"?>\n${toXml(node)}\n`
@@ -644,7 +644,7 @@ export class PmsSimulator {
     res.end(body)
   }
 
-  /** PMS answers errors with HTML whatever the Accept header says (§4.3). */
+  /** PMS answers errors with HTML whatever the Accept header says (§4). */
   #html (res: ServerResponse, status: number): void {
     const body = htmlErrorBody(status)
     res.writeHead(status, { ...PMS_HEADERS, 'Content-Type': 'text/html', 'Content-Length': Buffer.byteLength(body) })
@@ -679,7 +679,7 @@ function escapeXml (s: string): string {
 }
 
 function toXml (node: Node): string {
-  // PMS writes booleans as 1/0 in XML and as true/false in JSON (§4.1).
+  // PMS writes booleans as 1/0 in XML and as true/false in JSON (§4).
   const attrs = Object.entries(node.attrs)
     .map(([k, v]) => ` ${k}="${escapeXml(typeof v === 'boolean' ? (v ? '1' : '0') : String(v))}"`).join('')
   if (node.tag !== 'MediaContainer' && (node.children ?? []).length === 0) return `<${node.tag}${attrs} />`

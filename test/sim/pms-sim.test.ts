@@ -4,7 +4,7 @@ import { request } from 'undici'
 import { DEFAULT_VERSION, htmlErrorBody, PmsSimulator, type PmsSimOptions } from '../../src/sim/pms-sim.ts'
 import { startSimFromEnv } from '../../src/sim/main.ts'
 
-/** The exact 401 body of ../../shared/plex-api.md §4.3. */
+/** The exact 401 body of docs/plex-api.md §4. */
 const UNAUTHORIZED = '<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>'
 
 interface Call {
