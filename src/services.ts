@@ -160,9 +160,10 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     tokenRenewAfterMs: config.tokenRenewAfterMs,
     mintWaitMs: config.plexTimeoutMs * 2 + 2000,
     lockTtlMs: config.plexTimeoutMs * 2 + 1000,
-    machineIdentifier: async (s) => await states.machineIdentifier(s),
+    mintFacts: async (s) => await states.mintFacts(s.name),
+    machineIdentifier: async (s, known) => await states.machineIdentifier(s, known),
     onMint: (server, result) => metrics.mints.inc({ server, result }),
-    adminTokenBlocked: async (server) => await adminHealth.blocked(server),
+    adminTokenBlocked: async (server, facts) => await adminHealth.blocked(server, facts),
     onAdminRejected: async (server) => {
       await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
     },

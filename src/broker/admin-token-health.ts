@@ -1,7 +1,7 @@
 import type { Logger } from 'pino'
 import type { ServerConfig } from '../config.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
-import type { ServerStates } from './server-state.ts'
+import type { MintFacts, ServerStates } from './server-state.ts'
 import type { TokenStore } from './token-store.ts'
 
 export type Verdict = 'valid' | 'invalid' | 'unknown'
@@ -126,8 +126,9 @@ export class AdminTokenHealth {
    * token now, the verdict becomes valid and the caller's mint proceeds. Every other caller gets
    * `true` at once, without touching PMS.
    */
-  async blocked (server: ServerConfig): Promise<boolean> {
-    if (!(await this.rejected(server))) return false
+  async blocked (server: ServerConfig, facts?: Pick<MintFacts, 'adminToken' | 'adminFp' | 'adminRecheckMs'>): Promise<boolean> {
+    const rejection = facts === undefined ? await this.#rejection(server) : this.#fromFacts(server, facts.adminToken, facts.adminFp, facts.adminRecheckMs)
+    if (rejection === undefined) return false
     return (await this.recheck(server)) !== 'accepted'
   }
 
@@ -170,7 +171,11 @@ export class AdminTokenHealth {
   async #rejection (server: ServerConfig): Promise<{ intervalMs: number } | undefined> {
     const { store } = this.#o
     const [verdict, fp, ms] = await store.call(() => store.redis.hmget(store.keys.server(server.name), 'adminToken', 'adminFp', RECHECK_FIELD))
-    if (verdict !== 'invalid' || fp !== store.fingerprint(server.adminToken)) return undefined
+    return this.#fromFacts(server, verdict, fp, ms)
+  }
+
+  #fromFacts (server: ServerConfig, verdict: string | null, fp: string | null, ms: string | null): { intervalMs: number } | undefined {
+    if (verdict !== 'invalid' || fp !== this.#o.store.fingerprint(server.adminToken)) return undefined
     const n = Number(ms)
     return { intervalMs: Number.isFinite(n) && n > 0 ? n : this.#startMs }
   }

@@ -3,6 +3,7 @@ import type { Logger } from 'pino'
 import type { ServerConfig } from '../config.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
+import type { MintFacts } from './server-state.ts'
 import { type RequestContext, type ServedToken, slotKey, type TokenStore } from './token-store.ts'
 
 export interface IssuerOptions {
@@ -27,10 +28,12 @@ export interface IssuerOptions {
   lockTtlMs: number
   /** Longest a holder keeps renewing the mint lock; after that it lapses. Default 10 × lockTtlMs. */
   maxLockHoldMs?: number
-  /** Looks up (and caches in Redis) the machineIdentifier of a server. */
-  machineIdentifier: (server: ServerConfig) => Promise<string>
+  /** The server-hash fields a mint needs, in one Redis read (server-state.ts mintFacts). */
+  mintFacts?: (server: ServerConfig) => Promise<MintFacts>
+  /** Looks up (and caches in Redis) the machineIdentifier of a server; `known` is what mintFacts read. */
+  machineIdentifier: (server: ServerConfig, known?: string | null) => Promise<string>
   /** True when the server's admin token is known to be rejected: fail fast, do not call PMS. */
-  adminTokenBlocked?: (server: ServerConfig) => Promise<boolean>
+  adminTokenBlocked?: (server: ServerConfig, facts?: MintFacts) => Promise<boolean>
   /**
    * Called when PMS rejects the admin token during a mint, and awaited before the client gets its
    * 502: the verdict is recorded first, so the client's next request is already blocked.
@@ -100,6 +103,10 @@ export class TokenIssuer {
         this.#flights.set(key, flight)
       }
       const minted = await flight
+      // Even the leader reads its fresh token back through `serve` rather than having STORE hand
+      // it out: that costs one Redis round trip on a cold miss (next to a PMS call of several ms),
+      // and keeps one place that hands out a token, audits it (fail closed) and checks its owner,
+      // state and key id. A revocation landing between the mint and this read is honoured, too.
       const served = await store.serve(client, server.name, leader && minted ? 'upstream' : 'cache', ctx, target)
       if (served !== undefined) return this.#checked(client, server.name, served, leader && minted ? 'upstream' : 'cache')
     }
@@ -190,12 +197,14 @@ export class TokenIssuer {
     let token: string
     let machineIdentifier: string
     let meta = ''
-    if (await this.#o.adminTokenBlocked?.(server) === true) {
+    // One read of the server hash serves both the admin-token verdict and the machineIdentifier.
+    const facts = await this.#o.mintFacts?.(server)
+    if (await this.#o.adminTokenBlocked?.(server, facts) === true) {
       onMint?.(server.name, 'rejected')
       throw upstreamError(server.name, new PlexRejectedError('admin token known to be rejected', 401))
     }
     try {
-      machineIdentifier = await this.#o.machineIdentifier(server)
+      machineIdentifier = await this.#o.machineIdentifier(server, facts?.mid)
       if (opts.target === undefined) {
         token = await plex.mintTransient(server)
       } else {

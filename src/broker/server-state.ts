@@ -43,6 +43,14 @@ export function isVulnerable (version: string | null): boolean {
 
 const num = (v: string | undefined): number | null => (v === undefined || v === '' ? null : Number(v))
 
+/** The server-hash fields a mint reads (one HMGET). */
+export interface MintFacts {
+  mid: string | null
+  adminToken: string | null
+  adminFp: string | null
+  adminRecheckMs: string | null
+}
+
 /** What the broker knows of each PMS, kept in Redis so every instance shares it. */
 export class ServerStates {
   readonly #store: TokenStore
@@ -73,9 +81,19 @@ export class ServerStates {
     await this.#store.call(() => this.#store.redis.hset(this.#store.keys.server(name), fields))
   }
 
+  /**
+   * What a mint needs from the server hash, in one read: the machineIdentifier and the admin-token
+   * verdict with its fingerprint and recheck interval (admin-token-health.ts).
+   */
+  async mintFacts (name: string): Promise<MintFacts> {
+    const [mid, adminToken, adminFp, adminRecheckMs] = await this.#store.call(() =>
+      this.#store.redis.hmget(this.#store.keys.server(name), 'mid', 'adminToken', 'adminFp', 'adminRecheckMs'))
+    return { mid, adminToken, adminFp, adminRecheckMs }
+  }
+
   /** The server's machineIdentifier, asking PMS `/identity` once when it is not known yet. */
-  async machineIdentifier (server: ServerConfig): Promise<string> {
-    const known = await this.#store.call(() => this.#store.redis.hget(this.#store.keys.server(server.name), 'mid'))
+  async machineIdentifier (server: ServerConfig, known?: string | null): Promise<string> {
+    if (known === undefined) known = await this.#store.call(() => this.#store.redis.hget(this.#store.keys.server(server.name), 'mid'))
     if (known) return known
     const id = await this.#plex.identity(server)
     await this.update(server.name, { mid: id.machineIdentifier, version: id.version })
