@@ -29,13 +29,16 @@ export class BrokerError extends Error {
   readonly statusCode: number
   /** Seconds, sent as `Retry-After` on 429 and 503. */
   readonly retryAfter?: number
+  /** Extra response headers (the `x-ratelimit-*` of a 429). */
+  readonly headers?: Readonly<Record<string, string>>
 
-  constructor (code: ErrorCode, message: string, opts: { retryAfter?: number, cause?: unknown } = {}) {
+  constructor (code: ErrorCode, message: string, opts: { retryAfter?: number, cause?: unknown, headers?: Record<string, string> } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause })
     this.name = 'BrokerError'
     this.code = code
     this.statusCode = ErrorCodes[code]
     if (opts.retryAfter !== undefined) this.retryAfter = Math.max(1, Math.ceil(opts.retryAfter))
+    if (opts.headers !== undefined) this.headers = opts.headers
   }
 }
 

@@ -163,6 +163,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     mintFacts: async (s) => await states.mintFacts(s.name),
     machineIdentifier: async (s, known) => await states.machineIdentifier(s, known),
     onMint: (server, result) => metrics.mints.inc({ server, result }),
+    onRateLimited: () => metrics.rateLimited.inc({ limit: 'client' }),
     adminTokenBlocked: async (server, facts) => await adminHealth.blocked(server, facts),
     onAdminRejected: async (server) => {
       await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})

@@ -3,6 +3,7 @@ import type { Logger } from 'pino'
 import type { ServerConfig } from '../config.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
+import { type ClientLimit, clientLimitExceeded } from './client-limit.ts'
 import type { MintFacts } from './server-state.ts'
 import { type RequestContext, type ServedToken, slotKey, type TokenStore } from './token-store.ts'
 
@@ -41,11 +42,17 @@ export interface IssuerOptions {
   onAdminRejected?: (server: ServerConfig) => Promise<void> | void
   /** Called after every upstream mint attempt (metrics). */
   onMint?: (server: string, result: 'ok' | 'rejected' | 'unavailable' | 'error') => void
+  /** Called when a client is over its rate limit (metrics). */
+  onRateLimited?: (client: string) => void
   /** Called when a served token is past its renewAt: the rotation job was lost or is failing. */
   onOverdue?: (client: string, server: string, tokenId: string) => void
 }
 
-export type IssuedToken = ServedToken & { source: 'cache' | 'upstream' }
+export type IssuedToken = ServedToken & {
+  source: 'cache' | 'upstream'
+  /** The client's rate-limit window after this request, when `issue` counted it. */
+  rate?: { max: number, count: number, ttlMs: number }
+}
 
 /** Resets a lock's expiry only if this owner still holds it. KEYS: lock  ARGV: owner, ttlMs → 1 held, 0 lost */
 const RENEW_LOCK = `
@@ -88,13 +95,25 @@ export class TokenIssuer {
     this.#o = opts
   }
 
-  /** `target`: a source PMS knows (`server://…`, `provider://…`) instead of a PMS token. */
-  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string): Promise<IssuedToken> {
+  /**
+   * `target`: a source PMS knows (`server://…`, `provider://…`) instead of a PMS token. `limit`:
+   * the client's rate limit, counted once, in the first serve script (429 `RATE_LIMITED` beyond it).
+   */
+  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string, limit?: ClientLimit): Promise<IssuedToken> {
     const { store } = this.#o
+    let rate: IssuedToken['rate']
     // A revocation or invalidation can land between our mint and our read; a few rounds settle it.
     for (let round = 0; round < 3; round++) {
-      const hit = await store.serve(client, server.name, 'cache', ctx, target)
-      if (hit !== undefined) return this.#checked(client, server.name, hit, 'cache')
+      const first = await store.serveCounted(client, server.name, 'cache', ctx, target, round === 0 ? limit : undefined)
+      if (round === 0 && limit !== undefined) {
+        if (first.limited) {
+          this.#o.onRateLimited?.(client)
+          throw clientLimitExceeded(limit, first.ttlMs)
+        }
+        rate = { max: limit.max, count: first.count, ttlMs: first.ttlMs }
+      }
+      const hit = first.token
+      if (hit !== undefined) return { ...this.#checked(client, server.name, hit, 'cache'), rate }
       const key = `${client}\u0000${server.name}\u0000${target ?? ''}`
       let flight = this.#flights.get(key)
       const leader = flight === undefined
@@ -108,7 +127,7 @@ export class TokenIssuer {
       // and keeps one place that hands out a token, audits it (fail closed) and checks its owner,
       // state and key id. A revocation landing between the mint and this read is honoured, too.
       const served = await store.serve(client, server.name, leader && minted ? 'upstream' : 'cache', ctx, target)
-      if (served !== undefined) return this.#checked(client, server.name, served, leader && minted ? 'upstream' : 'cache')
+      if (served !== undefined) return { ...this.#checked(client, server.name, served, leader && minted ? 'upstream' : 'cache'), rate }
     }
     throw new BrokerError('UPSTREAM_UNAVAILABLE', 'Could not settle a token for this server; try again.', { retryAfter: 1 })
   }

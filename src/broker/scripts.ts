@@ -24,34 +24,52 @@ end
 `
 
 /**
- * KEYS: current, active, audit (security stream), auditServes
+ * KEYS: current, active, audit (security stream), auditServes, rateLimit (the client's counter)
  * ARGV: tokPrefix, slot, server, now, requestId, ip, source ('cache'|'upstream'), maxlen, client,
  *       action ('token.issue' | 'source.connect'), target (the source id, '' for a PMS token),
- *       kid (the key id of the current BROKER_SECRET), kids (every key id the broker can open, comma-separated)
+ *       kid (the key id of the current BROKER_SECRET), kids (every key id the broker can open, comma-separated),
+ *       rate-limit max (0 = do not count), rate-limit window (ms)
  * A slot is what a current token is kept for: the client id, or `client~<source>` for a source.
  * A record that belongs to another slot or server (a pointer altered in Redis) is never served:
  * the pointer is dropped and a `token.mismatch` event audited. A token sealed under a secret the
  * broker does not know is not served and not audited: {'foreign', id}. A record from before key
  * ids has none: {'unstamped', id, enc}, and the caller tries to open it.
- * → {'hit', id, enc, issuedAt, expiresAt, renewAt, mid, meta, kid} | {'miss', reason} | {'foreign', id} | {'unstamped', id, enc}
+ *
+ * The client's rate limit is counted here too (KEYS[5], ARGV max and windowMs; max 0 = not
+ * counted), so a cache hit costs one round trip: a fixed window (SET NX PX, INCR, PTTL), and over
+ * the limit nothing else happens. Every reply starts with the count and the window's ms left.
+ * → {'limited', count, ttl} | {'hit', count, ttl, id, enc, issuedAt, expiresAt, renewAt, mid, meta, kid}
+ *   | {'miss', count, ttl, reason} | {'foreign', count, ttl, id} | {'unstamped', count, ttl, id, enc}
  */
 export const SERVE = `${AUDIT_FN}
+local count, ttl = 0, 0
+local max = tonumber(ARGV[14])
+if max > 0 then
+  redis.call('SET', KEYS[5], '0', 'PX', ARGV[15], 'NX')
+  count = redis.call('INCR', KEYS[5])
+  ttl = redis.call('PTTL', KEYS[5])
+  if ttl < 0 then ttl = tonumber(ARGV[15]) end
+  if count > max then return {'limited', count, ttl} end
+end
+local function reply(kind, ...)
+  return {kind, count, ttl, ...}
+end
 local id = redis.call('GET', KEYS[1])
-if not id then return {'miss', 'none'} end
+if not id then return reply('miss', 'none') end
 local tk = ARGV[1] .. id
 local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta', 'kid', 'slot', 'server', 'client')
-if not f[1] then return {'miss', 'none'} end
+if not f[1] then return reply('miss', 'none') end
 if (f[10] or f[12]) ~= ARGV[2] or f[11] ~= ARGV[3] then
   redis.call('DEL', KEYS[1])
   audit(KEYS[3], 0, ARGV[4], 'token.mismatch', ARGV[9], ARGV[3], id, f[7] or '', ARGV[5], ARGV[6],
     cjson.encode({slot = ARGV[2], ownerClient = f[12] or '', ownerServer = f[11] or ''}))
-  return {'miss', 'mismatch'}
+  return reply('miss', 'mismatch')
 end
-if f[1] ~= 'active' then return {'miss', f[1]} end
+if f[1] ~= 'active' then return reply('miss', f[1]) end
 local now = tonumber(ARGV[4])
-if now >= tonumber(f[4]) then return {'miss', 'expired'} end
-if not f[9] then return {'unstamped', id, f[2]} end
-if not string.find(',' .. ARGV[13] .. ',', ',' .. f[9] .. ',', 1, true) then return {'foreign', id} end
+if now >= tonumber(f[4]) then return reply('miss', 'expired') end
+if not f[9] then return reply('unstamped', id, f[2]) end
+if not string.find(',' .. ARGV[13] .. ',', ',' .. f[9] .. ',', 1, true) then return reply('foreign', id) end
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('HSET', tk, 'lastUsedAt', now)
 redis.call('HINCRBY', tk, 'serves', 1)
@@ -63,7 +81,7 @@ if ARGV[7] == 'upstream' then
 else
   audit(KEYS[4], ARGV[8], ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
 end
-return {'hit', id, f[2], f[3], f[4], f[5], f[6] or '', f[8] or '', f[9]}
+return reply('hit', id, f[2], f[3], f[4], f[5], f[6] or '', f[8] or '', f[9])
 `
 
 /**

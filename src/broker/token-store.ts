@@ -129,7 +129,7 @@ declare module 'ioredis' {
 /** Registers the scripts on a connection (idempotent). */
 export function defineScripts (redis: Redis): void {
   if (typeof (redis as Partial<Redis>).ptbServe === 'function') return
-  redis.defineCommand('ptbServe', { numberOfKeys: 4, lua: SERVE })
+  redis.defineCommand('ptbServe', { numberOfKeys: 5, lua: SERVE })
   redis.defineCommand('ptbPeek', { numberOfKeys: 1, lua: PEEK })
   redis.defineCommand('ptbStore', { numberOfKeys: 8, lua: STORE })
   redis.defineCommand('ptbRetire', { numberOfKeys: 2, lua: RETIRE })
@@ -192,57 +192,73 @@ export class TokenStore {
    * `undecryptable` and is a miss too: the caller mints a fresh one instead of failing.
    */
   async serve (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext, target?: string): Promise<ServedToken | undefined> {
+    return (await this.serveCounted(client, server, source, ctx, target)).token
+  }
+
+  /**
+   * `serve`, with the client's rate limit counted in the same script (`limit`): one Redis round
+   * trip for a cache hit, limit included. Over the limit nothing is served or audited and the
+   * answer says so (`limited`); `count` and `ttlMs` describe the client's current window.
+   */
+  async serveCounted (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext, target?: string,
+    limit?: { max: number, windowMs: number }): Promise<{ token?: ServedToken, limited: boolean, count: number, ttlMs: number }> {
     const k = this.keys
     const slot = slotKey(client, target)
     const action = target === undefined ? 'token.issue' : 'source.connect'
     const r = await this.call(() => this.redis.ptbServe(
-      k.current(slot, server), k.active(server), k.audit, k.auditServes,
+      k.current(slot, server), k.active(server), k.audit, k.auditServes, k.rateLimitPrefix + `client:${client}`,
       k.tokenPrefix, slot, server, this.now(), requestIdField(ctx), ctx.ip, source, this.#maxlen, client, action, target ?? '',
-      this.#crypto.keyId, this.#kids))
+      this.#crypto.keyId, this.#kids, limit?.max ?? 0, limit?.windowMs ?? 0))
+    const rate = { count: Number(r[1]), ttlMs: Number(r[2]) }
+    if (r[0] === 'limited') return { limited: true, ...rate }
+    const v = r.slice(3)
     if (r[0] === 'miss') {
-      if (r[1] === 'mismatch') this.#onAudit('token.mismatch', 1)
-      return undefined
+      if (v[0] === 'mismatch') this.#onAudit('token.mismatch', 1)
+      return { limited: false, ...rate }
     }
     const binding = { client, server, slot }
     if (r[0] === 'foreign') {
-      await this.#undecryptable(String(r[1]), server, 'sealed under another BROKER_SECRET')
-      return undefined
+      await this.#undecryptable(String(v[0]), server, 'sealed under another BROKER_SECRET')
+      return { limited: false, ...rate }
     }
     if (r[0] === 'unstamped') {
       // Sealed before records carried a key id: open it here, and stamp it when it opens.
-      const tokenId = String(r[1])
-      const opened = this.#openWithRing(String(r[2]), { tokenId, ...binding })
+      const tokenId = String(v[0])
+      const opened = this.#openWithRing(String(v[1]), { tokenId, ...binding })
       if (opened === undefined) {
         await this.#undecryptable(tokenId, server, 'cannot be opened')
-        return undefined
+        return { limited: false, ...rate }
       }
       await this.call(() => this.redis.hsetnx(k.token(tokenId), 'kid', opened.kid))
-      return await this.serve(client, server, source, ctx, target)
+      return { token: await this.serve(client, server, source, ctx, target), limited: false, ...rate }
     }
-    if (r[0] !== 'hit') return undefined
-    const tokenId = String(r[1])
-    const kid = String(r[8])
-    const token = this.#tryOpen(String(r[2]), { tokenId, ...binding }, kid)
+    if (r[0] !== 'hit') return { limited: false, ...rate }
+    const tokenId = String(v[0])
+    const kid = String(v[7])
+    const token = this.#tryOpen(String(v[1]), { tokenId, ...binding }, kid)
     if (token === undefined) {
       // Same key id but the ciphertext does not authenticate: altered in Redis. The serve event
       // is already written; the invalidation that follows it in the trail says why nobody got it.
       await this.#undecryptable(tokenId, server, 'ciphertext does not authenticate')
-      return undefined
+      return { limited: false, ...rate }
     }
     this.#onAudit(action, 1)
-    if (kid !== this.#crypto.keyId) this.#reseal(tokenId, kid, String(r[2]), token, { tokenId, ...binding })
+    if (kid !== this.#crypto.keyId) this.#reseal(tokenId, kid, String(v[1]), token, { tokenId, ...binding })
     return {
-      tokenId,
-      token,
-      issuedAt: Number(r[3]),
-      expiresAt: Number(r[4]),
-      renewAt: Number(r[5]),
-      machineIdentifier: String(r[6] ?? ''),
-      meta: String(r[7] ?? ''),
+      token: {
+        tokenId,
+        token,
+        issuedAt: Number(v[2]),
+        expiresAt: Number(v[3]),
+        renewAt: Number(v[4]),
+        machineIdentifier: String(v[5] ?? ''),
+        meta: String(v[6] ?? ''),
+      },
+      limited: false,
+      ...rate,
     }
   }
 
-  /** Opens with the key of `kid`, or with each known key when the record has none. */
   #tryOpen (sealed: string, binding: SealBinding, kid?: string): string | undefined {
     return this.#openWithRing(sealed, binding, kid)?.token
   }

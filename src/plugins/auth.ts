@@ -16,8 +16,10 @@ declare module 'fastify' {
      * An `onRequest` hook: a known bearer secret holding the scope (or one of the scopes), else
      * 401/403. It runs before the body is parsed and validated, so a caller without credentials or
      * scope learns nothing about the body the route expects (use it as the route's `onRequest`).
+     * The client's rate limit is applied here too, unless `clientLimit: false`: then the route
+     * counts it itself (the hot path counts it inside its one Redis script).
      */
-    authenticate: (scope: Scope | Scope[]) => onRequestAsyncHookHandler
+    authenticate: (scope: Scope | Scope[], opts?: { clientLimit?: boolean }) => onRequestAsyncHookHandler
   }
 }
 
@@ -63,7 +65,7 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
   app.decorateRequest('client', null)
   const { limits } = opts
   const findClient = clientIndex(opts.clients)
-  app.decorate('authenticate', (scope: Scope | Scope[]) => async function authenticate (request: FastifyRequest, reply: FastifyReply) {
+  app.decorate('authenticate', (scope: Scope | Scope[], how: { clientLimit?: boolean } = {}) => async function authenticate (request: FastifyRequest, reply: FastifyReply) {
     const secret = bearer(request)
     const client = secret === undefined ? undefined : findClient(secret)
     if (client === undefined) return await refuse(request, secret === undefined ? 'missing_credential' : 'unknown_secret')
@@ -71,7 +73,7 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
     // (one host, a NAT, a sidecar, an ingress), and a neighbour's failures must not lock them out.
     // Secrets are 256-bit, so guessing one is not what the failure throttle guards against.
     request.client = client
-    await limits?.client(request, reply)
+    if (how.clientLimit !== false) await limits?.client(request, reply)
     const wanted = Array.isArray(scope) ? scope : [scope]
     if (!wanted.some((s) => client.scopes.includes(s))) {
       opts.denials.record(request, 'missing_scope', client.id, { scope: wanted.join(' or ') })

@@ -34,6 +34,7 @@ async function errorHandler (app: FastifyInstance, opts: { notFoundPreHandler?: 
   app.setErrorHandler((err: FastifyError | BrokerError, request, reply) => {
     if (err instanceof BrokerError) {
       if (err.statusCode >= 500) request.log.warn({ code: err.code, cause: describe(err.cause) }, err.message)
+      if (err.headers !== undefined) reply.headers(err.headers)
       return sendError(reply, request, err.statusCode, err.code, err.message, err.retryAfter)
     }
     const status = err.statusCode ?? 500

@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import type { WindowCounters } from '../broker/window-counters.ts'
 import type { RateLimitConfig } from '../config.ts'
 import { BrokerError } from '../errors.ts'
+import { describeWindow } from '../broker/client-limit.ts'
 import type { Metrics } from '../metrics.ts'
 
 declare module 'fastify' {
@@ -53,14 +54,7 @@ export interface RateLimitsOptions {
   notFoundLimit?: RateLimitConfig
 }
 
-const UNITS: Array<[number, string]> = [[86_400_000, 'day'], [3_600_000, 'hour'], [60_000, 'minute'], [1000, 'second'], [1, 'millisecond']]
-
-/** A window as people say it, exactly: 60000 → "1 minute", 90000 → "90 seconds", 1500 → "1500 milliseconds". */
-export function describeWindow (ms: number): string {
-  const [size, unit] = UNITS.find(([size]) => ms >= size && ms % size === 0) ?? [1, 'millisecond']
-  const n = Math.round(ms / size)
-  return `${n} ${unit}${n === 1 ? '' : 's'}`
-}
+export { describeWindow }
 
 /**
  * The store @fastify/rate-limit uses. Its own RedisStore names the keys of `rateLimit()` and

@@ -13,7 +13,8 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
   const { broker } = app
 
   app.post('/v1/tokens', {
-    onRequest: app.authenticate('token:issue'),
+    // The client's rate limit is counted in the serve script (one Redis round trip per cache hit).
+    onRequest: app.authenticate('token:issue', { clientLimit: false }),
     schema: {
       summary: 'Get this client\'s transient token for a PMS server',
       description: 'Returns the cached token while it is live; mints one upstream (once, across all broker instances) otherwise. ' +
@@ -23,13 +24,26 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
       body: IssueBodySchema,
       response: { 200: IssuedTokenSchema, 404: { $ref: 'Error#' }, 502: { $ref: 'Error#' }, ...authErrors },
     },
-  }, async (request) => {
+  }, async (request, reply) => {
     const client = request.client!
     const server = allowedServer(app, request, request.body.server)
     const ctx = requestContext(request)
-    const t = request.body.rejectedTokenId === undefined
-      ? await broker.issuer.issue(client.id, server, ctx)
-      : await broker.rejection.report(client.id, server, request.body.rejectedTokenId, ctx)
+    const { max, timeWindowMs } = client.rateLimit ?? broker.config.defaultRateLimit
+    let t
+    if (request.body.rejectedTokenId === undefined) {
+      t = await broker.issuer.issue(client.id, server, ctx, undefined, { max, windowMs: timeWindowMs })
+    } else {
+      // A report is rare and costs a PMS check anyway: the ordinary limiter counts it.
+      await app.limits.client(request, reply)
+      t = await broker.rejection.report(client.id, server, request.body.rejectedTokenId, ctx)
+    }
+    if (t.rate !== undefined) {
+      reply.headers({
+        'x-ratelimit-limit': String(t.rate.max),
+        'x-ratelimit-remaining': String(Math.max(0, t.rate.max - t.rate.count)),
+        'x-ratelimit-reset': String(Math.max(0, Math.ceil(t.rate.ttlMs / 1000))),
+      })
+    }
     broker.metrics.tokensServed.inc({ server: server.name, source: t.source })
     return {
       tokenId: t.tokenId,
