@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import autocannon from 'autocannon'
 import { Redis } from 'ioredis'
 import { sha256 } from '../src/broker/crypto.ts'
-import { freePort } from '../src/demo.ts'
+import { freePort } from '../src/dev-support.ts'
 import { PmsSimulator } from '../src/sim/pms-sim.ts'
 import { deleteKeys } from '../test/helper.ts'
 

@@ -80,7 +80,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   await app.register(requestIdentity)
   await app.register(rateLimits, { counters: services.counters, defaultLimit: config.defaultRateLimit, metrics: services.metrics })
   await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
-  await app.register(docs, { version: '0.1.0' })
+  await app.register(docs)
   const failedAuth = { denials: services.denials, limits: app.limits }
   await app.register(metricsPlugin, { metrics: services.metrics, token: config.metricsToken, refresh: async () => { await refreshGauges(services) }, ...failedAuth })
   await app.register(auth, { clients: config.clients, ...failedAuth })

@@ -10,62 +10,19 @@
  * and the printed commands keep working. The PMS simulator starts afresh each run, which the
  * broker sees as a PMS restart: its first probe re-mints, as it would after a real one.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { createServer, connect } from 'node:net'
 import { resolve } from 'node:path'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
 import { sha256 } from './broker/crypto.ts'
+import { freePort, redisAnswers, startRedis } from './dev-support.ts'
 import { type ClientConfig, type Config, ConfigError, loadConfig } from './config.ts'
 import { startSimFromEnv } from './sim/main.ts'
 import { PlexTvSimulator } from './sim/plextv-sim.ts'
 
 const out = (s = ''): void => { process.stdout.write(`${s}\n`) }
-
-/** Resolves true when something answers PING at this Redis URL within a second. */
-export function redisAnswers (url: string): Promise<boolean> {
-  const u = new URL(url)
-  return new Promise((done) => {
-    const s = connect(Number(u.port || 6379), u.hostname)
-    const finish = (ok: boolean): void => { s.destroy(); done(ok) }
-    s.setTimeout(1000, () => finish(false))
-    s.on('error', () => finish(false))
-    s.on('connect', () => s.write('PING\r\n'))
-    s.on('data', (d) => finish(d.toString().startsWith('+PONG') || d.toString().startsWith('-NOAUTH')))
-  })
-}
-
-export async function freePort (): Promise<number> {
-  return await new Promise((done, fail) => {
-    const srv = createServer()
-    srv.on('error', fail)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => done(port))
-    })
-  })
-}
-
-/** Starts a redis-server for the demo, persisting under `dir`. Throws a clear message when none is installed. */
-export async function startRedis (dir: string): Promise<{ url: string, child: ChildProcess }> {
-  if (spawnSync('redis-server', ['--version']).status !== 0) {
-    throw new Error('No Redis answers on REDIS_URL and no redis-server is installed. ' +
-      'Install the Debian package: sudo apt-get install redis-server (or set REDIS_URL to a running Redis).')
-  }
-  mkdirSync(dir, { recursive: true })
-  const port = await freePort()
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-    '--appendonly', 'yes', '--save', '', '--maxmemory-policy', 'noeviction'], { stdio: 'ignore' })
-  const url = `redis://127.0.0.1:${port}`
-  for (let i = 0; i < 50; i++) {
-    if (await redisAnswers(url)) return { url, child }
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  child.kill()
-  throw new Error(`redis-server did not start on port ${port}`)
-}
 
 export interface DemoSecrets { brokerSecret: string, demoSecret: string, opsSecret: string }
 

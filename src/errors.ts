@@ -31,20 +31,28 @@ export class BrokerError extends Error {
   readonly retryAfter?: number
   /** Extra response headers (the `x-ratelimit-*` of a 429). */
   readonly headers?: Readonly<Record<string, string>>
+  /** Sent as `WWW-Authenticate` on a 401 (RFC 6750); the error handler sends plain `Bearer` without it. */
+  readonly challenge?: string
 
-  constructor (code: ErrorCode, message: string, opts: { retryAfter?: number, cause?: unknown, headers?: Record<string, string> } = {}) {
+  constructor (code: ErrorCode, message: string, opts: { retryAfter?: number, cause?: unknown, headers?: Record<string, string>, challenge?: string } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause })
     this.name = 'BrokerError'
     this.code = code
     this.statusCode = ErrorCodes[code]
     if (opts.retryAfter !== undefined) this.retryAfter = Math.max(1, Math.ceil(opts.retryAfter))
     if (opts.headers !== undefined) this.headers = opts.headers
+    if (opts.challenge !== undefined) this.challenge = opts.challenge
   }
 }
 
 export const badRequest = (message: string): BrokerError => new BrokerError('BAD_REQUEST', message)
-export const unauthenticated = (message = 'Missing or unknown client credential.'): BrokerError =>
-  new BrokerError('UNAUTHENTICATED', message)
+/**
+ * 401. `credentialSent`: a bearer credential came with the request but matched nothing, so the
+ * challenge says `error="invalid_token"`; without one it is a bare `Bearer` (RFC 6750 §3.1: no
+ * error code when the request carried no authentication).
+ */
+export const unauthenticated = (message = 'Missing or unknown client credential.', credentialSent = false): BrokerError =>
+  new BrokerError('UNAUTHENTICATED', message, { challenge: credentialSent ? 'Bearer error="invalid_token"' : 'Bearer' })
 export const forbidden = (message: string): BrokerError => new BrokerError('FORBIDDEN', message)
 export const notFound = (message: string): BrokerError => new BrokerError('NOT_FOUND', message)
 export const storeUnavailable = (cause?: unknown): BrokerError =>

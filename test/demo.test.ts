@@ -2,7 +2,7 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
-import { freePort } from '../src/demo.ts'
+import { freePort } from '../src/dev-support.ts'
 import { deleteKeys, REDIS_URL, type T, uniquePrefix, until } from './helper.ts'
 
 // `npm run demo` started twice on one machine (one Redis, one ./.demo): the second run must hand

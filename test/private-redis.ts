@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import { freePort } from '../src/demo.ts'
+import { freePort } from '../src/dev-support.ts'
 import type { T } from './helper.ts'
 
 /**

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { freePort } from '../src/demo.ts'
+import { freePort } from '../src/dev-support.ts'
 import { sha256 } from '../src/broker/crypto.ts'
 import { REDIS_URL, type T } from './helper.ts'
 

@@ -10,7 +10,7 @@ import { pino } from 'pino'
 import { parse } from 'yaml'
 import { buildApp } from '../src/app.ts'
 import { ConfigError, describeConfig, loadConfig } from '../src/config.ts'
-import { freePort } from '../src/demo.ts'
+import { freePort } from '../src/dev-support.ts'
 import { createRedis } from '../src/redis.ts'
 import { LogCapture, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 

@@ -20,6 +20,7 @@ import { Document, type YAMLMap, type YAMLSeq } from 'yaml'
 import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreachableError, type Resource } from '../plex/plextv.ts'
 import { plexTvUrlProblem } from '../config.ts'
 import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
+import { VERSION } from '../version.ts'
 
 export interface CliIo {
   stdout: { write: (s: string) => unknown }
@@ -84,10 +85,6 @@ function commandUsage (argv: string[]): string | undefined {
   return Object.hasOwn(all, cmd) ? all[cmd] : undefined
 }
 
-/** The version in package.json (two levels up from both src/cli/ and dist/cli/). */
-function version (): string {
-  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
-}
 
 class CliError extends Error {
   readonly exit: number
@@ -455,7 +452,7 @@ export async function main (argv: string[], io: CliIo): Promise<number> {
       return EXIT.usage
     }
     if (cmd === '--version' || cmd === '-V' || cmd === 'version') {
-      io.stdout.write(`${version()}\n`)
+      io.stdout.write(`${VERSION}\n`)
       return EXIT.ok
     }
     if (cmd === 'help' || argv.includes('--help') || argv.includes('-h')) {

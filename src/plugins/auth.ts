@@ -109,7 +109,7 @@ export async function refuseFailedAuthentication (request: FastifyRequest, reaso
   }
   if (verdict?.counted === false) opts.denials.counted(reason)
   else opts.denials.record(request, reason)
-  throw unauthenticated(message)
+  throw unauthenticated(message, bearer(request) !== undefined)
 }
 
 /** Whether a client may ask for tokens of this server. */

@@ -14,8 +14,12 @@ const BY_STATUS: Record<number, ErrorCode> = {
   429: 'RATE_LIMITED',
 }
 
+/** The challenge of a 401 that did not name one (RFC 7235: every 401 carries WWW-Authenticate). */
+const BEARER_CHALLENGE = 'Bearer'
+
 export function sendError (reply: FastifyReply, request: FastifyRequest, statusCode: number, code: string, message: string, retryAfter?: number): FastifyReply {
   if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter))
+  if (statusCode === 401 && !reply.hasHeader('www-authenticate')) reply.header('www-authenticate', BEARER_CHALLENGE)
   return reply.code(statusCode).type('application/json; charset=utf-8').send({
     statusCode,
     code,
@@ -35,6 +39,7 @@ async function errorHandler (app: FastifyInstance, opts: { notFoundPreHandler?: 
     if (err instanceof BrokerError) {
       if (err.statusCode >= 500) request.log.warn({ code: err.code, cause: describe(err.cause) }, err.message)
       if (err.headers !== undefined) reply.headers(err.headers)
+      if (err.statusCode === 401 && err.challenge !== undefined) reply.header('www-authenticate', err.challenge)
       return sendError(reply, request, err.statusCode, err.code, err.message, err.retryAfter)
     }
     const status = err.statusCode ?? 500

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { digestEquals, sha256 } from '../broker/crypto.ts'
 import type { Metrics } from '../metrics.ts'
+import { unauthenticatedResponse } from '../schemas/common.ts'
 import { type AuthOptions, bearer, refuseFailedAuthentication } from './auth.ts'
 
 export interface MetricsPluginOptions extends Pick<AuthOptions, 'denials' | 'limits'> {
@@ -33,11 +34,16 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
   app.get('/metrics', {
     config: { rateLimit: false },
     schema: {
+      operationId: 'getMetrics',
       summary: 'Prometheus metrics',
       description: 'Text exposition format. Requires `Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set.',
       tags: ['health'],
+      // Public without METRICS_TOKEN; with it, a bearer credential of its own (not a client secret).
+      security: expected === undefined ? [] : [{ metricsToken: [] }],
       produces: ['text/plain'],
-      response: { 200: { type: 'string' }, 401: { $ref: 'Error#' }, 429: { $ref: 'Error#' } },
+      response: expected === undefined
+        ? { 200: { type: 'string' } }
+        : { 200: { type: 'string' }, 401: unauthenticatedResponse, 429: { $ref: 'Error#' } },
     },
   }, async (request, reply) => {
     if (expected !== undefined) {

@@ -7,18 +7,22 @@ export default async function healthRoutes (app: FastifyInstance): Promise<void>
 
   app.get('/healthz', {
     schema: {
+      operationId: 'getHealth',
       summary: 'Liveness: the process is running',
       description: 'Use for container health checks and restarts; it does not look at Redis or PMS, so a Redis outage does not restart every broker.',
       tags: ['health'],
+      security: [],
       response: { 200: Type.Object({ status: Type.Literal('ok') }) },
     },
   }, async () => ({ status: 'ok' as const }))
 
   app.get('/readyz', {
     schema: {
+      operationId: 'getReadiness',
       summary: 'Readiness: Redis answers and the audit trail can be written',
       description: 'Use to route traffic: 503 while tokens could not be issued (issuing fails closed when the audit trail cannot be written).',
       tags: ['health'],
+      security: [],
       response: {
         200: Type.Object({ status: Type.Literal('ready'), checks: Type.Record(Type.String(), Type.String()) }),
         503: { $ref: 'Error#' },

@@ -35,6 +35,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   app.post('/v1/revoke', {
     onRequest: app.authenticate('token:revoke'),
     schema: {
+      operationId: 'revokeTokens',
       summary: 'Revoke tokens: one, per client, per server, per client and server, or all',
       description: 'Revoked tokens are never served again, by any broker instance; the client\'s next request mints a new token. ' +
         'PMS has no call to kill a transient token: it stays valid at PMS until `upstreamStillValidUntil` or the next PMS restart. ' +
@@ -92,6 +93,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   app.get('/v1/audit', {
     onRequest: app.authenticate('audit:read'),
     schema: {
+      operationId: 'listAudit',
       summary: 'Read the audit trail, newest first',
       description: 'Filters combine with AND. Pass `next` back as `cursor` for the following page. ' +
         'A caller limited to some servers sees only events of those servers (not events without a server); `server` outside its list is 403.',
@@ -108,6 +110,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   app.get('/v1/audit/export', {
     onRequest: app.authenticate('audit:read'),
     schema: {
+      operationId: 'exportAudit',
       summary: 'Export the audit trail as NDJSON, oldest first (for a SIEM)',
       description: 'A caller limited to some servers gets only events of those servers.',
       tags: ['audit'],
@@ -133,6 +136,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   app.post('/v1/audit/trace', {
     onRequest: app.authenticate('audit:read'),
     schema: {
+      operationId: 'traceToken',
       summary: 'Who held this token? Finds the events for a token value by its fingerprint',
       description: 'The token is hashed on arrival (HMAC under a key derived from BROKER_SECRET); it is never stored or logged. ' +
         'A caller limited to some servers gets a token of another server answered like an unknown one.',
@@ -176,6 +180,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   app.get('/v1/servers', {
     onRequest: app.authenticate('server:read'),
     schema: {
+      operationId: 'listServers',
       summary: 'The PMS servers the broker serves, with their probed state (only those in the caller\'s servers list)',
       tags: ['servers'],
       security: [{ bearer: [] }],
@@ -206,6 +211,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   app.post('/v1/servers/:name/rotate', {
     onRequest: app.authenticate('server:rotate'),
     schema: {
+      operationId: 'rotateServer',
       summary: 'Rotate every active token of a server now',
       description: 'Queues one rotation per active client; answers before they run.',
       tags: ['servers'],

@@ -19,6 +19,7 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
   app.post('/v1/sources/connection', {
     onRequest: app.authenticate('source:connect'),
     schema: {
+      operationId: 'connectSource',
       summary: 'Connection details and a token for a source this PMS knows',
       description: 'Cached, encrypted, single-flight, rotated and revocable like PMS tokens (revoke by `source`). ' +
         'A client may ask only for the sources its config lists.',

@@ -16,6 +16,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     // The client's rate limit is counted in the serve script (one Redis round trip per cache hit).
     onRequest: app.authenticate('token:issue', { clientLimit: false }),
     schema: {
+      operationId: 'issueToken',
       summary: 'Get this client\'s transient token for a PMS server',
       description: 'Returns the cached token while it is live; mints one upstream (once, across all broker instances) otherwise. ' +
         'Send `rejectedTokenId` when PMS answered 401 to the token you hold: the broker checks it and replaces it if PMS really lost it.',
@@ -58,6 +59,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
   app.get('/v1/tokens/:tokenId', {
     onRequest: app.authenticate(['token:issue', 'audit:read']),
     schema: {
+      operationId: 'getToken',
       summary: 'State of one token (never the token itself)',
       description: 'Answers the client that owns the token, and clients with scope audit:read whose servers list holds the token\'s server.',
       tags: ['tokens'],

@@ -13,10 +13,25 @@ export const NameSchema = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,6
 export const TokenIdSchema = Type.String({ pattern: '^tk_[A-Za-z0-9_-]{22}$', description: 'Opaque token id' })
 export const IsoDate = Type.String({ format: 'date-time' })
 
+/**
+ * The 401 answer: the Error body with the RFC 6750 challenge. `WWW-Authenticate: Bearer` when no
+ * bearer credential was sent, `Bearer error="invalid_token"` when one was sent but is unknown.
+ */
+export const unauthenticatedResponse = {
+  $ref: 'Error#',
+  description: 'Missing or unknown bearer credential',
+  headers: {
+    'WWW-Authenticate': {
+      type: 'string',
+      description: '`Bearer` when no credential was sent; `Bearer error="invalid_token"` when the one sent is unknown (RFC 6750)',
+    },
+  },
+} as const
+
 /** Error responses shared by authenticated routes. */
 export const authErrors = {
   400: { $ref: 'Error#' },
-  401: { $ref: 'Error#' },
+  401: unauthenticatedResponse,
   403: { $ref: 'Error#' },
   429: { $ref: 'Error#' },
   500: { $ref: 'Error#' },
