@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify'
 import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
-import type { Config, ServerConfig } from './config.ts'
+import type { Config, ServerConfig } from './config/index.ts'
 import { keyRing } from './broker/crypto.ts'
 import { TokenIssuer, type IssuedToken } from './broker/issuer.ts'
 import { createKeys } from './broker/keys.ts'

@@ -2,7 +2,7 @@ import t from 'tap'
 import fc from 'fast-check'
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { ConfigError, ENV_VARIABLES, isLoopbackHost, loadConfig, parseDuration, plexTvUrlProblem, tokenFromPreferences } from '../src/config.ts'
+import { ConfigError, ENV_VARIABLES, isLoopbackHost, loadConfig, parseDuration, plexTvUrlProblem, tokenFromPreferences } from '../src/config/index.ts'
 
 const SECRET = Buffer.alloc(32, 7).toString('base64')
 // HOST on loopback: a broker listening wider needs METRICS_TOKEN (tested below).
@@ -228,7 +228,8 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
   for (const f of files) {
     const text = readFileSync(f, 'utf8')
     for (const m of text.matchAll(/env(?:\.|\[['"])([A-Z][A-Z0-9_]+)/g)) read.add(m[1])
-    for (const m of text.matchAll(/\b(?:get|dflt|duration|integer)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
+    for (const m of text.matchAll(/\b(?:get|dflt|duration|integer|secret)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
+    for (const m of text.matchAll(/\bsecret\([^,)]+, '([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
   }
   const known = new Set(ENV_VARIABLES.map((v) => v.name))
   // HOME and XDG_CONFIG_HOME: where the CLI keeps its token file; DEMO_DIR: where `npm run demo`

@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { buildApp, type AppOverrides } from '../src/app.ts'
 import { sha256 } from '../src/broker/crypto.ts'
-import type { ClientConfig, Config, Scope, ServerConfig } from '../src/config.ts'
+import type { ClientConfig, Config, Scope, ServerConfig } from '../src/config/index.ts'
 import { PmsSimulator, type PmsSimOptions } from '../src/sim/pms-sim.ts'
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'

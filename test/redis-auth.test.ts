@@ -9,12 +9,12 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pino } from 'pino'
 import { parse } from 'yaml'
 import { buildApp } from '../src/app.ts'
-import { ConfigError, describeConfig, loadConfig } from '../src/config.ts'
+import { ConfigError, describeConfig, loadConfig } from '../src/config/index.ts'
 import { freePort } from '../src/demo.ts'
 import { createRedis } from '../src/redis.ts'
 import { LogCapture, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
-// The compose stack's Redis requires a password (issue 14). These tests run the compose file's own
+// The compose stack's Redis requires a password (README, *With Docker Compose*). These tests run the compose file's own
 // redis command (a real redis-server, paths mapped to a temp dir) and connect the broker to it
 // through REDIS_PASSWORD_FILE, as the broker container does.
 

@@ -1,4 +1,4 @@
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import type { PlexClient } from '../plex/client.ts'
 import type { TokenStore } from './token-store.ts'
 
@@ -10,7 +10,7 @@ export interface ServerState {
   version: string | null
   lastProbeAt: number | null
   lastRestartAt: number | null
-  /** Last verdict on the admin token (issue 8): PMS or plex.tv rejected it → invalid; an outage → unknown. */
+  /** Last verdict on the admin token (AdminTokenHealth): PMS or plex.tv rejected it → invalid; an outage → unknown. */
   adminToken: 'valid' | 'invalid' | 'unknown'
   adminCheckedAt: number | null
   /** Fingerprint of the admin token the verdict is about. */
@@ -22,7 +22,7 @@ export interface ServerState {
 
 /**
  * PMS through 1.42.2.10156 lets a transient token be turned into a permanent one
- * (CVE-2025-69414, ../shared/plex-api.md §2): a server at or below it is flagged `vulnerable`.
+ * (CVE-2025-69414, docs/plex-api.md §7): a server at or below it is flagged `vulnerable`.
  */
 export const LAST_VULNERABLE_VERSION = '1.42.2.10156'
 

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { stringify } from 'yaml'
 import { sha256 } from '../broker/crypto.ts'
-import { SCOPES } from '../config.ts'
+import { SCOPES } from '../config/index.ts'
 
 export interface OpsIo {
   stdout: { write: (s: string) => unknown }

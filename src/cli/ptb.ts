@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `ptb`: the ops command line of plex-token-broker (issue 8). The plex.tv half lives here:
+ * `ptb`: the ops command line of plex-token-broker. The plex.tv half lives here:
  *   ptb login       plex.tv PIN flow (or --password) → account token file (0600)
  *   ptb servers discover   the account's servers as ready `servers:` config entries
  *   ptb claim       claim a fresh, unclaimed PMS for the account
@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util'
 import { request } from 'undici'
 import { Document, type YAMLMap, type YAMLSeq } from 'yaml'
 import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreachableError, type Resource } from '../plex/plextv.ts'
-import { plexTvUrlProblem } from '../config.ts'
+import { plexTvUrlProblem } from '../config/index.ts'
 import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
 
 export interface CliIo {

@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyRateLimit, { normalizeIP, type FastifyRateLimitStore, type FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import type { Redis } from 'ioredis'
-import type { RateLimitConfig } from '../config.ts'
+import type { RateLimitConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 
