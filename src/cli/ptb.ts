@@ -315,7 +315,7 @@ async function passwordLogin (tv: PlexTv, answers: Answers, user: string | undef
   }
 }
 
-/** A config `name`: `^[a-z0-9][a-z0-9_-]{0,62}$` (config.ts), unique within the output. */
+/** A config `name` (NAME_PATTERN, `src/config/names.ts`), unique within the output. */
 function configName (name: string, taken: Set<string>): string {
   const base = name.toLowerCase().normalize('NFKD').replace(/[^a-z0-9_-]+/g, '-').replace(/^[-_]+|-+$/g, '').slice(0, 56) || 'server'
   let n = base
