@@ -21,16 +21,24 @@ function problems (env: Record<string, string | undefined>, io?: { readFile?: (p
 t.test('defaults', async (t) => {
   t.equal(loadConfig({ ...BASE, HOST: undefined, METRICS_TOKEN: 'm' }).host, '0.0.0.0')
   const c = loadConfig(BASE)
-  t.match(c, {
-    host: '127.0.0.1', port: 8080, redisUrl: 'redis://127.0.0.1:6379', redisPrefix: 'ptb',
+  // The whole object, so a new setting has to state its default here.
+  t.same(c, {
+    host: '127.0.0.1', port: 8080, redisUrl: 'redis://127.0.0.1:6379', redisPrefix: 'ptb', brokerSecret: Buffer.alloc(32, 7),
     tokenLifetimeMs: 48 * 3600_000, tokenRenewAfterMs: 24 * 3600_000, probeIntervalMs: 15_000,
     metricsToken: undefined, logLevel: 'info', role: 'all', auditRetentionMs: 30 * 86_400_000, auditMaxEvents: 1_000_000,
     plexTimeoutMs: 5000, plexConcurrency: 4, trustProxy: [], defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
-    demo: false, plexTvUrl: 'https://plex.tv',
+    demo: false, plexTvUrl: 'https://plex.tv', brokerSecretPrevious: [],
+    servers: [{ name: 'default', url: 'http://127.0.0.1:32400', adminToken: 'admin-token-value', tokenSource: 'token' }],
+    clients: [],
   })
-  t.same(c.servers, [{ name: 'default', url: 'http://127.0.0.1:32400', adminToken: 'admin-token-value', tokenSource: 'token' }])
-  t.equal(c.brokerSecret.length, 32)
+  t.notOk('redisPassword' in c, 'no Redis password unless REDIS_PASSWORD_FILE')
   t.ok(Object.isFrozen(c) && Object.isFrozen(c.servers[0]), 'frozen')
+})
+
+t.test('each documented default is the one applied: giving it explicitly changes nothing', async (t) => {
+  const explicit = Object.fromEntries(ENV_VARIABLES.filter((v) => v.default !== undefined && v.name !== 'HOST').map((v) => [v.name, v.default]))
+  t.same(loadConfig({ ...BASE, ...explicit }), loadConfig(BASE))
+  t.same(loadConfig({ ...BASE, HOST: '0.0.0.0', METRICS_TOKEN: 'm' }), loadConfig({ ...BASE, HOST: undefined, METRICS_TOKEN: 'm' }), 'HOST')
 })
 
 t.test('every variable is parsed', async (t) => {
