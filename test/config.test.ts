@@ -246,3 +246,21 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
   t.same(unlisted, [], 'no variable is read without being listed')
   t.ok(read.size > 10, `found ${read.size} variables in the source`)
 })
+
+t.test('the README configuration table lists exactly the variables the service reads, with their defaults', async (t) => {
+  const readme = readFileSync('README.md', 'utf8')
+  const section = readme.slice(readme.indexOf('\n## Configuration\n'))
+  const rows = section.slice(section.indexOf('| variable | default | meaning |')).split('\n\n')[0].split('\n').slice(2)
+  t.ok(rows.length > 10, `${rows.length} rows`)
+  const documented = new Map<string, string>()
+  for (const row of rows) {
+    // A row may group variables (`A / B`, `A + B`) and then their defaults (`x / y`, or one for all).
+    const [names, defaults] = row.split('|').slice(1, 3).map((cell) => cell.trim())
+    const nameList = names.split(/\s+[/+]\s+/)
+    const defaultList = defaults.split(/\s+\/\s+/)
+    t.ok(defaultList.length === 1 || defaultList.length === nameList.length, `defaults of ${names}`)
+    for (const [i, name] of nameList.entries()) documented.set(name, defaultList.length === 1 ? defaultList[0] : defaultList[i])
+  }
+  t.same([...documented.keys()].sort(), ENV_VARIABLES.map((v) => v.name).sort(), 'same variables')
+  for (const v of ENV_VARIABLES) t.equal(documented.get(v.name), v.default ?? 'none', `${v.name} default`)
+})
