@@ -275,7 +275,7 @@ async function footprint (sim: PmsSimulator): Promise<void> {
     const heap = Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(metrics)?.[1] ?? 0) / 2 ** 20
     // One rotation sweep over all of them, in-process, against the same Redis.
     const { buildApp } = await import('../src/app.ts')
-    const { loadConfig } = await import('../src/config.ts')
+    const { loadConfig } = await import('../src/config/index.ts')
     const app = await buildApp(loadConfig({ ...s.env, LOG_LEVEL: 'silent' }), { defaultMetrics: false })
     const sweepStart = performance.now()
     const due = await app.broker.rotator.due()

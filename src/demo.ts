@@ -18,7 +18,7 @@ import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
 import { sha256 } from './broker/crypto.ts'
 import { freePort, redisAnswers, startRedis } from './dev-support.ts'
-import { type ClientConfig, type Config, ConfigError, loadConfig } from './config.ts'
+import { type ClientConfig, type Config, ConfigError, loadConfig } from './config/index.ts'
 import { startSimFromEnv } from './sim/main.ts'
 import { PlexTvSimulator } from './sim/plextv-sim.ts'
 

@@ -1,6 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis'
 import type { Logger } from 'pino'
-import type { Config } from './config.ts'
+import type { Config } from './config/index.ts'
 import { BrokerError, storeUnavailable } from './errors.ts'
 
 export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'

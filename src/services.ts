@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
-import type { Config, ServerConfig } from './config.ts'
+import type { Config, ServerConfig } from './config/index.ts'
 import { AdminTokenHealth } from './broker/admin-token-health.ts'
 import { AuditLog } from './broker/audit-log.ts'
 import { keyRing } from './broker/crypto.ts'

@@ -2,7 +2,7 @@ import t from 'tap'
 import fc from 'fast-check'
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { ConfigError, ENV_VARIABLES, isLoopbackHost, loadConfig, parseDuration, plexTvUrlProblem, tokenFromPreferences } from '../src/config.ts'
+import { ConfigError, ENV_VARIABLES, isLoopbackHost, loadConfig, parseDuration, plexTvUrlProblem, tokenFromPreferences } from '../src/config/index.ts'
 
 const SECRET = Buffer.alloc(32, 7).toString('base64')
 // HOST on loopback: a broker listening wider needs METRICS_TOKEN (tested below).
@@ -21,16 +21,24 @@ function problems (env: Record<string, string | undefined>, io?: { readFile?: (p
 t.test('defaults', async (t) => {
   t.equal(loadConfig({ ...BASE, HOST: undefined, METRICS_TOKEN: 'm' }).host, '0.0.0.0')
   const c = loadConfig(BASE)
-  t.match(c, {
-    host: '127.0.0.1', port: 8080, redisUrl: 'redis://127.0.0.1:6379', redisPrefix: 'ptb',
+  // The whole object, so a new setting has to state its default here.
+  t.same(c, {
+    host: '127.0.0.1', port: 8080, redisUrl: 'redis://127.0.0.1:6379', redisPrefix: 'ptb', brokerSecret: Buffer.alloc(32, 7),
     tokenLifetimeMs: 48 * 3600_000, tokenRenewAfterMs: 24 * 3600_000, probeIntervalMs: 15_000,
     metricsToken: undefined, logLevel: 'info', role: 'all', auditRetentionMs: 30 * 86_400_000, auditMaxEvents: 1_000_000,
     plexTimeoutMs: 5000, plexConcurrency: 4, trustProxy: [], defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
-    demo: false, plexTvUrl: 'https://plex.tv',
+    demo: false, plexTvUrl: 'https://plex.tv', brokerSecretPrevious: [],
+    servers: [{ name: 'default', url: 'http://127.0.0.1:32400', adminToken: 'admin-token-value', tokenSource: 'token' }],
+    clients: [],
   })
-  t.same(c.servers, [{ name: 'default', url: 'http://127.0.0.1:32400', adminToken: 'admin-token-value', tokenSource: 'token' }])
-  t.equal(c.brokerSecret.length, 32)
+  t.notOk('redisPassword' in c, 'no Redis password unless REDIS_PASSWORD_FILE')
   t.ok(Object.isFrozen(c) && Object.isFrozen(c.servers[0]), 'frozen')
+})
+
+t.test('each documented default is the one applied: giving it explicitly changes nothing', async (t) => {
+  const explicit = Object.fromEntries(ENV_VARIABLES.filter((v) => v.default !== undefined && v.name !== 'HOST').map((v) => [v.name, v.default]))
+  t.same(loadConfig({ ...BASE, ...explicit }), loadConfig(BASE))
+  t.same(loadConfig({ ...BASE, HOST: '0.0.0.0', METRICS_TOKEN: 'm' }), loadConfig({ ...BASE, HOST: undefined, METRICS_TOKEN: 'm' }), 'HOST')
 })
 
 t.test('every variable is parsed', async (t) => {
@@ -228,7 +236,8 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
   for (const f of files) {
     const text = readFileSync(f, 'utf8')
     for (const m of text.matchAll(/env(?:\.|\[['"])([A-Z][A-Z0-9_]+)/g)) read.add(m[1])
-    for (const m of text.matchAll(/\b(?:get|dflt|duration|integer)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
+    for (const m of text.matchAll(/\b(?:get|dflt|duration|integer|secret)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
+    for (const m of text.matchAll(/\bsecret\([^,)]+, '([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
   }
   const known = new Set(ENV_VARIABLES.map((v) => v.name))
   // HOME and XDG_CONFIG_HOME: where the CLI keeps its token file; DEMO_DIR: where `npm run demo`
@@ -236,4 +245,22 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
   const unlisted = [...read].filter((n) => !known.has(n) && !n.startsWith('SIM_') && !n.startsWith('PTB_') && !['HOME', 'XDG_CONFIG_HOME', 'DEMO_DIR'].includes(n))
   t.same(unlisted, [], 'no variable is read without being listed')
   t.ok(read.size > 10, `found ${read.size} variables in the source`)
+})
+
+t.test('the README configuration table lists exactly the variables the service reads, with their defaults', async (t) => {
+  const readme = readFileSync('README.md', 'utf8')
+  const section = readme.slice(readme.indexOf('\n## Configuration\n'))
+  const rows = section.slice(section.indexOf('| variable | default | meaning |')).split('\n\n')[0].split('\n').slice(2)
+  t.ok(rows.length > 10, `${rows.length} rows`)
+  const documented = new Map<string, string>()
+  for (const row of rows) {
+    // A row may group variables (`A / B`, `A + B`) and then their defaults (`x / y`, or one for all).
+    const [names, defaults] = row.split('|').slice(1, 3).map((cell) => cell.trim())
+    const nameList = names.split(/\s+[/+]\s+/)
+    const defaultList = defaults.split(/\s+\/\s+/)
+    t.ok(defaultList.length === 1 || defaultList.length === nameList.length, `defaults of ${names}`)
+    for (const [i, name] of nameList.entries()) documented.set(name, defaultList.length === 1 ? defaultList[0] : defaultList[i])
+  }
+  t.same([...documented.keys()].sort(), ENV_VARIABLES.map((v) => v.name).sort(), 'same variables')
+  for (const v of ENV_VARIABLES) t.equal(documented.get(v.name), v.default ?? 'none', `${v.name} default`)
 })

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { basename, join, resolve } from 'node:path'
 import { parse } from 'yaml'
 import { sha256 } from '../src/broker/crypto.ts'
-import { ENV_VARIABLES, loadConfig } from '../src/config.ts'
+import { ENV_VARIABLES, loadConfig } from '../src/config/index.ts'
 import { startSimFromEnv } from '../src/sim/main.ts'
 
 // No Docker engine runs here: the container files are checked statically, by construction.

@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import { buildApp, type AppOverrides } from '../src/app.ts'
 import { sha256 } from '../src/broker/crypto.ts'
-import type { ClientConfig, Config, Scope, ServerConfig } from '../src/config.ts'
+import { type ClientConfig, type Config, loadConfig, type Scope, type ServerConfig } from '../src/config/index.ts'
 import { PmsSimulator, type PmsSimOptions } from '../src/sim/pms-sim.ts'
 
 export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -67,31 +67,29 @@ export function serverFor (sim: PmsSimulator, name = 'default'): ServerConfig {
   return { name, url: sim.url, adminToken: sim.adminToken, tokenSource: 'token' }
 }
 
+/**
+ * The config of an in-process test broker: what `loadConfig` makes of the environment below (so
+ * every default is the service's own), with the given servers and clients and `over` on top.
+ * Against the defaults: loopback and an ephemeral port, the api role (tests start workers
+ * themselves), shorter PMS calls, a rate limit no test reaches by accident, and a plex.tv
+ * address nothing listens on.
+ */
 export function testConfig (prefix: string, servers: ServerConfig[], clients: TestClient[], over: Partial<Config> = {}): Config {
-  return {
-    host: '127.0.0.1',
-    port: 0,
-    redisUrl: REDIS_URL,
-    redisPrefix: prefix,
-    brokerSecret: randomBytes(32),
-    tokenLifetimeMs: 48 * 3600_000,
-    tokenRenewAfterMs: 24 * 3600_000,
-    probeIntervalMs: 15_000,
-    metricsToken: undefined,
-    logLevel: 'info',
-    role: 'api',
-    auditRetentionMs: 30 * 86_400_000,
-    auditMaxEvents: 1_000_000,
-    plexTimeoutMs: 2000,
-    plexConcurrency: 4,
-    trustProxy: [],
-    defaultRateLimit: { max: 100_000, timeWindowMs: 60_000 },
-    demo: false,
-    plexTvUrl: 'http://127.0.0.1:1',
-    servers,
-    clients: clients.map((c) => c.config),
-    ...over,
-  }
+  const loaded = loadConfig({
+    BROKER_SECRET: randomBytes(32).toString('base64'),
+    REDIS_URL,
+    REDIS_PREFIX: prefix,
+    HOST: '127.0.0.1',
+    PORT: '0',
+    BROKER_ROLE: 'api',
+    PLEX_TIMEOUT: '2s',
+    RATE_LIMIT_DEFAULT: '100000/1m',
+    PLEX_TV_URL: 'http://127.0.0.1:1',
+    // loadConfig insists on a server; this placeholder is replaced by `servers`.
+    PLEX_URL: 'http://127.0.0.1:1',
+    PLEX_TOKEN: 'placeholder',
+  })
+  return { ...loaded, servers, clients: clients.map((c) => c.config), ...over }
 }
 
 export async function startSim (t: T, opts: PmsSimOptions = {}): Promise<PmsSimulator> {

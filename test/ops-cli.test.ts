@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import { parse } from 'yaml'
 import { runOpsCommand } from '../src/cli/ops-commands.ts'
 import { sha256 } from '../src/broker/crypto.ts'
-import { ConfigError, loadConfig, SCOPES } from '../src/config.ts'
+import { ConfigError, loadConfig, SCOPES } from '../src/config/index.ts'
 import { DEFAULT_SOURCES } from '../src/sim/pms-sim.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
 

@@ -2,7 +2,7 @@ import t from 'tap'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { PlexBadResponseError, PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../src/plex/client.ts'
-import type { ServerConfig } from '../src/config.ts'
+import type { ServerConfig } from '../src/config/index.ts'
 import type { T } from './helper.ts'
 
 const ADMIN = 'fixture-admin-token-1234'

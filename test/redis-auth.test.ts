@@ -9,17 +9,19 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pino } from 'pino'
 import { parse } from 'yaml'
 import { buildApp } from '../src/app.ts'
-import { ConfigError, describeConfig, loadConfig } from '../src/config.ts'
+import { ConfigError, describeConfig, loadConfig } from '../src/config/index.ts'
 import { freePort } from '../src/dev-support.ts'
 import { createRedis } from '../src/redis.ts'
 import { LogCapture, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
-// The compose stack's Redis requires a password. These tests run the compose file's own
+// The compose stack's Redis requires a password (README, *With Docker Compose*). These tests run the compose file's own
 // redis command (a real redis-server, paths mapped to a temp dir) and connect the broker to it
 // through REDIS_PASSWORD_FILE, as the broker container does.
 
 const compose = parse(readFileSync('docker-compose.yml', 'utf8'))
 const SECRET = Buffer.alloc(32, 7).toString('base64')
+// HOST on loopback: listening wider needs METRICS_TOKEN, which is not what these tests are about.
+const HOST = '127.0.0.1'
 
 function problems (env: Record<string, string>): string[] {
   try {
@@ -33,7 +35,7 @@ function problems (env: Record<string, string>): string[] {
 
 t.test('REDIS_PASSWORD_FILE: read and trimmed, kept out of the URL; a bad file is named, never its content', async (t) => {
   const dir = t.testdir({ pw: 'hunter2-redis-password\n', empty: '\n' })
-  const base = { BROKER_SECRET: SECRET, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', HOST: '127.0.0.1' }
+  const base = { BROKER_SECRET: SECRET, HOST, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin' }
   const c = loadConfig({ ...base, REDIS_URL: 'redis://redis:6379', REDIS_PASSWORD_FILE: join(dir, 'pw') })
   t.equal(c.redisPassword, 'hunter2-redis-password')
   t.equal(c.redisUrl, 'redis://redis:6379', 'the URL carries no password')
@@ -103,7 +105,7 @@ t.test('compose\'s Redis refuses clients without the password; the broker gets i
   t.match(cmdline, /redis-server/, 'the shell exec\'d redis-server (it gets the stop signal)')
   t.notOk(cmdline.includes(password), 'the password is in no process argument')
 
-  const config = loadConfig({ BROKER_SECRET: SECRET, HOST: '127.0.0.1', PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', REDIS_URL: url, REDIS_PASSWORD_FILE: passwordFile })
+  const config = loadConfig({ BROKER_SECRET: SECRET, HOST, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', REDIS_URL: url, REDIS_PASSWORD_FILE: passwordFile })
   const logs = new LogCapture()
   const redis = createRedis(config, 'cache', pino(logs))
   t.equal(await redis.ping(), 'PONG', 'the broker\'s connection authenticates')
@@ -121,7 +123,7 @@ t.test('compose\'s Redis refuses clients without the password; the broker gets i
 
   // A broker with the wrong password logs the failure, never a password.
   writeFileSync(join(dir, 'stale'), 'stale-password-value\n')
-  const stale = loadConfig({ BROKER_SECRET: SECRET, HOST: '127.0.0.1', PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', REDIS_URL: url, REDIS_PASSWORD_FILE: join(dir, 'stale') })
+  const stale = loadConfig({ BROKER_SECRET: SECRET, HOST, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', REDIS_URL: url, REDIS_PASSWORD_FILE: join(dir, 'stale') })
   const bad = createRedis(stale, 'cache', pino(logs))
   await t.rejects(bad.ping())
   bad.disconnect()
@@ -138,7 +140,7 @@ t.test('a whole broker serves tokens from the password-protected Redis', async (
   const { url } = await composeRedis(t, dir, passwordFile)
   const sim = await startSim(t)
   const client = makeClient('svc')
-  const { redisPassword } = loadConfig({ BROKER_SECRET: SECRET, HOST: '127.0.0.1', PLEX_URL: sim.url, PLEX_TOKEN: sim.adminToken, REDIS_PASSWORD_FILE: passwordFile })
+  const { redisPassword } = loadConfig({ BROKER_SECRET: SECRET, HOST, PLEX_URL: sim.url, PLEX_TOKEN: sim.adminToken, REDIS_PASSWORD_FILE: passwordFile })
   const logs = new LogCapture()
   const app = await buildApp(testConfig(uniquePrefix('redis-auth'), [serverFor(sim)], [client], { redisUrl: url, redisPassword }), { logStream: logs })
   try {

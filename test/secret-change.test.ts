@@ -2,7 +2,7 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { buildApp } from '../src/app.ts'
-import type { Config } from '../src/config.ts'
+import type { Config } from '../src/config/index.ts'
 import { buildTestApp, deleteKeys, LogCapture, makeClient, REDIS_URL, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until } from './helper.ts'
 
 // A deployment's Redis outlives the broker, and BROKER_SECRET gets rotated (or a demo restarts with

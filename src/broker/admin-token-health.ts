@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
 import type { MintFacts, ServerStates } from './server-state.ts'
 import type { TokenStore } from './token-store.ts'
@@ -43,7 +43,7 @@ export function recheckStartMs (probeIntervalMs: number): number {
 export type RecheckResult = 'accepted' | 'rejected' | 'unknown' | 'skipped' | 'not_rejected'
 
 /**
- * Validates each server's admin token: against PMS (`GET /` with the admin token) and,
+ * Validates each server's admin token, at boot and hourly: against PMS (`GET /` with the admin token) and,
  * for account tokens, at plex.tv. An outage is `unknown`, never `invalid`: only a 401/403 from
  * the party that owns the token condemns it. The verdict lives in the server hash (shared by all
  * instances), changes are audited, and an invalid token makes the issuer fail fast instead of

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
 import { type ClientLimit, clientLimitExceeded } from './client-limit.ts'

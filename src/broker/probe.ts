@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
 import type { TokenIssuer } from './issuer.ts'
 import { isVulnerable, type ServerStates } from './server-state.ts'
@@ -8,8 +8,8 @@ import type { TokenStore } from './token-store.ts'
 /**
  * The broker's own transient token per server, used as a canary: PMS keeps no expiry and gives
  * no restart marker, but a restart destroys every transient token, so a canary that PMS suddenly
- * rejects means PMS restarted (docs/plex-api.md §4). The id contains `~`, which config
- * never allows in a client id, so it can never collide with a real client.
+ * rejects means PMS restarted (docs/plex-api.md §4). The id contains `~`, which NAME_PATTERN
+ * (`src/config/names.ts`) never allows in a client id, so it can never collide with a real client.
  */
 export const CANARY_CLIENT = '~canary'
 
@@ -36,7 +36,7 @@ export interface ServerProbeOptions {
 }
 
 /**
- * One probe of one PMS, layered: `/identity` (a changed machineIdentifier or version
+ * One probe of one PMS, layered (docs/plex-api.md §4): `/identity` (a changed machineIdentifier or version
  * is a restart), then the canary (a rejected canary is a restart). A server that was down and
  * answers again is checked by the canary too: a network blip must not throw away every token,
  * but when there is no canary to tell, it is treated as a restart, the safe side.

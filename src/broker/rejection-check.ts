@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import { notFound } from '../errors.ts'
 import type { PlexClient } from '../plex/client.ts'
 import { type IssuedToken, type TokenIssuer, upstreamError } from './issuer.ts'

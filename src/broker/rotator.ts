@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import type { TokenIssuer } from './issuer.ts'
 import { CANARY_CLIENT } from './probe.ts'
 import { parseSlot, type TokenStore } from './token-store.ts'

@@ -1,4 +1,4 @@
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import type { PlexClient } from '../plex/client.ts'
 import type { TokenStore } from './token-store.ts'
 
@@ -10,7 +10,7 @@ export interface ServerState {
   version: string | null
   lastProbeAt: number | null
   lastRestartAt: number | null
-  /** Last verdict on the admin token: PMS or plex.tv rejected it → invalid; an outage → unknown. */
+  /** Last verdict on the admin token (AdminTokenHealth): PMS or plex.tv rejected it → invalid; an outage → unknown. */
   adminToken: 'valid' | 'invalid' | 'unknown'
   adminCheckedAt: number | null
   /** Fingerprint of the admin token the verdict is about. */

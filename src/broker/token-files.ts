@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { unwatchFile, watchFile } from 'node:fs'
 import type { Logger } from 'pino'
-import { type ServerConfig, tokenFromPreferences } from '../config.ts'
+import { type ServerConfig, tokenFromPreferences } from '../config/index.ts'
 
 /**
  * Watches the files admin tokens come from (`tokenFile`, `preferencesPath`) and swaps a new token

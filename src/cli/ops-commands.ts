@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { stringify } from 'yaml'
 import { sha256 } from '../broker/crypto.ts'
-import { SCOPES } from '../config.ts'
+import { SCOPES } from '../config/index.ts'
+import { isName, NAME_RULE } from '../config/names.ts'
 
 export interface OpsIo {
   stdout: { write: (s: string) => unknown }
@@ -249,8 +250,6 @@ async function servers (argv: string[], io: OpsIo): Promise<number> {
   return EXIT.ok
 }
 
-const ID = /^[a-z0-9][a-z0-9_-]{0,62}$/
-
 async function clientAdd (argv: string[], io: OpsIo): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -258,7 +257,7 @@ async function clientAdd (argv: string[], io: OpsIo): Promise<number> {
     options: { scopes: { type: 'string', default: 'token:issue' }, servers: { type: 'string', default: '*' }, json: { type: 'boolean', default: false } },
   })
   const id = positionals[0]
-  if (id === undefined || !ID.test(id)) throw new UsageError('usage: ptb client add <id>   (id: lowercase letters, digits, _ and -)')
+  if (id === undefined || !isName(id)) throw new UsageError(`usage: ptb client add <id>   (id: ${NAME_RULE})`)
   const scopes = [...new Set(values.scopes.split(',').map((s) => s.trim()).filter(Boolean))]
   // The broker refuses to boot with an unknown scope in its config: refuse it here instead.
   const unknown = scopes.filter((s) => !(SCOPES as readonly string[]).includes(s))
@@ -267,9 +266,9 @@ async function clientAdd (argv: string[], io: OpsIo): Promise<number> {
     throw new UsageError(`${what}; --scopes takes a comma-separated list of: ${SCOPES.join(', ')}`)
   }
   const servers = [...new Set(values.servers.split(',').map((s) => s.trim()).filter(Boolean))]
-  const badServer = servers.find((s) => s !== '*' && !ID.test(s))
+  const badServer = servers.find((s) => s !== '*' && !isName(s))
   if (servers.length === 0 || badServer !== undefined || (servers.includes('*') && servers.length > 1)) {
-    throw new UsageError(`--servers takes server names (lowercase letters, digits, _ and -) separated by commas, or * for all${badServer === undefined ? '' : `; got "${badServer}"`}`)
+    throw new UsageError(`--servers takes server names (${NAME_RULE}) separated by commas, or * for all${badServer === undefined ? '' : `; got "${badServer}"`}`)
   }
   const secret = `ptb_${randomBytes(32).toString('base64url')}`
   const entry = { id, secretSha256: sha256(secret).toString('hex'), servers, scopes }

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `ptb`: the ops command line of plex-token-broker (issue 8). The plex.tv half lives here:
+ * `ptb`: the ops command line of plex-token-broker. The plex.tv half lives here:
  *   ptb login       plex.tv PIN flow (or --password) → account token file (0600)
  *   ptb servers discover   the account's servers as ready `servers:` config entries
  *   ptb claim       claim a fresh, unclaimed PMS for the account
@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util'
 import { request } from 'undici'
 import { Document, type YAMLMap, type YAMLSeq } from 'yaml'
 import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreachableError, type Resource } from '../plex/plextv.ts'
-import { plexTvUrlProblem } from '../config.ts'
+import { plexTvUrlProblem } from '../config/index.ts'
 import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
 import { VERSION } from '../version.ts'
 
@@ -312,7 +312,7 @@ async function passwordLogin (tv: PlexTv, answers: Answers, user: string | undef
   }
 }
 
-/** A config `name`: `^[a-z0-9][a-z0-9_-]{0,62}$` (config.ts), unique within the output. */
+/** A config `name` (NAME_PATTERN, `src/config/names.ts`), unique within the output. */
 function configName (name: string, taken: Set<string>): string {
   const base = name.toLowerCase().normalize('NFKD').replace(/[^a-z0-9_-]+/g, '-').replace(/^[-_]+|-+$/g, '').slice(0, 56) || 'server'
   let n = base

@@ -1,7 +1,7 @@
 import { type Job, UnrecoverableError, Worker } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
 import type { ServerProbe } from '../broker/probe.ts'
 import type { Rotator } from '../broker/rotator.ts'

@@ -1,5 +1,5 @@
 import { Agent, errors as undiciErrors, request } from 'undici'
-import type { ServerConfig } from '../config.ts'
+import type { ServerConfig } from '../config/index.ts'
 import { MAX_BODY_BYTES, readCapped } from './body.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { parsePlex } from './parse.ts'

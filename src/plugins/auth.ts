@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
-import type { ClientConfig, Scope } from '../config.ts'
+import type { ClientConfig, Scope } from '../config/index.ts'
 import { digestEquals, sha256 } from '../broker/crypto.ts'
 import { BrokerError, forbidden, unauthenticated } from '../errors.ts'
 import type { Limits } from './rate-limits.ts'

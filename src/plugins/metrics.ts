@@ -8,7 +8,7 @@ import { type AuthOptions, bearer, refuseFailedAuthentication } from './auth.ts'
 export interface MetricsPluginOptions extends Pick<AuthOptions, 'denials' | 'limits'> {
   metrics: Metrics
   /**
-   * When set, `/metrics` requires `Authorization: Bearer <token>` (METRICS_TOKEN; config.ts
+   * When set, `/metrics` requires `Authorization: Bearer <token>` (METRICS_TOKEN; the config
    * requires it unless HOST is loopback). A wrong or missing token is a failed authentication:
    * counted, audited and throttled per address like a client's (denials, limits).
    */

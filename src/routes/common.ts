@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import type { ClientConfig, ServerConfig } from '../config.ts'
+import type { ClientConfig, ServerConfig } from '../config/index.ts'
 import { forbidden, notFound } from '../errors.ts'
 import { mayUseServer } from '../plugins/auth.ts'
 

@@ -1,4 +1,5 @@
 import { Type } from 'typebox'
+import { NAME_PATTERN } from '../config/names.ts'
 
 /** The body of every error answer. */
 export const ErrorSchema = Type.Object({
@@ -9,7 +10,8 @@ export const ErrorSchema = Type.Object({
   requestId: Type.String(),
 }, { $id: 'Error', title: 'Error' })
 
-export const NameSchema = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', description: 'A server name or client id' })
+/** The config's rule (NAME_PATTERN): a name the config cannot hold is refused as malformed, not looked up. */
+export const NameSchema = Type.String({ pattern: NAME_PATTERN, description: 'A server name or client id' })
 export const TokenIdSchema = Type.String({ pattern: '^tk_[A-Za-z0-9_-]{22}$', description: 'Opaque token id' })
 export const IsoDate = Type.String({ format: 'date-time' })
 

@@ -1,0 +1,94 @@
+/** The validated configuration's types, and the error that lists what is wrong with it. */
+
+export const SCOPES = ['token:issue', 'token:revoke', 'audit:read', 'server:read', 'server:rotate', 'source:connect'] as const
+export type Scope = typeof SCOPES[number]
+
+export type Role = 'api' | 'worker' | 'all'
+
+export interface RateLimitConfig {
+  /** Requests allowed per window. */
+  max: number
+  timeWindowMs: number
+}
+
+export interface ServerConfig {
+  /** Unique name matching NAME_PATTERN (`names.ts`), so it can sit in Redis keys and job ids. */
+  name: string
+  /** Base URL of the PMS, no trailing slash, e.g. `http://127.0.0.1:32400`. */
+  url: string
+  /** The admin token (read from `token`, `tokenFile` or `preferencesPath`). Never logged. */
+  adminToken: string
+  /** Where the admin token came from, for /v1/servers and log lines (never the value). */
+  tokenSource: 'token' | 'tokenFile' | 'preferencesPath'
+  /** The file the token was read from (tokenFile, preferencesPath), watched for changes. */
+  tokenPath?: string
+}
+
+export interface ClientConfig {
+  /** Matches NAME_PATTERN (`names.ts`). */
+  id: string
+  /** SHA-256 of the client's bearer secret (32 bytes). */
+  secretSha256: Buffer
+  /** Server names the client may ask for; `'*'` means all. */
+  servers: string[] | '*'
+  scopes: Scope[]
+  rateLimit: RateLimitConfig
+  /** Sources (`server://…`, `provider://…`) the client may ask connection details for; `'*'` means all. */
+  sources: string[] | '*'
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+
+export interface Config {
+  host: string
+  port: number
+  redisUrl: string
+  /** REDIS_PASSWORD_FILE's content (Redis `requirepass`); kept out of the URL so it is never logged with it. */
+  redisPassword?: string
+  redisPrefix: string
+  /** Key material (≥ 32 bytes) from which the encryption and fingerprint keys are derived. */
+  brokerSecret: Buffer
+  tokenLifetimeMs: number
+  tokenRenewAfterMs: number
+  probeIntervalMs: number
+  /**
+   * METRICS_TOKEN (or METRICS_TOKEN_FILE): `/metrics` requires `Authorization: Bearer <it>`.
+   * Required when HOST is not a loopback address.
+   */
+  metricsToken: string | undefined
+  logLevel: LogLevel
+  role: Role
+  auditRetentionMs: number
+  auditMaxEvents: number
+  /** Timeout of one PMS call. */
+  plexTimeoutMs: number
+  /** Concurrent PMS calls per server, per broker process. */
+  plexConcurrency: number
+  /**
+   * TRUST_PROXY: the reverse proxies (addresses, CIDRs, or proxy-addr's `loopback`, `linklocal`,
+   * `uniquelocal`) whose X-Forwarded-For is believed. Empty: the header is ignored. The client's
+   * address is the right-most X-Forwarded-For entry that is not one of these.
+   */
+  trustProxy: readonly string[]
+  defaultRateLimit: RateLimitConfig
+  servers: ServerConfig[]
+  clients: ClientConfig[]
+  /**
+   * BROKER_SECRET_PREVIOUS: secrets being rotated out. Tokens they sealed are still opened (and
+   * re-sealed under BROKER_SECRET when served); nothing new is sealed with them.
+   */
+  brokerSecretPrevious?: Buffer[]
+  /** BROKER_DEMO=1: a random BROKER_SECRET is generated when none is given. */
+  demo: boolean
+  /** plex.tv base URL, for admin token checks (PLEX_TV_URL). */
+  plexTvUrl: string
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+  readonly problems: string[]
+  constructor (problems: string[]) {
+    super(problems.join('\n'))
+    this.problems = problems
+  }
+}
