@@ -56,8 +56,15 @@ function setup (sim: PmsSimulator, clients: number, extra: Record<string, string
     configFile,
     secrets,
     env: {
-      REDIS_URL, REDIS_PREFIX: prefix, BROKER_SECRET: randomBytes(32).toString('base64'), BROKER_CONFIG: configFile,
-      PLEX_URL: sim.url, PLEX_TOKEN: sim.adminToken, LOG_LEVEL: 'warn', BROKER_ROLE: 'api', ...extra,
+      REDIS_URL,
+      REDIS_PREFIX: prefix,
+      BROKER_SECRET: randomBytes(32).toString('base64'),
+      BROKER_CONFIG: configFile,
+      PLEX_URL: sim.url,
+      PLEX_TOKEN: sim.adminToken,
+      LOG_LEVEL: 'warn',
+      BROKER_ROLE: 'api',
+      ...extra,
     },
   }
 }
@@ -189,7 +196,7 @@ async function herd (sim: PmsSimulator): Promise<void> {
     sim.setFault({})
     const ok = answers.filter((r) => r.status === 200).length
     log()
-    log(`| answers 200 | distinct tokens | mints at PMS | time to the last answer |`)
+    log('| answers 200 | distinct tokens | mints at PMS | time to the last answer |')
     log('|---:|---:|---:|---:|')
     log(`| ${ok} / 1000 | ${new Set(answers.map((r) => r.id)).size} | ${sim.counters.mints} | ${fmt(took)} ms (PMS latency 50 ms) |`)
   } finally {

@@ -104,7 +104,7 @@ async function main (): Promise<void> {
   while (Date.now() - started < 10_000) {
     const st = await app.broker.states.get('default').catch(() => undefined)
     if (st?.lastProbeAt !== undefined && st.lastProbeAt !== null && st.lastProbeAt >= started) break
-    await new Promise((r) => setTimeout(r, 100))
+    await new Promise((resolve) => setTimeout(resolve, 100))
   }
 
   out()

@@ -10,9 +10,9 @@ import { connect, createServer } from 'node:net'
 /** Resolves true when something answers PING at this Redis URL within a second. */
 export function redisAnswers (url: string): Promise<boolean> {
   const u = new URL(url)
-  return new Promise((done) => {
+  return new Promise((resolve) => {
     const s = connect(Number(u.port || 6379), u.hostname)
-    const finish = (ok: boolean): void => { s.destroy(); done(ok) }
+    const finish = (ok: boolean): void => { s.destroy(); resolve(ok) }
     s.setTimeout(1000, () => finish(false))
     s.on('error', () => finish(false))
     s.on('connect', () => s.write('PING\r\n'))
@@ -21,12 +21,12 @@ export function redisAnswers (url: string): Promise<boolean> {
 }
 
 export async function freePort (): Promise<number> {
-  return await new Promise((done, fail) => {
+  return await new Promise((resolve, reject) => {
     const srv = createServer()
-    srv.on('error', fail)
+    srv.on('error', reject)
     srv.listen(0, '127.0.0.1', () => {
       const { port } = srv.address() as { port: number }
-      srv.close(() => done(port))
+      srv.close(() => resolve(port))
     })
   })
 }
@@ -44,7 +44,7 @@ export async function startRedis (dir: string): Promise<{ url: string, child: Ch
   const url = `redis://127.0.0.1:${port}`
   for (let i = 0; i < 50; i++) {
     if (await redisAnswers(url)) return { url, child }
-    await new Promise((r) => setTimeout(r, 100))
+    await new Promise((resolve) => setTimeout(resolve, 100))
   }
   child.kill()
   throw new Error(`redis-server did not start on port ${port}`)

@@ -173,6 +173,8 @@ export class Metrics {
     for (const name of DROPPED_DEFAULT_METRICS) this.registry.removeSingleMetric(name)
     // Event-loop utilization between scrapes, read on collect: no timer of its own.
     let last = performance.eventLoopUtilization()
+    // Registered on construction (registers: …); nothing else needs a handle on it.
+    // eslint-disable-next-line no-new
     new Gauge({
       name: 'nodejs_eventloop_utilization_ratio',
       help: 'Share of time the event loop was busy (not idle in the event provider) since the previous scrape, 0 to 1',

@@ -1,10 +1,8 @@
 import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { PlexTvSimulator } from '../src/sim/plextv-sim.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
-
 
 t.test('an admin token PMS rejects is found at boot, shown, audited, and fails requests fast with 502', async (t) => {
   const sim = await startSim(t)
@@ -59,7 +57,8 @@ t.test('PMS unreachable is unknown, never invalid', async (t) => {
 t.test('a rotated token file or Preferences.xml is picked up without a restart', async (t) => {
   for (const kind of ['tokenFile', 'preferencesPath'] as const) {
     const sim = await startSim(t)
-    const write = (token: string): void => writeFileSync(path, kind === 'tokenFile' ? `${token}\n`
+    const write = (token: string): void => writeFileSync(path, kind === 'tokenFile'
+      ? `${token}\n`
       : `<?xml version="1.0" encoding="utf-8"?>\n<Preferences MachineIdentifier="x" PlexOnlineToken="${token}" PlexOnlineUsername="me"/>\n`)
     const dir = t.testdir({})
     const path = join(dir, kind === 'tokenFile' ? 'plex-token' : 'Preferences.xml')

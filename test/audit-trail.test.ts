@@ -70,7 +70,7 @@ t.test('trace finds the holder of a token even after 200,000 newer events', asyn
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
   // 210,000 newer security events (written server-side: fast, and no test-side memory).
-  await redis.eval(`for i = 1, 210000 do redis.call('XADD', KEYS[1], '*', 'time', ARGV[1], 'action', 'auth.denied', 'detail', '{}') end return 1`,
+  await redis.eval('for i = 1, 210000 do redis.call(\'XADD\', KEYS[1], \'*\', \'time\', ARGV[1], \'action\', \'auth.denied\', \'detail\', \'{}\') end return 1',
     1, `${prefix}:audit`, String(Date.now()))
   const trace = (await app.inject({ method: 'POST', url: '/v1/audit/trace', headers: ops.auth, payload: { token: tk.token } })).json()
   t.same(trace.holder, { client: 'holder', server: 'default', tokenId: tk.tokenId })

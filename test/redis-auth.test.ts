@@ -113,7 +113,7 @@ t.test('compose\'s Redis refuses clients without the password; the broker gets i
   redis.disconnect()
 
   // The compose health check authenticates too (and fails without the password).
-  const health = (compose.services.redis.healthcheck.test as string[])
+  const health = compose.services.redis.healthcheck.test as string[]
   t.equal(health[0], 'CMD-SHELL')
   const check = (file: string) => spawnSync('sh', ['-c', health[1].replaceAll('$$', '$').replaceAll('/run/secrets/redis_password', file)
     .replace('redis-cli ping', `redis-cli -p ${new URL(url).port} ping`)], { encoding: 'utf8' })

@@ -17,7 +17,6 @@ async function state (app: FastifyInstance, c: TestClient, tokenId: string): Pro
   return (await app.inject({ method: 'GET', url: `/v1/tokens/${tokenId}`, headers: c.auth })).json().state
 }
 
-
 t.test('the retry policy the README states: 1 s doubling to a 5-minute cap, each wait between half and all of it', async (t) => {
   // Literal numbers, not the code's own constants: a changed policy must change this test and the README.
   t.equal(backoffDelay(1, () => 0), 500)

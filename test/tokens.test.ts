@@ -157,7 +157,6 @@ t.test('error codes: every failure is a JSON error with a stable code and no int
   t.equal(missing.json().code, 'NOT_FOUND')
 })
 
-
 t.test('an admin token PMS rejects gives 502 UPSTREAM_REJECTED with advice for ops', async (t) => {
   const sim = await startSim(t)
   const a = makeClient('a')

@@ -219,7 +219,7 @@ async function audit (argv: string[], io: OpsIo): Promise<number> {
   if (values.follow !== true) return EXIT.ok
   let last = shown.length > 0 ? shown[shown.length - 1].id : undefined
   while (io.signal?.aborted !== true) {
-    await new Promise((r) => setTimeout(r, io.followIntervalMs ?? 2000))
+    await new Promise((resolve) => setTimeout(resolve, io.followIntervalMs ?? 2000))
     if (io.signal !== undefined && io.signal.aborted) break
     q.set('limit', '1000')
     const next = await api(c, 'GET', `/v1/audit?${q.toString()}`) as { events: AuditEvent[] }

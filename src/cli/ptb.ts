@@ -85,7 +85,6 @@ function commandUsage (argv: string[]): string | undefined {
   return Object.hasOwn(all, cmd) ? all[cmd] : undefined
 }
 
-
 class CliError extends Error {
   readonly exit: number
   constructor (message: string, exit: number = EXIT.failed) {
@@ -232,7 +231,7 @@ async function login (argv: string[], io: CliIo): Promise<number> {
     } else {
       writePrivate(file, `${token}\n`)
       io.stdout.write(`Signed in${who}. Account token written to ${file} (mode 0600).\n` +
-        `Next: \`ptb servers discover\` prints your servers as broker config entries.\n`)
+        'Next: `ptb servers discover` prints your servers as broker config entries.\n')
     }
     return EXIT.ok
   } finally {

@@ -7,7 +7,6 @@ import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
 
-
 /** PMS learned `/security/resources` in 1.15.4 (../shared/plex-api.md §3). */
 export const FIRST_RESOURCES_VERSION = '1.15.4'
 

@@ -7,7 +7,6 @@ import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
 
-
 export default async function tokenRoutes (fastify: FastifyInstance): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   const { broker } = app
@@ -75,9 +74,11 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     const mayRead = (r: { client: string, server: string }): boolean =>
       r.client === client.id || (client.scopes.includes('audit:read') && mayUseServer(client, r.server))
     if (record === undefined || !mayRead(record)) throw notFound('No such token.')
-    const retired = record.retiredAt === undefined ? {} : record.state === 'revoked'
-      ? { revokedAt: iso(record.retiredAt), reason: record.reason }
-      : record.state === 'invalidated' ? { invalidatedAt: iso(record.retiredAt), reason: record.reason } : {}
+    const retired = record.retiredAt === undefined
+      ? {}
+      : record.state === 'revoked'
+        ? { revokedAt: iso(record.retiredAt), reason: record.reason }
+        : record.state === 'invalidated' ? { invalidatedAt: iso(record.retiredAt), reason: record.reason } : {}
     return {
       tokenId: record.tokenId,
       client: record.client,

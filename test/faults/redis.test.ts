@@ -15,7 +15,6 @@ async function issue (app: FastifyInstance, c: TestClient) {
   return { status: r.statusCode, body: r.json(), ms: Date.now() - started }
 }
 
-
 t.test('Redis paused (SIGSTOP) for 10 s: every request answers within 2 s, then the broker heals', async (t) => {
   const redis = await PrivateRedis.start(t)
   const sim = await startSim(t)

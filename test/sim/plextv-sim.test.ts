@@ -23,4 +23,3 @@ t.test('the simulator speaks XML without Accept: application/json, and wants a c
   t.equal(unknown.status, 404)
   t.equal(sim.counters.byPath['/api/v2/pins/{id}'], 1)
 })
-
