@@ -86,10 +86,18 @@ export interface Services {
   close: () => Promise<void>
 }
 
+/**
+ * The instance's logger. On a terminal, pino-pretty when installed; otherwise JSON lines to stdout
+ * through an asynchronous buffered destination: the per-request line then costs a memory copy, not
+ * a write(2) on the request's path (measured in docs/benchmarks.md). The buffer is flushed when
+ * the services close, and pino flushes it synchronously if the process exits first.
+ */
 export function createLogger (config: Readonly<Config>, stream?: DestinationStream): Logger {
-  return stream === undefined
-    ? pino(loggerOptions(config.logLevel, process.stdout.isTTY === true))
-    : pino(loggerOptions(config.logLevel), stream)
+  if (stream !== undefined) return pino(loggerOptions(config.logLevel), stream)
+  const tty = process.stdout.isTTY === true
+  const options = loggerOptions(config.logLevel, tty)
+  if (options.transport !== undefined) return pino(options)
+  return pino(options, pino.destination({ dest: 1, sync: false, minLength: 4096 }))
 }
 
 /**
@@ -273,6 +281,8 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       for (const c of [connections.worker, connections.queue, connections.ratelimit, connections.cache]) {
         await c?.quit().catch(() => c.disconnect())
       }
+      // The last lines (shutdown included) reach stdout before the process exits.
+      await new Promise<void>((resolve) => logger.flush(() => resolve()))
     },
   }
 }
