@@ -366,10 +366,12 @@ async function footprint (sim: PmsSimulator): Promise<void> {
     const rss = rssMb(broker.pid)
     const metrics = await (await fetch(`${broker.url}/metrics`)).text()
     const heap = Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(metrics)?.[1] ?? 0) / 2 ** 20
+    const heapTotal = Number(/^nodejs_heap_size_total_bytes (\S+)$/m.exec(metrics)?.[1] ?? 0) / 2 ** 20
+    const external = Number(/^nodejs_external_memory_bytes (\S+)$/m.exec(metrics)?.[1] ?? 0) / 2 ** 20
     // One rotation sweep over all of them, in-process, against the same Redis.
     const { buildApp } = await import('../src/app.ts')
     const { loadConfig } = await import('../src/config/index.ts')
-    const app = await buildApp(loadConfig({ ...s.env, LOG_LEVEL: 'silent' }), { defaultMetrics: false })
+    const app = await buildApp(loadConfig({ ...s.env, HOST: '127.0.0.1', LOG_LEVEL: 'silent' }), { defaultMetrics: false })
     const sweepStart = performance.now()
     const due = await app.broker.rotator.due()
     const sweepMs = performance.now() - sweepStart
@@ -382,6 +384,7 @@ async function footprint (sim: PmsSimulator): Promise<void> {
     log(`| Redis per token: index and activity entries (idx:all, idx:client, idx:server, active) | ≈ ${fmt((idxBytes[0] + idxBytes[2] + idxBytes[3]) / n + idxBytes[1])} bytes |`)
     log(`| Redis per audit event (stream of ${fmt(events)} events) | ${fmt(stream / events)} bytes |`)
     log(`| broker RSS / JS heap used with ${fmt(n)} active tokens (and ${fmt(n)} clients in its config) | ${fmt(rss, 1)} MB / ${fmt(heap, 1)} MB |`)
+    log(`| of which: V8 heap reserved / external (Buffers, native objects) | ${fmt(heapTotal, 1)} MB / ${fmt(external, 1)} MB |`)
     log(`| rotation sweep over ${fmt(n)} active tokens (${due.length} due) | ${fmt(sweepMs)} ms |`)
   } finally {
     redis.disconnect()
