@@ -57,7 +57,7 @@ end
 local id = redis.call('GET', KEYS[1])
 if not id then return reply('miss', 'none') end
 local tk = ARGV[1] .. id
-local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta', 'kid', 'slot', 'server', 'client')
+local f = redis.call('HMGET', tk, 'state', 'enc', 'issuedAt', 'expiresAt', 'renewAt', 'mid', 'fp', 'meta', 'kid', 'slot', 'server', 'client', 'activeAt')
 if not f[1] then return reply('miss', 'none') end
 if (f[10] or f[12]) ~= ARGV[2] or f[11] ~= ARGV[3] then
   redis.call('DEL', KEYS[1])
@@ -70,9 +70,13 @@ local now = tonumber(ARGV[4])
 if now >= tonumber(f[4]) then return reply('miss', 'expired') end
 if not f[9] then return reply('unstamped', id, f[2]) end
 if not string.find(',' .. ARGV[13] .. ',', ',' .. f[9] .. ',', 1, true) then return reply('foreign', id) end
-redis.call('ZADD', KEYS[2], now, ARGV[2])
-redis.call('HSET', tk, 'lastUsedAt', now)
-redis.call('HINCRBY', tk, 'serves', 1)
+-- Activity ("asked within TOKEN_LIFETIME") needs no finer grain than a second: a client asking
+-- in a tight loop costs these two writes once a second, not on every request.
+-- (activeAt is this token's last such write; a fresh token has none, so its first serve writes.)
+if now - (tonumber(f[13]) or 0) >= 1000 then
+  redis.call('ZADD', KEYS[2], now, ARGV[2])
+  redis.call('HSET', tk, 'lastUsedAt', now, 'activeAt', now)
+end
 local detail
 if ARGV[11] == '' then detail = cjson.encode({source = ARGV[7]}) else detail = cjson.encode({source = ARGV[7], target = ARGV[11]}) end
 -- The first serve of a fresh mint is a security event; cache hits go to the capped serves stream.
