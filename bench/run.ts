@@ -489,7 +489,7 @@ async function main (): Promise<void> {
   const info = await redis.info('server')
   redis.disconnect()
   log(`Run ${new Date().toISOString()} — \`npm run bench${wanted.length > 0 ? ` ${wanted.join(' ')}` : ''}\``)
-  log(`Machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${fmt(totalmem() / 2 ** 30, 1)} GiB; Node ${process.version}; Redis ${/redis_version:(\S+)/.exec(info)?.[1]} on loopback; autocannon, ${DURATION} s per run.`)
+  log(`Machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${fmt(totalmem() / 2 ** 30, 1)} GiB; Node ${process.version}; Redis ${/redis_version:(\S+)/.exec(info)?.[1]} on loopback; hot path: wrk in its own process; other scenarios: fetch/autocannon from the bench process; ${DURATION} s per run.`)
   log()
   const sim = await PmsSimulator.start({ version: '1.43.0.10162-aaaaaaaaa' })
   try {
