@@ -7,7 +7,7 @@ import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
 
-/** PMS learned `/security/resources` in 1.15.4 (../shared/plex-api.md §3). */
+/** PMS learned `/security/resources` in 1.15.4 (docs/plex-api.md §3). */
 export const FIRST_RESOURCES_VERSION = '1.15.4'
 
 /** Connection details and a transient token for a source a PMS knows: a shared server or a cloud provider. */
