@@ -30,7 +30,7 @@ export interface CliIo {
   env: Record<string, string | undefined>
   /** Asks a question on a terminal; `secret` answers are not echoed. */
   prompt?: (question: string, opts: { secret: boolean }) => Promise<string>
-  /** PIN poll interval (plex-api.md §5.3: about once a second). Tests shorten it. */
+  /** PIN poll interval (docs/plex-api.md §5: about once a second). Tests shorten it. */
   pollIntervalMs?: number
   /** Gives up polling after this long even if plex.tv gave no expiry. Default 30 min, a strong PIN's life. */
   pollTimeoutMs?: number
@@ -102,7 +102,7 @@ function defaultTokenFile (env: CliIo['env']): string {
 const clientIdFile = (tokenFile: string): string => join(dirname(tokenFile), 'client-id')
 
 /**
- * plex.tv keeps one token per account and client identifier (plex-api.md §1.2): a new id on every
+ * plex.tv keeps one token per account and client identifier (docs/plex-api.md §1): a new id on every
  * login would leave the old tokens orphaned in the account's device list. `login` creates the id
  * once next to the token file and reuses it; the read-only commands use it when it exists.
  */
@@ -240,7 +240,7 @@ async function login (argv: string[], io: CliIo): Promise<number> {
   }
 }
 
-/** plex-api.md §5.3: create a strong PIN, send the person to app.plex.tv, poll until approved or expired. */
+/** docs/plex-api.md §5: create a strong PIN, send the person to app.plex.tv, poll until approved or expired. */
 async function pinLogin (tv: PlexTv, io: CliIo): Promise<string> {
   const pin = await tv.createPin()
   io.stderr.write(`Open this link in a browser and approve the sign-in:\n\n  ${tv.authUrl(pin)}\n\nCode: ${pin.code}\nWaiting for approval…\n`)
@@ -281,7 +281,7 @@ async function pinLogin (tv: PlexTv, io: CliIo): Promise<string> {
 }
 
 /**
- * plex-api.md §5.2. One attempt, plus one with the 2FA code when plex.tv asks for it (1029).
+ * docs/plex-api.md §5. One attempt, plus one with the 2FA code when plex.tv asks for it (1029).
  * Never a loop: plex.tv locks out an address after repeated failures (1031), and each further
  * attempt only prolongs that.
  */
@@ -362,7 +362,7 @@ async function discover (argv: string[], io: CliIo): Promise<number> {
   return EXIT.ok
 }
 
-/** `GET {pms}/identity` (unauthenticated, plex-api.md §4.1): whether the server is claimed already. */
+/** `GET {pms}/identity` (unauthenticated, docs/plex-api.md §4): whether the server is claimed already. */
 async function identity (pms: string): Promise<{ claimed: boolean, machineIdentifier: string } | undefined> {
   let res
   try {
@@ -382,7 +382,7 @@ async function identity (pms: string): Promise<{ claimed: boolean, machineIdenti
 }
 
 /**
- * What PMS's answer to `POST /myplex/claim` means. plex-api.md §5.7 documents only success (200,
+ * What PMS's answer to `POST /myplex/claim` means. docs/plex-api.md §5 documents only success (200,
  * the /myplex/account container) and that claiming works only for an unclaimed server on
  * localhost or the same subnet; the failure meanings below are our reading of PMS's usual codes.
  */
