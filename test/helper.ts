@@ -120,3 +120,40 @@ export async function buildTestApp (t: T, config: Config, overrides: AppOverride
   })
   return Object.assign(app, { logs })
 }
+
+/**
+ * Watches every command Redis executes (MONITOR) on a plain socket, calling `onCommand` with the
+ * command's words and its source (`lua` for commands a script ran, else the client's address).
+ * A raw socket, not ioredis's monitor mode, which fails with "Command queue state error" when
+ * other test files' traffic floods it. Returns a function that stops watching.
+ */
+export async function monitorRedis (onCommand: (words: string[], source: string) => void): Promise<() => void> {
+  const { connect } = await import('node:net')
+  const u = new URL(REDIS_URL)
+  const socket = connect(Number(u.port || 6379), u.hostname)
+  await new Promise<void>((resolve, reject) => { socket.once('connect', () => resolve()); socket.once('error', reject) })
+  let buffered = ''
+  let ready = false
+  const started = new Promise<void>((resolve) => {
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('utf8')
+      let nl: number
+      while ((nl = buffered.indexOf('\r\n')) >= 0) {
+        const line = buffered.slice(0, nl)
+        buffered = buffered.slice(nl + 2)
+        if (!ready) {
+          if (line === '+OK') { ready = true; resolve() }
+          continue
+        }
+        // +<time> [<db> <source>] "word" "word" …
+        const m = /^\+[\d.]+ \[\d+ ([^\]]+)\] (.*)$/.exec(line)
+        if (m === null) continue
+        const words = [...m[2].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((w) => w[1])
+        onCommand(words, m[1])
+      }
+    })
+  })
+  socket.write('MONITOR\r\n')
+  await started
+  return () => { socket.destroy() }
+}

@@ -1,6 +1,5 @@
 import t from 'tap'
-import { Redis } from 'ioredis'
-import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+import { buildTestApp, makeClient, monitorRedis, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
 // The hot path's cost contract: a cache hit of POST /v1/tokens is one Redis round trip (one
 // script that counts the client's rate limit, reads the token and appends the audit event).
@@ -14,14 +13,12 @@ t.test('a cache hit costs one Redis command (one round trip), rate limit and aud
   const first = await issue()
   t.equal(first.statusCode, 200)
 
-  const watcher = new Redis(REDIS_URL)
-  const monitor = await watcher.monitor()
-  t.teardown(() => { monitor.disconnect(); watcher.disconnect() })
   const sent: string[][] = []
-  monitor.on('monitor', (_time: string, args: string[], source: string) => {
+  const stop = await monitorRedis((args, source) => {
     // Commands a script runs show up with source "lua"; only what the broker sends counts.
     if (source !== 'lua' && args.some((x) => x.startsWith(`${prefix}:`))) sent.push(args)
   })
+  t.teardown(stop)
   await new Promise((resolve) => setTimeout(resolve, 100))
   const n = 25
   for (let i = 0; i < n; i++) {

@@ -2,7 +2,7 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
-import { deleteKeys, REDIS_URL, startSim, uniquePrefix, until } from '../helper.ts'
+import { deleteKeys, monitorRedis, REDIS_URL, startSim, uniquePrefix, until } from '../helper.ts'
 import { baseEnv, getToken, startBroker } from '../process-helper.ts'
 
 // A broker killed with SIGKILL in the middle of its work loses nothing: another instance finishes
@@ -52,17 +52,15 @@ t.test('SIGKILL while a revoke of many tokens runs: it completes in Redis, audit
   const tokens = await Promise.all(secrets.map((s) => getToken(one.url, s)))
   t.ok(tokens.every((r) => r.status === 200), `${tokens.length} tokens issued`)
   // Watch Redis: the moment the revoke script arrives there, the broker dies.
-  const watcher = new Redis(REDIS_URL)
-  const monitor = await watcher.monitor()
-  t.teardown(() => { monitor.disconnect(); watcher.disconnect() })
-  const arrived = new Promise<void>((resolve) => {
-    monitor.on('monitor', (_time: string, args: string[]) => {
-      if (args.includes('revoked') && args.includes(`${prefix}:audit`)) {
-        one.child.kill('SIGKILL')
-        resolve()
-      }
-    })
+  let arrive = (): void => {}
+  const arrived = new Promise<void>((resolve) => { arrive = resolve })
+  const stop = await monitorRedis((args) => {
+    if (args.includes('revoked') && args.includes(`${prefix}:audit`)) {
+      one.child.kill('SIGKILL')
+      arrive()
+    }
   })
+  t.teardown(stop)
   const answer = fetch(`${one.url}/v1/revoke`, {
     method: 'POST',
     headers: { authorization: `Bearer ${secrets[0]}`, 'content-type': 'application/json' },
