@@ -5,7 +5,7 @@ import { AdminTokenHealth } from './broker/admin-token-health.ts'
 import { AuditLog } from './broker/audit-log.ts'
 import { keyRing } from './broker/crypto.ts'
 import { TokenIssuer } from './broker/issuer.ts'
-import { createKeys, type Keys } from './broker/keys.ts'
+import { createKeys, type Keys, type RedisContext } from './broker/keys.ts'
 import { ServerProbe } from './broker/probe.ts'
 import { Readiness } from './broker/readiness.ts'
 import { RejectionCheck } from './broker/rejection-check.ts'
@@ -60,6 +60,8 @@ export interface Services {
   /** The configured PMS servers by name (token files may replace an entry's admin token). */
   servers: Map<string, ServerConfig>
   keys: Keys
+  /** Redis, its keys, the deadline wrapper and the clock, as domain classes receive them. */
+  db: RedisContext
   connections: Connections
   store: TokenStore
   plex: PlexClient
@@ -135,6 +137,8 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
         'each is invalidated and re-minted on its next request')
     },
   })
+  // What domain classes get instead of reaching through the store: Redis, its keys, the deadline, the clock.
+  const db: RedisContext = { redis: connections.cache, keys, call: store.call, now: store.now }
   const plex = new PlexClient({
     clientIdentifier,
     timeoutMs: config.plexTimeoutMs,
@@ -142,7 +146,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
   })
   const plexTv = new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
-  const states = new ServerStates(store, plex)
+  const states = new ServerStates(db, plex)
   const queues = createQueues(connections.queue, keys.queuePrefix)
   const jobs = new JobProducer({
     queues,
@@ -152,6 +156,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   })
   const adminHealth = new AdminTokenHealth({
     store,
+    db,
     states,
     plex,
     logger,
@@ -162,6 +167,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   })
   const issuer = new TokenIssuer({
     store,
+    db,
     plex,
     logger,
     tokenLifetimeMs: config.tokenLifetimeMs,
@@ -179,6 +185,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   })
   const rotator = new Rotator({
     store,
+    db,
     issuer,
     servers,
     logger,
@@ -187,6 +194,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   })
   const probe = new ServerProbe({
     store,
+    db,
     states,
     plex,
     issuer,
@@ -208,13 +216,13 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       jobs.probeNow(server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
     },
   })
-  const audit = new AuditLog(store, {
+  const audit = new AuditLog(db, {
     onDropped: (n) => {
       metrics.auditDropped.inc(n)
       logger.warn({ dropped: n, max: config.auditMaxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
     },
   })
-  const readiness = new Readiness({ redis: connections.cache, keys, call: store.call, now: store.now })
+  const readiness = new Readiness(db)
   const denials = new Denials(store, metrics)
   const counters = new WindowCounters(connections.ratelimit, keys.rateLimitPrefix)
   const watcher = new TokenFileWatcher(servers, logger, (server) => {
@@ -249,6 +257,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     metrics,
     servers,
     keys,
+    db,
     connections,
     store,
     plex,

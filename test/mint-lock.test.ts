@@ -8,6 +8,7 @@ function issuerOf (app: FastifyInstance, lockTtlMs: number): TokenIssuer {
   const { broker } = app
   return new TokenIssuer({
     store: broker.store,
+    db: broker.db,
     plex: broker.plex,
     logger: broker.logger,
     tokenLifetimeMs: broker.config.tokenLifetimeMs,

@@ -1,4 +1,4 @@
-import type { TokenStore } from './token-store.ts'
+import type { RedisContext } from './keys.ts'
 
 /** One event of the trail as the API shows it. Never a raw token: `fingerprint` is an HMAC. */
 export interface AuditEvent {
@@ -115,24 +115,24 @@ export interface AuditLogOptions {
  * while scanning newest first, in chunks, so a page costs a few round trips however large the trail is.
  */
 export class AuditLog {
-  readonly #store: TokenStore
+  readonly #db: RedisContext
   readonly #o: AuditLogOptions
 
-  constructor (store: TokenStore, opts: AuditLogOptions = {}) {
-    this.#store = store
+  constructor (db: RedisContext, opts: AuditLogOptions = {}) {
+    this.#db = db
     this.#o = opts
   }
 
   /** Both streams newest first, merged; `end` is an exclusive or inclusive upper bound per stream. */
   async * #newestFirst (security: { end: string }, serves: { end: string }, start: string): AsyncGenerator<[Entry, 'security' | 'serves']> {
-    const { redis, keys } = this.#store
+    const { redis, keys } = this.#db
     const sources = [
       { name: 'security' as const, key: keys.audit, end: security.end, buf: [] as Entry[], done: false },
       { name: 'serves' as const, key: keys.auditServes, end: serves.end, buf: [] as Entry[], done: false },
     ]
     const refill = async (src: typeof sources[number]): Promise<void> => {
       if (src.done || src.buf.length > 0) return
-      const chunk = await this.#store.call(() => redis.xrevrange(src.key, src.end, start, 'COUNT', CHUNK)) as Entry[]
+      const chunk = await this.#db.call(() => redis.xrevrange(src.key, src.end, start, 'COUNT', CHUNK)) as Entry[]
       src.buf = chunk
       if (chunk.length < CHUNK) src.done = true
       if (chunk.length > 0) src.end = `(${chunk[chunk.length - 1][0]}`
@@ -178,13 +178,13 @@ export class AuditLog {
 
   /** Oldest first, every matching event in the range: for NDJSON export to a SIEM. */
   async * export (q: AuditFilter): AsyncGenerator<AuditEvent> {
-    const { redis, keys } = this.#store
+    const { redis, keys } = this.#db
     const end = q.until === undefined ? '+' : `${q.until}-18446744073709551615`
     const sources = [keys.audit, keys.auditServes].map((key) => ({ key, start: q.since === undefined ? '-' : `${q.since}-0`, buf: [] as Entry[], done: false }))
     while (true) {
       for (const src of sources) {
         if (src.done || src.buf.length > 0) continue
-        const chunk = await this.#store.call(() => redis.xrange(src.key, src.start, end, 'COUNT', CHUNK)) as Entry[]
+        const chunk = await this.#db.call(() => redis.xrange(src.key, src.start, end, 'COUNT', CHUNK)) as Entry[]
         src.buf = chunk
         if (chunk.length < CHUNK) src.done = true
         if (chunk.length > 0) src.start = `(${chunk[chunk.length - 1][0]}`
@@ -204,14 +204,14 @@ export class AuditLog {
    * events lost before their retention are counted (ptb_audit_dropped_total) and reported.
    */
   async trim (retentionMs: number, maxEvents?: number): Promise<{ expired: number, dropped: number }> {
-    const { redis, keys } = this.#store
-    const minId = `${Math.max(0, this.#store.now() - retentionMs)}-0`
+    const { redis, keys } = this.#db
+    const minId = `${Math.max(0, this.#db.now() - retentionMs)}-0`
     // Exact trimming: it runs once per sweep, and "older than the retention" should mean exactly that.
-    const expired = await this.#store.call(() => redis.xtrim(keys.audit, 'MINID', minId)) +
-      await this.#store.call(() => redis.xtrim(keys.auditServes, 'MINID', minId))
+    const expired = await this.#db.call(() => redis.xtrim(keys.audit, 'MINID', minId)) +
+      await this.#db.call(() => redis.xtrim(keys.auditServes, 'MINID', minId))
     let dropped = 0
     if (maxEvents !== undefined) {
-      dropped = await this.#store.call(() => redis.xtrim(keys.audit, 'MAXLEN', maxEvents))
+      dropped = await this.#db.call(() => redis.xtrim(keys.audit, 'MAXLEN', maxEvents))
       if (dropped > 0) this.#o.onDropped?.(dropped)
     }
     return { expired, dropped }

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
+import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
@@ -9,6 +10,8 @@ import { type RequestContext, type ServedToken, slotKey, type TokenStore } from 
 
 export interface IssuerOptions {
   store: TokenStore
+  /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
+  db: RedisContext
   plex: PlexClient
   logger: Logger
   tokenLifetimeMs: number
@@ -145,7 +148,7 @@ export class TokenIssuer {
    */
   async ensure (client: string, server: ServerConfig, audit?: { action: string, detail: Record<string, unknown> }, target?: string): Promise<boolean> {
     const { store, mintWaitMs, lockTtlMs } = this.#o
-    const lockKey = store.keys.mintLock(slotKey(client, target), server.name)
+    const lockKey = this.#o.db.keys.mintLock(slotKey(client, target), server.name)
     const deadline = Date.now() + mintWaitMs
     let pause = 20
     while (true) {
@@ -188,7 +191,7 @@ export class TokenIssuer {
         logger.warn({ server }, 'mint still running after its longest lock hold; the mint lock is left to lapse')
         return
       }
-      store.call(() => store.redis.eval(RENEW_LOCK, 1, key, owner, lockTtlMs)).then((held) => {
+      store.call(() => this.#o.db.redis.eval(RENEW_LOCK, 1, key, owner, lockTtlMs)).then((held) => {
         if (Number(held) === 1 || stopped) return
         stop()
         logger.warn({ server }, 'mint lock lost while minting; another instance may mint too')

@@ -1,3 +1,5 @@
+import type { Redis } from 'ioredis'
+
 /**
  * Every Redis key the broker uses is built here, under REDIS_PREFIX, so deployments and test
  * runs can share one Redis. Client ids and server names are validated by config to contain no
@@ -74,4 +76,16 @@ export function createKeys (prefix: string): Keys {
     schedulerLock: `${p}lock:schedulers`,
     queuePrefix: `${p}q`,
   }
+}
+
+/**
+ * What a class needs to talk to Redis: the connection, the key builder, the deadline wrapper
+ * (redis.ts withDeadline) and the clock. Domain classes receive this instead of reaching through
+ * the token store.
+ */
+export interface RedisContext {
+  redis: Redis
+  keys: Keys
+  call: <T>(fn: () => Promise<T>) => Promise<T>
+  now: () => number
 }

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
 import type { TokenIssuer } from './issuer.ts'
@@ -22,6 +23,8 @@ export interface ProbeResult {
 
 export interface ServerProbeOptions {
   store: TokenStore
+  /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
+  db: RedisContext
   states: ServerStates
   plex: PlexClient
   issuer: TokenIssuer
@@ -55,7 +58,7 @@ export class ServerProbe {
    */
   async probe (server: ServerConfig): Promise<ProbeResult> {
     const { store } = this.#o
-    const lockKey = store.keys.probeLock(server.name)
+    const lockKey = this.#o.db.keys.probeLock(server.name)
     const deadline = Date.now() + 3000
     let owner = await store.lock(lockKey, 30_000)
     while (owner === undefined && Date.now() < deadline) {

@@ -1,13 +1,6 @@
-import type { Redis } from 'ioredis'
-import type { Keys } from './keys.ts'
+import type { RedisContext } from './keys.ts'
 
-export interface ReadinessOptions {
-  redis: Redis
-  keys: Keys
-  /** The deadline wrapper every request-path Redis call goes through (redis.ts withDeadline). */
-  call: <T>(fn: () => Promise<T>) => Promise<T>
-  now: () => number
-}
+export type ReadinessOptions = RedisContext
 
 /**
  * What `/readyz` checks: Redis answers, and the audit trail can be written. Issuing fails closed

@@ -1,6 +1,6 @@
 import type { ServerConfig } from '../config/index.ts'
 import type { PlexClient } from '../plex/client.ts'
-import type { TokenStore } from './token-store.ts'
+import type { RedisContext } from './keys.ts'
 
 export type ServerHealth = 'up' | 'down' | 'unknown'
 
@@ -53,16 +53,16 @@ export interface MintFacts {
 
 /** What the broker knows of each PMS, kept in Redis so every instance shares it. */
 export class ServerStates {
-  readonly #store: TokenStore
+  readonly #db: RedisContext
   readonly #plex: PlexClient
 
-  constructor (store: TokenStore, plex: PlexClient) {
-    this.#store = store
+  constructor (db: RedisContext, plex: PlexClient) {
+    this.#db = db
     this.#plex = plex
   }
 
   async get (name: string): Promise<ServerState> {
-    const h = await this.#store.call(() => this.#store.redis.hgetall(this.#store.keys.server(name)))
+    const h = await this.#db.call(() => this.#db.redis.hgetall(this.#db.keys.server(name)))
     return {
       state: (h.state as ServerHealth | undefined) ?? 'unknown',
       machineIdentifier: h.mid || null,
@@ -78,7 +78,7 @@ export class ServerStates {
   }
 
   async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'adminFp' | 'activeTokens' | 'oldestExpiresAt', string | number>>): Promise<void> {
-    await this.#store.call(() => this.#store.redis.hset(this.#store.keys.server(name), fields))
+    await this.#db.call(() => this.#db.redis.hset(this.#db.keys.server(name), fields))
   }
 
   /**
@@ -86,14 +86,14 @@ export class ServerStates {
    * verdict with its fingerprint and recheck interval (admin-token-health.ts).
    */
   async mintFacts (name: string): Promise<MintFacts> {
-    const [mid, adminToken, adminFp, adminRecheckMs] = await this.#store.call(() =>
-      this.#store.redis.hmget(this.#store.keys.server(name), 'mid', 'adminToken', 'adminFp', 'adminRecheckMs'))
+    const [mid, adminToken, adminFp, adminRecheckMs] = await this.#db.call(() =>
+      this.#db.redis.hmget(this.#db.keys.server(name), 'mid', 'adminToken', 'adminFp', 'adminRecheckMs'))
     return { mid, adminToken, adminFp, adminRecheckMs }
   }
 
   /** The server's machineIdentifier, asking PMS `/identity` once when it is not known yet. */
   async machineIdentifier (server: ServerConfig, known?: string | null): Promise<string> {
-    if (known === undefined) known = await this.#store.call(() => this.#store.redis.hget(this.#store.keys.server(server.name), 'mid'))
+    if (known === undefined) known = await this.#db.call(() => this.#db.redis.hget(this.#db.keys.server(server.name), 'mid'))
     if (known) return known
     const id = await this.#plex.identity(server)
     await this.update(server.name, { mid: id.machineIdentifier, version: id.version })
