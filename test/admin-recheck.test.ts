@@ -55,6 +55,25 @@ function recoveredAfter (results: Map<string, Outcome[]>, since: number): number
   return worst
 }
 
+/**
+ * Clients keep asking while PMS rejects the admin token until OUTAGE_MS after `outageStart`; then
+ * PMS accepts it again. Returns the load's outcomes, the admin-token calls PMS saw during the
+ * outage, when it was restored and how long every client took to get a token after that.
+ */
+async function rideOutage (t: { teardown: (fn: () => unknown) => void, ok: (v: unknown, m: string) => boolean }, app: FastifyInstance,
+  sim: PmsSimulator, clients: TestClient[], calls: { times: number[], stop: () => void }, admin: string, outageStart: number) {
+  const load = hammer(app, clients)
+  t.teardown(load.stop)
+  await sleep(OUTAGE_MS - (Date.now() - outageStart))
+  const outageCalls = calls.times.length
+  sim.setAdminTokens([admin])
+  const restoredAt = Date.now()
+  t.ok(await until(PROBE_MS + 5000, allRecovered(load.results, restoredAt)), 'every client gets a token again')
+  await load.stop()
+  calls.stop()
+  return { load, outageCalls, restoredAt, recovery: recoveredAfter(load.results, restoredAt) }
+}
+
 const allRecovered = (results: Map<string, Outcome[]>, since: number) => async () => recoveredAfter(results, since) !== Infinity
 
 t.test('recheckStartMs: the probe interval, at most 5 s', async (t) => {
@@ -86,17 +105,7 @@ t.test('PMS rejects the admin token for 5 s: fast 502s, no 401 storm, tokens aga
   t.match(r.json().message, /rechecks it.*ptb login/s, 'with advice')
   t.equal((await app.broker.states.get('default')).adminToken, 'invalid', 'the verdict is recorded before the 502 is sent')
 
-  const load = hammer(app, clients)
-  t.teardown(load.stop)
-  await sleep(OUTAGE_MS - (Date.now() - outageStart))
-  const outageCalls = calls.times.length
-  sim.setAdminTokens([admin])
-  const restoredAt = Date.now()
-
-  t.ok(await until(PROBE_MS + 5000, allRecovered(load.results, restoredAt)), 'every client gets a token again')
-  await load.stop()
-  calls.stop()
-  const recovery = recoveredAfter(load.results, restoredAt)
+  const { load, outageCalls, restoredAt, recovery } = await rideOutage(t, app, sim, clients, calls, admin, outageStart)
   t.comment(`recovery ${recovery} ms after PMS accepted the token; ${outageCalls} admin-token calls during the ${OUTAGE_MS} ms outage`)
   t.ok(recovery <= PROBE_MS + 1000 + 500, `recovered within one probe interval + 1 s (+0.5 s margin): ${recovery} ms`)
 
@@ -175,16 +184,7 @@ t.test('an API-only instance (no job runner) recovers by itself', async (t) => {
   sim.setAdminTokens(['only-plex-tv-could-say'])
   const outageStart = Date.now()
   t.equal((await app.inject({ method: 'POST', url: '/v1/tokens', headers: first.auth, payload: { server: 'default' } })).statusCode, 502)
-  const load = hammer(app, clients)
-  t.teardown(load.stop)
-  await sleep(OUTAGE_MS - (Date.now() - outageStart))
-  const outageCalls = calls.times.length
-  sim.setAdminTokens([admin])
-  const restoredAt = Date.now()
-  t.ok(await until(PROBE_MS + 5000, allRecovered(load.results, restoredAt)), 'every client gets a token again')
-  await load.stop()
-  calls.stop()
-  const recovery = recoveredAfter(load.results, restoredAt)
+  const { outageCalls, recovery } = await rideOutage(t, app, sim, clients, calls, admin, outageStart)
   t.comment(`recovery ${recovery} ms; ${outageCalls} admin-token calls during the outage`)
   t.ok(recovery <= PROBE_MS + 1000 + 500, `recovered within one probe interval + 1 s (+0.5 s margin): ${recovery} ms`)
   t.ok(outageCalls >= 2 && outageCalls <= 3, `no 401 storm: ${outageCalls}`)
