@@ -1,7 +1,7 @@
 import t from 'tap'
 import type { InjectOptions } from 'fastify'
 import { Redis } from 'ioredis'
-import { describeWindow } from '../src/plugins/rate-limits.ts'
+import { describeWindow } from '../src/broker/client-limit.ts'
 import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
 
 const ERROR_KEYS = ['code', 'error', 'message', 'requestId', 'statusCode']

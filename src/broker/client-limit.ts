@@ -3,13 +3,21 @@ import { BrokerError } from '../errors.ts'
 /** A per-client limit counted in the serve script (one round trip): `max` requests per `windowMs`. */
 export interface ClientLimit { max: number, windowMs: number }
 
-/** The 429 of the per-client limit: the configured window in words, Retry-After, x-ratelimit-*. */
-export function clientLimitExceeded (limit: ClientLimit, ttlMs: number): BrokerError {
-  const reset = String(Math.max(1, Math.ceil(ttlMs / 1000)))
+/**
+ * The 429 of every limit: the configured window in words (not the time left in it) and
+ * Retry-After; `headers` adds what the limiter reports (x-ratelimit-*).
+ */
+export function rateLimitExceeded (limit: ClientLimit, ttlMs: number, headers?: Record<string, string>): BrokerError {
   return new BrokerError('RATE_LIMITED', `Rate limit exceeded: ${limit.max} requests per ${describeWindow(limit.windowMs)}; retry later.`, {
     retryAfter: ttlMs / 1000,
-    headers: { 'x-ratelimit-limit': String(limit.max), 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': reset },
+    ...(headers === undefined ? {} : { headers }),
   })
+}
+
+/** The 429 of the per-client limit counted in the serve script, with the x-ratelimit-* headers @fastify/rate-limit would send. */
+export function clientLimitExceeded (limit: ClientLimit, ttlMs: number): BrokerError {
+  const reset = String(Math.max(1, Math.ceil(ttlMs / 1000)))
+  return rateLimitExceeded(limit, ttlMs, { 'x-ratelimit-limit': String(limit.max), 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': reset })
 }
 
 const UNITS: Array<[number, string]> = [[86_400_000, 'day'], [3_600_000, 'hour'], [60_000, 'minute'], [1000, 'second'], [1, 'millisecond']]

@@ -3,7 +3,8 @@ import type { Redis } from 'ioredis'
 /**
  * Fixed-window counters in Redis: the first hit of a window creates the key with the window as
  * its expiry, later hits only increment it. SET NX PX + INCR + PTTL in one MULTI is atomic and
- * works on Redis 6.2 (PEXPIRE NX would need 7.0).
+ * works on Redis 6.2 (PEXPIRE NX would need 7.0). The serve script (scripts.ts SERVE) counts a
+ * client's key the same way inside its one round trip, so both paths share one counter per client.
  */
 export class WindowCounters {
   private readonly redis: Redis

@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import type { WindowCounters } from '../broker/window-counters.ts'
 import type { RateLimitConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
-import { describeWindow } from '../broker/client-limit.ts'
+import { rateLimitExceeded } from '../broker/client-limit.ts'
 import type { Metrics } from '../metrics.ts'
 
 declare module 'fastify' {
@@ -54,8 +54,6 @@ export interface RateLimitsOptions {
   notFoundLimit?: RateLimitConfig
 }
 
-export { describeWindow }
-
 /**
  * The store @fastify/rate-limit uses. Its own RedisStore names the keys of `rateLimit()` and
  * `createRateLimit()` limiters after a route that those limiters do not have, which writes keys
@@ -95,8 +93,7 @@ async function rateLimits (app: FastifyInstance, opts: RateLimitsOptions): Promi
 
   // The window in the message is the configured one. (@fastify/rate-limit's `context.after` is
   // the time left in the current window, which said "per 30 seconds" for a 1-minute limit.)
-  const tooMany = (max: number, windowMs: number, ttlMs: number): BrokerError => new BrokerError('RATE_LIMITED',
-    `Rate limit exceeded: ${max} requests per ${describeWindow(windowMs)}; retry later.`, { retryAfter: ttlMs / 1000 })
+  const tooMany = (max: number, windowMs: number, ttlMs: number): BrokerError => rateLimitExceeded({ max, windowMs }, ttlMs)
   const clientConfig = (request: FastifyRequest): RateLimitConfig => request.client?.rateLimit ?? opts.defaultLimit
 
   const clientLimit = app.rateLimit({
