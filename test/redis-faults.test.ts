@@ -35,6 +35,29 @@ t.test('Redis stalled: 503 STORE_UNAVAILABLE within 2 s, not ready, then recover
   t.equal(sim.counters.mints, 1, 'and serves the cached token, no extra mint')
 })
 
+t.test('Redis stalled: a request that queues behind another stalled request still answers within its own deadline', async (t) => {
+  const redis = await PrivateRedis.start(t)
+  const sim = await startSim(t)
+  const a = makeClient('a')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('queued'), [serverFor(sim)], [a], { redisUrl: redis.url }))
+  t.equal((await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })).statusCode, 200)
+  redis.pause()
+  t.teardown(() => { redis.resume() })
+  // Requests 400 ms apart: each one's Redis call waits behind the batch still in flight on the
+  // shared connection. Without a deadline covering that wait, they took up to 2 s (1 s + 1 s).
+  const answers = await Promise.all([0, 400, 800].map(async (delay) => {
+    await sleep(delay)
+    const started = Date.now()
+    const r = await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })
+    return { status: r.statusCode, code: r.json().code, ms: Date.now() - started }
+  }))
+  for (const r of answers) {
+    t.equal(r.status, 503)
+    t.equal(r.code, 'STORE_UNAVAILABLE')
+    t.ok(r.ms < 1700, `answered in ${r.ms} ms (deadline 1 s)`)
+  }
+})
+
 t.test('Redis down: 503 fast, recovery when it comes back (empty: the broker re-mints on demand)', async (t) => {
   const redis = await PrivateRedis.start(t)
   const sim = await startSim(t)
