@@ -363,7 +363,12 @@ export class PmsSimulator {
     this.#playback = undefined
     if (opts.version !== undefined) this.#version = opts.version
     if (opts.machineIdentifier !== undefined) this.#machineIdentifier = opts.machineIdentifier
-    if ((opts.downForMs ?? 0) > 0) await sleep(opts.downForMs)
+    // A real PMS is down for seconds, so its clients have long seen their kept-alive connections
+    // close before it answers again. With no downtime asked for, still let one round of I/O pass,
+    // or an in-process client could send its next request on a socket whose close it has not
+    // read yet and get a connection error where a real PMS gives it a 401.
+    await sleep(opts.downForMs ?? 0)
+    await new Promise((resolve) => setImmediate(resolve))
     if (!this.#stopped) await this.#listen()
   }
 
