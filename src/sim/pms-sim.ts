@@ -647,7 +647,8 @@ export class PmsSimulator {
     if (path === '/library/recentlyAdded') return library.recentlyAdded(page)
     let m = /^\/library\/sections\/([^/]+)(?:\/(all|recentlyAdded))?$/.exec(path)
     if (m !== null) {
-      const id = decodeURIComponent(m[1])
+      const id = decodePart(m[1])
+      if (id === undefined) return 400
       if (m[2] === undefined) return library.sectionDetails(id)
       if (m[2] === 'recentlyAdded') return library.sectionRecentlyAdded(id, page)
       const type = intParam(q.get('type'))
@@ -656,7 +657,8 @@ export class PmsSimulator {
     }
     m = /^\/library\/metadata\/([^/]+)(\/children)?$/.exec(path)
     if (m !== null) {
-      const ids = decodeURIComponent(m[1])
+      const ids = decodePart(m[1])
+      if (ids === undefined) return 400
       return m[2] === undefined ? library.metadata(ids) : library.children(ids, page)
     }
     return undefined
@@ -848,6 +850,15 @@ function headerValue (v: string | string[] | undefined): string | undefined {
 /** Every X-Plex-* header may come as a query argument instead (§1). */
 function requestToken (req: IncomingMessage, url: URL): string | undefined {
   return headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
+}
+
+/** A path segment without its %-escapes; undefined when they are malformed. */
+function decodePart (raw: string): string | undefined {
+  try {
+    return decodeURIComponent(raw)
+  } catch {
+    return undefined
+  }
 }
 
 /** Undefined when absent, null when not a non-negative integer (a 400). */

@@ -159,6 +159,8 @@ t.test('metadata by id (or a list of ids), children of a show and a season, 404 
   const eps = await json(sim, '/library/metadata/2002/children')
   t.same(eps.Metadata.map((m: { key: string }) => m.key), ['/library/metadata/2003', '/library/metadata/2004'])
 
+  t.equal((await call(sim, '/library/metadata/%E0%A4%A', { token: sim.adminToken })).status, 400, 'a malformed escape is a 400')
+  t.equal((await call(sim, '/library/metadata/1001%2C1002', { token: sim.adminToken, json: true })).status, 200, 'an escaped comma still separates ids')
   for (const id of ['9999', '9999,8888', 'abc']) {
     const r = await call(sim, `/library/metadata/${id}`, { token: sim.adminToken, json: true })
     t.equal(r.status, 404, `${id} → 404`)
