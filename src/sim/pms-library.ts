@@ -8,6 +8,10 @@ import type { Attrs, Node } from './media-container.ts'
  * same on every run; nothing here is writable.
  */
 
+// Tested by the simulator suite (test/sim, run without coverage); left out of the broker suite's
+// coverage, which loads the simulator but never asks it for media, so that figure stays the broker's.
+/* c8 ignore start */
+
 export type ItemType = 'movie' | 'show' | 'season' | 'episode'
 
 /** PMS's numeric metadata types, as in `?type=` and timeline notifications. */
@@ -178,24 +182,95 @@ export interface Page {
   size?: number
 }
 
+/** What a GET asks for, as far as the media endpoints care. */
+export interface MediaRequest {
+  path: string
+  query: URLSearchParams
+  /** A header's value (lower-case name). */
+  header: (name: string) => string | undefined
+  playback: Playback | undefined
+}
+
+/**
+ * The answer to a GET on one of the media endpoints: a container, an error status (400 for a
+ * malformed argument, 404 for an unknown id), or undefined when the path is none of them.
+ */
+export function mediaAnswer (r: MediaRequest): Node | number | undefined {
+  const { path, query: q } = r
+  switch (path) {
+    // What `/` lists besides the library: an idle server has no activities, remote players or playlists.
+    case '/activities':
+    case '/clients':
+    case '/playlists':
+      return container({ size: 0 })
+    case '/library':
+      return libraryRoot()
+    case '/library/sections':
+    case '/library/sections/all':
+      return librarySections()
+    case '/library/onDeck':
+      return onDeck()
+    case '/status/sessions':
+      return sessions(r.playback)
+    case '/hubs/search': {
+      const query = q.get('query')
+      const limit = intParam(q.get('limit'))
+      const sectionId = intParam(q.get('sectionId'))
+      if (query === null || query === '' || limit === null || sectionId === null) return 400
+      return searchHubs(query, { limit, sectionId })
+    }
+  }
+  // Every X-Plex-* header may come as a query argument instead (§1).
+  const arg = (name: string): string | undefined => r.header(name.toLowerCase()) ?? q.get(name) ?? undefined
+  const start = intParam(arg('X-Plex-Container-Start'))
+  const size = intParam(arg('X-Plex-Container-Size'))
+  if (start === null || size === null) return 400
+  const page = { start, size }
+  if (path === '/library/recentlyAdded') return recentlyAdded(page)
+  let m = /^\/library\/sections\/([^/]+)(?:\/(all|recentlyAdded))?$/.exec(path)
+  if (m !== null) {
+    const id = decodePart(m[1])
+    if (id === undefined) return 400
+    if (m[2] === undefined) return sectionDetails(id)
+    if (m[2] === 'recentlyAdded') return sectionRecentlyAdded(id, page)
+    const type = intParam(q.get('type'))
+    if (type === null) return 400
+    return sectionItems(id, type, page)
+  }
+  m = /^\/library\/metadata\/([^/]+)(\/children)?$/.exec(path)
+  if (m !== null) {
+    const ids = decodePart(m[1])
+    if (ids === undefined) return 400
+    return m[2] === undefined ? metadata(ids) : children(ids, page)
+  }
+  return undefined
+}
+
+/** A `PlaySessionStateNotification` entry of a `playing` notification. */
+export function playSessionState (p: Playback, state: PlaybackState | 'stopped'): Record<string, unknown> {
+  const item = BY_KEY.get(p.ratingKey)
+  return {
+    sessionKey: p.sessionKey,
+    clientIdentifier: SIM_PLAYER.machineIdentifier,
+    guid: item === undefined ? '' : guidOf(item),
+    ratingKey: p.ratingKey,
+    url: '',
+    key: item === undefined ? '' : keyOf(item),
+    viewOffset: p.viewOffset,
+    playQueueID: 1,
+    playQueueItemID: 1,
+    state,
+  }
+}
+
 /** A movie or an episode: what a session can play. */
 export function playable (ratingKey: string): boolean {
   const item = BY_KEY.get(ratingKey)
   return item !== undefined && (item.type === 'movie' || item.type === 'episode')
 }
 
-export function itemKey (ratingKey: string): string | undefined {
-  const item = BY_KEY.get(ratingKey)
-  return item === undefined ? undefined : keyOf(item)
-}
-
-export function itemGuid (ratingKey: string): string | undefined {
-  const item = BY_KEY.get(ratingKey)
-  return item === undefined ? undefined : guidOf(item)
-}
-
 /** `GET /library`: the library's own directory. */
-export function libraryRoot (): Node {
+function libraryRoot (): Node {
   const dirs: Array<[string, string]> = [['sections', 'Library Sections'], ['recentlyAdded', 'Recently Added Content'], ['onDeck', 'On Deck Content']]
   return container({
     size: dirs.length,
@@ -211,7 +286,7 @@ export function libraryRoot (): Node {
 }
 
 /** `GET /library/sections` and `/library/sections/all`. */
-export function librarySections (): Node {
+function librarySections (): Node {
   return container({ size: SECTIONS.length, allowSync: false, identifier: IDENTIFIER, mediaTagPrefix: MEDIA_TAG_PREFIX, mediaTagVersion: MEDIA_TAG_VERSION, title1: 'Plex Library' }, SECTIONS.map((s) => ({
     tag: 'Directory',
     attrs: {
@@ -242,7 +317,7 @@ export function librarySections (): Node {
 }
 
 /** `GET /library/sections/{id}`: the section's own listings (only those the simulator serves). */
-export function sectionDetails (id: string): Node | undefined {
+function sectionDetails (id: string): Node | undefined {
   const s = section(id)
   if (s === undefined) return undefined
   const dirs: Array<[string, string]> = [['all', s.allTitle], ['recentlyAdded', 'Recently Added']]
@@ -266,7 +341,7 @@ export function sectionDetails (id: string): Node | undefined {
  * `GET /library/sections/{id}/all`: the section's top-level items (movies, shows), or those of
  * `type` (`?type=4`: every episode of a TV section). Undefined for an unknown section.
  */
-export function sectionItems (id: string, type: number | undefined, page: Page): Node | undefined {
+function sectionItems (id: string, type: number | undefined, page: Page): Node | undefined {
   const s = section(id)
   if (s === undefined) return undefined
   const wanted = type ?? TYPE_NUMBER[s.type]
@@ -275,19 +350,19 @@ export function sectionItems (id: string, type: number | undefined, page: Page):
 }
 
 /** `GET /library/sections/{id}/recentlyAdded`: the section's playable items, newest first. */
-export function sectionRecentlyAdded (id: string, page: Page): Node | undefined {
+function sectionRecentlyAdded (id: string, page: Page): Node | undefined {
   const s = section(id)
   if (s === undefined) return undefined
   return list(sectionAttrs(s, { title2: 'Recently Added', mixedParents: true }), newestPlayable(s.id), page)
 }
 
 /** `GET /library/recentlyAdded`: every section's playable items, newest first. */
-export function recentlyAdded (page: Page): Node {
+function recentlyAdded (page: Page): Node {
   return list({ allowSync: false, identifier: IDENTIFIER, mediaTagPrefix: MEDIA_TAG_PREFIX, mediaTagVersion: MEDIA_TAG_VERSION, mixedParents: true }, newestPlayable(), page)
 }
 
 /** `GET /library/onDeck`: nothing is half-watched on a server nobody watches. */
-export function onDeck (): Node {
+function onDeck (): Node {
   return container({ size: 0, allowSync: false, identifier: IDENTIFIER, mediaTagPrefix: MEDIA_TAG_PREFIX, mediaTagVersion: MEDIA_TAG_VERSION, mixedParents: true })
 }
 
@@ -295,7 +370,7 @@ export function onDeck (): Node {
  * `GET /library/metadata/{ids}`: one item or a comma-separated list, in the order asked; unknown
  * ids are left out, and none known is undefined (404).
  */
-export function metadata (ids: string): Node | undefined {
+function metadata (ids: string): Node | undefined {
   const items = ids.split(',').map((id) => BY_KEY.get(id.trim())).filter((i) => i !== undefined)
   if (items.length === 0) return undefined
   const s = SECTIONS.find((x) => x.id === items[0].sectionId) as Section
@@ -303,7 +378,7 @@ export function metadata (ids: string): Node | undefined {
 }
 
 /** `GET /library/metadata/{id}/children`: a show's seasons, a season's episodes, nothing under a movie. */
-export function children (id: string, page: Page): Node | undefined {
+function children (id: string, page: Page): Node | undefined {
   const parent = BY_KEY.get(id)
   if (parent === undefined) return undefined
   const s = SECTIONS.find((x) => x.id === parent.sectionId) as Section
@@ -322,7 +397,7 @@ export function children (id: string, page: Page): Node | undefined {
  * `GET /hubs/search?query=`: one hub per media type, each with the titles containing the query
  * (case-insensitive), at most `limit` per hub; empty hubs are listed too, as PMS does.
  */
-export function searchHubs (query: string, opts: { limit?: number, sectionId?: number }): Node {
+function searchHubs (query: string, opts: { limit?: number, sectionId?: number }): Node {
   const q = query.toLowerCase()
   const hubs: Array<[ItemType, string]> = [['movie', 'Movies'], ['show', 'Shows'], ['episode', 'Episodes']]
   return container({ size: hubs.length }, hubs.map(([type, title]) => {
@@ -346,7 +421,7 @@ export function searchHubs (query: string, opts: { limit?: number, sectionId?: n
 }
 
 /** `GET /status/sessions`: empty, or the one playback with its user, player and session. */
-export function sessions (playback: Playback | undefined): Node {
+function sessions (playback: Playback | undefined): Node {
   const item = playback === undefined ? undefined : BY_KEY.get(playback.ratingKey)
   if (playback === undefined || item === undefined) return container({ size: 0 })
   const node = itemNode(item, { sessionKey: playback.sessionKey, viewOffset: playback.viewOffset })
@@ -485,3 +560,19 @@ function mediaNode (m: Media): Node {
     }],
   }
 }
+
+/** Undefined when absent, null when not a non-negative integer (a 400). */
+function intParam (raw: string | null | undefined): number | undefined | null {
+  if (raw === null || raw === undefined || raw === '') return undefined
+  return /^\d{1,9}$/.test(raw) ? Number(raw) : null
+}
+
+/** A path segment without its %-escapes; undefined when they are malformed. */
+function decodePart (raw: string): string | undefined {
+  try {
+    return decodeURIComponent(raw)
+  } catch {
+    return undefined
+  }
+}
+/* c8 ignore stop */

@@ -3,8 +3,8 @@ import { createServer, STATUS_CODES, type IncomingMessage, type Server, type Ser
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { WebSocketServer, type WebSocket } from 'ws'
 import { toJson, toXml, type Node } from './media-container.ts'
+import { NotificationSockets, WEBSOCKET_PATHS } from './notifications.ts'
 import * as library from './pms-library.ts'
 
 /**
@@ -116,12 +116,6 @@ export const DEFAULT_VERSION = '1.42.2.10156-f737b826c'
 /** `/security/resources` exists from PMS 1.15.4 on (§3). */
 const RESOURCES_MIN_VERSION = [1, 15, 4]
 
-/**
- * The notification WebSocket. Clients (python-plexapi, Tautulli, most bots) use the plural path;
- * the community spec names the singular one; both are served.
- */
-const WEBSOCKET_PATHS = new Set(['/:/websockets/notifications', '/:/websocket/notifications'])
-
 export type PlaybackState = library.PlaybackState | 'stopped'
 
 /** One shared server with a LAN, a public and a relay connection (the §3 example), and one cloud provider. */
@@ -201,9 +195,7 @@ export class PmsSimulator {
   #listening: Promise<void> | undefined
   readonly #sockets = new Set<Socket>()
   readonly #streams = new Set<ServerResponse>()
-  /** Open notification WebSockets, each with the filter it asked for. */
-  readonly #webSockets = new Map<WebSocket, (type: string) => boolean>()
-  readonly #wss = new WebSocketServer({ noServer: true, clientTracking: false, maxPayload: 64 * 1024 })
+  readonly #webSockets: NotificationSockets
   #playback: library.Playback | undefined
   #sessions = 0
   /** Bumped when the listener goes away, so a request delayed across a restart never answers. */
@@ -224,6 +216,7 @@ export class PmsSimulator {
     this.#baseLatencyMs = opts.latencyMs ?? 0
     this.#sources = new Map((opts.sources ?? DEFAULT_SOURCES).map((s) => [s.source, s]))
     this.#pingIntervalMs = opts.pingIntervalMs ?? 10_000
+    this.#webSockets = new NotificationSockets(this.#pingIntervalMs)
     this.#transientCanMint = opts.transientCanMint ?? false
     this.#now = opts.now ?? Date.now
     this.#updatedAt = Math.floor(this.#now() / 1000)
@@ -299,6 +292,9 @@ export class PmsSimulator {
     return n
   }
 
+  // What services see (docs/simulator.md), tested by the simulator suite: out of the broker
+  // suite's coverage, like pms-library.ts and notifications.ts.
+  /* c8 ignore start */
   /** How many `/:/websockets/notifications` sockets are open now. */
   get webSockets (): number { return this.#webSockets.size }
 
@@ -334,6 +330,11 @@ export class PmsSimulator {
     this.#notifyPlayback(playback, 'stopped')
     return true
   }
+
+  #notifyPlayback (p: library.Playback, state: PlaybackState): void {
+    this.#webSockets.notify('playing', 'PlaySessionStateNotification', [library.playSessionState(p, state)])
+  }
+  /* c8 ignore stop */
 
   /** Kills one transient token, as a sign-out of its device does; true when it was live. */
   killToken (token: string): boolean {
@@ -445,8 +446,7 @@ export class PmsSimulator {
     this.#generation++
     const closed = new Promise<void>((resolve) => server.close(() => resolve()))
     for (const stream of this.#streams) stream.destroy()
-    // No close frame: a PMS that stops drops the TCP connection, and clients see code 1006.
-    for (const ws of this.#webSockets.keys()) ws.terminate()
+    this.#webSockets.dropAll()
     for (const socket of this.#sockets) socket.destroy()
     server.closeAllConnections()
     await closed
@@ -494,6 +494,7 @@ export class PmsSimulator {
     if (token !== undefined && this.#everAdmin.has(token)) this.counters.adminCalls++
   }
 
+  /* c8 ignore start */
   /**
    * A WebSocket upgrade: the same token rule, faults and latency as any request, then
    * `/:/websockets/notifications`. Refusals are plain HTTP answers with PMS's HTML bodies
@@ -519,53 +520,9 @@ export class PmsSimulator {
     }
     if (!WEBSOCKET_PATHS.has(url.pathname)) return rawHtml(socket, 404)
     if ((req.method ?? 'GET') !== 'GET') return rawHtml(socket, 405)
-    this.#wss.handleUpgrade(req, socket, head, (ws) => {
-      // A restart that came while the handshake was answered has already dropped this socket.
-      if (generation !== this.#generation) {
-        ws.terminate()
-        return
-      }
-      this.#openWebSocket(ws, url)
-    })
+    this.#webSockets.accept(req, socket, head, url.searchParams.get('filters'), () => generation === this.#generation)
   }
-
-  /**
-   * An open notification socket: pinged (protocol ping frames) every `pingIntervalMs`, sent the
-   * notifications its `filters` argument lets through. What the client sends is ignored.
-   */
-  #openWebSocket (ws: WebSocket, url: URL): void {
-    this.#webSockets.set(ws, notificationFilter(url.searchParams.get('filters')))
-    const timer = setInterval(() => ws.ping(), this.#pingIntervalMs)
-    timer.unref()
-    ws.on('error', () => {})
-    ws.once('close', () => {
-      clearInterval(timer)
-      this.#webSockets.delete(ws)
-    })
-  }
-
-  /** Sends `{"NotificationContainer":{"type":…,"size":…,<key>:[…]}}` to every socket that wants `type`. */
-  #notify (type: string, key: string, entries: Array<Record<string, unknown>>): void {
-    const message = JSON.stringify({ NotificationContainer: { type, size: entries.length, [key]: entries } })
-    for (const [ws, wants] of this.#webSockets) {
-      if (wants(type) && ws.readyState === ws.OPEN) ws.send(message)
-    }
-  }
-
-  #notifyPlayback (p: library.Playback, state: PlaybackState): void {
-    this.#notify('playing', 'PlaySessionStateNotification', [{
-      sessionKey: p.sessionKey,
-      clientIdentifier: library.SIM_PLAYER.machineIdentifier,
-      guid: library.itemGuid(p.ratingKey) ?? '',
-      ratingKey: p.ratingKey,
-      url: '',
-      key: library.itemKey(p.ratingKey) ?? '',
-      viewOffset: p.viewOffset,
-      playQueueID: 1,
-      playQueueItemID: 1,
-      state,
-    }])
-  }
+  /* c8 ignore stop */
 
   #route (req: IncomingMessage, res: ServerResponse, url: URL): void {
     const path = url.pathname
@@ -603,65 +560,13 @@ export class PmsSimulator {
         return this.#eventStream(res)
     }
     // The rest is the canned media server (docs/simulator.md): read-only, GET or HEAD.
-    if (method !== 'GET' && method !== 'HEAD') return this.#html(res, WEBSOCKET_PATHS.has(path) || this.#media(url, req) !== undefined ? 405 : 404)
+    const answer = library.mediaAnswer({ path, query: url.searchParams, header: (name) => headerValue(req.headers[name]), playback: this.#playback })
+    if (method !== 'GET' && method !== 'HEAD') return this.#html(res, WEBSOCKET_PATHS.has(path) || answer !== undefined ? 405 : 404)
     // A plain request to the WebSocket path: the simulator's choice (the sources are silent) is 400.
     if (WEBSOCKET_PATHS.has(path)) return this.#html(res, 400)
-    const answer = this.#media(url, req)
     if (typeof answer === 'number') return this.#html(res, answer)
     if (answer === undefined) return this.#html(res, 404)
     return this.#send(req, res, answer)
-  }
-
-  /**
-   * The canned library's answer to a GET, an error status, or undefined when nothing here
-   * serves the path.
-   */
-  #media (url: URL, req: IncomingMessage): Node | number | undefined {
-    const path = url.pathname
-    const q = url.searchParams
-    switch (path) {
-      // What `/` lists besides the library: an idle server has no activities, remote players or playlists.
-      case '/activities':
-      case '/clients':
-      case '/playlists':
-        return { tag: 'MediaContainer', attrs: { size: 0 } }
-      case '/library':
-        return library.libraryRoot()
-      case '/library/sections':
-      case '/library/sections/all':
-        return library.librarySections()
-      case '/library/onDeck':
-        return library.onDeck()
-      case '/status/sessions':
-        return library.sessions(this.#playback)
-      case '/hubs/search': {
-        const query = q.get('query')
-        const limit = intParam(q.get('limit'))
-        const sectionId = intParam(q.get('sectionId'))
-        if (query === null || query === '' || limit === null || sectionId === null) return 400
-        return library.searchHubs(query, { limit, sectionId })
-      }
-    }
-    const page = pageParams(req, url)
-    if (page === null) return 400
-    if (path === '/library/recentlyAdded') return library.recentlyAdded(page)
-    let m = /^\/library\/sections\/([^/]+)(?:\/(all|recentlyAdded))?$/.exec(path)
-    if (m !== null) {
-      const id = decodePart(m[1])
-      if (id === undefined) return 400
-      if (m[2] === undefined) return library.sectionDetails(id)
-      if (m[2] === 'recentlyAdded') return library.sectionRecentlyAdded(id, page)
-      const type = intParam(q.get('type'))
-      if (type === null) return 400
-      return library.sectionItems(id, type, page)
-    }
-    m = /^\/library\/metadata\/([^/]+)(\/children)?$/.exec(path)
-    if (m !== null) {
-      const ids = decodePart(m[1])
-      if (ids === undefined) return 400
-      return m[2] === undefined ? library.metadata(ids) : library.children(ids, page)
-    }
-    return undefined
   }
 
   #identity (): Node {
@@ -852,42 +757,7 @@ function requestToken (req: IncomingMessage, url: URL): string | undefined {
   return headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
 }
 
-/** A path segment without its %-escapes; undefined when they are malformed. */
-function decodePart (raw: string): string | undefined {
-  try {
-    return decodeURIComponent(raw)
-  } catch {
-    return undefined
-  }
-}
-
-/** Undefined when absent, null when not a non-negative integer (a 400). */
-function intParam (raw: string | null | undefined): number | undefined | null {
-  if (raw === null || raw === undefined || raw === '') return undefined
-  return /^\d{1,9}$/.test(raw) ? Number(raw) : null
-}
-
-/** `X-Plex-Container-Start` / `-Size`, as headers or query arguments; null when malformed. */
-function pageParams (req: IncomingMessage, url: URL): library.Page | null {
-  const get = (name: string): string | undefined => headerValue(req.headers[name.toLowerCase()]) ?? url.searchParams.get(name) ?? undefined
-  const start = intParam(get('X-Plex-Container-Start'))
-  const size = intParam(get('X-Plex-Container-Size'))
-  if (start === null || size === null) return null
-  return { start, size }
-}
-
-/**
- * PMS's `filters` argument of the notification endpoints: absent means every type but `log`;
- * empty means every type; `a,b` only those; `-a,b` every type but those.
- */
-function notificationFilter (raw: string | null): (type: string) => boolean {
-  if (raw === null) return (type) => type !== 'log'
-  if (raw === '') return () => true
-  const exclude = raw.startsWith('-')
-  const types = new Set((exclude ? raw.slice(1) : raw).split(',').map((s) => s.trim()).filter((s) => s !== ''))
-  return exclude ? (type) => !types.has(type) : (type) => types.has(type)
-}
-
+/* c8 ignore start */
 /** An HTTP answer on a socket that asked for an upgrade: PMS's headers and HTML body (§4), then the end. */
 function rawHtml (socket: Duplex, status: number): void {
   const body = htmlErrorBody(status)
@@ -900,6 +770,7 @@ function rawHtml (socket: Duplex, status: number): void {
   ].join('\r\n')
   socket.end(`${head}\r\n\r\n${body}`)
 }
+/* c8 ignore stop */
 
 /** Looks like a plex.tv token: 20 characters of [A-Za-z0-9_-]. */
 function randomPlexToken (): string {
