@@ -93,7 +93,7 @@ async function control (sim: PmsSimulator, req: IncomingMessage, res: ServerResp
   const route = `${req.method} ${url.pathname}`
   switch (route) {
     case 'GET /counters':
-      return reply(res, 200, { ...sim.counters, transientTokens: sim.transientTokens(), up: sim.isUp, version: sim.version, machineIdentifier: sim.machineIdentifier })
+      return reply(res, 200, { ...sim.counters, transientTokens: sim.transientTokens(), up: sim.isUp, version: sim.version, machineIdentifier: sim.machineIdentifier, webSockets: sim.webSockets, playback: sim.playback ?? null })
     case 'POST /restart':
       await sim.restart({
         downForMs: num(q.get('downMs')),
@@ -122,8 +122,22 @@ async function control (sim: PmsSimulator, req: IncomingMessage, res: ServerResp
     case 'POST /reset-counters':
       sim.resetCounters()
       return reply(res, 200, { ok: true })
+    case 'POST /playback': {
+      // Someone presses play (or pause, or stop) in a Plex app: /status/sessions and the
+      // notification WebSockets show it.
+      const state = q.get('state') ?? 'playing'
+      if (state === 'stopped') return reply(res, 200, { ok: true, stopped: sim.stopPlayback() })
+      const ratingKey = q.get('ratingKey') ?? sim.playback?.ratingKey
+      if ((state !== 'playing' && state !== 'paused') || ratingKey === undefined) return reply(res, 400, { error: 'ratingKey= (a movie or episode) and state=playing|paused|stopped' })
+      try {
+        sim.play(ratingKey, { state, viewOffset: num(q.get('viewOffset')) })
+      } catch (err) {
+        return reply(res, 400, { error: (err as Error).message })
+      }
+      return reply(res, 200, { ok: true, playback: sim.playback })
+    }
     default:
-      return reply(res, 404, { error: 'unknown control route', routes: ['GET /counters', 'POST /restart?downMs=&version=', 'POST /down', 'POST /up', 'POST /fault?status=&latencyMs=&failEvery=&garbage=1&xmlOnly=1', 'POST /reset-counters'] })
+      return reply(res, 404, { error: 'unknown control route', routes: ['GET /counters', 'POST /restart?downMs=&version=', 'POST /down', 'POST /up', 'POST /fault?status=&latencyMs=&failEvery=&garbage=1&xmlOnly=1', 'POST /reset-counters', 'POST /playback?ratingKey=&state=playing|paused|stopped&viewOffset='] })
   }
 }
 
@@ -148,7 +162,7 @@ if (import.meta.main) {
   process.stdout.write([
     `PMS simulator ${sim.url}  machineIdentifier ${sim.machineIdentifier}  version ${sim.version}`,
     `admin X-Plex-Token: ${token}`,
-    `control ${running.controlUrl}: GET /counters, POST /restart?downMs=, POST /down, POST /up, POST /fault, POST /reset-counters`,
+    `control ${running.controlUrl}: GET /counters, POST /restart?downMs=, POST /down, POST /up, POST /fault, POST /reset-counters, POST /playback?ratingKey=1001`,
     '',
   ].join('\n'))
   const shutdown = (): void => {

@@ -1,11 +1,18 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { toJson, toXml, type Node } from './media-container.ts'
+import { NotificationSockets, WEBSOCKET_PATHS } from './notifications.ts'
+import * as library from './pms-library.ts'
 
 /**
- * A Plex Media Server simulator for tests and the demo: only the endpoints the broker talks to,
- * answering with the shapes, status codes and bodies of docs/plex-api.md (cited as §n).
+ * A Plex Media Server simulator for tests and the demo: the endpoints the broker talks to,
+ * answering with the shapes, status codes and bodies of docs/plex-api.md (cited as §n), plus
+ * small canned answers for what an ordinary service calls (library sections and items, metadata,
+ * sessions, hub search, the notification WebSocket; docs/simulator.md), so a service holding a
+ * broker-issued token can be pointed at it.
  * Where the doc marks a behaviour UNCERTAIN, the choice made here is written next to the code.
  */
 
@@ -84,7 +91,7 @@ export interface PmsSimOptions {
   latencyMs?: number
   /** Sources for `/security/resources`. Default {@link DEFAULT_SOURCES}. */
   sources?: SimSource[]
-  /** Interval of the event stream's ping. Default 10 s. */
+  /** Interval of the event stream's ping and of the notification WebSockets' ping frames. Default 10 s. */
   pingIntervalMs?: number
   /**
    * Whether a transient token may mint another one. §2 leaves it UNCERTAIN; the default false
@@ -109,6 +116,8 @@ export const DEFAULT_VERSION = '1.42.2.10156-f737b826c'
 /** `/security/resources` exists from PMS 1.15.4 on (§3). */
 const RESOURCES_MIN_VERSION = [1, 15, 4]
 
+export type PlaybackState = library.PlaybackState | 'stopped'
+
 /** One shared server with a LAN, a public and a relay connection (the §3 example), and one cloud provider. */
 export const DEFAULT_SOURCES: SimSource[] = [
   {
@@ -132,17 +141,6 @@ export const DEFAULT_SOURCES: SimSource[] = [
 function plexDirect (address: string, port: number, local: boolean, relay: boolean): SimConnection {
   const host = `${address.replaceAll('.', '-')}.93b10b279ff8456686414add109854cd.plex.direct`
   return { protocol: 'https', address, port, uri: `https://${host}:${port}`, local, relay }
-}
-
-type Attrs = Record<string, string | number | boolean>
-
-/** One element of an answer, rendered as XML (the default) or as PMS's JSON (§1). */
-interface Node {
-  tag: string
-  attrs: Attrs
-  children?: Node[]
-  /** JSON renders this child as an object rather than an array (`MediaContainer.Device`, §3). */
-  single?: boolean
 }
 
 interface Transient {
@@ -197,6 +195,9 @@ export class PmsSimulator {
   #listening: Promise<void> | undefined
   readonly #sockets = new Set<Socket>()
   readonly #streams = new Set<ServerResponse>()
+  readonly #webSockets: NotificationSockets
+  #playback: library.Playback | undefined
+  #sessions = 0
   /** Bumped when the listener goes away, so a request delayed across a restart never answers. */
   #generation = 0
   #stopped = false
@@ -215,6 +216,7 @@ export class PmsSimulator {
     this.#baseLatencyMs = opts.latencyMs ?? 0
     this.#sources = new Map((opts.sources ?? DEFAULT_SOURCES).map((s) => [s.source, s]))
     this.#pingIntervalMs = opts.pingIntervalMs ?? 10_000
+    this.#webSockets = new NotificationSockets(this.#pingIntervalMs)
     this.#transientCanMint = opts.transientCanMint ?? false
     this.#now = opts.now ?? Date.now
     this.#updatedAt = Math.floor(this.#now() / 1000)
@@ -290,6 +292,50 @@ export class PmsSimulator {
     return n
   }
 
+  // What services see (docs/simulator.md), tested by the simulator suite: out of the broker
+  // suite's coverage, like pms-library.ts and notifications.ts.
+  /* c8 ignore start */
+  /** How many `/:/websockets/notifications` sockets are open now. */
+  get webSockets (): number { return this.#webSockets.size }
+
+  /** The playback `/status/sessions` lists, if any. */
+  get playback (): library.Playback | undefined {
+    return this.#playback === undefined ? undefined : { ...this.#playback }
+  }
+
+  /**
+   * Starts (or pauses, or moves) the one playback session on a movie or episode of the canned
+   * library: `/status/sessions` lists it and every notification WebSocket gets a `playing`
+   * notification, as when someone presses play in a Plex app. Playing another item ends the
+   * current session first (a `stopped` notification), as a player switching items does.
+   */
+  play (ratingKey: string, opts: { state?: library.PlaybackState, viewOffset?: number } = {}): void {
+    if (!library.playable(ratingKey)) throw new Error(`no movie or episode with ratingKey ${ratingKey}`)
+    if (this.#playback !== undefined && this.#playback.ratingKey !== ratingKey) this.stopPlayback()
+    const current = this.#playback
+    this.#playback = {
+      ratingKey,
+      state: opts.state ?? 'playing',
+      viewOffset: opts.viewOffset ?? current?.viewOffset ?? 0,
+      sessionKey: current?.sessionKey ?? String(++this.#sessions),
+    }
+    this.#notifyPlayback(this.#playback, this.#playback.state)
+  }
+
+  /** Ends the playback session (a `stopped` notification); false when nothing was playing. */
+  stopPlayback (): boolean {
+    const playback = this.#playback
+    if (playback === undefined) return false
+    this.#playback = undefined
+    this.#notifyPlayback(playback, 'stopped')
+    return true
+  }
+
+  #notifyPlayback (p: library.Playback, state: PlaybackState): void {
+    this.#webSockets.notify('playing', 'PlaySessionStateNotification', [library.playSessionState(p, state)])
+  }
+  /* c8 ignore stop */
+
   /** Kills one transient token, as a sign-out of its device does; true when it was live. */
   killToken (token: string): boolean {
     return this.#transient.delete(token)
@@ -308,16 +354,22 @@ export class PmsSimulator {
   }
 
   /**
-   * A PMS restart: every transient token dies (§2), every connection drops (event streams
-   * included, §4), the port refuses connections for `downForMs`, and the version may change.
-   * Resolves once the server listens again.
+   * A PMS restart: every transient token dies (§2), every connection drops (event streams and
+   * notification WebSockets included, §4), playback ends, the port refuses connections for
+   * `downForMs`, and the version may change. Resolves once the server listens again.
    */
   async restart (opts: RestartOptions = {}): Promise<void> {
     await this.#close()
     this.#transient.clear()
+    this.#playback = undefined
     if (opts.version !== undefined) this.#version = opts.version
     if (opts.machineIdentifier !== undefined) this.#machineIdentifier = opts.machineIdentifier
-    if ((opts.downForMs ?? 0) > 0) await sleep(opts.downForMs)
+    // A real PMS is down for seconds, so its clients have long seen their kept-alive connections
+    // close before it answers again. With no downtime asked for, still let one round of I/O pass,
+    // or an in-process client could send its next request on a socket whose close it has not
+    // read yet and get a connection error where a real PMS gives it a 401.
+    await sleep(opts.downForMs ?? 0)
+    await new Promise((resolve) => setImmediate(resolve))
     if (!this.#stopped) await this.#listen()
   }
 
@@ -359,6 +411,7 @@ export class PmsSimulator {
   async #bind (): Promise<void> {
     if (this.#server !== undefined) return
     const server = createServer((req, res) => { void this.#handle(req, res) })
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => { void this.#upgrade(req, socket, head) })
     server.on('connection', (socket) => {
       this.#sockets.add(socket)
       socket.once('close', () => this.#sockets.delete(socket))
@@ -393,6 +446,7 @@ export class PmsSimulator {
     this.#generation++
     const closed = new Promise<void>((resolve) => server.close(() => resolve()))
     for (const stream of this.#streams) stream.destroy()
+    this.#webSockets.dropAll()
     for (const socket of this.#sockets) socket.destroy()
     server.closeAllConnections()
     await closed
@@ -402,11 +456,7 @@ export class PmsSimulator {
     const generation = this.#generation
     const url = new URL(req.url ?? '/', 'http://pms.invalid')
     const path = url.pathname
-    this.counters.requests++
-    this.counters.byPath[path] = (this.counters.byPath[path] ?? 0) + 1
-    if (path === '/identity') this.counters.identity++
-    const token = headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
-    if (token !== undefined && this.#everAdmin.has(token)) this.counters.adminCalls++
+    this.#count(req, url)
     if (path !== '/:/eventsource/notifications') {
       this.counters.inFlight++
       this.counters.inFlightByPath[path] = (this.counters.inFlightByPath[path] ?? 0) + 1
@@ -434,6 +484,46 @@ export class PmsSimulator {
     }
   }
 
+  /** Counts a request or an upgrade in `counters`. */
+  #count (req: IncomingMessage, url: URL): void {
+    const path = url.pathname
+    this.counters.requests++
+    this.counters.byPath[path] = (this.counters.byPath[path] ?? 0) + 1
+    if (path === '/identity') this.counters.identity++
+    const token = requestToken(req, url)
+    if (token !== undefined && this.#everAdmin.has(token)) this.counters.adminCalls++
+  }
+
+  /* c8 ignore start */
+  /**
+   * A WebSocket upgrade: the same token rule, faults and latency as any request, then
+   * `/:/websockets/notifications`. Refusals are plain HTTP answers with PMS's HTML bodies
+   * (a 401 at the upgrade, never a socket that opens and closes).
+   */
+  async #upgrade (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const generation = this.#generation
+    const url = new URL(req.url ?? '/', 'http://pms.invalid')
+    this.#count(req, url)
+    socket.on('error', () => {})
+    const fault = this.#fault
+    const latency = this.#baseLatencyMs + (fault.latencyMs ?? 0)
+    if (latency > 0) await sleep(latency)
+    if (generation !== this.#generation || socket.destroyed) {
+      socket.destroy()
+      return
+    }
+    if (fault.status !== undefined) return rawHtml(socket, fault.status)
+    if (fault.failEvery !== undefined && fault.failEvery > 0 && ++this.#faultRequests % fault.failEvery === 0) return rawHtml(socket, 500)
+    if (this.#tokenKind(requestToken(req, url)) === undefined) {
+      this.counters.unauthorized++
+      return rawHtml(socket, 401)
+    }
+    if (!WEBSOCKET_PATHS.has(url.pathname)) return rawHtml(socket, 404)
+    if ((req.method ?? 'GET') !== 'GET') return rawHtml(socket, 405)
+    this.#webSockets.accept(req, socket, head, url.searchParams.get('filters'), () => generation === this.#generation)
+  }
+  /* c8 ignore stop */
+
   #route (req: IncomingMessage, res: ServerResponse, url: URL): void {
     const path = url.pathname
     const method = req.method ?? 'GET'
@@ -447,8 +537,7 @@ export class PmsSimulator {
       return this.#claim(req, res, url)
     }
 
-    // Every X-Plex-* header may come as a query argument instead (§1).
-    const token = headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
+    const token = requestToken(req, url)
     const kind = this.#tokenKind(token)
     if (kind === undefined) {
       this.counters.unauthorized++
@@ -469,9 +558,15 @@ export class PmsSimulator {
         if (method !== 'GET') return this.#html(res, 405)
         this.eventStreamTokens.push(token!)
         return this.#eventStream(res)
-      default:
-        return this.#html(res, 404)
     }
+    // The rest is the canned media server (docs/simulator.md): read-only, GET or HEAD.
+    const answer = library.mediaAnswer({ path, query: url.searchParams, header: (name) => headerValue(req.headers[name]), playback: this.#playback })
+    if (method !== 'GET' && method !== 'HEAD') return this.#html(res, WEBSOCKET_PATHS.has(path) || answer !== undefined ? 405 : 404)
+    // A plain request to the WebSocket path: the simulator's choice (the sources are silent) is 400.
+    if (WEBSOCKET_PATHS.has(path)) return this.#html(res, 400)
+    if (typeof answer === 'number') return this.#html(res, answer)
+    if (answer === undefined) return this.#html(res, 404)
+    return this.#send(req, res, answer)
   }
 
   #identity (): Node {
@@ -482,7 +577,8 @@ export class PmsSimulator {
   }
 
   #root (): Node {
-    const directories = ['activities', 'butler', 'channels', 'clients', 'devices', 'library', 'playlists', 'search', 'statistics', 'system', 'transcode']
+    // Only the directories the simulator serves (a real PMS lists about twenty more).
+    const directories = ['activities', 'clients', 'library', 'playlists']
     return {
       tag: 'MediaContainer',
       attrs: {
@@ -656,6 +752,26 @@ function headerValue (v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v
 }
 
+/** Every X-Plex-* header may come as a query argument instead (§1). */
+function requestToken (req: IncomingMessage, url: URL): string | undefined {
+  return headerValue(req.headers['x-plex-token']) ?? url.searchParams.get('X-Plex-Token') ?? undefined
+}
+
+/* c8 ignore start */
+/** An HTTP answer on a socket that asked for an upgrade: PMS's headers and HTML body (§4), then the end. */
+function rawHtml (socket: Duplex, status: number): void {
+  const body = htmlErrorBody(status)
+  const head = [
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`,
+    ...Object.entries(PMS_HEADERS).map(([k, v]) => `${k}: ${v}`),
+    'Content-Type: text/html',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Connection: close',
+  ].join('\r\n')
+  socket.end(`${head}\r\n\r\n${body}`)
+}
+/* c8 ignore stop */
+
 /** Looks like a plex.tv token: 20 characters of [A-Za-z0-9_-]. */
 function randomPlexToken (): string {
   return randomBytes(15).toString('base64url')
@@ -672,25 +788,4 @@ function versionAtLeast (version: string, min: number[]): boolean {
     if (d !== 0) return d > 0
   }
   return true
-}
-
-function escapeXml (s: string): string {
-  return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c] as string)
-}
-
-function toXml (node: Node): string {
-  // PMS writes booleans as 1/0 in XML and as true/false in JSON (§4).
-  const attrs = Object.entries(node.attrs)
-    .map(([k, v]) => ` ${k}="${escapeXml(typeof v === 'boolean' ? (v ? '1' : '0') : String(v))}"`).join('')
-  if (node.tag !== 'MediaContainer' && (node.children ?? []).length === 0) return `<${node.tag}${attrs} />`
-  return `<${node.tag}${attrs}>${(node.children ?? []).map(toXml).join('')}</${node.tag}>`
-}
-
-function toJson (node: Node): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...node.attrs }
-  for (const child of node.children ?? []) {
-    if (child.single === true) out[child.tag] = toJson(child)
-    else ((out[child.tag] ??= []) as unknown[]).push(toJson(child))
-  }
-  return out
 }
