@@ -9,14 +9,20 @@ import { buildTestApp, makeClient, serverFor, testConfig, type T, type TestClien
 export interface BrokerSeen {
   posts: number
   reports: string[]
+  /** `GET /v1/tokens/stream` requests, with the Last-Event-ID each carried. */
   streams: number
+  lastEventIds: Array<string | undefined>
 }
 
 export interface ListeningBroker {
   app: FastifyInstance
   url: string
   client: TestClient
+  /** Scopes server:rotate and token:revoke. */
+  ops: TestClient
   seen: BrokerSeen
+  /** While true, the broker answers the stream route with its 404, as a broker from before the route did. */
+  hideStream: boolean
 }
 
 /**
@@ -25,8 +31,9 @@ export interface ListeningBroker {
  */
 export async function listeningBroker (t: T, sim: PmsSimulator, over: Partial<Config> = {}): Promise<ListeningBroker> {
   const client = makeClient('svc')
-  const app = await buildTestApp(t, testConfig(uniquePrefix('client'), [serverFor(sim)], [client], over))
-  const seen: BrokerSeen = { posts: 0, reports: [], streams: 0 }
+  const ops = makeClient('ops', { scopes: ['server:rotate', 'token:revoke'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('client'), [serverFor(sim)], [client, ops], over))
+  const seen: BrokerSeen = { posts: 0, reports: [], streams: 0, lastEventIds: [] }
   app.addHook('preHandler', async (request) => {
     const path = request.url.split('?')[0]
     if (request.method === 'POST' && path === '/v1/tokens') {
@@ -35,11 +42,19 @@ export async function listeningBroker (t: T, sim: PmsSimulator, over: Partial<Co
       if (reported !== undefined) seen.reports.push(reported)
     }
   })
-  app.addHook('onRequest', async (request) => {
-    if (request.method === 'GET' && request.url.split('?')[0] === '/v1/tokens/stream') seen.streams++
+  const b: ListeningBroker = { app, url: '', client, ops, seen, hideStream: false }
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.method !== 'GET' || request.url.split('?')[0] !== '/v1/tokens/stream') return
+    seen.streams++
+    seen.lastEventIds.push(request.headers['last-event-id'] as string | undefined)
+    if (b.hideStream) {
+      reply.callNotFound()
+      return reply
+    }
   })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, client, seen }
+  b.url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  return b
 }
 
 /** A logger that keeps every line it is given, as JSON, to check what the library logs. */

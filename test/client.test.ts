@@ -175,23 +175,6 @@ t.test('secretFile: the secret comes from a file', async (t) => {
   t.throws(() => source(t, b, { secret: undefined }), /secret/, 'a secret is required')
 })
 
-t.test('without a stream route (an older broker) the library polls', async (t) => {
-  const sim = await startSim(t)
-  const b = await listeningBroker(t, sim)
-  const log = captureLogger()
-  const s = source(t, b, { logger: log })
-  const modes: string[] = []
-  s.on('mode', (m) => modes.push(m))
-  t.ok(await until(10_000, async () => s.mode === 'polling'), 'polling')
-  t.ok(b.seen.streams >= 1, 'it tried the stream first')
-  t.ok(sim.isTokenValid(await s.token()))
-  t.ok(log.lines.some((l) => l.includes('polling') && l.includes('"status":404')), 'says why it polls')
-  await s.close()
-  t.equal(s.mode, 'closed')
-  t.same(modes, ['polling', 'closed'])
-  await t.rejects(s.token(), /closed/)
-})
-
 t.test('close() stops everything: a process using the library exits by itself', async (t) => {
   const sim = await startSim(t)
   const b = await listeningBroker(t, sim)

@@ -70,6 +70,12 @@ export interface TokenSourceOptions {
   brokerAttempts?: number
   /** Retries of a PMS call answered 503 (default 2). */
   pmsRetries?: number
+  /**
+   * After the stream says the current token is dead, how long to wait for the replacement it
+   * pushes by itself (after a PMS restart or a confirmed rejection) before asking the broker
+   * (needed after an ops revocation). Default 2 s. `token()` asks at once meanwhile.
+   */
+  replacementWaitMs?: number
 }
 
 export type TokenSourceMode = 'connecting' | 'stream' | 'polling' | 'closed'
@@ -91,6 +97,8 @@ const EXPIRY_MARGIN_MS = 5000
 const BASE_BACKOFF_MS = 1000
 /** setTimeout's limit; a longer wait is taken in steps. */
 const MAX_TIMER_MS = 2 ** 31 - 1
+/** A stream that lived this long counts as healthy even without events (a resume with nothing missed). */
+const HEALTHY_STREAM_MS = 30_000
 /** Methods that may be sent again after a dropped connection. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
 /** Tokens the stream declared dead, remembered so that a late answer never brings one back. */
@@ -116,6 +124,7 @@ export class TokenSource {
   readonly #maxBackoffMs: number
   readonly #brokerAttempts: number
   readonly #pmsRetries: number
+  readonly #replacementWaitMs: number
   readonly #closing = new AbortController()
 
   #current: IssuedToken | undefined
@@ -146,6 +155,7 @@ export class TokenSource {
     this.#maxBackoffMs = opts.maxBackoffMs ?? 60_000
     this.#brokerAttempts = Math.max(1, opts.brokerAttempts ?? 3)
     this.#pmsRetries = Math.max(0, opts.pmsRetries ?? 2)
+    this.#replacementWaitMs = Math.max(0, opts.replacementWaitMs ?? 2000)
     if (opts.stream === false) {
       this.#setMode('polling')
     } else {
@@ -379,7 +389,7 @@ export class TokenSource {
     try {
       const t = await this.#refresh()
       // Past renewAt and the broker still serves the same token: its rotation is queued; ask again shortly.
-      if (t.tokenId === before?.tokenId && Date.now() >= Date.parse(t.renewAt)) {
+      if (t.tokenId === before?.tokenId && Date.now() >= Date.parse(t.renewAt) && this.#current?.tokenId === t.tokenId) {
         const lifeLeft = Date.parse(t.expiresAt) - Date.parse(t.renewAt)
         this.#schedule(Math.min(this.#maxBackoffMs, Math.max(BASE_BACKOFF_MS, lifeLeft / 20)))
       }
@@ -397,6 +407,7 @@ export class TokenSource {
   async #runStream (): Promise<void> {
     let failures = 0
     while (this.#mode !== 'closed') {
+      const openedAt = Date.now()
       const outcome = await readStream({
         url: joinUrl(this.#brokerUrl, `/v1/tokens/stream?server=${encodeURIComponent(this.#server)}`),
         secret: this.#secret,
@@ -413,9 +424,9 @@ export class TokenSource {
       if (this.#closing.signal.aborted) return
       let wait: number
       if (outcome.opened) {
-        // A stream that delivered events ended normally: back after `retry`. One that died at once
-        // (or repeatedly) backs off.
-        failures = outcome.events > 0 ? 0 : failures + 1
+        // A stream that delivered events, or stayed open a while, ended normally: back after
+        // `retry`. One that died at once (or keeps dying) backs off.
+        failures = outcome.events > 0 || Date.now() - openedAt >= HEALTHY_STREAM_MS ? 0 : failures + 1
         wait = failures === 0 ? this.#retryMs : backoff(failures, this.#retryMs, this.#maxBackoffMs)
         this.#log?.info?.({ server: this.#server, events: outcome.events, waitMs: wait, error: describe(outcome.error) }, 'token stream ended; reconnecting')
       } else {
@@ -459,14 +470,12 @@ export class TokenSource {
         const reason = typeof d.reason === 'string' ? d.reason : undefined
         this.#markDead(d.tokenId)
         if (this.#current?.tokenId !== d.tokenId) return
-        this.#log?.info?.({ server: this.#server, tokenId: d.tokenId, reason }, 'token revoked; asking for a new one')
+        this.#log?.info?.({ server: this.#server, tokenId: d.tokenId, reason }, 'token no longer valid')
         this.#emit('revoked', { tokenId: d.tokenId, reason })
-        // After a revocation the next token comes when asked; after an invalidation the stream
-        // brings one anyway, and asking is harmless (one shared call either way).
-        this.#refresh().catch((err: unknown) => {
-          this.#log?.warn?.({ server: this.#server, code: (err as BrokerError).code }, 'no new token after a revocation yet')
-          this.#schedule(backoff(++this.#refreshFailures, BASE_BACKOFF_MS, this.#maxBackoffMs))
-        })
+        // After a PMS restart or a confirmed rejection the stream brings the replacement by
+        // itself; after an ops revocation the next token comes only when asked. So: wait a moment
+        // for the stream, then ask (the renewal timer; #renew asks while the token is dead).
+        this.#schedule(this.#replacementWaitMs)
         return
       }
       case 'server':
