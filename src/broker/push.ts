@@ -4,6 +4,16 @@ import { BrokerError, storeUnavailable } from '../errors.ts'
 import type { RedisContext } from './keys.ts'
 import { compareIds, parsePushEntry, type PushEntry } from './push-log.ts'
 
+/** What the change log holds, as `snapshot` read it. */
+export interface PushSnapshot {
+  /** The last id the log generated; every entry up to it has been written. `0-0`: none ever. */
+  last: string
+  /** The oldest entry kept, if any. */
+  first: string | undefined
+  /** Whether entries were ever trimmed (undefined: Redis 6.2 cannot tell). */
+  trimmed: boolean | undefined
+}
+
 /** One open push stream of this instance, as the hub sees it. */
 export interface PushSubscriber {
   client: string
@@ -61,7 +71,7 @@ export class PushHub {
   /**
    * Registers a stream: 429 beyond the limits (counted at once, so concurrent opens cannot
    * overshoot), 503 while shutting down or when the reader cannot start. Every entry the reader
-   * reads after this resolves is delivered; entries up to `lastId()` read afterwards may be too,
+   * reads after this resolves is delivered; entries up to `snapshot().last` read afterwards may be too,
    * and the stream ignores those (push-log.ts ids are ordered). Returns the unregister function.
    */
   async register (sub: PushSubscriber): Promise<() => void> {
@@ -101,21 +111,14 @@ export class PushHub {
     return unregister
   }
 
-  /** The id of the newest entry of the change log, `0-0` when it is empty. */
-  async lastId (): Promise<string> {
-    const { db } = this.#o
-    const last = await db.call(() => db.redis.xrevrange(db.keys.push, '+', '-', 'COUNT', 1))
-    return last[0]?.[0] ?? '0-0'
-  }
-
   /**
-   * Whether the log still holds every entry after `id`: false when entries after it were trimmed
-   * (Redis 7 says so exactly, `max-deleted-entry-id`; on 6.2, when `id` is older than the oldest
-   * entry kept).
+   * Where the change log stands: the last id it ever generated (kept through trimming; `0-0` when
+   * it never held anything), and what `covers` needs to tell whether the history after an id is
+   * still all there.
    */
-  async complete (id: string): Promise<boolean> {
+  async snapshot (): Promise<PushSnapshot> {
     const { db } = this.#o
-    const info = await db.call(() => db.redis.xinfo('STREAM', db.keys.push).catch((err: Error) => {
+    const info = await db.call(async () => await db.redis.xinfo('STREAM', db.keys.push).catch((err: Error) => {
       if (/no such key/i.test(err.message)) return []
       throw err
     })) as unknown[]
@@ -123,10 +126,27 @@ export class PushHub {
       const i = info.indexOf(name)
       return i < 0 ? undefined : info[i + 1]
     }
-    const maxDeleted = field('max-deleted-entry-id')
-    if (typeof maxDeleted === 'string') return compareIds(id, maxDeleted) >= 0
     const first = field('first-entry') as [string, string[]] | null | undefined
-    return first === null || first === undefined || compareIds(id, first[0]) >= 0
+    const added = field('entries-added')
+    const length = field('length')
+    return {
+      last: typeof field('last-generated-id') === 'string' ? field('last-generated-id') as string : '0-0',
+      first: Array.isArray(first) ? first[0] : undefined,
+      // Redis 7 counts every entry ever added; on 6.2 whether anything was trimmed is unknown.
+      trimmed: typeof added === 'number' && typeof length === 'number' ? added > length : undefined,
+    }
+  }
+
+  /**
+   * Whether the log still holds every entry after `id` (up to `s.last`): it does when `id` is at
+   * or past the oldest entry kept, or when nothing was ever trimmed. An id past `s.last` is not
+   * one of this log's (another Redis, a log that was deleted): false.
+   */
+  covers (s: PushSnapshot, id: string): boolean {
+    if (compareIds(id, s.last) > 0) return false
+    if (compareIds(id, s.last) === 0) return true
+    if (s.first !== undefined && compareIds(id, s.first) >= 0) return true
+    return s.trimmed === false
   }
 
   /** The entries after `after` up to and including `upTo` that concern (client, server), oldest first. */
@@ -168,7 +188,7 @@ export class PushHub {
     if (this.#loop !== undefined) return
     this.#starting ??= (async () => {
       try {
-        this.#position = await this.lastId()
+        this.#position = (await this.snapshot()).last
       } catch (err) {
         this.#starting = undefined
         throw err

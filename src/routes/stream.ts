@@ -116,9 +116,10 @@ class PushStream implements PushSubscriber {
    */
   async opening (lastEventId: string | undefined, limit: { max: number, windowMs: number }, countResume: () => Promise<void>): Promise<Frame[]> {
     const { push, issuer } = this.#b
-    const last = await push.lastId()
+    const log = await push.snapshot()
+    const last = log.last
     this.#floor = last
-    if (lastEventId !== undefined && STREAM_ID.test(lastEventId) && compareIds(lastEventId, last) <= 0 && await push.complete(lastEventId)) {
+    if (lastEventId !== undefined && STREAM_ID.test(lastEventId) && push.covers(log, lastEventId)) {
       await countResume()
       const frames: Frame[] = []
       for (const e of collapse(await push.history(this.client, this.server, lastEventId, last))) {
