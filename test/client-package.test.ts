@@ -20,6 +20,21 @@ function specifiers (source: string): string[] {
   return ts.preProcessFile(source, true, true).importedFiles.map((f) => f.fileName)
 }
 
+/** The ts example of the README's *Client library* section. */
+function readmeExample (): string {
+  const readme = readFileSync('README.md', 'utf8')
+  const section = readme.slice(readme.indexOf('\n## Client library\n'))
+  const m = /```ts\n([\s\S]*?)```/.exec(section)
+  if (m === null) throw new Error('no ts example in the README\'s Client library section')
+  return m[1]
+}
+
+t.test('the README example is short', async (t) => {
+  const lines = readmeExample().trim().split('\n').filter((l) => l.trim() !== '')
+  t.ok(lines.length <= 12, `${lines.length} lines`)
+  t.match(readmeExample(), /createTokenSource\(/)
+})
+
 t.test('the client imports node built-ins, undici and eventsource-parser only: never the server code', async (t) => {
   const files = readdirSync(CLIENT).filter((f) => f.endsWith('.ts'))
   t.ok(files.includes('index.ts'))
@@ -77,9 +92,11 @@ void t
 const n: number = createTokenSource
 void n
 `,
+    // The README's example, as a service would write it.
+    'readme-example.ts': readmeExample(),
     'consumer.json': JSON.stringify({
       compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true, types: ['node'], typeRoots: [join(ROOT, 'node_modules', '@types')] },
-      files: ['consumer.ts'],
+      files: ['consumer.ts', 'readme-example.ts'],
     }),
   })
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir')
@@ -93,5 +110,5 @@ void n
 
   // The types resolve through the exports map (a wrong "types" path would make this fail).
   const typed = await run(process.execPath, [tsc, '-p', 'consumer.json'], { cwd: dir }).then(() => 'ok', (e: { stdout: string }) => e.stdout)
-  t.equal(typed, 'ok', 'a TypeScript consumer type-checks against the declarations, which are real types')
+  t.equal(typed, 'ok', 'a TypeScript consumer and the README example type-check against the declarations, which are real types')
 })

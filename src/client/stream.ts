@@ -2,7 +2,7 @@ import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { type Dispatcher, request } from 'undici'
 import { retryAfterMs } from './http.ts'
 
-/** An event of the broker's token stream (see docs/push-protocol.md). */
+/** An event of the broker's token stream (README, *Push channel*). */
 export interface StreamEvent {
   event: string
   data: string
