@@ -166,11 +166,14 @@ t.test('the broker\'s 503 with Retry-After: token() retries, then says why; work
   t.ok(log.lines.some((l) => l.includes('UPSTREAM_UNAVAILABLE')), 'the retry is logged with its code')
 })
 
-t.test('secretFile: the secret comes from a file', async (t) => {
+t.test('secretFile: the secret comes from a file, read again when the broker refuses it', async (t) => {
   const sim = await startSim(t)
   const b = await listeningBroker(t, sim)
-  const dir = t.testdir({ secret: `${b.client.secret}\n` })
+  const dir = t.testdir({ secret: 'sec_not-the-right-one\n' })
   const s = source(t, b, { stream: false, secret: undefined, secretFile: join(dir, 'secret') })
+  await t.rejects(s.token(), { name: 'BrokerError', statusCode: 401, code: 'UNAUTHENTICATED' })
+  // The secret is rotated in its file, as a secrets manager does: no restart needed.
+  writeFileSync(join(dir, 'secret'), `${b.client.secret}\n`)
   t.ok(sim.isTokenValid(await s.token()))
   t.throws(() => source(t, b, { secret: undefined }), /secret/, 'a secret is required')
 })

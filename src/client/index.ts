@@ -432,7 +432,13 @@ export class TokenSource {
       } else {
         failures++
         wait = backoff(failures, this.#retryMs, this.#maxBackoffMs, outcome.retryAfterMs)
-        if (outcome.statusCode === 401 && this.#secretFile !== undefined) this.#secret = this.#readSecret()
+        if (outcome.statusCode === 401 && this.#secretFile !== undefined) {
+          try {
+            this.#secret = this.#readSecret()
+          } catch (err) {
+            this.#log?.warn?.({ server: this.#server, error: describe(err) }, 'could not read secretFile')
+          }
+        }
         if (this.#mode !== 'polling') {
           this.#log?.warn?.({ server: this.#server, status: outcome.statusCode, code: outcome.code, error: describe(outcome.error), waitMs: wait },
             'token stream unavailable; polling the broker meanwhile')
