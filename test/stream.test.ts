@@ -159,6 +159,8 @@ t.test('the first event is the current token, with the SSE headers, retry advice
   t.equal(unknown.status, 404)
   const bad = await openStream(base, a, { server: '..%2F' })
   t.equal(bad.status, 400)
+  const head = await app.inject({ method: 'HEAD', url: '/v1/tokens/stream?server=default', headers: a.auth })
+  t.not(head.statusCode, 200, 'no HEAD route: it would hold a stream nobody reads')
   s.close()
   t.ok(await until(5000, async () => app.broker.push.size === 0), 'a client that leaves is unregistered')
   t.equal(await metric(app, /^ptb_streams_open /), 0)
@@ -322,6 +324,25 @@ t.test('revocation: revoked events; a revocation of all the client\'s tokens end
   t.same(all?.data, { tokenId: asked.tokenId, server: 'default', reason: 'offboarded' }, 'the revoked event first')
   t.ok(await s.closed(), 'then the stream ends')
   t.equal(await metric(app, /^ptb_stream_drops_total\{reason="revoked"\}/), 1)
+})
+
+t.test('a rejection PMS confirms: the stream gets the replacement (replaced) without asking', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('rejected')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('stream-replaced'), [serverFor(sim)], [a]), { defaultMetrics: false })
+  const base = await listen(app)
+  const s = await openStream(base, a)
+  t.teardown(() => s.close())
+  const first = await s.next((e) => e.event === 'token')
+  t.ok(sim.killToken(first?.data.token), 'PMS forgets the token')
+  // Another process of the same client reports it; the stream hears the outcome.
+  const replacement = await issue(app, a, { rejectedTokenId: first?.data.tokenId })
+  const revoked = await s.next((e) => e.event === 'revoked')
+  t.same(revoked?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'rejected_by_pms' })
+  const next = await s.next((e) => e.event === 'token' && e.data.tokenId !== first?.data.tokenId)
+  t.equal(next?.data.reason, 'replaced')
+  t.equal(next?.data.tokenId, replacement.tokenId)
+  t.notOk(s.ended, 'an invalidation does not end the stream')
 })
 
 t.test('limits: streams per client and in total (429 with Retry-After), freed when a stream closes', async (t) => {

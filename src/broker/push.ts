@@ -173,14 +173,21 @@ export class PushHub {
   }
 
   #dispatch (entry: PushEntry): void {
+    const targets: PushSubscriber[] = []
     if (entry.type === 'server') {
       for (const set of this.#subs.values()) {
-        for (const sub of set) if (sub.server === entry.server) sub.deliver(entry)
+        for (const sub of set) if (sub.server === entry.server) targets.push(sub)
       }
-      return
+    } else {
+      targets.push(...(this.#subs.get(`${entry.client}\u0000${entry.server}`) ?? []))
     }
-    const set = this.#subs.get(`${entry.client}\u0000${entry.server}`)
-    if (set !== undefined) for (const sub of set) sub.deliver(entry)
+    for (const sub of targets) {
+      try {
+        sub.deliver(entry)
+      } catch (err) {
+        this.#o.logger.warn({ err: { message: (err as Error).message } }, 'push channel: a stream failed to take an entry')
+      }
+    }
   }
 
   /** Starts the reader once: its position is the log's newest entry when it starts. */

@@ -288,6 +288,8 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
     // The client's rate limit is counted by the opening read (one request, like POST /v1/tokens).
     onRequest: app.authenticate('token:issue', { clientLimit: false }),
     config: { stream: true },
+    // A HEAD would open a stream nobody reads (and hold one of the client's places).
+    exposeHeadRoute: false,
     schema: {
       operationId: 'streamTokens',
       summary: 'Push channel: this client\'s token for a server now, and every change of it (Server-Sent Events)',
