@@ -13,6 +13,7 @@ import requestIdentity from './plugins/request-identity.ts'
 import healthRoutes from './routes/health.ts'
 import opsRoutes from './routes/ops.ts'
 import sourceRoutes from './routes/sources.ts'
+import streamRoutes, { type StreamOptions } from './routes/stream.ts'
 import tokenRoutes from './routes/tokens.ts'
 import { ErrorSchema } from './schemas/common.ts'
 import { createServices, refreshGauges, type ServiceOverrides, type Services } from './services.ts'
@@ -30,6 +31,8 @@ declare module 'fastify' {
 export interface AppOverrides extends ServiceOverrides {
   /** HTTP server timeouts (tests shorten them); defaults in HTTP_TIMEOUTS. */
   httpTimeouts?: Partial<HttpTimeouts>
+  /** The push channel's slow-consumer bounds (tests shorten them); defaults in routes/stream.ts. */
+  stream?: StreamOptions
 }
 
 /** Fastify's options: logging, request ids, proxies, limits, timeouts and validation, in one place. */
@@ -109,6 +112,7 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
 
   await app.register(healthRoutes)
   await app.register(tokenRoutes)
+  await app.register(streamRoutes, overrides.stream ?? {})
   await app.register(sourceRoutes)
   await app.register(opsRoutes)
   return app

@@ -151,6 +151,26 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly streamsOpen = new Gauge({
+    name: 'ptb_streams_open',
+    help: 'Push streams (GET /v1/tokens/stream) open on this instance',
+    registers: [this.registry],
+  })
+
+  readonly streamEvents = new Counter({
+    name: 'ptb_stream_events_total',
+    help: 'Events sent on push streams by this instance: token, revoked, server',
+    labelNames: ['event'] as const,
+    registers: [this.registry],
+  })
+
+  readonly streamDrops = new Counter({
+    name: 'ptb_stream_drops_total',
+    help: 'Push streams the broker ended: slow (the client did not read), shutdown, revoked (all its tokens revoked), error (Redis failed mid-stream)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  })
+
   readonly queueJobs = new Gauge({
     name: 'ptb_queue_jobs',
     help: 'BullMQ jobs by queue and state',
@@ -163,6 +183,7 @@ export class Metrics {
     // counter that appears only at its first increment would make the first one invisible.
     this.rateLimited.inc({ limit: 'auth_failures' }, 0)
     this.authFailures.inc({ reason: 'unknown_secret' }, 0)
+    for (const reason of ['slow', 'shutdown']) this.streamDrops.inc({ reason }, 0)
     if (opts.defaultMetrics === false) return
     collectDefaultMetrics({
       register: this.registry,

@@ -3,7 +3,8 @@ import type { Logger } from 'pino'
 import type { Config } from './config/index.ts'
 import { BrokerError, storeUnavailable } from './errors.ts'
 
-export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'
+/** `push`: the push channel's reader (broker/push.ts), one blocking XREAD per instance, opened with the first stream. */
+export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker' | 'push'
 
 /**
  * One named connection per role. The request path fails fast: a command that does

@@ -7,6 +7,7 @@ import { keyRing } from './broker/crypto.ts'
 import { TokenIssuer } from './broker/issuer.ts'
 import { createKeys, type Keys, type RedisContext } from './broker/keys.ts'
 import { ServerProbe } from './broker/probe.ts'
+import { PushHub } from './broker/push.ts'
 import { Readiness } from './broker/readiness.ts'
 import { RejectionCheck } from './broker/rejection-check.ts'
 import { Rotator } from './broker/rotator.ts'
@@ -79,6 +80,8 @@ export interface Services {
   denials: Denials
   /** The rate-limit counters (per client, failed authentication, unknown routes). */
   counters: WindowCounters
+  /** The push channel's registry of open streams and its reader of the shared change log (broker/push.ts). */
+  push: PushHub
   watcher: TokenFileWatcher
   /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
   runner: JobRunner | undefined
@@ -225,6 +228,15 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const readiness = new Readiness(db)
   const denials = new Denials(store, metrics)
   const counters = new WindowCounters(connections.ratelimit, keys.rateLimitPrefix)
+  const push = new PushHub({
+    db,
+    // The reader's blocking XREAD gets a connection of its own, opened with the first stream.
+    connect: () => createRedis(config, 'push', logger),
+    logger,
+    maxPerClient: config.streamMaxPerClient,
+    maxTotal: config.streamMaxTotal,
+    onLimited: () => metrics.rateLimited.inc({ limit: 'streams' }),
+  })
   const watcher = new TokenFileWatcher(servers, logger, (server) => {
     adminHealth.check(server).catch(() => {})
   })
@@ -274,6 +286,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     readiness,
     denials,
     counters,
+    push,
     watcher,
     runner,
     start: async () => {
@@ -283,6 +296,8 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     close: async () => {
       // Workers first (they finish or leave in-flight jobs), then the clients, then the connections they use.
       watcher.stop()
+      // The streams themselves were ended by the route's preClose hook; this stops the reader.
+      await push.close()
       await runner?.close()
       await plexTv.close()
       await queues.close()

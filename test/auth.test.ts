@@ -111,6 +111,7 @@ t.test('authentication and scope run before the body or query is looked at, on e
   const routes: Array<{ method: 'GET' | 'POST', url: string, body?: unknown, scopeless: typeof issuer }> = [
     { method: 'POST', url: '/v1/tokens', body: junk, scopeless: sourcer },
     { method: 'GET', url: `/v1/tokens/${'x'.repeat(100)}`, scopeless: sourcer },
+    { method: 'GET', url: '/v1/tokens/stream?server=..%2F&bogus=1', scopeless: sourcer },
     { method: 'POST', url: '/v1/sources/connection', body: junk, scopeless: issuer },
     { method: 'POST', url: '/v1/revoke', body: junk, scopeless: issuer },
     { method: 'GET', url: '/v1/audit?limit=abc&bogus=1', scopeless: issuer },

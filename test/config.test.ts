@@ -38,6 +38,9 @@ t.test('defaults', async (t) => {
     auditMaxEvents: 1_000_000,
     plexTimeoutMs: 5000,
     plexConcurrency: 4,
+    streamMaxPerClient: 16,
+    streamMaxTotal: 1000,
+    streamHeartbeatMs: 15_000,
     trustProxy: [],
     defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
     demo: false,
@@ -76,6 +79,9 @@ t.test('every variable is parsed', async (t) => {
     TRUST_PROXY: '10.0.0.0/8,127.0.0.1',
     RATE_LIMIT_DEFAULT: '50/10s',
     PLEX_TV_URL: 'http://127.0.0.1:9999/',
+    STREAM_MAX_PER_CLIENT: '4',
+    STREAM_MAX_TOTAL: '50',
+    STREAM_HEARTBEAT_MS: '2500',
   })
   t.match(c, {
     host: '127.0.0.1',
@@ -95,6 +101,9 @@ t.test('every variable is parsed', async (t) => {
     trustProxy: ['10.0.0.0/8', '127.0.0.1'],
     defaultRateLimit: { max: 50, timeWindowMs: 10_000 },
     plexTvUrl: 'http://127.0.0.1:9999',
+    streamMaxPerClient: 4,
+    streamMaxTotal: 50,
+    streamHeartbeatMs: 2500,
   })
 })
 
@@ -155,6 +164,9 @@ t.test('each bad value is named, all problems are reported at once, no secret in
     [{ PLEX_URL: undefined }, /^PLEX_TOKEN: set PLEX_URL too/],
     [{ PLEX_CONCURRENCY: '0' }, /^PLEX_CONCURRENCY:/],
     [{ AUDIT_MAX_EVENTS: 'lots' }, /^AUDIT_MAX_EVENTS:/],
+    [{ STREAM_MAX_PER_CLIENT: '0' }, /^STREAM_MAX_PER_CLIENT: must be an integer/],
+    [{ STREAM_MAX_TOTAL: 'many' }, /^STREAM_MAX_TOTAL:/],
+    [{ STREAM_HEARTBEAT_MS: '15s' }, /^STREAM_HEARTBEAT_MS: must be an integer/],
   ]
   for (const [over, expected] of cases) {
     const p = problems({ ...BASE, ...over })

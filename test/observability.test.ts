@@ -119,7 +119,7 @@ t.test('OpenAPI document covers every route with its error shape', async (t) => 
   t.equal(r.statusCode, 200)
   const doc = r.json()
   t.equal(doc.openapi, '3.1.0')
-  for (const path of ['/v1/tokens', '/v1/tokens/{tokenId}', '/v1/sources/connection', '/v1/revoke', '/v1/audit', '/v1/audit/export', '/v1/audit/trace', '/v1/servers', '/v1/servers/{name}/rotate', '/healthz', '/readyz', '/metrics']) {
+  for (const path of ['/v1/tokens', '/v1/tokens/{tokenId}', '/v1/tokens/stream', '/v1/sources/connection', '/v1/revoke', '/v1/audit', '/v1/audit/export', '/v1/audit/trace', '/v1/servers', '/v1/servers/{name}/rotate', '/healthz', '/readyz', '/metrics']) {
     t.ok(doc.paths[path], `documents ${path}`)
   }
   t.ok(doc.components.schemas.Error, 'the Error schema is shared')

@@ -49,7 +49,7 @@ t.test('every route has a camelCase operationId, and openapi-typescript names ea
   const ids = ops.map(({ op }) => op.operationId!)
   t.equal(new Set(ids).size, ids.length, 'operationIds are unique')
   t.same(ids.filter((id) => !/^[a-z]+[A-Za-z]*$/.test(id)), [], 'operationIds are camelCase')
-  for (const id of ['issueToken', 'getToken', 'connectSource', 'revokeTokens', 'listAudit', 'exportAudit', 'traceToken', 'listServers', 'rotateServer', 'getHealth', 'getReadiness', 'getMetrics']) {
+  for (const id of ['issueToken', 'getToken', 'streamTokens', 'connectSource', 'revokeTokens', 'listAudit', 'exportAudit', 'traceToken', 'listServers', 'rotateServer', 'getHealth', 'getReadiness', 'getMetrics']) {
     t.ok(ids.includes(id), `operation ${id}`)
   }
 

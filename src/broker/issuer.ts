@@ -5,6 +5,7 @@ import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
 import { type ClientLimit, clientLimitExceeded } from './client-limit.ts'
+import type { TokenReason } from './push-log.ts'
 import type { MintFacts } from './server-state.ts'
 import { type RequestContext, type ServedToken, slotKey, type TokenStore } from './token-store.ts'
 
@@ -101,8 +102,11 @@ export class TokenIssuer {
   /**
    * `target`: a source PMS knows (`server://…`, `provider://…`) instead of a PMS token. `limit`:
    * the client's rate limit, counted once, in the first serve script (429 `RATE_LIMITED` beyond it).
+   * `reason`: what the push channel says of a token minted here (default `issued`; `reminted` when
+   * the cached one had to be invalidated first because it could not be opened).
    */
-  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string, limit?: ClientLimit): Promise<IssuedToken> {
+  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string, limit?: ClientLimit,
+    reason: TokenReason = 'issued'): Promise<IssuedToken> {
     const { store } = this.#o
     let rate: IssuedToken['rate']
     // A revocation or invalidation can land between our mint and our read; a few rounds settle it.
@@ -117,11 +121,12 @@ export class TokenIssuer {
       }
       const hit = first.token
       if (hit !== undefined) return { ...this.#checked(client, server.name, hit, 'cache'), rate }
+      if (first.invalidated === true) reason = 'reminted'
       const key = `${client}\u0000${server.name}\u0000${target ?? ''}`
       let flight = this.#flights.get(key)
       const leader = flight === undefined
       if (flight === undefined) {
-        flight = this.ensure(client, server, undefined, target).finally(() => this.#flights.delete(key))
+        flight = this.ensure(client, server, undefined, target, reason).finally(() => this.#flights.delete(key))
         this.#flights.set(key, flight)
       }
       const minted = await flight
@@ -146,7 +151,8 @@ export class TokenIssuer {
    * Makes sure (client, server) has a live current token, minting one if needed.
    * Returns true when this call minted it.
    */
-  async ensure (client: string, server: ServerConfig, audit?: { action: string, detail: Record<string, unknown> }, target?: string): Promise<boolean> {
+  async ensure (client: string, server: ServerConfig, audit?: { action: string, detail: Record<string, unknown> }, target?: string,
+    reason?: TokenReason): Promise<boolean> {
     const { store, mintWaitMs, lockTtlMs } = this.#o
     const lockKey = this.#o.db.keys.mintLock(slotKey(client, target), server.name)
     const deadline = Date.now() + mintWaitMs
@@ -159,7 +165,7 @@ export class TokenIssuer {
         try {
           // Someone may have minted between our peek and our lock.
           if (await store.peek(client, server.name, target) !== undefined) return false
-          const stored = await this.mint(client, server, { audit, target })
+          const stored = await this.mint(client, server, { audit, target, reason })
           return stored !== undefined
         } finally {
           heartbeat.stop()
@@ -214,6 +220,8 @@ export class TokenIssuer {
     audit?: { action: string, detail: Record<string, unknown> }
     ctx?: RequestContext
     target?: string
+    /** The push channel's `reason` for the new token (default: from `audit`, push-log.ts tokenReason). */
+    reason?: TokenReason
   }): Promise<string | undefined> {
     const { store, plex, logger, onMint } = this.#o
     let token: string
@@ -257,6 +265,7 @@ export class TokenIssuer {
       meta,
       audit: opts.audit,
       ctx: opts.ctx,
+      reason: opts.reason,
     })
     if (put === undefined) {
       logger.info({ client, server: server.name }, 'minted token discarded: current token changed meanwhile')

@@ -31,6 +31,12 @@ export interface Keys {
   audit: string
   /** Stream: cache serves (`token.issue` from cache). Capped at AUDIT_MAX_EVENTS so load cannot push security events out. */
   auditServes: string
+  /**
+   * Stream: the push channel's change log (push.ts): one entry per new current client token, per
+   * retired current client token and per server up/down change. Ids only, never a token or its
+   * ciphertext. Capped (XADD MAXLEN ~ PUSH_MAXLEN); every instance reads it for its own streams.
+   */
+  push: string
   /** String: token fingerprint → `tokenId|client|server|issuedAt`, kept for AUDIT_RETENTION (trace). */
   fingerprint: (fp: string) => string
   /** Hash: probed state of a PMS server. */
@@ -67,6 +73,7 @@ export function createKeys (prefix: string): Keys {
     allTokens: `${p}idx:all`,
     audit: `${p}audit`,
     auditServes: `${p}audit:serves`,
+    push: `${p}push`,
     fingerprint: (fp) => `${p}fp:${fp}`,
     server: (s) => `${p}srv:${s}`,
     adminRecheck: (s) => `${p}lock:admin-recheck:${s}`,

@@ -81,7 +81,7 @@ export class ServerProbe {
     try {
       id = await plex.identity(server)
     } catch (err) {
-      await states.update(server.name, { state: 'down', lastProbeAt: now })
+      await states.update(server.name, { state: 'down', lastProbeAt: now }, prev.state === 'down' ? undefined : 'down')
       if (prev.state !== 'down') {
         logger.warn({ server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'PMS is down')
         await store.audit({ action: 'server.down', server: server.name, detail: { error: (err as Error).name } })
@@ -97,7 +97,7 @@ export class ServerProbe {
     if (canary === 'rejected') reasons.push('canary_rejected')
     if (prev.state === 'down' && canary === 'none' && reasons.length === 0) reasons.push('back_after_down')
 
-    await states.update(server.name, { state: 'up', mid: id.machineIdentifier, version: id.version, lastProbeAt: now })
+    await states.update(server.name, { state: 'up', mid: id.machineIdentifier, version: id.version, lastProbeAt: now }, prev.state === 'up' ? undefined : 'up')
     if (prev.state !== 'up') {
       logger.info({ server: server.name, version: id.version }, 'PMS is up')
       if (prev.state === 'down') await store.audit({ action: 'server.up', server: server.name, detail: { version: id.version } })

@@ -48,7 +48,8 @@ export class RejectionCheck {
         this.#o.onConfirmed?.(server.name)
       }
     }
-    return await this.#o.issuer.issue(client, server, ctx)
+    // A token minted now replaces the one PMS rejected: streams announce it as `replaced`.
+    return await this.#o.issuer.issue(client, server, ctx, undefined, undefined, 'replaced')
   }
 
   async #verdict (server: ServerConfig, tokenId: string): Promise<'valid' | 'rejected'> {

@@ -24,11 +24,24 @@ end
 `
 
 /**
+ * Shared by the scripts that write the push channel's change log (push.ts). Only a client's own
+ * PMS token matters there: not source tokens (a target) nor the canary (`~` in its slot). Ids only.
+ */
+const PUSH_FN = `
+local function pushable(slot, target)
+  return (target == nil or target == '') and slot ~= nil and not string.find(slot, '~', 1, true)
+end
+local function push(stream, maxlen, ...)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
+end
+`
+
+/**
  * KEYS: current, active, audit (security stream), auditServes, rateLimit (the client's counter)
  * ARGV: tokPrefix, slot, server, now, requestId, ip, source ('cache'|'upstream'), maxlen, client,
  *       action ('token.issue' | 'source.connect'), target (the source id, '' for a PMS token),
  *       kid (the key id of the current BROKER_SECRET), kids (every key id the broker can open, comma-separated),
- *       rate-limit max (0 = do not count), rate-limit window (ms)
+ *       rate-limit max (0 = do not count), rate-limit window (ms), via ('' for POST, 'stream' for the push channel)
  * A slot is what a current token is kept for: the client id, or `client~<source>` for a source.
  * A record that belongs to another slot or server (a pointer altered in Redis) is never served:
  * the pointer is dropped and a `token.mismatch` event audited. A token sealed under a secret the
@@ -77,8 +90,10 @@ if now - (tonumber(f[13]) or 0) >= 1000 then
   redis.call('ZADD', KEYS[2], now, ARGV[2])
   redis.call('HSET', tk, 'lastUsedAt', now, 'activeAt', now)
 end
-local detail
-if ARGV[11] == '' then detail = cjson.encode({source = ARGV[7]}) else detail = cjson.encode({source = ARGV[7], target = ARGV[11]}) end
+local d = {source = ARGV[7]}
+if ARGV[11] ~= '' then d.target = ARGV[11] end
+if ARGV[16] ~= '' then d.via = ARGV[16] end
+local detail = cjson.encode(d)
 -- The first serve of a fresh mint is a security event; cache hits go to the capped serves stream.
 if ARGV[7] == 'upstream' then
   audit(KEYS[3], 0, ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
@@ -114,14 +129,17 @@ return id
 
 /**
  * Store a freshly minted token and make it the one served.
- * KEYS: current, active, byClient, byServer, allTokens, audit, newToken, fingerprintIndex
+ * KEYS: current, active, byClient, byServer, allTokens, audit, newToken, fingerprintIndex, push
  * ARGV: tokPrefix, client, server, tokenId, enc, fp, issuedAt, expiresAt, renewAt, mid, now,
  *       expectCurrent ('' = only if no live active token), oldState, auditAction ('' = none),
  *       requestId, ip, detail, maxlen, recordTtlMs, slot, target (source id or ''), meta (JSON or ''),
- *       kid (key id of the secret that sealed enc), auditRetentionMs (how long the fingerprint index entry lives)
+ *       kid (key id of the secret that sealed enc), auditRetentionMs (how long the fingerprint index entry lives),
+ *       pushReason (the push channel's `reason`: issued, rotated, reminted, replaced), pushMaxlen
+ * A client's new current token is logged on the push stream in the same step (`token` entry), so
+ * no change can be stored without every instance's streams hearing of it.
  * → {'ok', previousId} | {'conflict', currentId}
  */
-export const STORE = `${AUDIT_FN}
+export const STORE = `${AUDIT_FN}${PUSH_FN}
 local tp = ARGV[1]
 local now = tonumber(ARGV[11])
 local old = redis.call('GET', KEYS[1])
@@ -150,22 +168,33 @@ end
 if ARGV[14] ~= '' then
   audit(KEYS[6], 0, ARGV[11], ARGV[14], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[15], ARGV[16], ARGV[17])
 end
+if pushable(ARGV[20], ARGV[21]) then
+  push(KEYS[9], ARGV[26], 'type', 'token', 'client', ARGV[2], 'server', ARGV[3], 'tokenId', ARGV[4], 'reason', ARGV[25])
+end
 return {'ok', old or ''}
 `
 
 /**
  * Move tokens to a terminal state (revoked or invalidated), drop them from being served and audit
  * each one. Tokens already expired or already terminal are left alone and not counted.
- * KEYS: audit, index (a ZSET of tokenId → expiresAt; ignored in 'one' mode)
+ * A retired token that was a client's current one is logged on the push stream (`revoked` entry
+ * with the reason, the action and the revocation's selector kind), so every instance's streams hear of it.
+ * KEYS: audit, index (a ZSET of tokenId → expiresAt; ignored in 'one' mode), push
  * ARGV: tokPrefix, curPrefix, now, mode ('one' | 'index'), tokenId, filterClient, filterServer,
- *       newState, action, requestId, ip, detail, maxlen, filterTarget ('' = any, '-' = PMS tokens only)
+ *       newState, action, requestId, ip, detail, maxlen, filterTarget ('' = any, '-' = PMS tokens only), pushMaxlen
  * → {count, latestExpiresAt}
  */
-export const RETIRE = `${AUDIT_FN}
+export const RETIRE = `${AUDIT_FN}${PUSH_FN}
 local tp, cp, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ids
 if ARGV[4] == 'one' then ids = {ARGV[5]} else ids = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf') end
 local count, latest = 0, 0
+local why, selector = '', ''
+local ok, d = pcall(cjson.decode, ARGV[12])
+if ok and type(d) == 'table' then
+  if type(d.reason) == 'string' then why = d.reason end
+  if type(d.selector) == 'string' then selector = d.selector end
+end
 for _, id in ipairs(ids) do
   local tk = tp .. id
   local f = redis.call('HMGET', tk, 'state', 'client', 'server', 'expiresAt', 'fp', 'slot', 'target')
@@ -173,12 +202,16 @@ for _, id in ipairs(ids) do
   if (f[1] == 'active' or f[1] == 'rotated') and now < tonumber(f[4])
      and (ARGV[6] == '' or ARGV[6] == f[2]) and (ARGV[7] == '' or ARGV[7] == f[3])
      and (ARGV[14] == '' or ARGV[14] == target or (ARGV[14] == '-' and target == '')) then
-    local why = ''
-    local ok, d = pcall(cjson.decode, ARGV[12])
-    if ok and type(d) == 'table' and type(d.reason) == 'string' then why = d.reason end
     redis.call('HSET', tk, 'state', ARGV[8], 'retiredAt', ARGV[3], 'reason', why)
-    local ck = cp .. (f[6] or f[2]) .. ':' .. f[3]
-    if redis.call('GET', ck) == id then redis.call('DEL', ck) end
+    local slot = f[6] or f[2]
+    local ck = cp .. slot .. ':' .. f[3]
+    if redis.call('GET', ck) == id then
+      redis.call('DEL', ck)
+      if pushable(slot, target) then
+        push(KEYS[3], ARGV[15], 'type', 'revoked', 'client', f[2], 'server', f[3], 'tokenId', id, 'reason', why,
+          'action', ARGV[9], 'selector', selector)
+      end
+    end
     audit(KEYS[1], 0, ARGV[3], ARGV[9], f[2], f[3], id, f[5], ARGV[10], ARGV[11], ARGV[12])
     count = count + 1
     if tonumber(f[4]) > latest then latest = tonumber(f[4]) end

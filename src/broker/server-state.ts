@@ -1,6 +1,7 @@
 import type { ServerConfig } from '../config/index.ts'
 import type { PlexClient } from '../plex/client.ts'
 import type { RedisContext } from './keys.ts'
+import { PUSH_MAXLEN } from './push-log.ts'
 
 export type ServerHealth = 'up' | 'down' | 'unknown'
 
@@ -77,8 +78,22 @@ export class ServerStates {
     }
   }
 
-  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'adminFp' | 'activeTokens' | 'oldestExpiresAt', string | number>>): Promise<void> {
-    await this.#db.call(() => this.#db.redis.hset(this.#db.keys.server(name), fields))
+  /**
+   * Writes server-hash fields. `flipped`: the broker's view of the server changed to up or down;
+   * the push channel's `server` entry is written in the same transaction (push-log.ts), so
+   * every instance's streams hear of each flip that is stored.
+   */
+  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'adminFp' | 'activeTokens' | 'oldestExpiresAt', string | number>>,
+    flipped?: 'up' | 'down'): Promise<void> {
+    const { redis, keys } = this.#db
+    if (flipped === undefined) {
+      await this.#db.call(() => redis.hset(keys.server(name), fields))
+      return
+    }
+    await this.#db.call(async () => await redis.multi()
+      .hset(keys.server(name), fields)
+      .xadd(keys.push, 'MAXLEN', '~', PUSH_MAXLEN, '*', 'type', 'server', 'server', name, 'up', flipped === 'up' ? '1' : '0')
+      .exec())
   }
 
   /**

@@ -2,6 +2,7 @@ import type { Redis, Result } from 'ioredis'
 import { type BrokerKeys, fingerprint, type KeyRing, newTokenId, open, seal, type SealBinding } from './crypto.ts'
 import type { Keys } from './keys.ts'
 import { CoarseDeadline, withDeadline } from '../redis.ts'
+import { PUSH_MAXLEN, tokenReason, type TokenReason } from './push-log.ts'
 import { AUDIT, PEEK, RESEAL, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
 
 export type TokenState = 'active' | 'rotated' | 'revoked' | 'invalidated' | 'expired'
@@ -59,6 +60,8 @@ export interface RequestContext {
   ip: string
   /** The caller's X-Request-Id, when it sent a valid one: recorded apart from `requestId`. */
   clientRequestId?: string
+  /** How the token is handed out: absent for an HTTP answer, `stream` on the push channel (audited as `detail.via`). */
+  via?: 'stream'
 }
 
 /**
@@ -131,8 +134,8 @@ export function defineScripts (redis: Redis): void {
   if (typeof (redis as Partial<Redis>).ptbServe === 'function') return
   redis.defineCommand('ptbServe', { numberOfKeys: 5, lua: SERVE })
   redis.defineCommand('ptbPeek', { numberOfKeys: 1, lua: PEEK })
-  redis.defineCommand('ptbStore', { numberOfKeys: 8, lua: STORE })
-  redis.defineCommand('ptbRetire', { numberOfKeys: 2, lua: RETIRE })
+  redis.defineCommand('ptbStore', { numberOfKeys: 9, lua: STORE })
+  redis.defineCommand('ptbRetire', { numberOfKeys: 3, lua: RETIRE })
   redis.defineCommand('ptbAudit', { numberOfKeys: 1, lua: AUDIT })
   redis.defineCommand('ptbUnlock', { numberOfKeys: 1, lua: UNLOCK })
   redis.defineCommand('ptbReseal', { numberOfKeys: 1, lua: RESEAL })
@@ -208,7 +211,7 @@ export class TokenStore {
    * answer says so (`limited`); `count` and `ttlMs` describe the client's current window.
    */
   async serveCounted (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext, target?: string,
-    limit?: { max: number, windowMs: number }): Promise<{ token?: ServedToken, limited: boolean, count: number, ttlMs: number }> {
+    limit?: { max: number, windowMs: number }): Promise<{ token?: ServedToken, limited: boolean, count: number, ttlMs: number, invalidated?: true }> {
     const k = this.keys
     const slot = slotKey(client, target)
     const action = target === undefined ? 'token.issue' : 'source.connect'
@@ -216,7 +219,7 @@ export class TokenStore {
     const r = await this.#direct(() => this.redis.ptbServe(
       k.current(slot, server), k.active(server), k.audit, k.auditServes, k.rateLimitPrefix + `client:${client}`,
       k.tokenPrefix, slot, server, this.now(), requestIdField(ctx), ctx.ip, source, this.#maxlen, client, action, target ?? '',
-      this.#crypto.keyId, this.#kids, limit?.max ?? 0, limit?.windowMs ?? 0))
+      this.#crypto.keyId, this.#kids, limit?.max ?? 0, limit?.windowMs ?? 0, ctx.via ?? ''))
     const rate = { count: Number(r[1]), ttlMs: Number(r[2]) }
     if (r[0] === 'limited') return { limited: true, ...rate }
     const v = r.slice(3)
@@ -227,7 +230,7 @@ export class TokenStore {
     const binding = { client, server, slot }
     if (r[0] === 'foreign') {
       await this.#undecryptable(String(v[0]), server, 'sealed under another BROKER_SECRET')
-      return { limited: false, ...rate }
+      return { limited: false, ...rate, invalidated: true }
     }
     if (r[0] === 'unstamped') {
       // Sealed before records carried a key id: open it here, and stamp it when it opens.
@@ -235,7 +238,7 @@ export class TokenStore {
       const opened = this.#openWithRing(String(v[1]), { tokenId, ...binding })
       if (opened === undefined) {
         await this.#undecryptable(tokenId, server, 'cannot be opened')
-        return { limited: false, ...rate }
+        return { limited: false, ...rate, invalidated: true }
       }
       await this.call(() => this.redis.hsetnx(k.token(tokenId), 'kid', opened.kid))
       return { token: await this.serve(client, server, source, ctx, target), limited: false, ...rate }
@@ -248,7 +251,7 @@ export class TokenStore {
       // Same key id but the ciphertext does not authenticate: altered in Redis. The serve event
       // is already written; the invalidation that follows it in the trail says why nobody got it.
       await this.#undecryptable(tokenId, server, 'ciphertext does not authenticate')
-      return { limited: false, ...rate }
+      return { limited: false, ...rate, invalidated: true }
     }
     this.#onAudit(action, 1)
     if (kid !== this.#crypto.keyId) this.#reseal(tokenId, kid, String(v[1]), token, { tokenId, ...binding })
@@ -322,6 +325,8 @@ export class TokenStore {
     /** A source token: the source id and its connection details (JSON). */
     target?: string
     meta?: string
+    /** The push channel's `reason` for a client's new token; by default derived from `audit` (push-log.ts tokenReason). */
+    reason?: TokenReason
   }): Promise<{ tokenId: string, previous: string | undefined, renewAt: number, expiresAt: number } | undefined> {
     const k = this.keys
     const tokenId = newTokenId()
@@ -332,12 +337,12 @@ export class TokenStore {
     const fp = this.fingerprint(input.token)
     const r = await this.call(() => this.redis.ptbStore(
       k.current(slot, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
-      k.allTokens, k.audit, k.token(tokenId), k.fingerprint(fp),
+      k.allTokens, k.audit, k.token(tokenId), k.fingerprint(fp), k.push,
       k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, { tokenId, client: input.client, server: input.server, slot }),
       fp, input.issuedAt, expiresAt, renewAt, input.machineIdentifier, this.now(),
       input.expectCurrent ?? '', 'rotated', input.audit?.action ?? '', requestIdField(ctx), ctx.ip,
       JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? '',
-      this.#crypto.keyId, this.#retentionMs))
+      this.#crypto.keyId, this.#retentionMs, input.reason ?? tokenReason(input.audit), PUSH_MAXLEN))
     if (r[0] !== 'ok') return undefined
     if (input.audit !== undefined) this.#onAudit(input.audit.action, 1)
     return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
@@ -403,9 +408,9 @@ export class TokenStore {
       index = k.byServer(selector.server)
       server = selector.server
     }
-    const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index,
+    const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index, k.push,
       k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
-      requestIdField(ctx), ctx.ip, JSON.stringify(detail), this.#maxlen, target))
+      requestIdField(ctx), ctx.ip, JSON.stringify(detail), this.#maxlen, target, PUSH_MAXLEN))
     if (Number(count) > 0) this.#onAudit(action, Number(count))
     return { count: Number(count), latestExpiresAt: Number(latest) }
   }

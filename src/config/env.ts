@@ -32,6 +32,9 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'AUDIT_MAX_EVENTS', default: '1000000', description: 'Cap on the number of audit events kept' },
   { name: 'TRUST_PROXY', default: 'false', description: 'Reverse proxies whose X-Forwarded-For is believed: comma-separated addresses/CIDRs (or loopback, linklocal, uniquelocal); false = none. `true` and hop counts are refused' },
   { name: 'RATE_LIMIT_DEFAULT', default: '600/1m', description: 'Per-client request limit when the client sets none: <max>/<duration>' },
+  { name: 'STREAM_MAX_PER_CLIENT', default: '16', description: 'Push channel (GET /v1/tokens/stream): open streams per client on one instance; beyond it 429' },
+  { name: 'STREAM_MAX_TOTAL', default: '1000', description: 'Push channel: open streams on one instance, all clients together; beyond it 429' },
+  { name: 'STREAM_HEARTBEAT_MS', default: '15000', description: 'Push channel: milliseconds between the `: ping` comments that keep proxies from closing an idle stream' },
 ]
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }

@@ -4,7 +4,7 @@ import { Env, type ConfigIo } from './env.ts'
 import { loadConfigFile } from './file.ts'
 import { readServers } from './servers.ts'
 import {
-  readDefaultRateLimit, readLimits, readListen, readPlexTvUrl, readProcess, readRedis, readSecrets, readTokenTiming, readTrustProxy,
+  readDefaultRateLimit, readLimits, readListen, readPlexTvUrl, readProcess, readRedis, readSecrets, readStreams, readTokenTiming, readTrustProxy,
 } from './settings.ts'
 import type { Config } from './types.ts'
 
@@ -42,6 +42,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
   const servers = readServers(env, file)
   const clients = readClients(env, file, servers, defaultRateLimit)
   const limits = readLimits(env)
+  const streams = readStreams(env)
   env.check()
   return deepFreeze({
     ...listen,
@@ -50,6 +51,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
     ...runtime,
     ...tokenTiming,
     ...limits,
+    ...streams,
     trustProxy,
     defaultRateLimit,
     plexTvUrl,

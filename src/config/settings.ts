@@ -142,6 +142,15 @@ export function readLimits (env: Env): {
   }
 }
 
+/** The push channel's limits and heartbeat (GET /v1/tokens/stream). */
+export function readStreams (env: Env): { streamMaxPerClient: number, streamMaxTotal: number, streamHeartbeatMs: number } {
+  return {
+    streamMaxPerClient: env.integer('STREAM_MAX_PER_CLIENT', 1, 100_000),
+    streamMaxTotal: env.integer('STREAM_MAX_TOTAL', 1, 1_000_000),
+    streamHeartbeatMs: env.integer('STREAM_HEARTBEAT_MS', 100, 3_600_000),
+  }
+}
+
 /** A loopback host name or address: 127.0.0.0/8, ::1 (bracketed or not) or `localhost`. */
 export function isLoopbackHost (host: string): boolean {
   const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1')

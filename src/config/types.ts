@@ -82,6 +82,12 @@ export interface Config {
   demo: boolean
   /** plex.tv base URL, for admin token checks (PLEX_TV_URL). */
   plexTvUrl: string
+  /** STREAM_MAX_PER_CLIENT: open push streams per client on this instance (429 beyond). */
+  streamMaxPerClient: number
+  /** STREAM_MAX_TOTAL: open push streams on this instance (429 beyond). */
+  streamMaxTotal: number
+  /** STREAM_HEARTBEAT_MS: interval of the `: ping` comment on every push stream. */
+  streamHeartbeatMs: number
 }
 
 export class ConfigError extends Error {

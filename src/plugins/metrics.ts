@@ -5,6 +5,13 @@ import type { Metrics } from '../metrics.ts'
 import { unauthenticatedResponse } from '../schemas/common.ts'
 import { type AuthOptions, bearer, refuseFailedAuthentication } from './auth.ts'
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** A long-lived stream (routes/stream.ts): its duration is no request latency, so it stays out of the histogram. */
+    stream?: boolean
+  }
+}
+
 export interface MetricsPluginOptions extends Pick<AuthOptions, 'denials' | 'limits'> {
   metrics: Metrics
   /**
@@ -23,6 +30,8 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
   const expected = opts.token === undefined ? undefined : sha256(opts.token)
 
   app.addHook('onResponse', async (request, reply) => {
+    // An open push stream lasts minutes or days; its error answers are ordinary requests.
+    if (request.routeOptions.config.stream === true && reply.statusCode === 200) return
     metrics.httpDuration.observe({
       method: request.method,
       // The route pattern, never the raw URL: unknown paths share one label value.

@@ -30,3 +30,22 @@ export const TokenInfoSchema = Type.Object({
 }, { $id: 'TokenInfo', title: 'TokenInfo' })
 
 export const TokenIdParamsSchema = Type.Object({ tokenId: Type.String({ maxLength: 64 }) })
+
+export const StreamQuerySchema = Type.Object({
+  server: NameSchema,
+}, { additionalProperties: false })
+
+export const StreamHeadersSchema = Type.Object({
+  'last-event-id': Type.Optional(Type.String({
+    description: 'Resume: the `id` of the last event received. The broker replays what this client missed for the server since then ' +
+      '(a `token` event always carries the current token); when that history is gone, or the id is unknown, the first event is the current token (`reason: current`).',
+  })),
+})
+
+export const StreamEventsSchema = Type.String({
+  description: 'Server-Sent Events (`text/event-stream; charset=utf-8`). It opens with `retry: 2000`; every event has an `id:` ' +
+    '(a Redis stream id, increasing; opaque to clients). `event: token`, data `{tokenId, token, server: {name, machineIdentifier}, issuedAt, renewAt, expiresAt, reason}` ' +
+    '(reason: current, issued, rotated, reminted, replaced); the first event is the current token. `event: revoked`, data `{tokenId, server, reason}`. ' +
+    '`event: server`, data `{server, up}`. A `: ping` comment every STREAM_HEARTBEAT_MS. The stream ends on shutdown, when the client does not read ' +
+    '(slow consumer), and after a revocation of all the client\'s tokens (the `revoked` event first).',
+})

@@ -43,6 +43,17 @@ t.test('property: any query string on the audit route gets 200 or a 400', async 
   t.pass('300 random queries')
 })
 
+t.test('property: any query string on the push stream route gets a JSON error, never a 500 (a stream only for a real server)', async (t) => {
+  const { app, a } = await setup(t)
+  await fc.assert(fc.asyncProperty(fc.dictionary(fc.constantFrom('server', 'x', 'token'), fc.string({ maxLength: 40 }).filter((v) => v !== 'default')), async (q) => {
+    const r = await app.inject({ method: 'GET', url: '/v1/tokens/stream', query: q, headers: a.auth })
+    if (r.statusCode >= 500 || r.statusCode < 400) throw new Error(`${JSON.stringify(q)} → ${r.statusCode} ${r.body}`)
+    const keys = Object.keys(r.json()).sort()
+    if (JSON.stringify(keys) !== JSON.stringify(ERROR_KEYS)) throw new Error(`bad error shape ${r.body}`)
+  }), { numRuns: 200 })
+  t.pass('200 random queries')
+})
+
 t.test('property: any path gets a JSON answer (404, 405 or a route), never a 500', async (t) => {
   const { app, a } = await setup(t)
   const seg = fc.oneof(fc.string({ maxLength: 20 }), fc.constantFrom('..', '%00', '%2e%2e', '\u202e', '𝓅𝓁𝑒𝓍', 'v1', 'tokens', '%', '%zz', ';', '//'))

@@ -1,0 +1,333 @@
+import type { ServerResponse } from 'node:http'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { ServerConfig } from '../config/index.ts'
+import type { IssuedToken } from '../broker/issuer.ts'
+import { compareIds, type PushEntry, STREAM_ID, type TokenReason } from '../broker/push-log.ts'
+import type { PushSubscriber } from '../broker/push.ts'
+import type { RequestContext } from '../broker/token-store.ts'
+import { BrokerError } from '../errors.ts'
+import { requestContext } from '../plugins/request-identity.ts'
+import { authErrors } from '../schemas/common.ts'
+import { StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
+import type { Services } from '../services.ts'
+import { allowedServer, iso } from './common.ts'
+
+export interface StreamOptions {
+  /** Bytes a stream may have queued in its socket before it is dropped as a slow consumer (default 256 KiB). */
+  maxBufferedBytes?: number
+  /** How long a stream's full socket may take to drain before it is dropped as a slow consumer (default 30 s). */
+  drainTimeoutMs?: number
+}
+
+/** The `retry:` advice every stream opens with: clients reconnect after this many ms. */
+export const SSE_RETRY_MS = 2000
+/** Change-log entries a stream may have waiting for their token reads before it counts as slow. */
+const MAX_QUEUED = 10_000
+
+type EndReason = 'closed' | 'slow' | 'shutdown' | 'revoked' | 'error'
+
+interface Frame {
+  id: string
+  event: 'token' | 'revoked' | 'server'
+  data: unknown
+  /** The stream ends after this event (a revocation of all the client's tokens). */
+  last?: true
+}
+
+const frameText = (f: Frame): string => `id: ${f.id}\nevent: ${f.event}\ndata: ${JSON.stringify(f.data)}\n\n`
+
+/** The data of a `token` event: the answer of POST /v1/tokens, and why it is sent. */
+function tokenData (server: ServerConfig, t: IssuedToken, reason: TokenReason): Record<string, unknown> {
+  return {
+    tokenId: t.tokenId,
+    token: t.token,
+    server: { name: server.name, machineIdentifier: t.machineIdentifier },
+    issuedAt: iso(t.issuedAt),
+    renewAt: iso(t.renewAt),
+    expiresAt: iso(t.expiresAt),
+    reason,
+  }
+}
+
+/** Of a replayed history, the token entries before the last one are dropped: a token event always carries the current token. */
+function collapse (entries: PushEntry[]): PushEntry[] {
+  const last = entries.findLastIndex((e) => e.type === 'token')
+  return entries.filter((e, i) => e.type !== 'token' || i === last)
+}
+
+/**
+ * One open push stream: a subscriber of the hub (broker/push.ts) that turns change-log entries
+ * for its client and server into Server-Sent Events. Entries are handled one at a time, in log
+ * order; a `token` entry is answered with the client's current token, read (and audited, `via:
+ * stream`) through the token store like POST /v1/tokens, so no token ever travels through Redis
+ * in clear text and a stale token is never sent.
+ */
+class PushStream implements PushSubscriber {
+  readonly client: string
+  readonly server: string
+  /** The close reason once ended. */
+  ended: EndReason | undefined
+  unregister: () => void = () => {}
+  readonly #b: Services
+  readonly #srv: ServerConfig
+  readonly #ctx: RequestContext
+  readonly #log: FastifyBaseLogger
+  readonly #opts: Required<StreamOptions>
+  readonly #onEnd: (s: PushStream) => void
+  readonly #queue: PushEntry[] = []
+  /** Entries up to this id are already reflected in what the stream sent first. */
+  #floor: string | undefined
+  #lastTokenId: string | undefined
+  #res: ServerResponse | undefined
+  #busy = false
+  #heartbeat: NodeJS.Timeout | undefined
+  #drainTimer: NodeJS.Timeout | undefined
+  #events = 0
+  readonly #openedAt = Date.now()
+
+  constructor (b: Services, server: ServerConfig, client: string, ctx: RequestContext, log: FastifyBaseLogger,
+    opts: Required<StreamOptions>, onEnd: (s: PushStream) => void) {
+    this.#b = b
+    this.#srv = server
+    this.server = server.name
+    this.client = client
+    this.#ctx = ctx
+    this.#log = log
+    this.#opts = opts
+    this.#onEnd = onEnd
+  }
+
+  deliver (entry: PushEntry): void {
+    if (this.ended !== undefined) return
+    if (this.#queue.length >= MAX_QUEUED) {
+      this.end('slow')
+      return
+    }
+    this.#queue.push(entry)
+    if (this.#res !== undefined) void this.#pump()
+  }
+
+  /**
+   * What the stream sends first, prepared before any byte is written so a failure is still an
+   * ordinary JSON error. A fresh stream (or a resume whose history is gone): the current token,
+   * minted if needed, with the rate limit counted like POST /v1/tokens. A resume: what the client
+   * missed since `lastEventId` (counted once by the ordinary limiter).
+   */
+  async opening (lastEventId: string | undefined, limit: { max: number, windowMs: number }, countResume: () => Promise<void>): Promise<Frame[]> {
+    const { push, issuer } = this.#b
+    const log = await push.snapshot()
+    const last = log.last
+    this.#floor = last
+    if (lastEventId !== undefined && STREAM_ID.test(lastEventId) && push.covers(log, lastEventId)) {
+      await countResume()
+      const frames: Frame[] = []
+      for (const e of collapse(await push.history(this.client, this.server, lastEventId, last))) {
+        const f = await this.#frame(e)
+        if (f !== undefined) frames.push(f)
+        if (f?.last === true) break
+      }
+      return frames
+    }
+    const t = await issuer.issue(this.client, this.#srv, this.#ctx, undefined, limit)
+    this.#served(t)
+    this.#lastTokenId = t.tokenId
+    return [{ id: last, event: 'token', data: tokenData(this.#srv, t, 'current') }]
+  }
+
+  /** Starts the event stream on the raw response: headers, `retry:`, the opening events, then live entries and heartbeats. */
+  attach (res: ServerResponse, headers: Record<string, string | number | string[]>, frames: Frame[]): void {
+    this.#res = res
+    this.#b.metrics.streamsOpen.inc()
+    // The client may have gone while the opening events were read.
+    if (res.destroyed || res.socket === null || res.socket.destroyed) {
+      this.end('closed')
+      return
+    }
+    res.writeHead(200, {
+      ...headers,
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-store',
+      'x-accel-buffering': 'no',
+      // One stream per connection: when it ends, so does the connection (nothing lingers at shutdown).
+      connection: 'close',
+    })
+    // The server's idle timeout (HTTP_TIMEOUTS) is for requests; a stream is quiet between
+    // heartbeats by design. A peer that stops reading is caught by the slow-consumer bounds.
+    res.socket?.setTimeout(0)
+    res.on('close', () => this.end('closed'))
+    this.#write(`retry: ${SSE_RETRY_MS}\n\n`)
+    for (const f of frames) {
+      this.#send(f)
+      if (f.last === true) {
+        this.end('revoked')
+        return
+      }
+    }
+    this.#heartbeat = setInterval(() => this.#write(': ping\n\n'), this.#b.config.streamHeartbeatMs)
+    this.#heartbeat.unref()
+    void this.#pump()
+  }
+
+  /** Ends the stream (idempotent): a client that went away, or the broker's decision (counted as a drop). */
+  end (reason: EndReason): void {
+    if (this.ended !== undefined) return
+    this.ended = reason
+    clearInterval(this.#heartbeat)
+    clearTimeout(this.#drainTimer)
+    this.unregister()
+    this.#onEnd(this)
+    const res = this.#res
+    if (res === undefined) return
+    const { metrics } = this.#b
+    if (reason !== 'closed') metrics.streamDrops.inc({ reason })
+    metrics.streamsOpen.dec()
+    this.#log.info({ client: this.client, server: this.server, reason, events: this.#events, durationMs: Date.now() - this.#openedAt }, 'stream closed')
+    if (reason === 'slow') {
+      res.destroy()
+    } else if (!res.writableEnded) {
+      res.end()
+      // A peer that does not read cannot hold shutdown up: the socket goes after a second.
+      const t = setTimeout(() => res.destroy(), 1000)
+      t.unref()
+      res.once('close', () => clearTimeout(t))
+    }
+  }
+
+  async #pump (): Promise<void> {
+    if (this.#busy) return
+    this.#busy = true
+    try {
+      while (this.ended === undefined) {
+        const entry = this.#queue.shift()
+        if (entry === undefined) break
+        if (this.#floor !== undefined && compareIds(entry.id, this.#floor) <= 0) continue
+        const f = await this.#frame(entry)
+        if (this.ended !== undefined) break
+        if (f === undefined) continue
+        this.#send(f)
+        if (f.last === true) this.end('revoked')
+      }
+    } catch (err) {
+      // Redis failed while reading a token: end cleanly; the client resumes with Last-Event-ID.
+      this.#log.warn({ client: this.client, server: this.server, err: { message: (err as Error).message } }, 'stream ended: could not read the token')
+      this.end('error')
+    } finally {
+      this.#busy = false
+    }
+  }
+
+  /** The event for one entry, or undefined when there is nothing to tell (a token the client already has, or none any more). */
+  async #frame (e: PushEntry): Promise<Frame | undefined> {
+    if (e.type === 'server') return { id: e.id, event: 'server', data: { server: e.server, up: e.up } }
+    if (e.type === 'revoked') {
+      // The client's stream ends after an ops revocation of all its tokens; after anything else the next token follows.
+      const all = e.action === 'token.revoke' && (e.selector === 'client' || e.selector === 'all')
+      return { id: e.id, event: 'revoked', data: { tokenId: e.tokenId, server: e.server, reason: e.reason }, ...(all ? { last: true as const } : {}) }
+    }
+    if (e.tokenId === this.#lastTokenId) return undefined
+    const { store, issuer } = this.#b
+    const r = await store.serveCounted(this.client, this.server, 'cache', this.#ctx)
+    let t: IssuedToken | undefined = r.token === undefined ? undefined : { ...r.token, source: 'cache' }
+    // A cached token that could not be opened was just invalidated: mint its replacement now.
+    if (t === undefined && r.invalidated === true) t = await issuer.issue(this.client, this.#srv, this.#ctx, undefined, undefined, 'reminted')
+    if (t === undefined || t.tokenId === this.#lastTokenId) return undefined
+    this.#served(t)
+    this.#lastTokenId = t.tokenId
+    return { id: e.id, event: 'token', data: tokenData(this.#srv, t, e.reason) }
+  }
+
+  #served (t: IssuedToken): void {
+    this.#b.metrics.tokensServed.inc({ server: this.server, source: t.source })
+  }
+
+  #send (f: Frame): void {
+    this.#events++
+    this.#b.metrics.streamEvents.inc({ event: f.event })
+    this.#write(frameText(f))
+  }
+
+  /** Writes to the socket; a consumer that lets too much pile up, or does not drain in time, is dropped. */
+  #write (text: string): void {
+    const res = this.#res
+    if (res === undefined || this.ended !== undefined) return
+    const flushed = res.write(text)
+    if (res.writableLength > this.#opts.maxBufferedBytes) {
+      this.end('slow')
+      return
+    }
+    if (!flushed && this.#drainTimer === undefined) {
+      this.#drainTimer = setTimeout(() => this.end('slow'), this.#opts.drainTimeoutMs)
+      this.#drainTimer.unref()
+      res.once('drain', () => {
+        clearTimeout(this.#drainTimer)
+        this.#drainTimer = undefined
+      })
+    }
+  }
+}
+
+/**
+ * `GET /v1/tokens/stream?server=NAME`: the push channel (README, *Push channel*). The client's
+ * current token first, then an event for every change of it, made by any broker instance.
+ */
+export default async function streamRoutes (fastify: FastifyInstance, opts: StreamOptions = {}): Promise<void> {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const { broker } = app
+  const settings: Required<StreamOptions> = { maxBufferedBytes: opts.maxBufferedBytes ?? 256 * 1024, drainTimeoutMs: opts.drainTimeoutMs ?? 30_000 }
+  const open = new Set<PushStream>()
+  let closing = false
+
+  // Streams end before the server stops accepting: app.close() then finishes within the grace period.
+  app.addHook('preClose', async () => {
+    closing = true
+    for (const s of [...open]) s.end('shutdown')
+  })
+
+  app.get('/v1/tokens/stream', {
+    // The client's rate limit is counted by the opening read (one request, like POST /v1/tokens).
+    onRequest: app.authenticate('token:issue', { clientLimit: false }),
+    config: { stream: true },
+    // A HEAD would open a stream nobody reads (and hold one of the client's places).
+    exposeHeadRoute: false,
+    schema: {
+      operationId: 'streamTokens',
+      summary: 'Push channel: this client\'s token for a server now, and every change of it (Server-Sent Events)',
+      description: 'The first event is the current token (minted if needed). Then an event each time it changes, whichever broker instance changed it: ' +
+        'scheduled rotation, re-mint after a PMS restart, replacement after a confirmed rejection (`token`); revocation (`revoked`); PMS down or up (`server`). ' +
+        'Reconnect with `Last-Event-ID` to get what was missed. Same authentication, scope and server check as POST /v1/tokens; at most ' +
+        'STREAM_MAX_PER_CLIENT streams per client and STREAM_MAX_TOTAL in total per instance (429 beyond).',
+      tags: ['tokens'],
+      security: [{ bearer: [] }],
+      querystring: StreamQuerySchema,
+      headers: StreamHeadersSchema,
+      produces: ['text/event-stream'],
+      response: { 200: StreamEventsSchema, 404: { $ref: 'Error#' }, 502: { $ref: 'Error#' }, ...authErrors },
+    },
+  }, async (request, reply) => {
+    const client = request.client!
+    const server = allowedServer(app, request, request.query.server)
+    if (closing) throw new BrokerError('UPSTREAM_UNAVAILABLE', 'The broker is shutting down; reconnect to another instance.', { retryAfter: 2 })
+    const ctx: RequestContext = { ...requestContext(request), via: 'stream' }
+    const stream = new PushStream(broker, server, client.id, ctx, request.log, settings, (s) => open.delete(s))
+    open.add(stream)
+    let frames: Frame[]
+    try {
+      stream.unregister = await broker.push.register(stream)
+      const { max, timeWindowMs } = client.rateLimit ?? broker.config.defaultRateLimit
+      const lastEventId = request.headers['last-event-id']
+      frames = await stream.opening(typeof lastEventId === 'string' ? lastEventId.trim() : undefined, { max, windowMs: timeWindowMs },
+        async () => { await app.limits.client(request, reply) })
+    } catch (err) {
+      stream.end('closed')
+      throw err
+    }
+    if (stream.ended !== undefined) {
+      throw new BrokerError('UPSTREAM_UNAVAILABLE', stream.ended === 'shutdown' ? 'The broker is shutting down; reconnect to another instance.' : 'Could not open the stream; retry.', { retryAfter: 2 })
+    }
+    const headers: Record<string, string | number | string[]> = {}
+    for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) headers[k] = v
+    reply.hijack()
+    stream.attach(reply.raw, headers, frames)
+  })
+}
