@@ -1,7 +1,7 @@
 /**
  * `npm run bench [scenario…]`: measures the broker against real processes on loopback, each
  * scenario paired with a bare-Fastify baseline in the same run, so the ratio survives noisy
- * machines. Scenarios: hot, herd, restart, footprint, scaling (default: all). Results are printed
+ * machines. Scenarios: hot, herd, restart, footprint, scaling (default: all), and soak and push on request. Results are printed
  * as Markdown; copy them into docs/benchmarks.md. Not part of `npm test`.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
@@ -15,6 +15,7 @@ import { Redis } from 'ioredis'
 import { sha256 } from '../src/broker/crypto.ts'
 import { freePort } from '../src/dev-support.ts'
 import { PmsSimulator } from '../src/sim/pms-sim.ts'
+import { createTokenSource, type TokenSource } from '../src/client/index.ts'
 import { deleteKeys } from '../test/helper.ts'
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -479,7 +480,98 @@ async function soak (sim: PmsSimulator): Promise<void> {
   }
 }
 
-const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = { hot, herd, restart, footprint, scaling, soak }
+/**
+ * The push channel at scale: library clients (src/client) streaming from two broker instances,
+ * calling PMS through `fetchPms`, and a PMS restart every PUSH_RESTART_EVERY. For each restart:
+ * the time from PMS answering again to every client holding a token PMS accepts (learnt from the
+ * stream, without asking), and the 401s PMS answered inside and outside that window.
+ */
+async function push (sim: PmsSimulator): Promise<void> {
+  const n = Number(process.env.BENCH_PUSH_CLIENTS ?? 500)
+  const restarts = Number(process.env.BENCH_PUSH_RESTARTS ?? 3)
+  const every = Number(process.env.PUSH_RESTART_EVERY_S ?? 60) * 1000
+  const callEvery = 2000
+  log(`## 6. Push channel: ${fmt(n)} library clients streaming from two instances, a PMS restart every ${every / 1000} s (${restarts} restarts), each client calling PMS every ${callEvery / 1000} s`)
+  // Production defaults (probe every 15 s); streams per instance raised for the clients.
+  const s = setup(sim, n, { BROKER_ROLE: 'all', LOG_LEVEL: 'warn', STREAM_MAX_TOTAL: String(n) })
+  const a = await startBroker(s)
+  const b = await startBroker(s)
+  const heapMb = async (p: Proc): Promise<number> => Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(await (await fetch(`${p.url}/metrics`)).text())?.[1] ?? 0) / 2 ** 20
+  await sleep(2000)
+  const rssBefore = rssMb(a.pid) + rssMb(b.pid)
+  const heapBefore = await heapMb(a) + await heapMb(b)
+  const latest = new Map<number, string>()
+  const sources: TokenSource[] = []
+  let calls = 0
+  let failedForCaller = 0
+  let downErrors = 0
+  const running = { on: true }
+  const loops: Array<Promise<void>> = []
+  try {
+    for (let i = 0; i < n; i++) {
+      const src = createTokenSource({ brokerUrl: i % 2 === 0 ? a.url : b.url, secret: s.secrets[i], server: 'default', pmsUrl: sim.url })
+      src.on('token', (t) => latest.set(i, t.token))
+      sources.push(src)
+    }
+    await Promise.all(sources.map(async (src, i) => { latest.set(i, await src.token()) }))
+    await sleep(2000)
+    const rssStreams = rssMb(a.pid) + rssMb(b.pid)
+    const heapStreams = await heapMb(a) + await heapMb(b)
+    const streamsOpen = await Promise.all([a, b].map(async (p) => Number(/^ptb_streams_open (\S+)$/m.exec(await (await fetch(`${p.url}/metrics`)).text())?.[1] ?? 0)))
+    for (const [i, src] of sources.entries()) {
+      loops.push((async () => {
+        await sleep((i * callEvery) / n)
+        while (running.on) {
+          try {
+            const r = await src.fetchPms('/library/sections', { headers: { accept: 'application/json' } })
+            await r.arrayBuffer()
+            calls++
+            if (r.status !== 200) failedForCaller++
+          } catch {
+            downErrors++
+          }
+          await sleep(callEvery)
+        }
+      })())
+    }
+    const rows: string[] = []
+    for (let r = 0; r < restarts; r++) {
+      await sleep(every)
+      const unauthorizedBefore = sim.counters.unauthorized
+      await sim.restart({ downForMs: 1000 })
+      const back = performance.now()
+      let fresh = -1
+      while (performance.now() - back < 60_000) {
+        if ([...latest.values()].every((t) => sim.isTokenValid(t)) && latest.size === n) {
+          fresh = performance.now() - back
+          break
+        }
+        await sleep(20)
+      }
+      const inWindow = sim.counters.unauthorized - unauthorizedBefore
+      const afterStart = sim.counters.unauthorized
+      await sleep(Math.min(10_000, every / 2))
+      rows.push(`| ${r + 1} | ${fresh < 0 ? 'not within 60 s' : `${fmt(fresh / 1000, 2)} s`} | ${inWindow} | ${sim.counters.unauthorized - afterStart} |`)
+    }
+    running.on = false
+    await Promise.all(loops)
+    log()
+    log(`Streams open: ${streamsOpen.join(' + ')}; broker RSS ${fmt(rssBefore)} MB before the streams → ${fmt(rssStreams)} MB with them (two instances), JS heap used ${fmt(heapBefore, 1)} → ${fmt(heapStreams, 1)} MB: about ${fmt(((rssStreams - rssBefore) * 1024) / n, 1)} KiB RSS and ${fmt(((heapStreams - heapBefore) * 1024) / n, 1)} KiB heap per open stream (GC timing makes small counts noisy).`)
+    log(`PMS calls by the clients: ${fmt(calls)} answered, ${failedForCaller} not 200 for the caller (after the library's one report and retry), ${downErrors} connection errors (PMS down for 1 s at each restart).`)
+    log()
+    log('| restart | PMS answering again → every client holds a token PMS accepts | PMS 401s in that window (clients\' first try + the broker\'s checks) | PMS 401s in the 10 s after it |')
+    log('|---:|---:|---:|---:|')
+    for (const row of rows) log(row)
+  } finally {
+    running.on = false
+    await Promise.all(sources.map(async (src) => { await src.close() }))
+    await stop(a)
+    await stop(b)
+    await cleanup(s.prefix)
+  }
+}
+
+const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = { hot, herd, restart, footprint, scaling, soak, push }
 const DEFAULT_SET = ['hot', 'herd', 'restart', 'footprint', 'scaling']
 
 async function main (): Promise<void> {
