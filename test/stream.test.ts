@@ -209,6 +209,7 @@ t.test('two instances: a stream on A gets the token B rotated, a restart reaches
   const revokedA = await sa.next((e) => e.event === 'revoked', ma, 30_000)
   t.equal(revokedA?.data.tokenId, heldA, 'A: the token it held is revoked')
   t.equal(revokedA?.data.reason, 'server_restart')
+  t.equal(revokedA?.data.next, 'pushed', 'the replacement comes by itself')
   const freshA = await sa.next((e) => e.event === 'token', ma, 30_000)
   const freshB = await sb.next((e) => e.event === 'token', mb, 30_000)
   t.equal(freshA?.data.reason, 'reminted')
@@ -270,7 +271,7 @@ t.test('resume with Last-Event-ID: what was missed, or the current token when th
   t.teardown(() => s2.close())
   const revoked = await s2.next((e) => e.event === 'revoked')
   const token = await s2.next((e) => e.event === 'token')
-  t.same(revoked?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'leaked' }, 'the revocation it missed')
+  t.same(revoked?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'leaked', next: 'ask' }, 'the revocation it missed')
   t.equal(token?.data.tokenId, reissued.tokenId, 'then the current token')
   t.equal(token?.data.reason, 'issued')
   t.ok(s2.events.indexOf(revoked!) < s2.events.indexOf(token!), 'in order')
@@ -310,7 +311,7 @@ t.test('revocation: revoked events; a revocation of all the client\'s tokens end
   const first = await s.next((e) => e.event === 'token')
   await app.inject({ method: 'POST', url: '/v1/revoke', headers: ops.auth, payload: { tokenId: first?.data.tokenId, reason: 'one' } })
   const one = await s.next((e) => e.event === 'revoked')
-  t.same(one?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'one' })
+  t.same(one?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'one', next: 'ask' })
   t.notOk(s.ended, 'one token revoked: the stream stays')
   // The next token comes when the client asks.
   const asked = await issue(app, a)
@@ -321,7 +322,7 @@ t.test('revocation: revoked events; a revocation of all the client\'s tokens end
   const mark = s.events.length
   await app.inject({ method: 'POST', url: '/v1/revoke', headers: ops.auth, payload: { client: 'revokee', reason: 'offboarded' } })
   const all = await s.next((e) => e.event === 'revoked', mark)
-  t.same(all?.data, { tokenId: asked.tokenId, server: 'default', reason: 'offboarded' }, 'the revoked event first')
+  t.same(all?.data, { tokenId: asked.tokenId, server: 'default', reason: 'offboarded', next: 'ask' }, 'the revoked event first')
   t.ok(await s.closed(), 'then the stream ends')
   t.equal(await metric(app, /^ptb_stream_drops_total\{reason="revoked"\}/), 1)
 })
@@ -338,7 +339,7 @@ t.test('a rejection PMS confirms: the stream gets the replacement (replaced) wit
   // Another process of the same client reports it; the stream hears the outcome.
   const replacement = await issue(app, a, { rejectedTokenId: first?.data.tokenId })
   const revoked = await s.next((e) => e.event === 'revoked')
-  t.same(revoked?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'rejected_by_pms' })
+  t.same(revoked?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'rejected_by_pms', next: 'pushed' })
   const next = await s.next((e) => e.event === 'token' && e.data.tokenId !== first?.data.tokenId)
   t.equal(next?.data.reason, 'replaced')
   t.equal(next?.data.tokenId, replacement.tokenId)

@@ -479,9 +479,10 @@ export class TokenSource {
         this.#log?.info?.({ server: this.#server, tokenId: d.tokenId, reason }, 'token no longer valid')
         this.#emit('revoked', { tokenId: d.tokenId, reason })
         // After a PMS restart or a confirmed rejection the stream brings the replacement by
-        // itself; after an ops revocation the next token comes only when asked. So: wait a moment
-        // for the stream, then ask (the renewal timer; #renew asks while the token is dead).
-        this.#schedule(this.#replacementWaitMs)
+        // itself (`next: "pushed"`): wait a moment for it, then ask anyway. After an ops
+        // revocation (`next: "ask"`) the next token comes only when asked: ask at once. A broker
+        // that does not say waits too. (The renewal timer: #renew asks while the token is dead.)
+        this.#schedule(d.next === 'ask' ? 0 : this.#replacementWaitMs)
         return
       }
       case 'server':

@@ -223,7 +223,10 @@ class PushStream implements PushSubscriber {
     if (e.type === 'revoked') {
       // The client's stream ends after an ops revocation of all its tokens; after anything else the next token follows.
       const all = e.action === 'token.revoke' && (e.selector === 'client' || e.selector === 'all')
-      return { id: e.id, event: 'revoked', data: { tokenId: e.tokenId, server: e.server, reason: e.reason }, ...(all ? { last: true as const } : {}) }
+      // `next` tells the client whether to wait for the broker's replacement (an invalidation:
+      // it re-mints by itself) or to ask for a new token (an ops revocation).
+      const next = e.action === 'token.invalidate' ? 'pushed' : 'ask'
+      return { id: e.id, event: 'revoked', data: { tokenId: e.tokenId, server: e.server, reason: e.reason, next }, ...(all ? { last: true as const } : {}) }
     }
     if (e.tokenId === this.#lastTokenId) return undefined
     const { store, issuer } = this.#b

@@ -45,7 +45,7 @@ export const StreamHeadersSchema = Type.Object({
 export const StreamEventsSchema = Type.String({
   description: 'Server-Sent Events (`text/event-stream; charset=utf-8`). It opens with `retry: 2000`; every event has an `id:` ' +
     '(a Redis stream id, increasing; opaque to clients). `event: token`, data `{tokenId, token, server: {name, machineIdentifier}, issuedAt, renewAt, expiresAt, reason}` ' +
-    '(reason: current, issued, rotated, reminted, replaced); the first event is the current token. `event: revoked`, data `{tokenId, server, reason}`. ' +
+    '(reason: current, issued, rotated, reminted, replaced); the first event is the current token. `event: revoked`, data `{tokenId, server, reason, next}` (next: `pushed` when the broker re-mints by itself, `ask` after an ops revocation). ' +
     '`event: server`, data `{server, up}`. A `: ping` comment every STREAM_HEARTBEAT_MS. The stream ends on shutdown, when the client does not read ' +
     '(slow consumer), and after a revocation of all the client\'s tokens (the `revoked` event first).',
 })
