@@ -1,4 +1,3 @@
-import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import type { Config, ServerConfig } from './config/index.ts'
 import { AdminTokenHealth } from './broker/admin-token-health.ts'
@@ -23,7 +22,7 @@ import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
 import { Denials } from './plugins/denials.ts'
 import { describe } from './plugins/error-handler.ts'
-import { createRedis } from './redis.ts'
+import { createRedis, type RedisClient } from './redis.ts'
 
 export interface ServiceOverrides {
   /** Where logs go (tests capture them). */
@@ -40,13 +39,13 @@ export interface ServiceOverrides {
 /** The Redis connections of one instance, one per role (redis.ts). */
 export interface Connections {
   /** The request path: token store, audit, readiness. */
-  cache: Redis
+  cache: RedisClient
   /** Rate-limit counters (fail open, short deadline). */
-  ratelimit: Redis
+  ratelimit: RedisClient
   /** BullMQ producers. */
-  queue: Redis
+  queue: RedisClient
   /** BullMQ workers (blocking); only with the worker role. */
-  worker: Redis | undefined
+  worker: RedisClient | undefined
 }
 
 /**
@@ -115,11 +114,13 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     queue: createRedis(config, 'queue', logger),
     worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
   }
-  const keys = createKeys(config.redisPrefix)
+  // Redis Cluster: every key under the `{prefix}` hash tag, so the deployment lives in one slot.
+  const keys = createKeys(config.redisPrefix, { hashTag: config.redisCluster !== undefined })
   const clientIdentifier = overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`
   const servers = new Map(config.servers.map((s) => [s.name, s]))
 
   const undecryptableWarned = new Set<string>()
+  let unreplicatedLogged = 0
   const store = new TokenStore({
     redis: connections.cache,
     keys,
@@ -135,6 +136,16 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       undecryptableWarned.add(server)
       logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
         'each is invalidated and re-minted on its next request')
+    },
+    waitReplicas: config.redisWaitReplicas,
+    waitTimeoutMs: config.redisWaitTimeoutMs,
+    onUnreplicated: (action, acked) => {
+      metrics.unreplicated.inc({ action })
+      const now = Date.now()
+      if (now - unreplicatedLogged < 10_000) return
+      unreplicatedLogged = now
+      logger.warn({ action, acked, wanted: config.redisWaitReplicas, timeoutMs: config.redisWaitTimeoutMs },
+        'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
     },
   })
   // What domain classes get instead of reaching through the store: Redis, its keys, the deadline, the clock.
@@ -222,7 +233,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       logger.warn({ dropped: n, max: config.auditMaxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
     },
   })
-  const readiness = new Readiness(db)
+  const readiness = new Readiness({ ...db, target: config })
   const denials = new Denials(store, metrics)
   const counters = new WindowCounters(connections.ratelimit, keys.rateLimitPrefix)
   const watcher = new TokenFileWatcher(servers, logger, (server) => {

@@ -1,7 +1,8 @@
-import type { Redis, Result } from 'ioredis'
+import type { Result } from 'ioredis'
+import type { RedisClient } from '../redis.ts'
 import { type BrokerKeys, fingerprint, type KeyRing, newTokenId, open, seal, type SealBinding } from './crypto.ts'
 import type { Keys } from './keys.ts'
-import { withDeadline } from '../redis.ts'
+import { commandTimeoutOf, waitForReplicas, withDeadline } from '../redis.ts'
 import { BrokerError, storeUnavailable } from '../errors.ts'
 import { AUDIT, PEEK, RESEAL, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
 
@@ -91,7 +92,7 @@ export type RetireSelector =
   | { target: string }
 
 export interface TokenStoreOptions {
-  redis: Redis
+  redis: RedisClient
   keys: Keys
   /** The current BROKER_SECRET's keys and the previous ones' (a rotation in progress). */
   crypto: KeyRing
@@ -111,6 +112,14 @@ export interface TokenStoreOptions {
    * the token has already been invalidated with reason `undecryptable` (metrics, a log line).
    */
   onUndecryptable?: (server: string, tokenId: string) => void
+  /**
+   * REDIS_WAIT_REPLICAS / REDIS_WAIT_TIMEOUT: after each security audit event the store waits (WAIT)
+   * until this many replicas have it, so a failover right after cannot take it back unnoticed.
+   */
+  waitReplicas?: number
+  waitTimeoutMs?: number
+  /** Fewer replicas acknowledged than asked (`acked` -1: the WAIT itself failed): the event is at risk in a failover. */
+  onUnreplicated?: (action: string, acked: number) => void
 }
 
 type Reply = Array<string | number | null>
@@ -128,8 +137,8 @@ declare module 'ioredis' {
 }
 
 /** Registers the scripts on a connection (idempotent). */
-export function defineScripts (redis: Redis): void {
-  if (typeof (redis as Partial<Redis>).ptbServe === 'function') return
+export function defineScripts (redis: RedisClient): void {
+  if (typeof (redis as Partial<RedisClient>).ptbServe === 'function') return
   redis.defineCommand('ptbServe', { numberOfKeys: 5, lua: SERVE })
   redis.defineCommand('ptbPeek', { numberOfKeys: 1, lua: PEEK })
   redis.defineCommand('ptbStore', { numberOfKeys: 8, lua: STORE })
@@ -144,7 +153,7 @@ export function defineScripts (redis: Redis): void {
  * the only place that seals and opens them.
  */
 export class TokenStore {
-  readonly redis: Redis
+  readonly redis: RedisClient
   readonly keys: Keys
   readonly #ring: KeyRing
   readonly #crypto: BrokerKeys
@@ -153,9 +162,14 @@ export class TokenStore {
   readonly #recordTtlMs: number
   readonly #retentionMs: number
   readonly #timeoutMs: number
+  /** The connection has a command timeout of its own (the request-path connections do, redis.ts). */
+  readonly #commandTimeout: boolean
   readonly now: () => number
   readonly #onAudit: (action: string, count: number) => void
   readonly #onUndecryptable: (server: string, tokenId: string) => void
+  readonly #waitReplicas: number
+  readonly #waitTimeoutMs: number
+  readonly #onUnreplicated: (action: string, acked: number) => void
 
   constructor (opts: TokenStoreOptions) {
     this.redis = opts.redis
@@ -168,9 +182,13 @@ export class TokenStore {
     this.#retentionMs = opts.auditRetentionMs ?? 30 * 86_400_000
     // With the two rate-limit checks (250 ms each at most), a stalled Redis still gets a 503 within 2 s.
     this.#timeoutMs = opts.timeoutMs ?? 1000
+    this.#commandTimeout = commandTimeoutOf(this.redis) !== undefined
     this.now = opts.now ?? Date.now
     this.#onAudit = opts.onAudit ?? (() => {})
     this.#onUndecryptable = opts.onUndecryptable ?? (() => {})
+    this.#waitReplicas = opts.waitReplicas ?? 0
+    this.#waitTimeoutMs = opts.waitTimeoutMs ?? 100
+    this.#onUnreplicated = opts.onUnreplicated ?? (() => {})
     defineScripts(this.redis)
   }
 
@@ -188,12 +206,24 @@ export class TokenStore {
 
   /** A call on the request-path connection, whose commandTimeout bounds it: failures become STORE_UNAVAILABLE. */
   async #direct<T> (fn: () => Promise<T>): Promise<T> {
-    if (this.redis.options.commandTimeout === undefined) return await this.call(fn)
+    if (!this.#commandTimeout) return await this.call(fn)
     try {
       return await fn()
     } catch (err) {
       throw err instanceof BrokerError ? err : storeUnavailable(err)
     }
+  }
+
+  /**
+   * The durability step of a security event (README, *Failover and the audit trail*): WAIT for
+   * REDIS_WAIT_REPLICAS acknowledgements of this connection's writes so far. A shortfall does not
+   * fail the request (the event is on the primary, and refusing would turn a lagging replica into
+   * an outage); it is reported, so ops know which events a failover could lose.
+   */
+  async #replicated (action: string): Promise<void> {
+    if (this.#waitReplicas === 0) return
+    const acked = await this.call(() => waitForReplicas(this.redis, this.keys.audit, this.#waitReplicas, this.#waitTimeoutMs)).catch(() => -1)
+    if (acked < this.#waitReplicas) this.#onUnreplicated(action, acked)
   }
 
   /**
@@ -256,6 +286,8 @@ export class TokenStore {
       return { limited: false, ...rate }
     }
     this.#onAudit(action, 1)
+    // The first serve of a fresh mint is a security event (cache hits are not, and never wait).
+    if (source === 'upstream') await this.#replicated(action)
     if (kid !== this.#crypto.keyId) this.#reseal(tokenId, kid, String(v[1]), token, { tokenId, ...binding })
     return {
       token: {
@@ -344,7 +376,10 @@ export class TokenStore {
       JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? '',
       this.#crypto.keyId, this.#retentionMs))
     if (r[0] !== 'ok') return undefined
-    if (input.audit !== undefined) this.#onAudit(input.audit.action, 1)
+    if (input.audit !== undefined) {
+      this.#onAudit(input.audit.action, 1)
+      await this.#replicated(input.audit.action)
+    }
     return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
   }
 
@@ -411,7 +446,10 @@ export class TokenStore {
     const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index,
       k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
       requestIdField(ctx), ctx.ip, JSON.stringify(detail), this.#maxlen, target))
-    if (Number(count) > 0) this.#onAudit(action, Number(count))
+    if (Number(count) > 0) {
+      this.#onAudit(action, Number(count))
+      await this.#replicated(action)
+    }
     return { count: Number(count), latestExpiresAt: Number(latest) }
   }
 
@@ -421,6 +459,7 @@ export class TokenStore {
       e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', requestIdField(ctx), ctx.ip,
       JSON.stringify(e.detail ?? {})))
     this.#onAudit(e.action, 1)
+    await this.#replicated(e.action)
     return id
   }
 

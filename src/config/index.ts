@@ -20,7 +20,8 @@ export { isName, NAME_PATTERN, NAME_RULE } from './names.ts'
 export { tokenFromPreferences } from './servers.ts'
 export { isLoopbackHost, plexTvUrlProblem } from './settings.ts'
 export {
-  type ClientConfig, type Config, ConfigError, type LogLevel, type RateLimitConfig, type Role, SCOPES, type Scope, type ServerConfig,
+  type ClientConfig, type Config, ConfigError, type HostPort, type LogLevel, type RateLimitConfig, type RedisSentinelConfig, type RedisTlsConfig, type Role, SCOPES,
+  type Scope, type ServerConfig,
 } from './types.ts'
 
 /**
