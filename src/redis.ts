@@ -68,6 +68,22 @@ function clusterSeeds (t: RedisTarget, base: RedisOptions): HostPort[] {
   return [first, ...(t.redisCluster?.nodes ?? []).filter((n) => n.host !== first.host || n.port !== first.port)]
 }
 
+/**
+ * A Sentinel-mode connection whose failover detector (its own subscriptions to the Sentinels for
+ * `+switch-master`) ends with it: ioredis closes those on `disconnect()` but not after `quit()`,
+ * which BullMQ and `close()` use. BullMQ's duplicates (its blocking connections) are of this class too.
+ */
+class SentinelRedis extends Redis {
+  constructor (options: RedisOptions) {
+    super(options as RedisOptions & { replyMapping?: 'legacy' })
+    this.on('end', () => { this.disconnect() })
+  }
+
+  override duplicate (override?: Partial<RedisOptions>): Redis {
+    return new SentinelRedis({ ...this.options, ...override })
+  }
+}
+
 /** The last connection error of each client (readiness says why Redis is unreachable). */
 const lastErrors = new WeakMap<object, { message: string, code?: string }>()
 
@@ -125,7 +141,7 @@ export function createRedis (target: RedisTarget, role: RedisRole, logger: Logge
   } else if (mode === 'sentinel') {
     const s = target.redisSentinel
     const { host: _h, port: _p, ...nodeOptions } = node
-    redis = new Redis({
+    redis = new SentinelRedis({
       ...nodeOptions,
       enableAutoPipelining: requestPath,
       sentinels: s?.sentinels.map((x) => ({ host: x.host, port: x.port })),
