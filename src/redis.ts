@@ -172,6 +172,25 @@ export function createRedis (target: RedisTarget, role: RedisRole, logger: Logge
   return redis
 }
 
+/**
+ * The commands the broker needs, as a Redis ACL rule (README, *Redis ACL user*): its own Lua
+ * scripts and BullMQ's (the commands a script runs are checked against the user too), MULTI,
+ * BullMQ's blocking pop, WAIT, and INFO (ioredis's ready check, BullMQ's version check), ROLE
+ * (/readyz) and CLUSTER INFO/SLOTS (Cluster mode). Nothing `@dangerous` (FLUSHALL, KEYS, CONFIG,
+ * DEBUG, CLIENT KILL…), no FUNCTION, no pub/sub, and only the deployment's keys.
+ */
+export const ACL_COMMANDS = '-@all +@read +@write +@connection +@transaction +@blocking -@dangerous -function ' +
+  '+eval +evalsha +script|load +script|exists +info +role +cluster|info +cluster|slots'
+
+/**
+ * The ACL rule of the broker's user for REDIS_PREFIX `prefix` (`{prefix}` in Cluster mode), in
+ * redis.conf / ACL file syntax. `password` is a placeholder to replace (or use `#<sha256 hex>`).
+ */
+export function aclRule (prefix: string, opts: { user?: string, password?: string, cluster?: boolean } = {}): string {
+  const root = opts.cluster === true ? `{${prefix}}` : prefix
+  return `user ${opts.user ?? 'ptb'} on >${opts.password ?? 'CHANGE-ME'} resetkeys ~${root}:* resetchannels ${ACL_COMMANDS}`
+}
+
 /** The command timeout of the connection (request path), wherever the client keeps it. */
 export function commandTimeoutOf (redis: RedisClient): number | undefined {
   return redis instanceof Cluster ? redis.options.redisOptions?.commandTimeout : redis.options.commandTimeout
