@@ -32,9 +32,10 @@ export class RedisNode {
   get address (): string { return `127.0.0.1:${this.port}` }
   get running (): boolean { return this.#proc !== undefined && this.#proc.exitCode === null && this.#proc.signalCode === null }
 
-  /** Starts the process and resolves once it answers PING (with `probe` options: TLS, password). */
-  async start (): Promise<void> {
-    this.#proc = spawn('redis-server', this.args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: this.dir })
+  /** Starts the process and resolves once it answers PING (with `probe` options: TLS, password); `extra` args for this start only. */
+  async start (extra: string[] = []): Promise<void> {
+    this.#proc = spawn('redis-server', [...this.args.filter((_, i, a) => !(extra.includes('--replicaof') && (a[i] === '--replicaof' || a[i - 1] === '--replicaof' || a[i - 2] === '--replicaof'))), ...extra],
+      { stdio: ['ignore', 'ignore', 'pipe'], cwd: this.dir })
     this.#proc.stderr?.on('data', (d: Buffer) => { this.#stderr += d.toString() })
     for (let i = 0; i < 100; i++) {
       if (!this.running) throw new Error(`redis-server ${this.args.join(' ')} exited: ${this.#stderr}`)
@@ -58,10 +59,15 @@ export class RedisNode {
     return new Redis({ host: '127.0.0.1', port: this.port, ...this.probe, ...extra })
   }
 
+  /** SIGSTOP / SIGCONT: a node that stops answering (a stalled machine, a lagging replica). */
+  pause (): void { this.#proc?.kill('SIGSTOP') }
+  resume (): void { this.#proc?.kill('SIGCONT') }
+
   /** SIGKILL: the machine is gone, nothing is flushed or announced. */
   async kill (): Promise<void> {
     const p = this.#proc
     if (p === undefined || !this.running) return
+    p.kill('SIGCONT')
     p.kill('SIGKILL')
     await new Promise((resolve) => p.once('exit', resolve))
   }
