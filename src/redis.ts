@@ -1,5 +1,6 @@
 import type { ConnectionOptions as TlsOptions } from 'node:tls'
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, SentinelConnector, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { StandaloneConnector } from 'ioredis/built/connectors/index.js'
 import type { Logger } from 'pino'
 import type { Config, HostPort } from './config/index.ts'
 import { BrokerError, storeUnavailable } from './errors.ts'
@@ -9,7 +10,7 @@ import { BrokerError, storeUnavailable } from './errors.ts'
  * every setting below (TLS, ACL user, Sentinel or Cluster, reconnects, error logging) by being
  * created here; only the request-path and blocking behaviours depend on the role.
  */
-export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker'
+export type RedisRole = 'cache' | 'ratelimit' | 'queue' | 'worker' | 'audit'
 
 /**
  * One typed surface for every connection: a single Redis (standalone, or the primary Sentinel
@@ -69,6 +70,33 @@ function clusterSeeds (t: RedisTarget, base: RedisOptions): HostPort[] {
 }
 
 /**
+ * ioredis listens for errors on a connection's socket with `once` (twice over: its connector and
+ * the client). A socket that errs more often before it connects, as a TLS handshake the broker
+ * refuses does (its own verdict, then the server's alert), would throw the next error as an
+ * uncaught exception and crash the process. These connectors keep a listener on each socket for
+ * its whole life; ioredis still gets the first error and the close that follows (and reconnects).
+ */
+/** ioredis types a connector's constructor as taking `unknown` options; these take what their base takes. */
+type Connector = NonNullable<RedisOptions['Connector']>
+
+function keepListening<T> (stream: T): T {
+  (stream as { on: (event: string, fn: () => void) => void }).on('error', () => {})
+  return stream
+}
+
+class GuardedStandalone extends StandaloneConnector {
+  override async connect (...args: Parameters<StandaloneConnector['connect']>): ReturnType<StandaloneConnector['connect']> {
+    return keepListening(await super.connect(...args))
+  }
+}
+
+class GuardedSentinel extends SentinelConnector {
+  override async connect (...args: Parameters<SentinelConnector['connect']>): ReturnType<SentinelConnector['connect']> {
+    return keepListening(await super.connect(...args))
+  }
+}
+
+/**
  * A Sentinel-mode connection whose failover detector (its own subscriptions to the Sentinels for
  * `+switch-master`) ends with it: ioredis closes those on `disconnect()` but not after `quit()`,
  * which BullMQ and `close()` use. BullMQ's duplicates (its blocking connections) are of this class too.
@@ -76,7 +104,9 @@ function clusterSeeds (t: RedisTarget, base: RedisOptions): HostPort[] {
 class SentinelRedis extends Redis {
   constructor (options: RedisOptions) {
     super(options as RedisOptions & { replyMapping?: 'legacy' })
-    this.on('end', () => { this.disconnect() })
+    // The connector's disconnect() (not this.disconnect(), which would also mark the client as
+    // closed by hand and keep it from reconnecting should it be connected again) ends the detector.
+    this.on('end', () => { (this as unknown as { connector: { disconnect: () => void } }).connector.disconnect() })
   }
 
   override duplicate (override?: Partial<RedisOptions>): Redis {
@@ -101,7 +131,8 @@ const lastErrors = new WeakMap<object, { message: string, code?: string }>()
  * pipelines and MULTI stay on one node.
  */
 export function createRedis (target: RedisTarget, role: RedisRole, logger: Logger, extra: RedisOptions = {}): RedisClient {
-  const requestPath = role === 'cache' || role === 'ratelimit'
+  // `audit`: security events and their WAIT (REDIS_WAIT_REPLICAS), on the request path too.
+  const requestPath = role === 'cache' || role === 'ratelimit' || role === 'audit'
   const mode = redisMode(target)
   const base = connectionOptions(target)
   const retryCap = mode === 'standalone' ? 2000 : 500
@@ -120,6 +151,7 @@ export function createRedis (target: RedisTarget, role: RedisRole, logger: Logge
     // Reconnect quickly but never spin.
     retryStrategy: retry,
     reconnectOnError: (err) => READONLY.test(err.message) ? 2 : false,
+    Connector: (mode === 'sentinel' ? GuardedSentinel : GuardedStandalone) as Connector,
     ...extra,
   }
   let redis: RedisClient
@@ -292,6 +324,7 @@ export async function sentinelView (target: RedisTarget): Promise<{ address: str
       retryStrategy: () => null,
       enableReadyCheck: false,
       enableOfflineQueue: false,
+      Connector: GuardedStandalone as Connector,
     })
     conn.on('error', () => {})
     try {

@@ -46,6 +46,12 @@ export interface Connections {
   queue: RedisClient
   /** BullMQ workers (blocking); only with the worker role. */
   worker: RedisClient | undefined
+  /**
+   * Security audit events and their WAIT, only with REDIS_WAIT_REPLICAS (a WAIT holds up the
+   * commands behind it, so cache hits keep their own connection). Its command timeout leaves
+   * room for two WAITs (the one in flight and its own).
+   */
+  audit: RedisClient | undefined
 }
 
 /**
@@ -113,6 +119,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     ratelimit: createRedis(config, 'ratelimit', logger),
     queue: createRedis(config, 'queue', logger),
     worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
+    audit: config.redisWaitReplicas === 0 ? undefined : createRedis(config, 'audit', logger, { commandTimeout: 750 + 2 * config.redisWaitTimeoutMs }),
   }
   // Redis Cluster: every key under the `{prefix}` hash tag, so the deployment lives in one slot.
   const keys = createKeys(config.redisPrefix, { hashTag: config.redisCluster !== undefined })
@@ -138,6 +145,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
         'each is invalidated and re-minted on its next request')
     },
     waitReplicas: config.redisWaitReplicas,
+    durable: connections.audit,
     waitTimeoutMs: config.redisWaitTimeoutMs,
     onUnreplicated: (action, acked) => {
       metrics.unreplicated.inc({ action })
@@ -298,7 +306,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       await plexTv.close()
       await queues.close()
       await plex.close()
-      for (const c of [connections.worker, connections.queue, connections.ratelimit, connections.cache]) {
+      for (const c of [connections.worker, connections.queue, connections.audit, connections.ratelimit, connections.cache]) {
         await c?.quit().catch(() => c.disconnect())
       }
       // The last lines (shutdown included) reach stdout before the process exits.

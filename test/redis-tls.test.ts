@@ -82,7 +82,7 @@ t.test('REDIS_* settings: TLS files, ACL user, Sentinel and Cluster parse; contr
     [{ REDIS_CLUSTER: 'yes' }, /^REDIS_CLUSTER: must be 0 or 1$/],
     [{ REDIS_CLUSTER_NODES: 'a:1' }, /^REDIS_CLUSTER_NODES: set, but REDIS_CLUSTER is not 1$/],
     [{ REDIS_WAIT_REPLICAS: 'all' }, /^REDIS_WAIT_REPLICAS: must be an integer/],
-    [{ REDIS_WAIT_TIMEOUT: '2s' }, /^REDIS_WAIT_TIMEOUT: at most 500ms/],
+    [{ REDIS_WAIT_TIMEOUT: '2s' }, /^REDIS_WAIT_TIMEOUT: at most 250ms/],
   ]
   for (const [env, expected] of cases) {
     const p = problems(env)

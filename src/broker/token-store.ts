@@ -118,6 +118,12 @@ export interface TokenStoreOptions {
    */
   waitReplicas?: number
   waitTimeoutMs?: number
+  /**
+   * The connection security events are written and WAITed on (services.ts: role `audit`, only
+   * with REDIS_WAIT_REPLICAS). A WAIT holds up every command behind it on its connection, so it
+   * must not sit in front of cache hits. Default: `redis`.
+   */
+  durable?: RedisClient
   /** Fewer replicas acknowledged than asked (`acked` -1: the WAIT itself failed): the event is at risk in a failover. */
   onUnreplicated?: (action: string, acked: number) => void
 }
@@ -168,6 +174,10 @@ export class TokenStore {
   readonly #onAudit: (action: string, count: number) => void
   readonly #onUndecryptable: (server: string, tokenId: string) => void
   readonly #waitReplicas: number
+  /** Where security events are written (and WAITed on); `redis` unless a connection of their own is given. */
+  readonly #durable: RedisClient
+  /** The WAIT in flight on #durable, and the one queued behind it (group commit, see #replicated). */
+  readonly #waits: { inflight?: Promise<number>, next?: Promise<number> } = {}
   readonly #waitTimeoutMs: number
   readonly #onUnreplicated: (action: string, acked: number) => void
 
@@ -187,9 +197,11 @@ export class TokenStore {
     this.#onAudit = opts.onAudit ?? (() => {})
     this.#onUndecryptable = opts.onUndecryptable ?? (() => {})
     this.#waitReplicas = opts.waitReplicas ?? 0
+    this.#durable = opts.durable ?? opts.redis
     this.#waitTimeoutMs = opts.waitTimeoutMs ?? 100
     this.#onUnreplicated = opts.onUnreplicated ?? (() => {})
     defineScripts(this.redis)
+    defineScripts(this.#durable)
   }
 
   fingerprint (token: string): string {
@@ -222,8 +234,33 @@ export class TokenStore {
    */
   async #replicated (action: string): Promise<void> {
     if (this.#waitReplicas === 0) return
-    const acked = await this.call(() => waitForReplicas(this.redis, this.keys.audit, this.#waitReplicas, this.#waitTimeoutMs)).catch(() => -1)
+    const acked = await this.#barrier().catch(() => -1)
     if (acked < this.#waitReplicas) this.#onUnreplicated(action, acked)
+  }
+
+  /**
+   * Group commit: one WAIT covers every write its connection sent before it, so concurrent
+   * security events share WAITs, and at most one is in flight with one queued behind it. An
+   * event whose write completed joins the queued WAIT (not yet sent, so it will follow the write)
+   * or queues one. With a replica down, an event therefore waits at most about two
+   * REDIS_WAIT_TIMEOUTs, however many there are, instead of a WAIT each piling up on the connection.
+   */
+  #barrier (): Promise<number> {
+    const w = this.#waits
+    if (w.next !== undefined) return w.next
+    const start = (): Promise<number> => {
+      const p: Promise<number> = this.call(() => waitForReplicas(this.#durable, this.keys.audit, this.#waitReplicas, this.#waitTimeoutMs))
+        .finally(() => { if (w.inflight === p) w.inflight = undefined })
+      w.inflight = p
+      return p
+    }
+    if (w.inflight === undefined) return start()
+    const next = w.inflight.catch(() => 0).then(() => {
+      w.next = undefined
+      return start()
+    })
+    w.next = next
+    return next
   }
 
   /**
@@ -248,7 +285,9 @@ export class TokenStore {
     const action = target === undefined ? 'token.issue' : 'source.connect'
     // The request-path connection has its own command timeout (redis.ts), so the hot call maps its
     // errors without arming a second timer per request (1.5 % of the profile).
-    const r = await this.#direct(() => this.redis.ptbServe(
+    // The first serve of a fresh mint writes a security event: on the connection that WAITs for it.
+    const conn = source === 'upstream' ? this.#durable : this.redis
+    const r = await this.#direct(() => conn.ptbServe(
       k.current(slot, server), k.active(server), k.audit, k.auditServes, k.rateLimitPrefix + `client:${client}`,
       k.tokenPrefix, slot, server, this.now(), requestIdField(ctx), ctx.ip, source, this.#maxlen, client, action, target ?? '',
       this.#crypto.keyId, this.#kids, limit?.max ?? 0, limit?.windowMs ?? 0))
@@ -367,7 +406,7 @@ export class TokenStore {
     const ctx = input.ctx ?? SYSTEM_CONTEXT
     const slot = slotKey(input.client, input.target)
     const fp = this.fingerprint(input.token)
-    const r = await this.call(() => this.redis.ptbStore(
+    const r = await this.call(() => this.#durable.ptbStore(
       k.current(slot, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
       k.allTokens, k.audit, k.token(tokenId), k.fingerprint(fp),
       k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, { tokenId, client: input.client, server: input.server, slot }),
@@ -443,7 +482,7 @@ export class TokenStore {
       index = k.byServer(selector.server)
       server = selector.server
     }
-    const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index,
+    const [count, latest] = await this.call(() => this.#durable.ptbRetire(k.audit, index,
       k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
       requestIdField(ctx), ctx.ip, JSON.stringify(detail), this.#maxlen, target))
     if (Number(count) > 0) {
@@ -455,7 +494,7 @@ export class TokenStore {
 
   /** Appends an audit event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async audit (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
-    const id = await this.call(() => this.redis.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
+    const id = await this.call(() => this.#durable.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
       e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', requestIdField(ctx), ctx.ip,
       JSON.stringify(e.detail ?? {})))
     this.#onAudit(e.action, 1)

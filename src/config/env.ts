@@ -19,7 +19,7 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'REDIS_CLUSTER', default: '0', description: '1 = Redis Cluster: REDIS_URL (and REDIS_CLUSTER_NODES) are seed nodes; every key shares one hash slot' },
   { name: 'REDIS_CLUSTER_NODES', description: 'More Cluster seed nodes, comma-separated host:port, so the broker boots while one seed is down' },
   { name: 'REDIS_WAIT_REPLICAS', default: '0', description: 'Security audit events (and the writes before them) wait for this many replica acknowledgements (WAIT); 0 = do not wait' },
-  { name: 'REDIS_WAIT_TIMEOUT', default: '100ms', description: 'Longest wait for REDIS_WAIT_REPLICAS; a shortfall is served anyway, logged and counted (ptb_redis_unreplicated_writes_total)' },
+  { name: 'REDIS_WAIT_TIMEOUT', default: '100ms', description: 'Longest wait for REDIS_WAIT_REPLICAS (at most 250ms); a shortfall is served anyway, logged and counted (ptb_redis_unreplicated_writes_total)' },
   { name: 'BROKER_CONFIG', description: 'Path to a YAML or JSON file with `servers` and `clients`' },
   { name: 'PLEX_URL', description: 'Shortcut for one server named `default`: its URL (with one of the three below)' },
   { name: 'PLEX_TOKEN', description: 'Admin token of the PLEX_URL server' },

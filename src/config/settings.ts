@@ -108,7 +108,7 @@ export function readRedis (env: Env): RedisSettings {
 
   const redisWaitReplicas = env.integer('REDIS_WAIT_REPLICAS', 0, 16)
   const redisWaitTimeoutMs = env.duration('REDIS_WAIT_TIMEOUT')
-  if (redisWaitTimeoutMs > 500) env.problem('REDIS_WAIT_TIMEOUT: at most 500ms (it is spent on the request path, within the 1 s Redis deadline)')
+  if (redisWaitTimeoutMs > 250) env.problem('REDIS_WAIT_TIMEOUT: at most 250ms (a security event may wait for two, within the request path\'s 1 s Redis deadline)')
   return {
     redisUrl,
     ...(redisPassword === undefined ? {} : { redisPassword }),
