@@ -225,6 +225,7 @@ export async function failover (sim: PmsSimulator, log: Log): Promise<void> {
         const lost = [...acked].filter((n) => !present.has(n)).length
         const flaggedNow = (await metric.get()).values.reduce((a, v) => a + v.value, 0) - before
         const slowest = Math.max(...reqs.map((r) => r.end - r.start))
+        if (process.env.BENCH_DEBUG === '1') process.stderr.write(`writer cache ${writer.connections.cache.status} ${JSON.stringify((writer.connections.cache as unknown as { stream?: { remotePort?: number } }).stream?.remotePort)}\n`)
         log(`| ${wait} | ${k} | ${lagging ? 'lagging' : 'in sync'} | ${fmt(window)} | ${failed.filter((r) => r.status === 503).length} | ${failed.filter((r) => r.status !== 503).length} | ${fmt(slowest)} | ${fmt(acked.size)} | ${lost} | ${flaggedNow} |`)
         // Bring the victim back, empty, as a replica of the new primary, before the next kill.
         await victim.start(['--replicaof', '127.0.0.1', String(primary.port)])

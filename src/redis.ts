@@ -148,6 +148,9 @@ export function createRedis (target: RedisTarget, role: RedisRole, logger: Logge
     // command timeout: 750 ms keeps the request path's 503 within 1.5 s (test/faults/redis.test.ts).
     commandTimeout: role === 'ratelimit' ? 250 : requestPath ? 750 : undefined,
     connectTimeout: 2000,
+    // A dropped connection is ended, then destroyed after this long: a primary that froze (no FIN,
+    // no RST) would otherwise hold the reconnect to the promoted one back by ioredis's default 2 s.
+    disconnectTimeout: 200,
     // Reconnect quickly but never spin.
     retryStrategy: retry,
     reconnectOnError: (err) => READONLY.test(err.message) ? 2 : false,

@@ -158,3 +158,39 @@ t.test('a manual failover (the primary demoted while connected): READONLY and +s
   t.comment(`manual failover: the broker wrote to the new primary ${movedAt - startedAt} ms after SENTINEL FAILOVER`)
   await app.close()
 })
+
+t.test('a primary that hangs with its sockets open (SIGSTOP, a machine gone silent): +switch-master moves the broker over', async (t) => {
+  const group = await startSentinelGroup(t, { downAfterMs: DOWN_AFTER_MS, failoverTimeoutMs: 3000 })
+  const sim = await startSim(t)
+  const a = makeClient('a')
+  const config = testConfig(uniquePrefix('sentinel-hang'), [serverFor(sim)], [a], {
+    redisUrl: 'redis://sentinel-mode',
+    redisSentinel: { sentinels: group.sentinels.map((s) => ({ host: '127.0.0.1', port: s.port })), name: group.name },
+  })
+  const app = await buildTestApp(t, config, { defaultMetrics: false })
+  t.equal((await issue(app, a)).status, 200)
+  // No RST, no close: the broker's sockets to the primary stay open. Only the Sentinels' word
+  // (+switch-master, which makes ioredis drop the connection) gets it off the frozen node.
+  const stoppedAt = Date.now()
+  group.primary.pause()
+  t.teardown(() => group.primary.resume())
+  let slowest = 0
+  let statuses = new Set<number>()
+  const served = await until(15_000, async () => {
+    const r = await issue(app, a)
+    slowest = Math.max(slowest, r.end - r.start)
+    statuses.add(r.status)
+    return r.status === 200 && r.start > stoppedAt + DOWN_AFTER_MS
+  })
+  const took = Date.now() - stoppedAt
+  t.ok(served, `served again from the promoted replica ${took} ms after the primary froze`)
+  // The Sentinels' down-after and promotion (~2-3 s here), then +switch-master drops the frozen
+  // connection within 200 ms (disconnectTimeout); a loaded CI machine gets 2 s more.
+  t.ok(took <= DOWN_AFTER_MS + 3000 + 2000, `within down-after + 3 s (+2 s CI margin): ${took} ms`)
+  t.ok(slowest < 2000, `no request hangs meanwhile (slowest ${slowest} ms)`)
+  statuses = new Set([...statuses].filter((s) => s !== 200 && s !== 503))
+  t.same([...statuses], [], 'only 200 and 503')
+  const ready = await app.inject('/readyz')
+  t.match(ready.json().redis, { role: 'primary', address: group.replica.address }, 'readiness names the new primary')
+  await app.close()
+})
