@@ -3,7 +3,9 @@
 # older than 22 (undici 8 and @prometheus-io/client need 22+); ensure_redis_binary: Debian's
 # redis-server; ensure_redis_running: a redis-server on REDIS_URL when none answers;
 # ensure_promtool: Debian's prometheus package for promtool, which the tests use to lint /metrics
-# and to check and unit-test docker/alerts.yml (under CI=true they fail without it).
+# and to check and unit-test docker/alerts.yml (under CI=true they fail without it);
+# ensure_redis_ha_tools: what the TLS, Sentinel and Cluster tests spawn besides redis-server
+# (`redis-server --sentinel`, `redis-cli --cluster create`, openssl for the test CA).
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -72,4 +74,21 @@ ensure_deps() {
     log "npm ci"
     npm ci --no-audit --no-fund --loglevel=error
   fi
+}
+
+ensure_redis_ha_tools() {
+  ensure_redis_binary
+  local missing=()
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
+  command -v openssl >/dev/null || missing+=(openssl)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} from Debian (TLS, Sentinel and Cluster tests)"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # The tests need a redis-server that can run as a Sentinel and is built with TLS (Debian's is).
+  redis-server --help 2>&1 | grep -q -- '--sentinel' || { echo "redis-server cannot run as a Sentinel" >&2; return 1; }
+  log "$(redis-server --version | head -n 1); $(openssl version)"
 }

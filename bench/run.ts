@@ -1,7 +1,9 @@
 /**
  * `npm run bench [scenario…]`: measures the broker against real processes on loopback, each
  * scenario paired with a bare-Fastify baseline in the same run, so the ratio survives noisy
- * machines. Scenarios: hot, herd, restart, footprint, scaling (default: all), and soak and push on request. Results are printed
+ * machines. Scenarios: hot, herd, restart, footprint, scaling (default: these), soak, push (the
+ * push channel with library clients), and the Redis HA ones (bench/ha.ts): failover (Sentinel,
+ * repeated SIGKILLs) and tls. Results are printed
  * as Markdown; copy them into docs/benchmarks.md. Not part of `npm test`.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
@@ -17,6 +19,7 @@ import { freePort } from '../src/dev-support.ts'
 import { PmsSimulator } from '../src/sim/pms-sim.ts'
 import { createTokenSource, type TokenSource } from '../src/client/index.ts'
 import { deleteKeys } from '../test/helper.ts'
+import { failover, tls } from './ha.ts'
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const DURATION = Number(process.env.BENCH_SECONDS ?? 10)
@@ -571,7 +574,17 @@ async function push (sim: PmsSimulator): Promise<void> {
   }
 }
 
-const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = { hot, herd, restart, footprint, scaling, soak, push }
+const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = {
+  hot,
+  herd,
+  restart,
+  footprint,
+  scaling,
+  soak,
+  push,
+  failover: async (sim) => { await failover(sim, log) },
+  tls: async (sim) => { ensureWrk(); await tls(sim, log, wrk) },
+}
 const DEFAULT_SET = ['hot', 'herd', 'restart', 'footprint', 'scaling']
 
 async function main (): Promise<void> {

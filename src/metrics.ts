@@ -137,6 +137,13 @@ export class Metrics {
     registers: [this.registry],
   })
 
+  readonly unreplicated = new Counter({
+    name: 'ptb_redis_unreplicated_writes_total',
+    help: 'Security audit events fewer replicas acknowledged than REDIS_WAIT_REPLICAS asks within REDIS_WAIT_TIMEOUT (a failover could lose them)',
+    labelNames: ['action'] as const,
+    registers: [this.registry],
+  })
+
   readonly rateLimited = new Counter({
     name: 'ptb_rate_limited_total',
     help: 'Requests answered 429, by limit',

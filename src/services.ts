@@ -1,4 +1,3 @@
-import type { Redis } from 'ioredis'
 import pino, { type DestinationStream, type Logger } from 'pino'
 import type { Config, ServerConfig } from './config/index.ts'
 import { AdminTokenHealth } from './broker/admin-token-health.ts'
@@ -24,7 +23,7 @@ import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
 import { Denials } from './plugins/denials.ts'
 import { describe } from './plugins/error-handler.ts'
-import { createRedis } from './redis.ts'
+import { createRedis, type RedisClient } from './redis.ts'
 
 export interface ServiceOverrides {
   /** Where logs go (tests capture them). */
@@ -41,13 +40,19 @@ export interface ServiceOverrides {
 /** The Redis connections of one instance, one per role (redis.ts). */
 export interface Connections {
   /** The request path: token store, audit, readiness. */
-  cache: Redis
+  cache: RedisClient
   /** Rate-limit counters (fail open, short deadline). */
-  ratelimit: Redis
+  ratelimit: RedisClient
   /** BullMQ producers. */
-  queue: Redis
+  queue: RedisClient
   /** BullMQ workers (blocking); only with the worker role. */
-  worker: Redis | undefined
+  worker: RedisClient | undefined
+  /**
+   * Security audit events and their WAIT, only with REDIS_WAIT_REPLICAS (a WAIT holds up the
+   * commands behind it, so cache hits keep their own connection). Its command timeout leaves
+   * room for two WAITs (the one in flight and its own).
+   */
+  audit: RedisClient | undefined
 }
 
 /**
@@ -117,12 +122,15 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     ratelimit: createRedis(config, 'ratelimit', logger),
     queue: createRedis(config, 'queue', logger),
     worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
+    audit: config.redisWaitReplicas === 0 ? undefined : createRedis(config, 'audit', logger, { commandTimeout: 750 + 2 * config.redisWaitTimeoutMs }),
   }
-  const keys = createKeys(config.redisPrefix)
+  // Redis Cluster: every key under the `{prefix}` hash tag, so the deployment lives in one slot.
+  const keys = createKeys(config.redisPrefix, { hashTag: config.redisCluster !== undefined })
   const clientIdentifier = overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`
   const servers = new Map(config.servers.map((s) => [s.name, s]))
 
   const undecryptableWarned = new Set<string>()
+  let unreplicatedLogged = 0
   const store = new TokenStore({
     redis: connections.cache,
     keys,
@@ -138,6 +146,17 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       undecryptableWarned.add(server)
       logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
         'each is invalidated and re-minted on its next request')
+    },
+    waitReplicas: config.redisWaitReplicas,
+    durable: connections.audit,
+    waitTimeoutMs: config.redisWaitTimeoutMs,
+    onUnreplicated: (action, acked) => {
+      metrics.unreplicated.inc({ action })
+      const now = Date.now()
+      if (now - unreplicatedLogged < 10_000) return
+      unreplicatedLogged = now
+      logger.warn({ action, acked, wanted: config.redisWaitReplicas, timeoutMs: config.redisWaitTimeoutMs },
+        'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
     },
   })
   // What domain classes get instead of reaching through the store: Redis, its keys, the deadline, the clock.
@@ -225,7 +244,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       logger.warn({ dropped: n, max: config.auditMaxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
     },
   })
-  const readiness = new Readiness(db)
+  const readiness = new Readiness({ ...db, target: config })
   const denials = new Denials(store, metrics)
   const counters = new WindowCounters(connections.ratelimit, keys.rateLimitPrefix)
   const push = new PushHub({
@@ -302,7 +321,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       await plexTv.close()
       await queues.close()
       await plex.close()
-      for (const c of [connections.worker, connections.queue, connections.ratelimit, connections.cache]) {
+      for (const c of [connections.worker, connections.queue, connections.audit, connections.ratelimit, connections.cache]) {
         await c?.quit().catch(() => c.disconnect())
       }
       // The last lines (shutdown included) reach stdout before the process exits.

@@ -27,6 +27,8 @@ t.test('defaults', async (t) => {
     port: 8080,
     redisUrl: 'redis://127.0.0.1:6379',
     redisPrefix: 'ptb',
+    redisWaitReplicas: 0,
+    redisWaitTimeoutMs: 100,
     brokerSecret: Buffer.alloc(32, 7),
     tokenLifetimeMs: 48 * 3600_000,
     tokenRenewAfterMs: 24 * 3600_000,
@@ -50,6 +52,7 @@ t.test('defaults', async (t) => {
     clients: [],
   })
   t.notOk('redisPassword' in c, 'no Redis password unless REDIS_PASSWORD_FILE')
+  for (const k of ['redisUsername', 'redisTls', 'redisSentinel', 'redisCluster']) t.notOk(k in c, `no ${k} unless configured`)
   t.ok(Object.isFrozen(c) && Object.isFrozen(c.servers[0]), 'frozen')
 })
 

@@ -26,7 +26,8 @@ const generated = new Set(readdirSync(join(sample, 'secrets')).map((f) => `./doc
 rmSync(sample, { recursive: true, force: true })
 
 t.test('docker-compose.yml: services, health, dependencies', async (t) => {
-  t.same(Object.keys(compose.services).sort(), ['broker', 'grafana', 'pms-sim', 'prometheus', 'redis'])
+  t.same(Object.keys(compose.services).sort(), ['broker', 'broker-ha', 'grafana', 'pms-sim', 'prometheus', 'redis', 'redis-primary', 'redis-replica',
+    'sentinel-1', 'sentinel-2', 'sentinel-3'])
   t.same(compose.services.broker.depends_on.redis, { condition: 'service_healthy' }, 'broker waits for a healthy Redis')
   t.match(compose.services.redis.healthcheck.test.join(' '), /redis-cli ping/)
   t.same(compose.services.grafana.profiles, ['grafana'], 'grafana is optional')
@@ -41,6 +42,43 @@ t.test('every broker variable in compose is one the config reads; the simulator\
   t.ok(compose.services.broker.environment.BROKER_SECRET_FILE.startsWith('/run/secrets/'), 'secrets via files')
 })
 
+t.test('profile ha: a primary, a replica and three Sentinels wired to broker-ha, consistent with the variables it reads', async (t) => {
+  const ha = ['redis-primary', 'redis-replica', 'sentinel-1', 'sentinel-2', 'sentinel-3', 'broker-ha']
+  for (const name of ha) t.same(compose.services[name].profiles, ['ha'], `${name} is in the ha profile only`)
+  for (const name of ['redis', 'broker', 'pms-sim', 'prometheus']) t.notOk(compose.services[name].profiles, `${name} runs without a profile`)
+  const script = (name: string): string => (compose.services[name].command as string[]).join(' ')
+  for (const name of ['redis-primary', 'redis-replica']) {
+    t.match(script(name), /requirepass \$\$\(cat \/run\/secrets\/redis_password\)/, `${name}: the password from the secret`)
+    t.match(script(name), /masterauth \$\$\(cat \/run\/secrets\/redis_password\)/, `${name}: can follow the other after a failover`)
+    t.match(script(name), new RegExp(`replica-announce-ip ${name}\\b`), `${name}: announced by its service name`)
+  }
+  t.match(script('redis-replica'), /replicaof redis-primary 6379/)
+  const env = compose.services['broker-ha'].environment as Record<string, string>
+  for (const name of Object.keys(env)) t.ok(known.has(name), `${name} is a broker variable`)
+  const sentinels = env.REDIS_SENTINELS.split(',')
+  t.same(sentinels, ['sentinel-1:26379', 'sentinel-2:26379', 'sentinel-3:26379'], 'REDIS_SENTINELS names the three Sentinel services')
+  for (const name of ['sentinel-1', 'sentinel-2', 'sentinel-3']) {
+    const s = script(name)
+    t.match(s, new RegExp(`sentinel monitor ${env.REDIS_SENTINEL_NAME} redis-primary 6379 2\\b`), `${name} monitors REDIS_SENTINEL_NAME with quorum 2`)
+    t.match(s, new RegExp(`sentinel auth-pass ${env.REDIS_SENTINEL_NAME} \\$\\$\\(cat /run/secrets/redis_password\\)`), `${name} authenticates to the data nodes`)
+    t.match(s, /requirepass \$\$\(cat \/run\/secrets\/redis_password\)/, `${name} requires the password the broker reads from REDIS_SENTINEL_PASSWORD_FILE`)
+    t.match(s, /port 26379/)
+    t.match(s, /exec redis-server \/data\/sentinel\.conf --sentinel/, `${name}: a config file of its own it may rewrite`)
+    t.same(compose.services[name].secrets, ['redis_password'])
+  }
+  t.equal(env.REDIS_SENTINEL_PASSWORD_FILE, '/run/secrets/redis_password')
+  t.notMatch(env.REDIS_URL, /@/, 'no credentials in the URL')
+  // The broker's real config step accepts broker-ha's environment.
+  const dir = mkdtempSync(join(tmpdir(), 'ptb-ha-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  initSecrets([dir])
+  const mapped = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v.replace(/^\/run\/secrets\/([a-z_]+)$/, (_, n: string) => join(dir, basename(compose.secrets[n].file)))]))
+  const config = loadConfig(mapped)
+  t.match(config.redisSentinel, { name: env.REDIS_SENTINEL_NAME, sentinels: [{ host: 'sentinel-1', port: 26379 }, { host: 'sentinel-2', port: 26379 }, { host: 'sentinel-3', port: 26379 }] })
+  t.equal(config.redisSentinel?.password, readFileSync(join(dir, 'redis-password'), 'utf8').trim())
+  t.equal(config.redisWaitReplicas, 1, 'security events wait for the replica')
+})
+
 t.test('compose publishes every port on loopback only, and never Redis', async (t) => {
   const published: string[] = []
   for (const [name, svc] of Object.entries(compose.services) as Array<[string, { ports?: unknown[] }]>) {
@@ -50,8 +88,10 @@ t.test('compose publishes every port on loopback only, and never Redis', async (
       published.push(name)
     }
   }
-  t.same([...new Set(published)].sort(), ['broker', 'grafana', 'pms-sim', 'prometheus'])
-  t.notOk(compose.services.redis.ports, 'Redis is reachable on the compose network only')
+  t.same([...new Set(published)].sort(), ['broker', 'broker-ha', 'grafana', 'pms-sim', 'prometheus'])
+  for (const name of ['redis', 'redis-primary', 'redis-replica', 'sentinel-1', 'sentinel-2', 'sentinel-3']) {
+    t.notOk(compose.services[name].ports, `${name} is reachable on the compose network only`)
+  }
   t.notOk(compose.services.redis.network_mode ?? compose.services.broker.network_mode, 'no host networking')
   const head = readFileSync('docker-compose.yml', 'utf8').split('\nname:')[0]
   t.match(head, /To serve other hosts, change a port's "127\.0\.0\.1:"/, 'the file says how to expose a port')

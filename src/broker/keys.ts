@@ -1,12 +1,19 @@
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis.ts'
 
 /**
  * Every Redis key the broker uses is built here, under REDIS_PREFIX, so deployments and test
  * runs can share one Redis. Client ids and server names are validated by config to contain no
  * `:`, so a key can always be split back into its parts. BullMQ queues live under `<prefix>:q`
  * (BullMQ's own `prefix` option; ioredis `keyPrefix` is never used, BullMQ forbids it).
+ *
+ * Redis Cluster (`hashTag`): every key starts with `{<prefix>}`, BullMQ's documented form for
+ * Cluster, so all keys of a deployment hash to one slot. The Lua scripts (which build record and
+ * pointer keys from the prefixes passed as ARGV), pipelines, MULTI and BullMQ's scripts then stay
+ * on one node. One slot per deployment: Cluster gives failover and managed-service compatibility,
+ * not sharding (README, *Redis Cluster*).
  */
 export interface Keys {
+  /** REDIS_PREFIX as given (without the Cluster hash tag). */
   prefix: string
   /** Hash of one token record: state, enc, fp, issuedAt, expiresAt, renewAt, lastUsedAt, client, server, mid. */
   token: (tokenId: string) => string
@@ -58,8 +65,8 @@ export interface Keys {
   queuePrefix: string
 }
 
-export function createKeys (prefix: string): Keys {
-  const p = `${prefix}:`
+export function createKeys (prefix: string, opts: { hashTag?: boolean } = {}): Keys {
+  const p = opts.hashTag === true ? `{${prefix}}:` : `${prefix}:`
   return {
     prefix,
     token: (id) => `${p}tok:${id}`,
@@ -91,7 +98,7 @@ export function createKeys (prefix: string): Keys {
  * the token store.
  */
 export interface RedisContext {
-  redis: Redis
+  redis: RedisClient
   keys: Keys
   call: <T>(fn: () => Promise<T>) => Promise<T>
   now: () => number

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis.ts'
 import type { Logger } from 'pino'
 import { BrokerError, storeUnavailable } from '../errors.ts'
 import type { RedisContext } from './keys.ts'
@@ -26,7 +26,7 @@ export interface PushHubOptions {
   /** Reads of the change log (last id, history) on the request-path connection, with its deadline. */
   db: RedisContext
   /** Opens the reader's own connection (redis.ts createRedis, role `push`); called with the first stream. */
-  connect: () => Redis
+  connect: () => RedisClient
   logger: Logger
   /** STREAM_MAX_PER_CLIENT and STREAM_MAX_TOTAL: open streams on this instance. */
   maxPerClient: number
@@ -52,7 +52,7 @@ export class PushHub {
   readonly #subs = new Map<string, Set<PushSubscriber>>()
   readonly #perClient = new Map<string, number>()
   #size = 0
-  #redis: Redis | undefined
+  #redis: RedisClient | undefined
   #starting: Promise<void> | undefined
   #loop: Promise<void> | undefined
   #position = '0-0'
@@ -207,7 +207,7 @@ export class PushHub {
     await this.#starting
   }
 
-  async #read (redis: Redis): Promise<void> {
+  async #read (redis: RedisClient): Promise<void> {
     const { db, logger } = this.#o
     let pause = 100
     let lastLog = 0

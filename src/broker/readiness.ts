@@ -1,11 +1,24 @@
+import { inspectRedis, type RedisTarget, type RedisView } from '../redis.ts'
 import type { RedisContext } from './keys.ts'
 
-export type ReadinessOptions = RedisContext
+export type ReadinessOptions = RedisContext & {
+  /** How the broker reaches Redis (standalone, Sentinel or Cluster): readiness names the mode and asks Sentinels in a failover. */
+  target: RedisTarget
+}
+
+export interface ReadinessResult {
+  /** Each check: 'ok' or what is wrong. */
+  checks: Record<string, string>
+  /** Which node the broker writes to, when it is a reachable primary. */
+  redis?: RedisView
+}
 
 /**
- * What `/readyz` checks: Redis answers, and the audit trail can be written. Issuing fails closed
- * when the audit event cannot be written, so readiness must say so too: both audit streams must be
- * streams (or not exist yet) and Redis must accept writes (not out of memory, not a replica).
+ * What `/readyz` checks: Redis answers on a primary, and the audit trail can be written. Issuing
+ * fails closed when the audit event cannot be written, so readiness must say so too: both audit
+ * streams must be streams (or not exist yet) and Redis must accept writes (not out of memory, not
+ * a replica). With Sentinel, a failover in progress is named as such (the Sentinels are asked);
+ * an unreachable Redis says why (TLS, authentication, ACL), from the connection's last error.
  */
 export class Readiness {
   readonly #o: ReadinessOptions
@@ -14,17 +27,19 @@ export class Readiness {
     this.#o = opts
   }
 
-  /** Each check: 'ok' or what is wrong. */
   async check (): Promise<Record<string, string>> {
+    return (await this.inspect()).checks
+  }
+
+  async inspect (): Promise<ReadinessResult> {
     const { redis, keys, call, now } = this.#o
     const checks: Record<string, string> = {}
-    try {
-      await call(() => redis.ping())
-      checks.redis = 'ok'
-    } catch {
-      checks.redis = 'unreachable'
-      return checks
+    const seen = await inspectRedis(redis, this.#o.target, keys.readiness, call)
+    if (seen.view === undefined) {
+      checks.redis = seen.problem ?? 'unreachable'
+      return { checks }
     }
+    checks.redis = 'ok'
     try {
       const types = await Promise.all([keys.audit, keys.auditServes].map(async (k) => await call(() => redis.type(k))))
       await call(() => redis.set(keys.readiness, String(now()), 'PX', 60_000))
@@ -32,6 +47,6 @@ export class Readiness {
     } catch {
       checks.audit = 'not writable'
     }
-    return checks
+    return { checks, redis: seen.view }
   }
 }

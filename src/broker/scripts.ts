@@ -2,8 +2,10 @@
  * Lua scripts: each runs atomically in one round trip. The hot path (a cache hit) is one call of
  * `serve`, which reads the current token, marks the client active and appends the audit event
  * together, so the audit write costs no extra latency and a token is never handed out unaudited.
- * Scripts address token records by `tokPrefix .. id`; the broker targets a single Redis (or a
- * primary with replicas), not Redis Cluster.
+ * Scripts address token records by `tokPrefix .. id` (and current pointers by `curPrefix ..`),
+ * keys they are not given as KEYS. On Redis Cluster that is allowed only within the node's own
+ * slots: every key of a deployment carries the `{prefix}` hash tag there (keys.ts), so the keys a
+ * script builds are in the slot of the KEYS it was given, and ioredis routes it by those.
  */
 
 /**

@@ -1,7 +1,8 @@
-import type { Redis, Result } from 'ioredis'
+import type { Result } from 'ioredis'
+import type { RedisClient } from '../redis.ts'
 import { type BrokerKeys, fingerprint, type KeyRing, newTokenId, open, seal, type SealBinding } from './crypto.ts'
 import type { Keys } from './keys.ts'
-import { CoarseDeadline, withDeadline } from '../redis.ts'
+import { CoarseDeadline, waitForReplicas, withDeadline } from '../redis.ts'
 import { PUSH_MAXLEN, tokenReason, type TokenReason } from './push-log.ts'
 import { AUDIT, PEEK, RESEAL, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
 
@@ -93,7 +94,7 @@ export type RetireSelector =
   | { target: string }
 
 export interface TokenStoreOptions {
-  redis: Redis
+  redis: RedisClient
   keys: Keys
   /** The current BROKER_SECRET's keys and the previous ones' (a rotation in progress). */
   crypto: KeyRing
@@ -113,6 +114,20 @@ export interface TokenStoreOptions {
    * the token has already been invalidated with reason `undecryptable` (metrics, a log line).
    */
   onUndecryptable?: (server: string, tokenId: string) => void
+  /**
+   * REDIS_WAIT_REPLICAS / REDIS_WAIT_TIMEOUT: after each security audit event the store waits (WAIT)
+   * until this many replicas have it, so a failover right after cannot take it back unnoticed.
+   */
+  waitReplicas?: number
+  waitTimeoutMs?: number
+  /**
+   * The connection security events are written and WAITed on (services.ts: role `audit`, only
+   * with REDIS_WAIT_REPLICAS). A WAIT holds up every command behind it on its connection, so it
+   * must not sit in front of cache hits. Default: `redis`.
+   */
+  durable?: RedisClient
+  /** Fewer replicas acknowledged than asked (`acked` -1: the WAIT itself failed): the event is at risk in a failover. */
+  onUnreplicated?: (action: string, acked: number) => void
 }
 
 type Reply = Array<string | number | null>
@@ -130,8 +145,8 @@ declare module 'ioredis' {
 }
 
 /** Registers the scripts on a connection (idempotent). */
-export function defineScripts (redis: Redis): void {
-  if (typeof (redis as Partial<Redis>).ptbServe === 'function') return
+export function defineScripts (redis: RedisClient): void {
+  if (typeof (redis as Partial<RedisClient>).ptbServe === 'function') return
   redis.defineCommand('ptbServe', { numberOfKeys: 5, lua: SERVE })
   redis.defineCommand('ptbPeek', { numberOfKeys: 1, lua: PEEK })
   redis.defineCommand('ptbStore', { numberOfKeys: 9, lua: STORE })
@@ -146,7 +161,7 @@ export function defineScripts (redis: Redis): void {
  * the only place that seals and opens them.
  */
 export class TokenStore {
-  readonly redis: Redis
+  readonly redis: RedisClient
   readonly keys: Keys
   readonly #ring: KeyRing
   readonly #crypto: BrokerKeys
@@ -159,6 +174,13 @@ export class TokenStore {
   readonly now: () => number
   readonly #onAudit: (action: string, count: number) => void
   readonly #onUndecryptable: (server: string, tokenId: string) => void
+  readonly #waitReplicas: number
+  /** Where security events are written (and WAITed on); `redis` unless a connection of their own is given. */
+  readonly #durable: RedisClient
+  /** The WAIT in flight on #durable, and the one queued behind it (group commit, see #replicated). */
+  readonly #waits: { inflight?: Promise<number>, next?: Promise<number> } = {}
+  readonly #waitTimeoutMs: number
+  readonly #onUnreplicated: (action: string, acked: number) => void
 
   constructor (opts: TokenStoreOptions) {
     this.redis = opts.redis
@@ -175,7 +197,12 @@ export class TokenStore {
     this.now = opts.now ?? Date.now
     this.#onAudit = opts.onAudit ?? (() => {})
     this.#onUndecryptable = opts.onUndecryptable ?? (() => {})
+    this.#waitReplicas = opts.waitReplicas ?? 0
+    this.#durable = opts.durable ?? opts.redis
+    this.#waitTimeoutMs = opts.waitTimeoutMs ?? 100
+    this.#onUnreplicated = opts.onUnreplicated ?? (() => {})
     defineScripts(this.redis)
+    defineScripts(this.#durable)
   }
 
   fingerprint (token: string): string {
@@ -193,6 +220,43 @@ export class TokenStore {
   /** The hot call, under the store's deadline without a timer per call (redis.ts CoarseDeadline). */
   async #direct<T> (fn: () => Promise<T>): Promise<T> {
     return await this.#hotDeadline.run(fn)
+  }
+
+  /**
+   * The durability step of a security event (README, *Failover and the audit trail*): WAIT for
+   * REDIS_WAIT_REPLICAS acknowledgements of this connection's writes so far. A shortfall does not
+   * fail the request (the event is on the primary, and refusing would turn a lagging replica into
+   * an outage); it is reported, so ops know which events a failover could lose.
+   */
+  async #replicated (action: string): Promise<void> {
+    if (this.#waitReplicas === 0) return
+    const acked = await this.#barrier().catch(() => -1)
+    if (acked < this.#waitReplicas) this.#onUnreplicated(action, acked)
+  }
+
+  /**
+   * Group commit: one WAIT covers every write its connection sent before it, so concurrent
+   * security events share WAITs, and at most one is in flight with one queued behind it. An
+   * event whose write completed joins the queued WAIT (not yet sent, so it will follow the write)
+   * or queues one. With a replica down, an event therefore waits at most about two
+   * REDIS_WAIT_TIMEOUTs, however many there are, instead of a WAIT each piling up on the connection.
+   */
+  #barrier (): Promise<number> {
+    const w = this.#waits
+    if (w.next !== undefined) return w.next
+    const start = (): Promise<number> => {
+      const p: Promise<number> = this.call(() => waitForReplicas(this.#durable, this.keys.audit, this.#waitReplicas, this.#waitTimeoutMs))
+        .finally(() => { if (w.inflight === p) w.inflight = undefined })
+      w.inflight = p
+      return p
+    }
+    if (w.inflight === undefined) return start()
+    const next = w.inflight.catch(() => 0).then(() => {
+      w.next = undefined
+      return start()
+    })
+    w.next = next
+    return next
   }
 
   /**
@@ -216,7 +280,9 @@ export class TokenStore {
     const slot = slotKey(client, target)
     const action = target === undefined ? 'token.issue' : 'source.connect'
     // A coarse deadline, not a timer per request (a timer cost 1.5 % of the profile).
-    const r = await this.#direct(() => this.redis.ptbServe(
+    // The first serve of a fresh mint writes a security event: on the connection that WAITs for it.
+    const conn = source === 'upstream' ? this.#durable : this.redis
+    const r = await this.#direct(() => conn.ptbServe(
       k.current(slot, server), k.active(server), k.audit, k.auditServes, k.rateLimitPrefix + `client:${client}`,
       k.tokenPrefix, slot, server, this.now(), requestIdField(ctx), ctx.ip, source, this.#maxlen, client, action, target ?? '',
       this.#crypto.keyId, this.#kids, limit?.max ?? 0, limit?.windowMs ?? 0, ctx.via ?? ''))
@@ -254,6 +320,8 @@ export class TokenStore {
       return { limited: false, ...rate, invalidated: true }
     }
     this.#onAudit(action, 1)
+    // The first serve of a fresh mint is a security event (cache hits are not, and never wait).
+    if (source === 'upstream') await this.#replicated(action)
     if (kid !== this.#crypto.keyId) this.#reseal(tokenId, kid, String(v[1]), token, { tokenId, ...binding })
     return {
       token: {
@@ -335,7 +403,7 @@ export class TokenStore {
     const ctx = input.ctx ?? SYSTEM_CONTEXT
     const slot = slotKey(input.client, input.target)
     const fp = this.fingerprint(input.token)
-    const r = await this.call(() => this.redis.ptbStore(
+    const r = await this.call(() => this.#durable.ptbStore(
       k.current(slot, input.server), k.active(input.server), k.byClient(input.client), k.byServer(input.server),
       k.allTokens, k.audit, k.token(tokenId), k.fingerprint(fp), k.push,
       k.tokenPrefix, input.client, input.server, tokenId, seal(this.#crypto.encryption, input.token, { tokenId, client: input.client, server: input.server, slot }),
@@ -344,7 +412,10 @@ export class TokenStore {
       JSON.stringify(input.audit?.detail ?? {}), this.#maxlen, this.#recordTtlMs, slot, input.target ?? '', input.meta ?? '',
       this.#crypto.keyId, this.#retentionMs, input.reason ?? tokenReason(input.audit), PUSH_MAXLEN))
     if (r[0] !== 'ok') return undefined
-    if (input.audit !== undefined) this.#onAudit(input.audit.action, 1)
+    if (input.audit !== undefined) {
+      this.#onAudit(input.audit.action, 1)
+      await this.#replicated(input.audit.action)
+    }
     return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
   }
 
@@ -408,19 +479,23 @@ export class TokenStore {
       index = k.byServer(selector.server)
       server = selector.server
     }
-    const [count, latest] = await this.call(() => this.redis.ptbRetire(k.audit, index, k.push,
+    const [count, latest] = await this.call(() => this.#durable.ptbRetire(k.audit, index, k.push,
       k.tokenPrefix, k.currentPrefix, this.now(), mode, tokenId, client, server, newState, action,
       requestIdField(ctx), ctx.ip, JSON.stringify(detail), this.#maxlen, target, PUSH_MAXLEN))
-    if (Number(count) > 0) this.#onAudit(action, Number(count))
+    if (Number(count) > 0) {
+      this.#onAudit(action, Number(count))
+      await this.#replicated(action)
+    }
     return { count: Number(count), latestExpiresAt: Number(latest) }
   }
 
   /** Appends an audit event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async audit (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
-    const id = await this.call(() => this.redis.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
+    const id = await this.call(() => this.#durable.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
       e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', requestIdField(ctx), ctx.ip,
       JSON.stringify(e.detail ?? {})))
     this.#onAudit(e.action, 1)
+    await this.#replicated(e.action)
     return id
   }
 

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis.ts'
 
 /**
  * Fixed-window counters in Redis: the first hit of a window creates the key with the window as
@@ -7,11 +7,11 @@ import type { Redis } from 'ioredis'
  * client's key the same way inside its one round trip, so both paths share one counter per client.
  */
 export class WindowCounters {
-  private readonly redis: Redis
+  private readonly redis: RedisClient
   private readonly namespace: string
 
   /** `namespace`: the key prefix of every counter (keys.ts rateLimitPrefix). */
-  constructor (redis: Redis, namespace: string) {
+  constructor (redis: RedisClient, namespace: string) {
     this.redis = redis
     this.namespace = namespace
   }

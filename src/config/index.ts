@@ -20,7 +20,8 @@ export { isName, NAME_PATTERN, NAME_RULE } from './names.ts'
 export { tokenFromPreferences } from './servers.ts'
 export { isLoopbackHost, plexTvUrlProblem } from './settings.ts'
 export {
-  type ClientConfig, type Config, ConfigError, type LogLevel, type RateLimitConfig, type Role, SCOPES, type Scope, type ServerConfig,
+  type ClientConfig, type Config, ConfigError, type HostPort, type LogLevel, type RateLimitConfig, type RedisSentinelConfig, type RedisTlsConfig, type Role, SCOPES,
+  type Scope, type ServerConfig,
 } from './types.ts'
 
 /**
@@ -75,6 +76,14 @@ export function describeConfig (c: Config): Record<string, unknown> {
     clients: c.clients.map((cl) => cl.id),
     role: c.role,
     redisPrefix: c.redisPrefix,
+    // How Redis is reached (never a password or a host list with credentials).
+    redis: {
+      mode: c.redisCluster !== undefined ? 'cluster' : c.redisSentinel !== undefined ? 'sentinel' : 'standalone',
+      tls: c.redisUrl.startsWith('rediss:'),
+      ...(c.redisUsername === undefined ? {} : { user: c.redisUsername }),
+      ...(c.redisSentinel === undefined ? {} : { sentinels: c.redisSentinel.sentinels.length, name: c.redisSentinel.name }),
+      waitReplicas: c.redisWaitReplicas,
+    },
     digest: createHash('sha256').update(JSON.stringify(c.clients.map((cl) => cl.id))).digest('hex').slice(0, 12),
   }
 }

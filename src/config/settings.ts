@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { isIP } from 'node:net'
 import { type Env, parseDuration } from './env.ts'
-import type { LogLevel, RateLimitConfig, Role } from './types.ts'
+import type { Config, HostPort, LogLevel, RateLimitConfig, RedisTlsConfig, Role } from './types.ts'
 
 /**
  * The config steps for single-valued settings: each reads its variables from `env`, records what
@@ -36,17 +36,90 @@ export function readSecrets (env: Env): { brokerSecret: Buffer, brokerSecretPrev
   return { brokerSecret, brokerSecretPrevious, demo }
 }
 
-/** REDIS_PREFIX, REDIS_URL and REDIS_PASSWORD_FILE (the password stays out of the URL, so it is never logged with it). */
-export function readRedis (env: Env): { redisUrl: string, redisPassword?: string, redisPrefix: string } {
+export type RedisSettings = Pick<Config, 'redisUrl' | 'redisPassword' | 'redisUsername' | 'redisPrefix' | 'redisTls' | 'redisSentinel' | 'redisCluster' |
+  'redisWaitReplicas' | 'redisWaitTimeoutMs'>
+
+/** `host:port` or `[v6]:port`, comma-separated. */
+function hostPorts (env: Env, name: string): HostPort[] {
+  const out: HostPort[] = []
+  for (const item of (env.get(name) ?? '').split(',').map((x) => x.trim()).filter((x) => x !== '')) {
+    const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(item)
+    const port = Number(m?.[3])
+    if (m === null || port < 1 || port > 65535) env.problem(`${name}: "${item}" is not host:port`)
+    else out.push({ host: m[1] ?? m[2], port })
+  }
+  return out
+}
+
+/**
+ * REDIS_* (README, *Redis: TLS, ACL users, Sentinel, Cluster*): where Redis is, how the broker
+ * proves who it is (ACL user, password file, client certificate) and checks who Redis is (CA,
+ * server name), and whether it follows Sentinels or a Cluster. Passwords stay out of the URL and
+ * out of every message, so they are never logged.
+ */
+export function readRedis (env: Env): RedisSettings {
   const redisPrefix = env.dflt('REDIS_PREFIX')
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(redisPrefix)) env.problem('REDIS_PREFIX: letters, digits, _ . - only (no ":" or spaces), at most 64 characters')
   const redisUrl = env.dflt('REDIS_URL')
-  if (!/^rediss?:\/\//.test(redisUrl)) env.problem('REDIS_URL: must start with redis:// or rediss://')
+  let url: URL | undefined
+  try {
+    url = new URL(redisUrl)
+  } catch {}
+  if (url === undefined || !/^rediss?:$/.test(url.protocol)) env.problem('REDIS_URL: must start with redis:// or rediss://')
+  const tls = url?.protocol === 'rediss:'
   const redisPassword = env.secret(undefined, 'REDIS_PASSWORD_FILE', { emptyFile: 'problem' })
-  if (env.get('REDIS_PASSWORD_FILE') !== undefined && /^rediss?:\/\/[^/]*@/.test(redisUrl)) {
+  if (env.get('REDIS_PASSWORD_FILE') !== undefined && url !== undefined && url.password !== '') {
     env.problem('REDIS_PASSWORD_FILE: REDIS_URL carries credentials too; give the password in one place')
   }
-  return { redisUrl, ...(redisPassword === undefined ? {} : { redisPassword }), redisPrefix }
+  const redisUsername = env.get('REDIS_USERNAME')
+  if (redisUsername !== undefined && url !== undefined && url.username !== '') env.problem('REDIS_USERNAME: REDIS_URL names a user too; give it in one place')
+  const db = url === undefined || url.pathname === '' || url.pathname === '/' ? 0 : Number(url.pathname.slice(1))
+  if (!Number.isInteger(db) || db < 0) env.problem('REDIS_URL: the path must be a database number (/0, /1, …)')
+
+  // TLS: the files are read once at boot; a key is a secret, so a message names its path only.
+  const redisTls: RedisTlsConfig = {}
+  for (const [name, field] of [['REDIS_TLS_CA_FILE', 'ca'], ['REDIS_TLS_CERT_FILE', 'cert'], ['REDIS_TLS_KEY_FILE', 'key']] as const) {
+    const path = env.get(name)
+    if (path === undefined) continue
+    if (!tls) env.problem(`${name}: REDIS_URL must start with rediss:// (TLS) for it to be used`)
+    const text = env.readPath(name, path)
+    if (text !== undefined && !text.includes('-----BEGIN ')) env.problem(`${name}: ${path} is not a PEM file`)
+    else if (text !== undefined) redisTls[field] = text
+  }
+  if ((env.get('REDIS_TLS_CERT_FILE') === undefined) !== (env.get('REDIS_TLS_KEY_FILE') === undefined)) {
+    env.problem('REDIS_TLS_CERT_FILE: mutual TLS needs both REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE')
+  }
+  const servername = env.get('REDIS_TLS_SERVERNAME')
+  if (servername !== undefined) {
+    if (!tls) env.problem('REDIS_TLS_SERVERNAME: REDIS_URL must start with rediss:// (TLS) for it to be used')
+    redisTls.servername = servername
+  }
+
+  const sentinels = hostPorts(env, 'REDIS_SENTINELS')
+  const sentinelPassword = env.secret(undefined, 'REDIS_SENTINEL_PASSWORD_FILE', { emptyFile: 'problem' })
+  const sentinelName = env.dflt('REDIS_SENTINEL_NAME')
+  if (sentinelPassword !== undefined && sentinels.length === 0) env.problem('REDIS_SENTINEL_PASSWORD_FILE: set, but REDIS_SENTINELS is not')
+  const cluster = env.dflt('REDIS_CLUSTER')
+  if (cluster !== '0' && cluster !== '1') env.problem('REDIS_CLUSTER: must be 0 or 1')
+  const clusterNodes = hostPorts(env, 'REDIS_CLUSTER_NODES')
+  if (clusterNodes.length > 0 && cluster !== '1') env.problem('REDIS_CLUSTER_NODES: set, but REDIS_CLUSTER is not 1')
+  if (cluster === '1' && sentinels.length > 0) env.problem('REDIS_CLUSTER: Cluster and Sentinel (REDIS_SENTINELS) exclude each other; choose one')
+  if (cluster === '1' && db !== 0) env.problem('REDIS_URL: Redis Cluster has database 0 only')
+
+  const redisWaitReplicas = env.integer('REDIS_WAIT_REPLICAS', 0, 16)
+  const redisWaitTimeoutMs = env.duration('REDIS_WAIT_TIMEOUT')
+  if (redisWaitTimeoutMs > 250) env.problem('REDIS_WAIT_TIMEOUT: at most 250ms (a security event may wait for two, within the request path\'s 1 s Redis deadline)')
+  return {
+    redisUrl,
+    ...(redisPassword === undefined ? {} : { redisPassword }),
+    ...(redisUsername === undefined ? {} : { redisUsername }),
+    redisPrefix,
+    ...(Object.keys(redisTls).length === 0 ? {} : { redisTls }),
+    ...(sentinels.length === 0 ? {} : { redisSentinel: { sentinels, name: sentinelName, ...(sentinelPassword === undefined ? {} : { password: sentinelPassword }) } }),
+    ...(cluster === '1' ? { redisCluster: { nodes: clusterNodes } } : {}),
+    redisWaitReplicas,
+    redisWaitTimeoutMs,
+  }
 }
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']

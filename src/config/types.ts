@@ -37,6 +37,29 @@ export interface ClientConfig {
   sources: string[] | '*'
 }
 
+export interface HostPort {
+  host: string
+  port: number
+}
+
+export interface RedisTlsConfig {
+  /** REDIS_TLS_CA_FILE's content (PEM). */
+  ca?: string
+  /** REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE's contents (mutual TLS). */
+  cert?: string
+  key?: string
+  /** REDIS_TLS_SERVERNAME: the name checked in the server certificate instead of the address. */
+  servername?: string
+}
+
+export interface RedisSentinelConfig {
+  sentinels: HostPort[]
+  /** REDIS_SENTINEL_NAME. */
+  name: string
+  /** REDIS_SENTINEL_PASSWORD_FILE's content. Never logged. */
+  password?: string
+}
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
 
 export interface Config {
@@ -45,7 +68,19 @@ export interface Config {
   redisUrl: string
   /** REDIS_PASSWORD_FILE's content (Redis `requirepass`); kept out of the URL so it is never logged with it. */
   redisPassword?: string
+  /** REDIS_USERNAME: the ACL user (the URL's user works too). */
+  redisUsername?: string
   redisPrefix: string
+  /** TLS material (REDIS_TLS_*); present only with rediss:// and a file or server name given. */
+  redisTls?: RedisTlsConfig
+  /** Sentinel mode (REDIS_SENTINELS): the broker asks these for the current primary. */
+  redisSentinel?: RedisSentinelConfig
+  /** Cluster mode (REDIS_CLUSTER=1): more seed nodes besides REDIS_URL's host. */
+  redisCluster?: { nodes: HostPort[] }
+  /** REDIS_WAIT_REPLICAS: replica acknowledgements awaited after a security audit event (0 = none). */
+  redisWaitReplicas: number
+  /** REDIS_WAIT_TIMEOUT. */
+  redisWaitTimeoutMs: number
   /** Key material (≥ 32 bytes) from which the encryption and fingerprint keys are derived. */
   brokerSecret: Buffer
   tokenLifetimeMs: number

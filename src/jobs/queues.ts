@@ -1,5 +1,5 @@
 import { Queue, type JobsOptions } from 'bullmq'
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis.ts'
 
 /**
  * Queue and job names. BullMQ ids must not contain `:` and must not be all digits
@@ -62,7 +62,7 @@ export interface Queues {
 }
 
 /** Both queues under `<REDIS_PREFIX>:q` (BullMQ's own prefix; ioredis keyPrefix is never used). */
-export function createQueues (connection: Redis, prefix: string): Queues {
+export function createQueues (connection: RedisClient, prefix: string): Queues {
   const tokens = new Queue(TOKENS_QUEUE, { connection, prefix, defaultJobOptions: TOKEN_JOB_DEFAULTS })
   const probes = new Queue(PROBES_QUEUE, { connection, prefix, defaultJobOptions: PROBE_JOB_DEFAULTS })
   // Without a listener, a Redis outage would surface as an unhandled 'error' event.

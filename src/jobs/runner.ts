@@ -1,5 +1,5 @@
 import { type Job, UnrecoverableError, Worker } from 'bullmq'
-import type { Redis } from 'ioredis'
+import type { RedisClient } from '../redis.ts'
 import type { Logger } from 'pino'
 import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
@@ -13,7 +13,7 @@ export interface JobRunnerOptions {
   /** Where the jobs this runner's work leads to are queued (sweep → rotations, stream drop → probe). */
   jobs: JobProducer
   /** Blocking connection for the workers (`maxRetriesPerRequest: null`). */
-  connection: Redis
+  connection: RedisClient
   prefix: string
   servers: Map<string, ServerConfig>
   plex: PlexClient

@@ -19,21 +19,31 @@ export default async function healthRoutes (app: FastifyInstance): Promise<void>
   app.get('/readyz', {
     schema: {
       operationId: 'getReadiness',
-      summary: 'Readiness: Redis answers and the audit trail can be written',
+      summary: 'Readiness: Redis answers on a primary and the audit trail can be written',
       description: 'Use to route traffic: 503 while tokens could not be issued (issuing fails closed when the audit trail cannot be written).',
       tags: ['health'],
       security: [],
       response: {
-        200: Type.Object({ status: Type.Literal('ready'), checks: Type.Record(Type.String(), Type.String()) }),
+        200: Type.Object({
+          status: Type.Literal('ready'),
+          checks: Type.Record(Type.String(), Type.String()),
+          redis: Type.Optional(Type.Object({
+            mode: Type.Union([Type.Literal('standalone'), Type.Literal('sentinel'), Type.Literal('cluster')], { description: 'How the broker reaches Redis (REDIS_SENTINELS, REDIS_CLUSTER)' }),
+            role: Type.String({ description: '`primary`: the node the broker writes to accepts writes' }),
+            address: Type.Optional(Type.String({ description: 'host:port of that node' })),
+            replicas: Type.Optional(Type.Integer({ description: 'Replicas connected to it (what REDIS_WAIT_REPLICAS can count on)' })),
+          })),
+        }),
         503: { $ref: 'Error#' },
       },
     },
   }, async (request, reply) => {
-    const checks = await broker.readiness.check()
+    const { checks, redis } = await broker.readiness.inspect()
     const failed = Object.entries(checks).filter(([, v]) => v !== 'ok')
     if (failed.length > 0) {
+      // The message says what is wrong: unreachable (and why: TLS, authentication), a replica, a failover in progress.
       return sendError(reply, request, 503, 'STORE_UNAVAILABLE', `Not ready: ${failed.map(([k, v]) => `${k} ${v}`).join(', ')}.`, 2)
     }
-    return { status: 'ready' as const, checks }
+    return { status: 'ready' as const, checks, ...(redis === undefined ? {} : { redis }) }
   })
 }
