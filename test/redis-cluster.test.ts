@@ -4,6 +4,7 @@ import { buildApp } from '../src/app.ts'
 import { keySlot } from '../src/redis.ts'
 import { buildTestApp, LogCapture, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until } from './helper.ts'
 import { startCluster } from './redis-topology.ts'
+import { createTokenSource, type TokenChange } from '../src/client/index.ts'
 
 // Redis Cluster (README, *Cluster*): three primaries on loopback, joined with `redis-cli --cluster
 // create`. The whole acceptance path runs on it: issue, cache hit, rotation by the workers, PMS
@@ -65,6 +66,15 @@ t.test('the acceptance path on a three-primary Redis Cluster', async (t) => {
     t.same(found, [], `node ${n.address} holds none of them`)
   }
 
+  // The push channel on the Cluster: its change log and reader live in the same slot.
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const address = app.server.address()
+  const source = createTokenSource({ brokerUrl: `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`, secret: clients[0].secret, server: 'default' })
+  t.teardown(async () => { await source.close() })
+  const pushed: TokenChange[] = []
+  source.on('token', (change) => pushed.push(change))
+  t.equal(await source.token(), first.get('a')!.token, 'the library holds the current token')
+
   // Rotation by the workers (BullMQ on the Cluster).
   const rotate = await app.inject({ method: 'POST', url: '/v1/servers/default/rotate', headers: ops.auth })
   t.equal(rotate.json().rotating, 3, rotate.body)
@@ -72,6 +82,8 @@ t.test('the acceptance path on a three-primary Redis Cluster', async (t) => {
     for (const c of clients) if (await app.broker.store.peek(c.id, 'default') === first.get(c.id)!.tokenId) return false
     return true
   }), 'every token rotated')
+  t.ok(await until(10_000, async () => pushed.some((p) => p.via === 'stream' && p.reason === 'rotated')), 'the rotation reached the stream through the Cluster')
+  t.equal(await source.token(), (await issue(app, clients[0])).body.token, 'the library now holds the rotated token')
   for (const c of clients) t.ok(sim.isTokenValid((await issue(app, c)).body.token), `${c.id}: the rotated token works`)
 
   // PMS restart: probes notice, tokens are invalidated and re-minted by the workers.
