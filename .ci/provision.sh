@@ -89,6 +89,9 @@ ensure_redis_ha_tools() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   # The tests need a redis-server that can run as a Sentinel and is built with TLS (Debian's is).
-  redis-server --help 2>&1 | grep -q -- '--sentinel' || { echo "redis-server cannot run as a Sentinel" >&2; return 1; }
+  # (`redis-server --help` exits 1, and grep -q would cut its pipe short: read the text first.)
+  local help
+  help="$(redis-server --help 2>&1 || true)"
+  grep -q -- '--sentinel' <<<"$help" || { echo "redis-server cannot run as a Sentinel" >&2; return 1; }
   log "$(redis-server --version | head -n 1); $(openssl version)"
 }

@@ -339,7 +339,8 @@ export async function tls (_sim: PmsSimulator, log: Log, wrk: Wrk): Promise<void
     }
     const med = (xs: number[]): number => pct(xs, 50)
     log()
-    log(`- **TLS costs ${fmt(100 - 100 * med(over.map((r) => r.rps)) / med(tcp.map((r) => r.rps)), 1)} % of the hot path's throughput** (medians: ${fmt(med(tcp.map((r) => r.rps)))} vs ${fmt(med(over.map((r) => r.rps)))} req/s).`)
+    log(`- **TLS / TCP, medians: ${fmt(100 * med(over.map((r) => r.rps)) / med(tcp.map((r) => r.rps)), 1)} %** (${fmt(med(tcp.map((r) => r.rps)))} req/s over TCP, ` +
+      `${fmt(med(over.map((r) => r.rps)))} over TLS); per round ${fmt(Math.min(...over.map((r, i) => 100 * r.rps / tcp[i].rps)), 1)}–${fmt(Math.max(...over.map((r, i) => 100 * r.rps / tcp[i].rps)), 1)} %.`)
   } finally {
     for (const b of brokers) await stopBroker(b)
     await scope.close()
