@@ -122,7 +122,7 @@ async function main (): Promise<void> {
   out(`  curl -N -H 'Authorization: Bearer ${demoSecret}' '${base}/v1/tokens/stream?server=default'`)
   out()
   out('Use it against PMS (the simulator):')
-  out(`  curl -s ${sim.sim.url}/ -H 'Accept: application/json' -H 'X-Plex-Token: <token from above>'`)
+  out(`  curl -s ${sim.sim.url}/library/sections -H 'Accept: application/json' -H 'X-Plex-Token: <token from above>'`)
   out()
   out('Simulate a PMS restart (every transient token dies), then watch the broker recover:')
   out(`  curl -s -X POST '${sim.controlUrl}/restart?downMs=2000'`)
