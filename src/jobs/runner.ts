@@ -9,6 +9,10 @@ import type { PlexClient } from '../plex/client.ts'
 import type { JobProducer, ProbeTrigger } from './producer.ts'
 import { PROBES_QUEUE, type ProbeJob, TOKENS_QUEUE, type TokenJob, backoffDelay } from './queues.ts'
 
+/** After the PMS event stream drops, reconnect this often for QUICK_RECONNECT_WINDOW_MS (a restart). */
+const QUICK_RECONNECT_MS = 500
+const QUICK_RECONNECT_WINDOW_MS = 10_000
+
 export interface JobRunnerOptions {
   /** Where the jobs this runner's work leads to are queued (sweep → rotations, stream drop → probe). */
   jobs: JobProducer
@@ -160,7 +164,10 @@ export class JobRunner {
   /**
    * Keeps `/:/eventsource/notifications` open with the admin token. PMS drops it when it stops,
    * so a drop triggers a probe at once instead of at the next period; so does a reconnect, which
-   * is often the first sign that PMS is back. Reconnects back off from 1 s to 30 s. While the
+   * is often the first sign that PMS is back. For 10 s after a drop it reconnects every 500 ms (a
+   * restarting PMS is back within seconds, and the reconnect is what reveals it: with a doubling
+   * wait, a PMS back just after an attempt went unseen for up to 2.4 s); after that, and when it
+   * never opened, reconnects back off from 1 s to 30 s. While the
    * admin token is known to be rejected the stream is not reopened (each attempt would be one more
    * 401): the rechecks decide when PMS accepts the token again, and the stream follows.
    * The server is looked up again before every (re)connect: a reloaded token file replaces the
@@ -170,6 +177,7 @@ export class JobRunner {
     const { plex, logger } = this.#o
     const signal = this.#abort.signal
     let pause = 1000
+    let droppedAt = Number.NEGATIVE_INFINITY
     while (!signal.aborted) {
       const server = this.#o.servers.get(name)
       if (server === undefined) return
@@ -178,12 +186,14 @@ export class JobRunner {
         continue
       }
       let reason = ''
+      let openedAt = 0
       const opened = await new Promise<boolean>((resolve) => {
         let wasOpen = false
         plex.watchEvents(server, {
           signal,
           onOpen: () => {
             wasOpen = true
+            openedAt = Date.now()
             pause = 1000
             this.triggerProbe(server.name, 'eventsource').catch(() => {})
           },
@@ -195,8 +205,15 @@ export class JobRunner {
       })
       if (signal.aborted) return
       if (opened) {
+        // A stream that lived a while and dropped: PMS stopping. One that keeps dropping right
+        // after opening (a proxy, a broken PMS) gets the ordinary backoff, not quick reconnects.
+        if (Date.now() - openedAt >= QUICK_RECONNECT_WINDOW_MS / 2) droppedAt = Date.now()
         logger.info({ server: server.name, reason }, 'PMS event stream dropped; probing now')
         await this.triggerProbe(server.name, 'eventsource').catch(() => {})
+      }
+      if (Date.now() - droppedAt < QUICK_RECONNECT_WINDOW_MS) {
+        await this.#sleep(QUICK_RECONNECT_MS, signal)
+        continue
       }
       await this.#sleep(pause + Math.random() * pause * 0.2, signal)
       pause = Math.min(pause * 2, 30_000)
