@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { ClientConfig, ServerConfig } from '../config/index.ts'
+import type { ServedToken } from '../broker/token-store.ts'
 import { forbidden, notFound } from '../errors.ts'
 import { mayUseServer } from '../plugins/auth.ts'
 
@@ -17,6 +18,18 @@ export function iso (ms: number): string {
     isoCache.set(ms, s)
   }
   return s
+}
+
+/** A client's token as POST /v1/tokens answers it and the push channel's `token` event carries it. */
+export function issuedTokenBody (server: ServerConfig, t: ServedToken): { tokenId: string, token: string, server: { name: string, machineIdentifier: string }, issuedAt: string, renewAt: string, expiresAt: string } {
+  return {
+    tokenId: t.tokenId,
+    token: t.token,
+    server: { name: server.name, machineIdentifier: t.machineIdentifier },
+    issuedAt: iso(t.issuedAt),
+    renewAt: iso(t.renewAt),
+    expiresAt: iso(t.expiresAt),
+  }
 }
 
 /**

@@ -11,7 +11,7 @@ import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import { StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
 import type { Services } from '../services.ts'
-import { allowedServer, iso } from './common.ts'
+import { allowedServer, issuedTokenBody } from './common.ts'
 
 export interface StreamOptions {
   /** Bytes a stream may have queued in its socket before it is dropped as a slow consumer (default 256 KiB). */
@@ -39,15 +39,7 @@ const frameText = (f: Frame): string => `id: ${f.id}\nevent: ${f.event}\ndata: $
 
 /** The data of a `token` event: the answer of POST /v1/tokens, and why it is sent. */
 function tokenData (server: ServerConfig, t: IssuedToken, reason: TokenReason): Record<string, unknown> {
-  return {
-    tokenId: t.tokenId,
-    token: t.token,
-    server: { name: server.name, machineIdentifier: t.machineIdentifier },
-    issuedAt: iso(t.issuedAt),
-    renewAt: iso(t.renewAt),
-    expiresAt: iso(t.expiresAt),
-    reason,
-  }
+  return { ...issuedTokenBody(server, t), reason }
 }
 
 /** Of a replayed history, the token entries before the last one are dropped: a token event always carries the current token. */

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { notFound } from '../errors.ts'
 import { mayUseServer } from '../plugins/auth.ts'
-import { allowedServer, iso } from './common.ts'
+import { allowedServer, iso, issuedTokenBody } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
@@ -45,14 +45,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
       })
     }
     broker.metrics.tokensServed.inc({ server: server.name, source: t.source })
-    return {
-      tokenId: t.tokenId,
-      token: t.token,
-      server: { name: server.name, machineIdentifier: t.machineIdentifier },
-      issuedAt: iso(t.issuedAt),
-      renewAt: iso(t.renewAt),
-      expiresAt: iso(t.expiresAt),
-    }
+    return issuedTokenBody(server, t)
   })
 
   app.get('/v1/tokens/:tokenId', {
