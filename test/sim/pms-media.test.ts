@@ -2,43 +2,14 @@ import t from 'tap'
 import { XMLParser } from 'fast-xml-parser'
 import { request } from 'undici'
 import WebSocket from 'ws'
-import { htmlErrorBody, PmsSimulator, type PmsSimOptions } from '../../src/sim/pms-sim.ts'
+import { htmlErrorBody, PmsSimulator } from '../../src/sim/pms-sim.ts'
+import { call, start, UNAUTHORIZED } from './helpers.ts'
 
 /**
  * The canned media server a service talks to (docs/simulator.md): library, metadata, sessions,
  * hub search and the notification WebSocket, with PMS's conventions (XML by default, JSON on
  * request, the token rule and HTML 401s).
  */
-
-const UNAUTHORIZED = '<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>'
-
-interface Test {
-  teardown: (fn: () => unknown) => void
-}
-
-async function start (t: Test, opts: PmsSimOptions = {}): Promise<PmsSimulator> {
-  const sim = await PmsSimulator.start(opts)
-  t.teardown(() => sim.stop())
-  return sim
-}
-
-interface Answer {
-  status: number
-  type: string
-  text: string
-}
-
-async function call (sim: PmsSimulator, path: string, o: { token?: string, query?: boolean, json?: boolean, method?: 'GET' | 'POST' | 'HEAD', headers?: Record<string, string> } = {}): Promise<Answer> {
-  let url = sim.url + path
-  const headers: Record<string, string> = { ...o.headers }
-  if (o.token !== undefined) {
-    if (o.query === true) url += `${path.includes('?') ? '&' : '?'}X-Plex-Token=${encodeURIComponent(o.token)}`
-    else headers['x-plex-token'] = o.token
-  }
-  if (o.json === true) headers.accept = 'application/json'
-  const r = await request(url, { method: o.method ?? 'GET', headers, reset: true })
-  return { status: r.statusCode, type: String(r.headers['content-type']), text: await r.body.text() }
-}
 
 /** The JSON MediaContainer of a 200 answer. */
 async function json (sim: PmsSimulator, path: string, token = sim.adminToken): Promise<any> {

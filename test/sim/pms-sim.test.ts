@@ -1,53 +1,11 @@
 import t from 'tap'
 import { XMLParser } from 'fast-xml-parser'
 import { request } from 'undici'
-import { DEFAULT_VERSION, htmlErrorBody, PmsSimulator, type PmsSimOptions } from '../../src/sim/pms-sim.ts'
+import { DEFAULT_VERSION, htmlErrorBody, PmsSimulator } from '../../src/sim/pms-sim.ts'
+import { call, start, UNAUTHORIZED } from './helpers.ts'
 import { startSimFromEnv } from '../../src/sim/main.ts'
 
 /** The exact 401 body of docs/plex-api.md §4. */
-const UNAUTHORIZED = '<html><head><title>Unauthorized</title></head><body><h1>401 Unauthorized</h1></body></html>'
-
-interface Call {
-  token?: string
-  /** Send the token as the X-Plex-Token query argument instead of the header. */
-  query?: boolean
-  json?: boolean
-  method?: 'GET' | 'POST' | 'HEAD' | 'DELETE'
-}
-
-interface Answer {
-  status: number
-  type: string
-  headers: Record<string, string | string[] | undefined>
-  text: string
-}
-
-/** The part of tap's Test the helpers use. */
-interface Test {
-  teardown: (fn: () => unknown) => void
-}
-
-async function start (t: Test, opts: PmsSimOptions = {}): Promise<PmsSimulator> {
-  const sim = await PmsSimulator.start(opts)
-  t.teardown(() => sim.stop())
-  return sim
-}
-
-async function call (sim: PmsSimulator, path: string, o: Call = {}): Promise<Answer> {
-  let url = sim.url + path
-  const headers: Record<string, string> = {}
-  if (o.token !== undefined) {
-    if (o.query === true) url += `${path.includes('?') ? '&' : '?'}X-Plex-Token=${encodeURIComponent(o.token)}`
-    else headers['x-plex-token'] = o.token
-  }
-  if (o.json === true) headers.accept = 'application/json'
-  // A fresh connection per call: a pooled one may be the one a restart just dropped, and this
-  // file tests the simulator, not a client's retry on a dead keep-alive connection.
-  const r = await request(url, { method: o.method ?? 'GET', headers, reset: true })
-  const text = await r.body.text()
-  return { status: r.statusCode, type: String(r.headers['content-type']), headers: r.headers, text }
-}
-
 const xml = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '', parseAttributeValue: false, isArray: (name) => name === 'Connection' || name === 'Directory' })
 const parseXml = (s: string): any => xml.parse(s)
 
