@@ -1,13 +1,14 @@
 /**
- * plex-token-broker/client: a live PMS token for a Node service, from the broker.
+ * @plex-token-broker/client: a live PMS token for a Node service, from the broker.
  *
  * ```ts
- * import { createTokenSource } from 'plex-token-broker/client'
+ * import { createTokenSource } from '@plex-token-broker/client'
  * const plex = createTokenSource({ brokerUrl, secretFile: '/run/secrets/ptb', server: 'default', pmsUrl })
  * const res = await plex.fetchPms('/library/sections', { headers: { accept: 'application/json' } })
  * ```
  *
- * Imports node built-ins, undici and eventsource-parser only: never the server code.
+ * Imports node built-ins, undici and eventsource-parser only, never the server code: these
+ * files are the package in packages/client, whose only dependencies are those two.
  */
 import { EventEmitter } from 'node:events'
 import { readFileSync } from 'node:fs'
