@@ -2,7 +2,7 @@ import neostandard from 'neostandard'
 
 // The project's style: neostandard (standard's rules for flat config), with TypeScript.
 export default [
-  ...neostandard({ ts: true, ignores: ['dist/**', 'coverage/**', '.tap/**', '.demo/**'] }),
+  ...neostandard({ ts: true, ignores: ['dist/**', 'packages/*/dist/**', 'coverage/**', '.tap/**', '.demo/**'] }),
   {
     rules: {
       // TypeBox's idiom names a schema and its static type alike (`const X = Type.Object(…)`,

