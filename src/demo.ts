@@ -45,57 +45,75 @@ export function demoSecrets (dir: string): DemoSecrets {
   return made
 }
 
+/**
+ * Stops a child the demo started and waits for it to exit (SIGKILL after `ms`), so its port is
+ * free by the time the demo itself is gone.
+ */
+async function stopChild (child: ChildProcess, ms = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), ms)
+  await exited
+  clearTimeout(timer)
+}
+
+/** What the demo started, stopped newest first: on SIGINT/SIGTERM, on an error, and when startup fails. */
+const running: Array<() => Promise<void>> = []
+async function stopAll (): Promise<void> {
+  for (const stop of running.splice(0).reverse()) await stop().catch(() => {})
+}
+
 async function main (): Promise<void> {
+  // From the start: a signal while Redis or the simulators are starting must stop them too.
+  closeWithGrace({ delay: 10_000 }, async ({ err }) => {
+    if (err !== undefined) process.stderr.write(`demo stopping on error: ${err.message}\n`)
+    await stopAll()
+  })
   const env = process.env
   const dir = resolve(env.DEMO_DIR ?? '.demo')
   const secrets = demoSecrets(dir)
   let redisUrl = env.REDIS_URL ?? 'redis://127.0.0.1:6379'
-  let redisChild: ChildProcess | undefined
   if (!(await redisAnswers(redisUrl))) {
     const started = await startRedis(resolve(dir, 'redis'))
     redisUrl = started.url
-    redisChild = started.child
+    running.push(async () => { await stopChild(started.child) })
     out(`Started redis-server on ${redisUrl} (data in ${resolve(dir, 'redis')})`)
   }
 
   const simPort = env.SIM_PORT ?? String(await freePort())
   const controlPort = env.SIM_CONTROL_PORT ?? String(await freePort())
   const sim = await startSimFromEnv({ ...env, SIM_PORT: simPort, SIM_CONTROL_PORT: controlPort })
+  running.push(async () => { await sim.close() })
   // The simulator's admin token is an account token of this fake plex.tv: the broker's admin
   // token checks and keep-alive pings go there, never to the real plex.tv.
   const plexTv = await PlexTvSimulator.start({ accountToken: sim.sim.adminToken })
+  running.push(async () => { await plexTv.stop() })
 
   const { demoSecret, opsSecret } = secrets
-  let config: Config
-  try {
-    config = loadConfig({
-      ...env,
-      BROKER_DEMO: '1',
-      // Local by default: the demo prints 127.0.0.1 URLs, and a wider HOST needs METRICS_TOKEN.
-      HOST: env.HOST ?? '127.0.0.1',
-      BROKER_SECRET: env.BROKER_SECRET ?? secrets.brokerSecret,
-      BROKER_SECRET_FILE: undefined,
-      PLEX_TV_URL: plexTv.url,
-      REDIS_URL: redisUrl,
-      REDIS_PREFIX: env.REDIS_PREFIX ?? 'ptb-demo',
-      PLEX_URL: sim.sim.url,
-      PLEX_TOKEN: sim.sim.adminToken,
-      PLEX_TOKEN_FILE: undefined,
-      PLEX_PREFERENCES_PATH: undefined,
-      BROKER_CONFIG: undefined,
-      PLEX_PROBE_INTERVAL: env.PLEX_PROBE_INTERVAL ?? '2s',
-    })
-  } catch (err) {
-    await sim.close()
-    await plexTv.stop()
-    redisChild?.kill()
-    throw err
-  }
+  const config: Config = loadConfig({
+    ...env,
+    BROKER_DEMO: '1',
+    // Local by default: the demo prints 127.0.0.1 URLs, and a wider HOST needs METRICS_TOKEN.
+    HOST: env.HOST ?? '127.0.0.1',
+    BROKER_SECRET: env.BROKER_SECRET ?? secrets.brokerSecret,
+    BROKER_SECRET_FILE: undefined,
+    PLEX_TV_URL: plexTv.url,
+    REDIS_URL: redisUrl,
+    REDIS_PREFIX: env.REDIS_PREFIX ?? 'ptb-demo',
+    PLEX_URL: sim.sim.url,
+    PLEX_TOKEN: sim.sim.adminToken,
+    PLEX_TOKEN_FILE: undefined,
+    PLEX_PREFERENCES_PATH: undefined,
+    BROKER_CONFIG: undefined,
+    PLEX_PROBE_INTERVAL: env.PLEX_PROBE_INTERVAL ?? '2s',
+  })
   const clients: ClientConfig[] = [
     { id: 'demo', secretSha256: sha256(demoSecret), servers: '*', scopes: ['token:issue', 'source:connect'], rateLimit: config.defaultRateLimit, sources: '*' },
     { id: 'ops', secretSha256: sha256(opsSecret), servers: '*', scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'], rateLimit: config.defaultRateLimit, sources: [] },
   ]
   const app = await buildApp({ ...config, clients })
+  running.push(async () => { await app.close() })
   await app.listen({ host: config.host, port: config.port })
   const base = `http://127.0.0.1:${config.port}`
   // Wait for the first probe: on a second run it finds the cached tokens of the previous
@@ -140,20 +158,13 @@ async function main (): Promise<void> {
   out('  npm run -s ptb -- revoke --client demo --reason demo')
   out()
   out('Ctrl-C stops the broker, the simulator and any Redis the demo started.')
-
-  closeWithGrace({ delay: 10_000 }, async ({ err }) => {
-    if (err !== undefined) app.log.error({ err: { message: err.message } }, 'demo stopping on error')
-    await app.close()
-    await sim.close()
-    await plexTv.stop()
-    redisChild?.kill('SIGTERM')
-  })
 }
 
 if (import.meta.main) {
   main().catch((err: unknown) => {
     const msg = err instanceof ConfigError || err instanceof Error ? err.message : String(err)
     process.stderr.write(`demo: ${msg}\n`)
-    process.exit(1)
+    // A failed start (say, the port is taken) stops what was already started before exiting.
+    void stopAll().finally(() => process.exit(1))
   })
 }

@@ -1,27 +1,33 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { statSync } from 'node:fs'
-import { join } from 'node:path'
+import { connect } from 'node:net'
+import { dirname, join } from 'node:path'
 import { freePort } from '../src/dev-support.ts'
 import { deleteKeys, REDIS_URL, type T, uniquePrefix, until } from './helper.ts'
 
 // `npm run demo` started twice on one machine (one Redis, one ./.demo): the second run must hand
 // out working tokens like the first (it used to answer 500 forever: a new random secret each run).
 
-interface Run { stop: () => Promise<void>, output: () => string }
+interface Run { stop: () => Promise<void>, output: () => string, pid: number, exited: Promise<number | null> }
 
-async function startDemo (t: T, env: Record<string, string>): Promise<Run> {
-  const child = spawn(process.execPath, ['src/demo.ts'], {
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+/** The demo as `node src/demo.ts`, or as a person starts it: `bin/demo`. */
+async function startDemo (t: T, env: Record<string, string>, how: 'node' | 'bin/demo' = 'node'): Promise<Run> {
+  const [cmd, args] = how === 'node' ? [process.execPath, ['src/demo.ts']] : ['bin/demo', []]
+  const child = spawn(cmd, args, {
+    // This Node first, so bin/demo finds it instead of provisioning one.
+    env: { PATH: `${dirname(process.execPath)}:${process.env.PATH}`, HOME: process.env.HOME, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''
   child.stdout.on('data', (d) => { out += String(d) })
   child.stderr.on('data', (d) => { out += String(d) })
-  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   await until(30_000, async () => out.includes('Ctrl-C stops') || child.exitCode !== null)
   return {
+    pid: child.pid!,
+    exited,
     output: () => out,
     stop: async () => {
       child.kill('SIGTERM')
@@ -75,3 +81,51 @@ t.test('the demo works when started twice in a row on the same Redis and directo
   t.equal(line(second.output(), /PTB_SECRET=(ops_\S+)/), line(first.output(), /PTB_SECRET=(ops_\S+)/), 'the printed ops secret stays valid across runs')
   await second.stop()
 })
+
+/** Whether something accepts connections on 127.0.0.1:port. */
+function listening (port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1')
+    s.once('connect', () => { s.destroy(); resolve(true) })
+    s.once('error', () => resolve(false))
+  })
+}
+
+/** Every port the demo's output names: broker, PMS simulator and its control port, plex.tv simulator, a Redis it started. */
+function ports (out: string): number[] {
+  return [...out.matchAll(/http:\/\/127\.0\.0\.1:(\d+)|Started redis-server on redis:\/\/127\.0\.0\.1:(\d+)/g)]
+    .map((m) => Number(m[1] ?? m[2])).filter((p, i, all) => all.indexOf(p) === i)
+}
+
+// A person stops bin/demo with Ctrl-C or `kill PID`: either must stop the broker, both simulators
+// and a Redis the demo started, so the next bin/demo gets the same port (it used to run `npm run
+// demo`: npm ignored SIGINT and died on SIGTERM leaving the broker holding the port).
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  t.test(`bin/demo stops everything it started on ${signal} to its PID, and starts again on the same port`, async (t) => {
+    const dir = t.testdir()
+    const prefix = uniquePrefix('demo-signal')
+    t.teardown(() => deleteKeys(prefix))
+    // SIGTERM: no Redis answers, so the demo starts its own, which must stop too.
+    const redis = signal === 'SIGTERM' ? `redis://127.0.0.1:${await freePort()}` : REDIS_URL
+    const env = { REDIS_URL: redis, REDIS_PREFIX: prefix, DEMO_DIR: join(dir, '.demo'), PORT: String(await freePort()), LOG_LEVEL: 'warn' }
+
+    const first = await startDemo(t, env, 'bin/demo')
+    t.match(first.output(), /plex-token-broker demo is running/, 'the demo started')
+    const used = ports(first.output())
+    t.ok(used.includes(Number(env.PORT)), 'the broker\'s port is among those checked')
+    if (signal === 'SIGTERM') t.match(first.output(), /Started redis-server on redis:\/\/127\.0\.0\.1:\d+/)
+    t.ok(used.length >= (signal === 'SIGTERM' ? 5 : 4), `ports ${used.join(', ')}`)
+    process.kill(first.pid, signal)
+    const code = await Promise.race([first.exited, new Promise<string>((resolve) => setTimeout(() => resolve('still running'), 20_000))])
+    t.equal(code, 0, `bin/demo exits on ${signal}`)
+    const open = []
+    for (const p of used) if (await listening(p)) open.push(p)
+    t.same(open, [], 'no port is left open')
+
+    const second = await startDemo(t, env, 'bin/demo')
+    t.match(second.output(), /plex-token-broker demo is running/, 'it starts again')
+    t.notMatch(second.output(), /EADDRINUSE/)
+    t.same(await tokenWorks(second.output()), { status: 200, works: true }, 'the second run serves tokens on the same port')
+    await second.stop()
+  })
+}

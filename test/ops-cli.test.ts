@@ -1,11 +1,14 @@
 import t from 'tap'
+import { spawn, spawnSync } from 'node:child_process'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import { Readable } from 'node:stream'
 import { parse } from 'yaml'
 import { runOpsCommand } from '../src/cli/ops-commands.ts'
 import { sha256 } from '../src/broker/crypto.ts'
 import { ConfigError, loadConfig, SCOPES } from '../src/config/index.ts'
 import { DEFAULT_SOURCES } from '../src/sim/pms-sim.ts'
-import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
+import { buildTestApp, makeClient, serverFor, startSim, type T, testConfig, uniquePrefix, until } from './helper.ts'
 
 function io (env: Record<string, string | undefined>) {
   let out = ''
@@ -210,4 +213,111 @@ t.test('audit --follow keeps every row under its header as wider values arrive',
       t.ok(line.slice(at - 2, at) === '  ' && line[at] !== ' ', `column ${i + 1} of "${line.slice(0, 60)}…" starts under its header`)
     }
   }
+})
+
+/** A broker for the CLI, with a count of the requests it received. */
+async function countedBroker (t: T) {
+  const sim = await startSim(t)
+  const svc = makeClient('svc')
+  const ops = makeClient('ops', { scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('cli-usage'), [serverFor(sim)], [svc, ops]), { defaultMetrics: false })
+  let requests = 0
+  app.addHook('onRequest', async () => { requests++ })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  return { app, url, svc, ops, env: { PTB_URL: url, PTB_SECRET: ops.secret }, requests: () => requests }
+}
+
+t.test('usage mistakes are exit 2 with the command\'s usage, found before any request reaches the broker', async (t) => {
+  const b = await countedBroker(t)
+  const mistakes: Array<[string[], RegExp, Record<string, string>?]> = [
+    [['revoke', '--reason', 'x'], /give exactly one of --token-id ID, --client C/],
+    [['revoke', '--token-id', 'tk_aaaaaaaaaaaaaaaaaaaaaa', '--client', 'svc', '--reason', 'x'], /give exactly one of/],
+    [['revoke', '--source', 'server://x', '--all', '--reason', 'x'], /give exactly one of/],
+    [['revoke', '--client', 'Some Client', '--reason', 'x'], /--client "Some Client" is not a valid name/],
+    [['audit', '--since', 'yesterday'], /--since "yesterday" is not a date-time: give an ISO 8601 time/],
+    [['audit', '--limit', '0'], /--limit "0" must be >= 1/],
+    [['audit', '--limit', 'ten'], /--limit "ten" is not a whole number/],
+    [['audit', '--server', 'Living Room'], /--server "Living Room" is not a valid name/],
+    [['audit', '--token-id', '42'], /--token-id "42" is not a token id/],
+    [['rotate', 'Living Room'], /"Living Room" is not a server name/],
+    [['servers'], /PTB_URL must be an http:\/\/ or https:\/\/ URL such as http:\/\/127\.0\.0\.1:8080; got "127\.0\.0\.1:8080"/, { PTB_URL: '127.0.0.1:8080' }],
+    [['servers'], /PTB_URL must be an http:\/\/ or https:\/\/ URL .*got "localhost:8080"/, { PTB_URL: 'localhost:8080' }],
+    [['servers', '--url', 'ftp://127.0.0.1'], /--url must be an http:\/\/ or https:\/\/ URL/],
+  ]
+  for (const [argv, message, env] of mistakes) {
+    const r = io({ ...b.env, ...env })
+    t.equal(await runOpsCommand(argv, r.io), 2, `ptb ${argv.join(' ')}: exit 2`)
+    t.match(r.err(), message)
+    t.match(r.err(), new RegExp(`Usage: ptb ${argv[0]}`), 'with the command\'s usage')
+  }
+  t.equal(b.requests(), 0, 'none of them sent a request')
+
+  // The checks refuse only what the broker refuses: valid input still goes through.
+  const ok = io(b.env)
+  t.equal(await runOpsCommand(['audit', '--since', '2026-01-01T00:00:00Z', '--limit', '5', '--server', 'default'], ok.io), 0, ok.err())
+  const none = io(b.env)
+  t.equal(await runOpsCommand(['revoke', '--client', 'svc', '--server', 'default', '--reason', 'x'], none.io), 0, none.err())
+  t.equal(b.requests(), 2)
+})
+
+t.test('ptb trace: who held a token, read from stdin or a file, never from argv', async (t) => {
+  const b = await countedBroker(t)
+  const tok = (await b.app.inject({ method: 'POST', url: '/v1/tokens', headers: b.svc.auth, payload: { server: 'default' } })).json()
+
+  const human = io(b.env)
+  t.equal(await runOpsCommand(['trace'], { ...human.io, stdin: Readable.from([`${tok.token}\n`]) }), 0, human.err())
+  t.match(human.out(), /^fingerprint {2}\S+\n/)
+  t.match(human.out(), `holder       client svc, server default, token ${tok.tokenId}\n`)
+  t.match(human.out(), /TIME\s+ACTION\s+CLIENT\s+SERVER\s+TOKEN\s+DETAIL\n\S+\s+token\.issue\s+svc\s+default\s+tk_/)
+  t.notOk(human.out().includes(tok.token), 'the token itself is not printed')
+
+  const dir = t.testdir({ found: `${tok.token}\n` })
+  const json = io(b.env)
+  t.equal(await runOpsCommand(['trace', '--token-file', join(dir, 'found'), '--json'], json.io), 0, json.err())
+  const r = JSON.parse(json.out())
+  t.same(r.holder, { client: 'svc', server: 'default', tokenId: tok.tokenId })
+  t.ok(r.events.some((e: { action: string }) => e.action === 'token.issue'))
+
+  const unknown = io(b.env)
+  t.equal(await runOpsCommand(['trace'], { ...unknown.io, stdin: Readable.from(['not-a-token-we-issued\n']) }), 0)
+  t.match(unknown.out(), /holder {7}none known/)
+
+  const tty = io(b.env)
+  t.equal(await runOpsCommand(['trace'], { ...tty.io, stdin: Object.assign(Readable.from([]), { isTTY: true }) }), 2)
+  t.match(tty.err(), /give the token on stdin \(ptb trace < file\) or with --token-file FILE/)
+  const empty = io(b.env)
+  t.equal(await runOpsCommand(['trace'], { ...empty.io, stdin: Readable.from(['\n']) }), 2)
+  t.match(empty.err(), /no token in stdin/)
+  const denied = io({ ...b.env, PTB_SECRET: b.svc.secret })
+  t.equal(await runOpsCommand(['trace'], { ...denied.io, stdin: Readable.from([tok.token]) }), 1, 'needs audit:read')
+  t.match(denied.err(), /403 FORBIDDEN/)
+
+  // As a program, the way the README runs it (asynchronously: the broker answers from this process).
+  const child = spawn(process.execPath, ['src/cli/ptb.ts', 'trace', '--json'], { env: { ...process.env, ...b.env }, stdio: ['pipe', 'pipe', 'pipe'] })
+  child.stdin.end(`${tok.token}\n`)
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d) => { out += String(d) })
+  child.stderr.on('data', (d) => { err += String(d) })
+  t.equal(await new Promise((resolve) => child.on('close', resolve)), 0, err)
+  t.equal(JSON.parse(out).holder.tokenId, tok.tokenId)
+  const help = spawnSync(process.execPath, ['src/cli/ptb.ts', 'help'], { encoding: 'utf8' })
+  t.match(help.stdout, /^ {2}ptb trace \[--token-file FILE\] \[--json\]$/m, '`ptb help` lists it')
+})
+
+t.test('ptb piped into a reader that stops early (`ptb audit | head`) exits 0 without an EPIPE stack', async (t) => {
+  const b = await countedBroker(t)
+  for (let i = 0; i < 5; i++) await b.app.inject({ method: 'POST', url: '/v1/tokens', headers: b.svc.auth, payload: { server: 'default' } })
+  for (const argv of [['audit', '--limit', '50'], ['audit', '--json'], ['help']]) {
+    const child = spawn(process.execPath, ['src/cli/ptb.ts', ...argv], { env: { ...process.env, ...b.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    // The reader is gone before ptb writes a byte: every write of it meets a closed pipe.
+    child.stdout.destroy()
+    let err = ''
+    child.stderr.on('data', (d) => { err += String(d) })
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)))
+    t.equal(code, 0, `ptb ${argv.join(' ')}: exit 0`)
+    t.equal(err, '', 'nothing on stderr')
+  }
+  t.ok(b.requests() >= 2, 'the audit commands did reach the broker before writing')
 })

@@ -1,16 +1,20 @@
 /**
- * The ops half of the `ptb` CLI: revoke, rotate, audit, servers (over the broker's HTTP API) and
- * `client add` (offline). Human-readable tables by default, `--json` for scripts.
+ * The ops half of the `ptb` CLI: revoke, rotate, audit, trace, servers (over the broker's HTTP API)
+ * and `client add` (offline). Human-readable tables by default, `--json` for scripts.
  * The broker URL comes from `--url` or PTB_URL; the ops client's secret from `--secret-file`,
  * PTB_SECRET_FILE or PTB_SECRET (never from argv, where `ps` would show it).
  */
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
+import type { TSchema } from 'typebox'
+import { Value } from 'typebox/value'
 import { stringify } from 'yaml'
 import { sha256 } from '../broker/crypto.ts'
+import { parseRevokeSelector } from '../broker/revoke-selector.ts'
 import { SCOPES } from '../config/index.ts'
 import { isName, NAME_RULE } from '../config/names.ts'
+import { AuditQuerySchema, RevokeBodySchema, TraceBodySchema } from '../schemas/ops.ts'
 
 export interface OpsIo {
   stdout: { write: (s: string) => unknown }
@@ -20,6 +24,8 @@ export interface OpsIo {
   signal?: AbortSignal
   /** Poll interval of `audit --follow` (tests shorten it). */
   followIntervalMs?: number
+  /** Where `trace` reads the token from without --token-file. */
+  stdin?: NodeJS.ReadableStream & { isTTY?: boolean }
 }
 
 /** Exit codes: 0 ok, 1 the broker refused or failed, 2 usage error, 3 broker unreachable. */
@@ -56,6 +62,13 @@ The audit trail (scope audit:read), oldest first; --follow keeps printing new ev
   --limit N            events shown at start (default 20)
   --follow             keep polling for new events
 ${CONN_HELP}`,
+  trace: `ptb trace [--token-file FILE] [--json]
+Who held this token? Reads a token value found somewhere (a log, a paste) from FILE or stdin, never
+from the command line, and prints its fingerprint, the client, server and token id it was issued
+to, and the audit events that mention it, oldest first (scope audit:read). The broker hashes it on
+arrival; it is never stored or logged.
+  --token-file FILE    read the token from FILE (default: stdin, e.g. \`ptb trace < found.txt\`)
+${CONN_HELP}`,
   servers: `ptb servers [--json]
 The PMS servers the broker serves: state, version, active tokens, admin token health (scope server:read).
 ${CONN_HELP}`,
@@ -77,6 +90,13 @@ interface Conn { url: string, secret: string }
 
 function connection (values: { url?: string, 'secret-file'?: string }, env: OpsIo['env']): Conn {
   const url = (values.url ?? env.PTB_URL ?? 'http://127.0.0.1:8080').replace(/\/+$/, '')
+  // `broker:8080` parses as a URL with the scheme `broker:`: only http(s) with a host is a broker.
+  let parsed: URL | undefined
+  try { parsed = new URL(url) } catch {}
+  if (parsed === undefined || !['http:', 'https:'].includes(parsed.protocol) || parsed.host === '') {
+    const from = values.url !== undefined ? '--url' : env.PTB_URL !== undefined ? 'PTB_URL' : 'the default URL'
+    throw new UsageError(`${from} must be an http:// or https:// URL such as http://127.0.0.1:8080; got "${url.replace(/\/\/[^@/]*@/, '//…@')}"`)
+  }
   const file = values['secret-file'] ?? env.PTB_SECRET_FILE
   let secret = env.PTB_SECRET
   if (file !== undefined) {
@@ -88,6 +108,27 @@ function connection (values: { url?: string, 'secret-file'?: string }, env: OpsI
   }
   if (secret === undefined || secret === '') throw new UsageError('no client secret: set PTB_SECRET or PTB_SECRET_FILE, or pass --secret-file')
   return { url, secret }
+}
+
+/** What an option is called on the command line, by the API field it fills. */
+const FLAG: Readonly<Record<string, string>> = { tokenId: '--token-id', all: '--all' }
+const flag = (field: string): string => FLAG[field] ?? `--${field}`
+
+/**
+ * Checks a request against the route's own schema before anything is sent, so a mistake the broker
+ * would refuse (a malformed name, `--since yesterday`) is a usage error (exit 2) found without a
+ * network call, with the same rules the broker applies.
+ */
+function checkRequest (schema: TSchema, value: Record<string, unknown>): void {
+  const first = [...Value.Errors(schema, value)][0] as { instancePath: string, keyword: string, message: string } | undefined
+  if (first === undefined) return
+  const field = first.instancePath.split('/')[1] ?? ''
+  const given = value[field]
+  const shown = typeof given === 'string' || typeof given === 'number' ? ` "${given}"` : ''
+  if (first.keyword === 'format') throw new UsageError(`${flag(field)}${shown} is not a date-time: give an ISO 8601 time such as 2026-12-06T09:00:00Z`)
+  if (field === 'client' || field === 'server') throw new UsageError(`${flag(field)}${shown} is not a valid name (${NAME_RULE})`)
+  if (field === 'tokenId') throw new UsageError(`${flag(field)}${shown} is not a token id (tk_ followed by 22 characters)`)
+  throw new UsageError(field === '' ? first.message : `${flag(field)}${shown} ${first.message}`)
 }
 
 class ApiError extends Error {
@@ -167,7 +208,14 @@ async function revoke (argv: string[], io: OpsIo): Promise<number> {
   if (values.client !== undefined) body.client = values.client
   if (values.server !== undefined) body.server = values.server
   if (values.all === true) body.all = true
-  const r = await api(connection(values, io.env), 'POST', '/v1/revoke', body) as { revoked: number, upstreamStillValidUntil: string | null }
+  checkRequest(RevokeBodySchema, body)
+  try {
+    parseRevokeSelector(body)
+  } catch {
+    throw new UsageError('give exactly one of --token-id ID, --client C, --server S, --client C --server S, --source SRC (optionally with --client and/or --server) or --all')
+  }
+  const c = connection(values, io.env)
+  const r = await api(c, 'POST', '/v1/revoke', body) as { revoked: number, upstreamStillValidUntil: string | null }
   if (values.json === true) io.stdout.write(JSON.stringify(r) + '\n')
   else {
     io.stdout.write(`revoked ${r.revoked} token(s)\n`)
@@ -182,6 +230,7 @@ async function rotate (argv: string[], io: OpsIo): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { ...COMMON } })
   const server = positionals[0]
   if (server === undefined || positionals.length > 1) throw new UsageError('give exactly one SERVER: ptb rotate SERVER')
+  if (!isName(server)) throw new UsageError(`"${server}" is not a server name (${NAME_RULE})`)
   const r = await api(connection(values, io.env), 'POST', `/v1/servers/${encodeURIComponent(server)}/rotate`) as { rotating: number }
   if (values.json === true) io.stdout.write(JSON.stringify({ server, ...r }) + '\n')
   else io.stdout.write(`rotating ${r.rotating} token(s) of ${server}: clients get the new token on their next request\n`)
@@ -200,11 +249,15 @@ async function audit (argv: string[], io: OpsIo): Promise<number> {
     args: argv,
     options: { ...COMMON, action: { type: 'string' }, client: { type: 'string' }, server: { type: 'string' }, 'token-id': { type: 'string' }, since: { type: 'string' }, limit: { type: 'string' }, follow: { type: 'boolean', default: false } },
   })
-  const c = connection(values, io.env)
   const q = new URLSearchParams()
   for (const k of ['action', 'client', 'server', 'since'] as const) if (values[k] !== undefined) q.set(k, values[k])
   if (values['token-id'] !== undefined) q.set('tokenId', values['token-id'])
   q.set('limit', values.limit ?? '20')
+  const query: Record<string, unknown> = Object.fromEntries(q)
+  if (!/^\d+$/.test(query.limit as string)) throw new UsageError(`--limit "${values.limit}" is not a whole number (1 to 1000)`)
+  query.limit = Number(query.limit)
+  checkRequest(AuditQuerySchema, query)
+  const c = connection(values, io.env)
   // Following, leave room for typical values up front (an ISO time, the longest action, a token
   // id), so the header rarely has to be printed again for a wider column.
   const columns = new Columns(['TIME', 'ACTION', 'CLIENT', 'SERVER', 'TOKEN', 'DETAIL'], values.follow === true ? [24, 18, 12, 12, 25] : [])
@@ -234,6 +287,48 @@ async function audit (argv: string[], io: OpsIo): Promise<number> {
       last = fresh[fresh.length - 1].id
     }
   }
+  return EXIT.ok
+}
+
+/** The token `trace` looks up: the first line of FILE or stdin (never argv, where `ps` would show it). */
+async function tokenToTrace (file: string | undefined, io: OpsIo): Promise<string> {
+  let text: string
+  if (file !== undefined) {
+    try {
+      text = readFileSync(file, 'utf8')
+    } catch (err) {
+      throw new UsageError(`cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+  } else {
+    if (io.stdin === undefined || io.stdin.isTTY === true) throw new UsageError('give the token on stdin (ptb trace < file) or with --token-file FILE, not as an argument')
+    const chunks: Buffer[] = []
+    for await (const chunk of io.stdin) chunks.push(Buffer.from(chunk as Buffer))
+    text = Buffer.concat(chunks).toString('utf8')
+  }
+  const token = text.trim().split(/\r?\n/)[0]?.trim() ?? ''
+  if (token === '') throw new UsageError(`no token in ${file ?? 'stdin'}`)
+  return token
+}
+
+interface TraceResult { fingerprint: string, holder: { client: string, server: string, tokenId: string } | null, events: AuditEvent[] }
+
+async function trace (argv: string[], io: OpsIo): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { ...COMMON, 'token-file': { type: 'string' } } })
+  // The connection first: a missing secret or a bad URL is found before stdin is read.
+  const c = connection(values, io.env)
+  const body = { token: await tokenToTrace(values['token-file'], io) }
+  checkRequest(TraceBodySchema, body)
+  const r = await api(c, 'POST', '/v1/audit/trace', body) as TraceResult
+  if (values.json === true) {
+    io.stdout.write(JSON.stringify(r) + '\n')
+    return EXIT.ok
+  }
+  const h = r.holder
+  io.stdout.write(`fingerprint  ${r.fingerprint}\n`)
+  io.stdout.write(h === null
+    ? 'holder       none known: not a token this broker issued to a client you may see, or its record is gone\n'
+    : `holder       client ${h.client}, server ${h.server}, token ${h.tokenId}\n`)
+  if (r.events.length > 0) io.stdout.write('\n' + table(['TIME', 'ACTION', 'CLIENT', 'SERVER', 'TOKEN', 'DETAIL'], auditRows([...r.events].reverse())))
   return EXIT.ok
 }
 
@@ -293,6 +388,7 @@ export async function runOpsCommand (argv: string[], io: OpsIo): Promise<number 
     if (cmd === 'revoke') return await revoke(argv.slice(1), io)
     if (cmd === 'rotate') return await rotate(argv.slice(1), io)
     if (cmd === 'audit') return await audit(argv.slice(1), io)
+    if (cmd === 'trace') return await trace(argv.slice(1), io)
     if (cmd === 'servers' && (sub === undefined || sub.startsWith('-'))) return await servers(argv.slice(1), io)
     if (cmd === 'client' && sub === 'add') return await clientAdd(rest, io)
   } catch (err) {

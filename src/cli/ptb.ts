@@ -4,7 +4,7 @@
  *   ptb login       plex.tv PIN flow (or --password) → account token file (0600)
  *   ptb servers discover   the account's servers as ready `servers:` config entries
  *   ptb claim       claim a fresh, unclaimed PMS for the account
- * and the broker half (revoke, rotate, audit, servers, client add) in ops-commands.ts.
+ * and the broker half (revoke, rotate, audit, trace, servers, client add) in ops-commands.ts.
  * PLEX_TV_URL overrides https://plex.tv (the tests point it at the plex.tv simulator, which models
  * the PIN, sign-in and claim behaviour and status codes relied on here).
  */
@@ -505,6 +505,14 @@ function terminalPrompt (question: string, opts: { secret: boolean }): Promise<s
 }
 
 if (import.meta.main) {
+  // `ptb audit | head`: once the reader is gone, the rest of the output has nowhere to go. That is
+  // the reader's choice, not a failure: stop quietly with status 0 instead of an EPIPE stack.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(EXIT.ok)
+      throw err
+    })
+  }
   process.exitCode = await main(process.argv.slice(2), {
     stdout: process.stdout,
     stderr: process.stderr,

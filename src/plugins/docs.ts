@@ -1,12 +1,37 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import swagger from '@fastify/swagger'
+import swagger, { type SwaggerTransformObject } from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { VERSION } from '../version.ts'
 
 export interface DocsOptions {
   /** The broker's base URL as its clients reach it; the document's `servers` is the relative `/` without it. */
   publicUrl?: string
+}
+
+type Doc = { paths?: Record<string, Record<string, { security?: Array<Record<string, unknown>>, responses?: Record<string, { content?: Record<string, unknown> }> }>>, components?: { securitySchemes?: Record<string, unknown> } }
+
+/**
+ * What the route schemas cannot say by themselves. A route's `produces` (text/event-stream,
+ * NDJSON, Prometheus text) is the media type of its success answer only: every error answer is
+ * the JSON Error body, whatever the route streams. And a security scheme is declared only where
+ * some operation applies it (metricsToken exists only with METRICS_TOKEN).
+ */
+export function finishDocument<D extends Doc> (doc: D): D {
+  const applied = new Set<string>()
+  for (const item of Object.values(doc.paths ?? {})) {
+    for (const op of Object.values(item)) {
+      for (const req of op.security ?? []) for (const name of Object.keys(req)) applied.add(name)
+      for (const [status, response] of Object.entries(op.responses ?? {})) {
+        if (Number(status) < 400 || response.content === undefined) continue
+        const media = Object.values(response.content)[0]
+        response.content = { 'application/json': media }
+      }
+    }
+  }
+  const schemes = doc.components?.securitySchemes
+  if (schemes !== undefined) for (const name of Object.keys(schemes)) if (!applied.has(name)) delete schemes[name]
+  return doc
 }
 
 /**
@@ -46,6 +71,8 @@ async function docs (app: FastifyInstance, opts: DocsOptions = {}): Promise<void
       },
     },
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
+    // Always the openapi branch: the document above is OpenAPI, not Swagger 2.
+    transformObject: (d) => finishDocument(('openapiObject' in d ? d.openapiObject : d.swaggerObject) as Doc) as ReturnType<SwaggerTransformObject>,
   })
   await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { docExpansion: 'list' } })
 }

@@ -51,8 +51,8 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
       security: expected === undefined ? [] : [{ metricsToken: [] }],
       produces: ['text/plain'],
       response: expected === undefined
-        ? { 200: { type: 'string' } }
-        : { 200: { type: 'string' }, 401: unauthenticatedResponse, 429: { $ref: 'Error#' } },
+        ? { 200: { type: 'string', description: 'The metrics, in the Prometheus text exposition format' } }
+        : { 200: { type: 'string', description: 'The metrics, in the Prometheus text exposition format' }, 401: unauthenticatedResponse, 429: { $ref: 'Error#', description: '`RATE_LIMITED`: too many failed attempts from this address' } },
     },
   }, async (request, reply) => {
     if (expected !== undefined) {

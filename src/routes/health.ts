@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import { Type } from 'typebox'
 import { sendError } from '../plugins/error-handler.ts'
+import { errorResponse } from '../schemas/common.ts'
 
 export default async function healthRoutes (app: FastifyInstance): Promise<void> {
   const { broker } = app
@@ -12,7 +13,7 @@ export default async function healthRoutes (app: FastifyInstance): Promise<void>
       description: 'Use for container health checks and restarts; it does not look at Redis or PMS, so a Redis outage does not restart every broker.',
       tags: ['health'],
       security: [],
-      response: { 200: Type.Object({ status: Type.Literal('ok') }) },
+      response: { 200: Type.Object({ status: Type.Literal('ok') }, { description: 'The process is alive' }) },
     },
   }, async () => ({ status: 'ok' as const }))
 
@@ -33,8 +34,8 @@ export default async function healthRoutes (app: FastifyInstance): Promise<void>
             address: Type.Optional(Type.String({ description: 'host:port of that node' })),
             replicas: Type.Optional(Type.Integer({ description: 'Replicas connected to it (what REDIS_WAIT_REPLICAS can count on)' })),
           })),
-        }),
-        503: { $ref: 'Error#' },
+        }, { description: 'Ready: tokens can be issued' }),
+        503: errorResponse('`STORE_UNAVAILABLE`: not ready; the message names the failed check; `Retry-After`'),
       },
     },
   }, async (request, reply) => {

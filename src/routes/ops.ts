@@ -9,7 +9,7 @@ import { rotateJobId } from '../jobs/queues.ts'
 import { mayUseServer } from '../plugins/auth.ts'
 import { allowedServer, checkServer, serverScope } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
-import { authErrors } from '../schemas/common.ts'
+import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import {
   AuditExportQuerySchema, AuditPageSchema, AuditQuerySchema, RevokeBodySchema, RevokeResultSchema, RotateResultSchema,
   ServerInfoSchema, ServerParamsSchema, TraceBodySchema, TraceResultSchema,
@@ -43,7 +43,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       tags: ['ops'],
       security: [{ bearer: [] }],
       body: RevokeBodySchema,
-      response: { 200: RevokeResultSchema, ...authErrors },
+      response: { 200: RevokeResultSchema, ...authErrors, ...bodyErrors },
     },
   }, async (request) => {
     const { reason } = request.body
@@ -143,7 +143,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       tags: ['audit'],
       security: [{ bearer: [] }],
       body: TraceBodySchema,
-      response: { 200: TraceResultSchema, ...authErrors },
+      response: { 200: TraceResultSchema, ...authErrors, ...bodyErrors },
     },
   }, async (request) => {
     // Under every known secret: a token minted before a BROKER_SECRET rotation keeps its old fingerprint.
@@ -184,7 +184,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       summary: 'The PMS servers the broker serves, with their probed state (only those in the caller\'s servers list)',
       tags: ['servers'],
       security: [{ bearer: [] }],
-      response: { 200: Type.Object({ servers: Type.Array(ServerInfoSchema) }), ...authErrors },
+      response: { 200: Type.Object({ servers: Type.Array(ServerInfoSchema) }, { description: 'The servers, in config order' }), ...authErrors },
     },
   }, async (request) => {
     const servers = []
@@ -217,7 +217,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       tags: ['servers'],
       security: [{ bearer: [] }],
       params: ServerParamsSchema,
-      response: { 202: RotateResultSchema, 404: { $ref: 'Error#' }, ...authErrors },
+      response: { 202: RotateResultSchema, 404: errorResponse('`NOT_FOUND`: no server with this name'), ...authErrors },
     },
   }, async (request, reply) => {
     // 403 for a server outside the caller's list (before the 404, so names are not probed).

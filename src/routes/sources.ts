@@ -4,7 +4,7 @@ import { compareVersions } from '../broker/server-state.ts'
 import { BrokerError, forbidden } from '../errors.ts'
 import { allowedServer, iso } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
-import { authErrors } from '../schemas/common.ts'
+import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
 
 /** PMS learned `/security/resources` in 1.15.4 (docs/plex-api.md §3). */
@@ -25,7 +25,13 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
       tags: ['sources'],
       security: [{ bearer: [] }],
       body: ConnectBodySchema,
-      response: { 200: SourceConnectionSchema, 404: { $ref: 'Error#' }, 502: { $ref: 'Error#' }, ...authErrors },
+      response: {
+        200: SourceConnectionSchema,
+        404: errorResponse('`NOT_FOUND`: no server with this name; `SOURCE_NOT_FOUND`: PMS knows no such source'),
+        502: errorResponse('`UPSTREAM_REJECTED`: PMS refused; `UPSTREAM_UNSUPPORTED`: the PMS version has no source connections'),
+        ...authErrors,
+        ...bodyErrors,
+      },
     },
   }, async (request) => {
     const client = request.client!

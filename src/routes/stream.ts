@@ -8,8 +8,8 @@ import type { PushSubscriber } from '../broker/push.ts'
 import type { RequestContext } from '../broker/token-store.ts'
 import { BrokerError } from '../errors.ts'
 import { requestContext } from '../plugins/request-identity.ts'
-import { authErrors } from '../schemas/common.ts'
-import { StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
+import { authErrors, errorResponse } from '../schemas/common.ts'
+import { StreamEventDataSchemas, StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
 import type { Services } from '../services.ts'
 import { allowedServer, issuedTokenBody } from './common.ts'
 
@@ -296,8 +296,15 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
       security: [{ bearer: [] }],
       querystring: StreamQuerySchema,
       headers: StreamHeadersSchema,
+      // The events only: every error answer is JSON (the document's transform in plugins/docs.ts).
       produces: ['text/event-stream'],
-      response: { 200: StreamEventsSchema, 404: { $ref: 'Error#' }, 502: { $ref: 'Error#' }, ...authErrors },
+      'x-events': StreamEventDataSchemas,
+      response: {
+        200: StreamEventsSchema,
+        404: errorResponse('`NOT_FOUND`: no server with this name'),
+        502: errorResponse('`UPSTREAM_REJECTED`: PMS refused to mint the first token'),
+        ...authErrors,
+      },
     },
   }, async (request, reply) => {
     const client = request.client!

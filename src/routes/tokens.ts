@@ -4,7 +4,7 @@ import { notFound } from '../errors.ts'
 import { mayUseServer } from '../plugins/auth.ts'
 import { allowedServer, iso, issuedTokenBody } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
-import { authErrors } from '../schemas/common.ts'
+import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
 
 export default async function tokenRoutes (fastify: FastifyInstance): Promise<void> {
@@ -22,7 +22,13 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
       tags: ['tokens'],
       security: [{ bearer: [] }],
       body: IssueBodySchema,
-      response: { 200: IssuedTokenSchema, 404: { $ref: 'Error#' }, 502: { $ref: 'Error#' }, ...authErrors },
+      response: {
+        200: IssuedTokenSchema,
+        404: errorResponse('`NOT_FOUND`: no server with this name'),
+        502: errorResponse('`UPSTREAM_REJECTED`: PMS refused to mint a token (the admin token is no longer valid)'),
+        ...authErrors,
+        ...bodyErrors,
+      },
     },
   }, async (request, reply) => {
     const client = request.client!
@@ -57,7 +63,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
       tags: ['tokens'],
       security: [{ bearer: [] }],
       params: TokenIdParamsSchema,
-      response: { 200: TokenInfoSchema, 404: { $ref: 'Error#' }, ...authErrors },
+      response: { 200: TokenInfoSchema, 404: errorResponse('`NOT_FOUND`: no such token among those this client may see'), ...authErrors },
     },
   }, async (request) => {
     const record = await broker.store.get(request.params.tokenId)

@@ -30,12 +30,21 @@ export const unauthenticatedResponse = {
   },
 } as const
 
+/** An error answer (the Error body, always JSON) with what it means on this route. */
+export const errorResponse = <D extends string>(description: D) => ({ $ref: 'Error#', description }) as const
+
 /** Error responses shared by authenticated routes. */
 export const authErrors = {
-  400: { $ref: 'Error#' },
+  400: errorResponse('`BAD_REQUEST`: the query, parameters or body do not match the schema; the message names the field'),
   401: unauthenticatedResponse,
-  403: { $ref: 'Error#' },
-  429: { $ref: 'Error#' },
-  500: { $ref: 'Error#' },
-  503: { $ref: 'Error#' },
+  403: errorResponse('`FORBIDDEN`: the client lacks the scope, or the server (or source) is not in its list'),
+  429: errorResponse('`RATE_LIMITED`: too many requests from this client or address; `Retry-After` says when to try again'),
+  500: errorResponse('`INTERNAL`: an unexpected failure; the body carries no internals (the broker\'s log has them under the request id)'),
+  503: errorResponse('`STORE_UNAVAILABLE` (Redis) or `UPSTREAM_UNAVAILABLE` (PMS, or the broker shutting down), with `Retry-After`'),
+} as const
+
+/** Error responses of routes that take a JSON body. */
+export const bodyErrors = {
+  413: errorResponse('`PAYLOAD_TOO_LARGE`: the body is larger than the broker accepts'),
+  415: errorResponse('`UNSUPPORTED_MEDIA_TYPE`: the body was not sent as `Content-Type: application/json`'),
 } as const

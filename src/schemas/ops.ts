@@ -20,7 +20,7 @@ export const RevokeResultSchema = Type.Object({
   upstreamStillValidUntil: Type.Union([IsoDate, Type.Null()], {
     description: 'PMS has no call to kill a transient token: the revoked tokens stay valid at PMS until this time or the next PMS restart.',
   }),
-}, { $id: 'RevokeResult', title: 'RevokeResult' })
+}, { $id: 'RevokeResult', title: 'RevokeResult', description: 'How many tokens were revoked, and until when PMS still accepts them' })
 
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()])
 
@@ -60,7 +60,7 @@ export const AuditExportQuerySchema = Type.Object({
 export const AuditPageSchema = Type.Object({
   events: Type.Array(AuditEventSchema),
   next: Nullable(Type.String()),
-})
+}, { description: 'One page of audit events, newest first; `next` is the cursor of the following page (null on the last)' })
 
 export const TraceBodySchema = Type.Object({
   token: Type.String({ minLength: 1, maxLength: 512, description: 'The token value found somewhere; hashed on arrival, never stored or logged' }),
@@ -70,7 +70,7 @@ export const TraceResultSchema = Type.Object({
   fingerprint: Type.String(),
   holder: Nullable(Type.Object({ client: Type.String(), server: Type.String(), tokenId: Type.String() })),
   events: Type.Array(AuditEventSchema),
-})
+}, { description: 'The token\'s fingerprint, who it was issued to (null when unknown to this caller) and the events that mention it' })
 
 export const ServerInfoSchema = Type.Object({
   name: Type.String(),
@@ -90,4 +90,4 @@ export const ServerInfoSchema = Type.Object({
 }, { $id: 'ServerInfo', title: 'ServerInfo' })
 
 export const ServerParamsSchema = Type.Object({ name: NameSchema })
-export const RotateResultSchema = Type.Object({ rotating: Type.Integer() })
+export const RotateResultSchema = Type.Object({ rotating: Type.Integer() }, { description: 'Rotations queued, one per active client; clients get the new token on their next request' })

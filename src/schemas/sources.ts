@@ -31,4 +31,4 @@ export const SourceConnectionSchema = Type.Object({
   renewAt: IsoDate,
   expiresAt: IsoDate,
   tokenId: TokenIdSchema,
-}, { $id: 'SourceConnection', title: 'SourceConnection' })
+}, { $id: 'SourceConnection', title: 'SourceConnection', description: 'How to reach the source and the token to send it' })
