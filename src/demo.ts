@@ -153,9 +153,9 @@ async function main (): Promise<void> {
   out('Or use the ops CLI against it (in another shell):')
   out(`  export PTB_URL=${base}`)
   out(`  export PTB_SECRET=${opsSecret}`)
-  out('  npm run -s ptb -- servers')
-  out('  npm run -s ptb -- audit --limit 5')
-  out('  npm run -s ptb -- revoke --client demo --reason demo')
+  out('  bin/ptb servers')
+  out('  bin/ptb audit --limit 5')
+  out('  bin/ptb revoke --client demo --reason demo')
   out()
   out('Ctrl-C stops the broker, the simulator and any Redis the demo started.')
 }

@@ -306,6 +306,25 @@ t.test('ptb trace: who held a token, read from stdin or a file, never from argv'
   t.match(help.stdout, /^ {2}ptb trace \[--token-file FILE\] \[--json\]$/m, '`ptb help` lists it')
 })
 
+t.test('bin/ptb is the CLI itself: SIGTERM or SIGINT to its PID ends `audit --follow`', async (t) => {
+  const b = await countedBroker(t)
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    const child = spawn('bin/ptb', ['audit', '--follow'], { env: { ...process.env, ...b.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const closed = new Promise<[number | null, string | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])))
+    // Following: the first poll has reached the broker.
+    const before = b.requests()
+    while (b.requests() === before) await new Promise((resolve) => setTimeout(resolve, 20))
+    child.kill(signal)
+    const ended = await Promise.race([closed, new Promise<null>((resolve) => setTimeout(resolve, 5000, null))])
+    t.ok(ended, `${signal}: the process signalled ended`)
+    if (!ended) child.kill('SIGKILL')
+    // Nothing left polling (the follower polls every 2 s): no request reaches the broker any more.
+    const after = b.requests()
+    await new Promise((resolve) => setTimeout(resolve, 2600))
+    t.equal(b.requests(), after, `${signal}: no orphan keeps following`)
+  }
+})
+
 t.test('ptb piped into a reader that stops early (`ptb audit | head`) exits 0 without an EPIPE stack', async (t) => {
   const b = await countedBroker(t)
   for (let i = 0; i < 5; i++) await b.app.inject({ method: 'POST', url: '/v1/tokens', headers: b.svc.auth, payload: { server: 'default' } })
