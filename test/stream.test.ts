@@ -1,4 +1,7 @@
 import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
@@ -325,6 +328,35 @@ t.test('revocation: revoked events; a revocation of all the client\'s tokens end
   t.same(all?.data, { tokenId: asked.tokenId, server: 'default', reason: 'offboarded', next: 'ask' }, 'the revoked event first')
   t.ok(await s.closed(), 'then the stream ends')
   t.equal(await metric(app, /^ptb_stream_drops_total\{reason="revoked"\}/), 1)
+})
+
+t.test('a stream re-mints with the admin token of a reloaded token file, not the one it opened with', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('long-lived')
+  const prefix = uniquePrefix('stream-admin')
+  const path = join(t.testdir({}), 'plex-token')
+  writeFileSync(path, `${sim.adminToken}\n`)
+  const server = { ...serverFor(sim), tokenSource: 'tokenFile' as const, tokenPath: path }
+  const app = await buildTestApp(t, testConfig(prefix, [server], [a]), { defaultMetrics: false })
+  const base = await listen(app)
+  const s = await openStream(base, a)
+  t.teardown(() => s.close())
+  const first = await s.next((e) => e.event === 'token')
+  t.ok(first, 'the stream opened with a token')
+  // The admin token rotates while the stream is open: PMS accepts only the new one, the file says so.
+  const rotated = 'rotated-admin-token-0002'
+  sim.setAdminTokens([rotated])
+  writeFileSync(path, `${rotated}\n`)
+  t.ok(await app.broker.watcher.reload('default'), 'the broker reloaded the token file')
+  // Another instance, mid-way through a BROKER_SECRET change, serves this client: its token is one
+  // this instance cannot open, so the stream has to mint the client's next token itself.
+  const other = await buildTestApp(t, { ...testConfig(prefix, [{ ...serverFor(sim), adminToken: rotated }], [a]), brokerSecret: randomBytes(32) }, { defaultMetrics: false })
+  const elsewhere = await issue(other, a)
+  t.ok(elsewhere.tokenId, 'the other instance minted with the new admin token')
+  const next = await s.next((e) => e.event === 'token' && e.data.tokenId !== first?.data.tokenId && e.data.tokenId !== elsewhere.tokenId)
+  t.ok(next, 'the stream minted a replacement')
+  t.notOk(s.ended, 'and is still open')
+  t.equal(sim.counters.unauthorized ?? 0, 0, 'PMS never saw the old admin token after the reload')
 })
 
 t.test('a rejection PMS confirms: the stream gets the replacement (replaced) without asking', async (t) => {

@@ -62,7 +62,8 @@ class PushStream implements PushSubscriber {
   ended: EndReason | undefined
   unregister: () => void = () => {}
   readonly #b: Services
-  readonly #srv: ServerConfig
+  /** The server's settings when the stream opened: used only if the server left the config since. */
+  readonly #opened: ServerConfig
   readonly #ctx: RequestContext
   readonly #log: FastifyBaseLogger
   readonly #opts: Required<StreamOptions>
@@ -81,13 +82,22 @@ class PushStream implements PushSubscriber {
   constructor (b: Services, server: ServerConfig, client: string, ctx: RequestContext, log: FastifyBaseLogger,
     opts: Required<StreamOptions>, onEnd: (s: PushStream) => void) {
     this.#b = b
-    this.#srv = server
+    this.#opened = server
     this.server = server.name
     this.client = client
     this.#ctx = ctx
     this.#log = log
     this.#opts = opts
     this.#onEnd = onEnd
+  }
+
+  /**
+   * The server's settings now, looked up at each use: a stream lives for hours, and a reloaded
+   * token file replaces the admin token a re-mint needs (the one the stream opened with may be
+   * revoked at plex.tv by then).
+   */
+  get #srv (): ServerConfig {
+    return this.#b.servers.get(this.server) ?? this.#opened
   }
 
   deliver (entry: PushEntry): void {
