@@ -116,6 +116,11 @@ export function createLogger (config: Readonly<Config>, stream?: DestinationStre
  */
 export function createServices (config: Readonly<Config>, overrides: ServiceOverrides = {}): Services {
   const logger = createLogger(config, overrides.logStream)
+  if (config.exposedConfigFile !== undefined) {
+    // Path and mode only: the file's content is admin tokens.
+    logger.warn({ path: config.exposedConfigFile.path, mode: config.exposedConfigFile.mode },
+      'BROKER_CONFIG holds admin tokens and other users may read it: chmod 600 it (or move each token to a tokenFile)')
+  }
   const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
   const connections: Connections = {
     cache: createRedis(config, 'cache', logger),

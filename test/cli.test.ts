@@ -287,6 +287,27 @@ t.test('ptb servers discover: YAML config entries, local connection first, plex.
   t.match(revoked.err(), /no longer accepts the stored account token \(code 1001\)\. Run `ptb login` again/)
 })
 
+t.test('ptb servers discover prints names from plex.tv without their control characters (terminal escapes)', async (t) => {
+  const conn = (uri: string, local: boolean) => ({ protocol: 'https', address: '10.0.0.1', port: 32400, uri, local, relay: false })
+  // Another plex.tv user names the server they share; the account owner's own server could be renamed too.
+  const evil = 'Movies\u001b]0;owned\u0007\u001b[2J\u001b[31m\rRED\u009b1A\u202eevil\nservers:'
+  const resources: TvResource[] = [
+    { name: evil, clientIdentifier: 'machine-\u001b[8m', accessToken: 'own-token', connections: [conn('https://own.example:32400', true), conn('https://x.example:1/\u001b[1m', false)] },
+    { name: `${evil} (shared)`, clientIdentifier: 'machine-2', accessToken: 'share-token', owned: false, connections: [conn('https://friend.example:32400', false)] },
+  ]
+  const sim = await tv(t, { resources })
+  const dir = t.testdir({ token: `${sim.accountToken}\n` })
+  const r = run({ PLEX_TV_URL: sim.url, HOME: dir })
+  t.equal(await main(['servers', 'discover', '--token-file', join(dir, 'token')], r.io), 0, r.err())
+  // eslint-disable-next-line no-control-regex
+  const control = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/
+  t.notMatch(r.out(), control, 'no control character on stdout')
+  t.notMatch(r.err(), control, 'no control character on stderr')
+  t.match(r.out(), /# "Movies\\u\{1b\}\]0;owned\\u\{7\}\\u\{1b\}\[2J.*\\u\{202e\}evil\\u\{a\}servers:" \(machine-\\u\{1b\}\[8m\)/, 'shown escaped, on one comment line')
+  t.match(r.err(), /skipped "Movies\\u\{1b\}.* \(shared\)": shared with this account/)
+  t.same(parse(r.out()).servers.map((x: { token: string }) => x.token), ['own-token'], 'the config is unchanged: one server')
+})
+
 t.test('ptb servers discover: no owned servers', async (t) => {
   const sim = await tv(t)
   const home = t.testdir({ '.config': { 'plex-token-broker': { token: sim.accountToken, 'client-id': 'ptb-kept' } } })

@@ -124,6 +124,27 @@ t.test('TRUST_PROXY: only a list of proxies; true and hop counts are refused, sa
   t.match(problems({ ...BASE, TRUST_PROXY: '10.0.0.1,proxy.internal' }).join(), /^TRUST_PROXY: "proxy\.internal" is not an IP address/)
 })
 
+t.test('TRUST_PROXY: sets that trust (nearly) everyone in another spelling are refused too', async (t) => {
+  for (const [list, why] of [
+    ['0.0.0.0/1,128.0.0.0/1', /trusts 100% of all IPv4 addresses, as good as TRUST_PROXY=true/],
+    ['::ffff:0.0.0.0/96', /IPv4-mapped range wider than \/104/],
+    ['::ffff:0:0/97', /IPv4-mapped range wider than \/104/],
+    ['8000::/1', /trusts 50\.0% of all IPv6 addresses/],
+    // Mapped ranges count as the IPv4 they stand for: two mapped /104s and an IPv4 /1.
+    ['::ffff:0.0.0.0/104,::ffff:1.0.0.0/104,128.0.0.0/1', /trusts 50\.8% of all IPv4 addresses/],
+    ['2000::/3', /trusts 12\.5% of all IPv6 addresses/],
+    ['0.0.0.0/2,64.0.0.0/3,10.0.0.1', /trusts 37\.5% of all IPv4 addresses/],
+    [Array.from({ length: 32 }, (_, i) => `${i * 8}.0.0.0/5`).slice(0, 8).join(','), /trusts 25\.0% of all IPv4/],
+  ] as const) {
+    const found = problems({ ...BASE, TRUST_PROXY: list }).join('; ')
+    t.match(found, new RegExp('^TRUST_PROXY: .*' + why.source), list)
+  }
+  // Overlaps count once; real proxy networks stay well under the bar.
+  for (const ok of ['10.0.0.0/8,10.0.0.0/8,10.0.0.0/8,10.0.0.0/8,10.0.0.0/8', 'uniquelocal,loopback,linklocal', '::ffff:10.0.0.0/104', '::ffff:172.18.0.7', 'fc00::/7,fe80::/10,100.64.0.0/10', '0.0.0.0/4']) {
+    t.same(problems({ ...BASE, TRUST_PROXY: ok }), [], ok)
+  }
+})
+
 t.test('PLEX_TV_URL: https, or http to loopback only (the admin token and passwords travel to it)', async (t) => {
   for (const ok of ['https://plex.tv', 'https://plex.example:8443/', 'http://127.0.0.1:9999', 'http://127.8.9.10', 'http://localhost:1', 'http://[::1]:3000']) {
     t.equal(plexTvUrlProblem(ok), undefined, ok)

@@ -1,5 +1,7 @@
 import t from 'tap'
-import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { buildTestApp, makeClient, monitorRedis, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 import { havePromtool, promtool } from './promtool.ts'
 
 const ERROR_KEYS = ['code', 'error', 'message', 'requestId', 'statusCode']
@@ -59,6 +61,66 @@ t.test('METRICS_TOKEN protects /metrics', async (t) => {
   t.same(Object.keys(denied.json()).sort(), ERROR_KEYS)
   t.equal((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer wrong' } })).statusCode, 401)
   t.equal((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer scrape-me' } })).statusCode, 200)
+})
+
+t.test('without METRICS_TOKEN (loopback HOST), /metrics answers only a loopback Host: a DNS-rebinding page gets 403', async (t) => {
+  const sim = await startSim(t)
+  const app = await buildTestApp(t, testConfig(uniquePrefix('metrics-host'), [serverFor(sim)], []), { defaultMetrics: false })
+  for (const host of ['localhost', 'localhost:3000', '127.0.0.1:3000', '127.0.0.1', '[::1]:3000', 'LOCALHOST:3000']) {
+    t.equal((await app.inject({ method: 'GET', url: '/metrics', headers: { host } })).statusCode, 200, `Host: ${host}`)
+  }
+  for (const host of ['evil.example:3000', 'localhost.evil.example', '127.0.0.1.nip.io:3000', 'evil.example']) {
+    const r = await app.inject({ method: 'GET', url: '/metrics', headers: { host } })
+    t.equal(r.statusCode, 403, `Host: ${host}`)
+    t.same(Object.keys(r.json()).sort(), ERROR_KEYS, 'the JSON error shape')
+    t.match(r.json().message, /Host is localhost, 127\.0\.0\.1 or \[::1\].*METRICS_TOKEN/)
+    t.notMatch(r.body, /ptb_/, 'no metric in it')
+  }
+  // With a token the Host does not matter: the token is what a rebinding page cannot send.
+  const tokened = await buildTestApp(t, testConfig(uniquePrefix('metrics-host2'), [serverFor(sim)], [], { metricsToken: 'scrape-me' }), { defaultMetrics: false })
+  t.equal((await tokened.inject({ method: 'GET', url: '/metrics', headers: { host: 'broker.internal:3000', authorization: 'Bearer scrape-me' } })).statusCode, 200)
+})
+
+t.test('/readyz: anyone gets ready or not ready, from a check shared for a second; the metrics token (or a loopback Host without one) gets the detail', async (t) => {
+  const sim = await startSim(t)
+  const prefix = uniquePrefix('readyz')
+  const app = await buildTestApp(t, testConfig(prefix, [serverFor(sim)], [], { metricsToken: 'scrape-me' }), { defaultMetrics: false })
+  await app.ready()
+  const anonymous = await app.inject({ method: 'GET', url: '/readyz' })
+  t.equal(anonymous.statusCode, 200)
+  t.same(anonymous.json(), { status: 'ready' }, 'ready, and nothing about Redis')
+  const ops = await app.inject({ method: 'GET', url: '/readyz', headers: { authorization: 'Bearer scrape-me' } })
+  t.match(ops.json(), { status: 'ready', checks: { redis: 'ok', audit: 'ok' }, redis: { mode: 'standalone', role: 'primary', address: /:\d+$/ } })
+  const wrong = await app.inject({ method: 'GET', url: '/readyz', headers: { authorization: 'Bearer guess' } })
+  t.equal(wrong.statusCode, 401, 'a wrong token is a failed authentication, not a quiet "no detail"')
+
+  // A flood of anonymous probes: Redis is written about once a second, not once a call.
+  const writes: string[][] = []
+  const stop = await monitorRedis((words) => { if (words[1] === `${prefix}:readyz`) writes.push(words) })
+  t.teardown(stop)
+  await sleep(1100)
+  for (let i = 0; i < 100; i++) t.equal((await app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200)
+  await sleep(300)
+  stop()
+  t.ok(writes.length >= 1 && writes.length <= 2, `100 probes, ${writes.length} Redis write(s) of the readiness key`)
+
+  // Not ready: anonymous callers are told so, without what is wrong; the token holder is told what.
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  await redis.set(`${prefix}:audit`, 'not a stream')
+  await sleep(1100)
+  const down = await app.inject({ method: 'GET', url: '/readyz' })
+  t.equal(down.statusCode, 503)
+  t.same(Object.keys(down.json()).sort(), ERROR_KEYS)
+  t.equal(down.json().message, 'Not ready.')
+  const why = await app.inject({ method: 'GET', url: '/readyz', headers: { authorization: 'Bearer scrape-me' } })
+  t.match(why.json().message, /^Not ready: audit not writable/)
+  await redis.del(`${prefix}:audit`)
+
+  // No METRICS_TOKEN (a loopback broker): the detail goes to a loopback Host only.
+  const local = await buildTestApp(t, testConfig(uniquePrefix('readyz2'), [serverFor(sim)], []), { defaultMetrics: false })
+  t.ok((await local.inject({ method: 'GET', url: '/readyz', headers: { host: '127.0.0.1:3000' } })).json().redis, 'loopback Host: detail')
+  t.same((await local.inject({ method: 'GET', url: '/readyz', headers: { host: 'rebound.example:3000' } })).json(), { status: 'ready' }, 'another Host: none')
 })
 
 t.test('per-client rate limit answers 429 RATE_LIMITED with Retry-After and rate-limit headers', async (t) => {

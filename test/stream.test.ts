@@ -1,4 +1,7 @@
 import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { connect } from 'node:net'
 import type { AddressInfo } from 'node:net'
@@ -7,7 +10,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.ts'
 import type { Config } from '../src/config/index.ts'
 import {
-  buildTestApp, deleteKeys, LogCapture, makeClient, REDIS_URL, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until,
+  buildTestApp, deleteKeys, LogCapture, makeClient, monitorRedis, REDIS_URL, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until,
 } from './helper.ts'
 
 // The push channel (GET /v1/tokens/stream) against real Redis, real BullMQ workers, the PMS
@@ -325,6 +328,107 @@ t.test('revocation: revoked events; a revocation of all the client\'s tokens end
   t.same(all?.data, { tokenId: asked.tokenId, server: 'default', reason: 'offboarded', next: 'ask' }, 'the revoked event first')
   t.ok(await s.closed(), 'then the stream ends')
   t.equal(await metric(app, /^ptb_stream_drops_total\{reason="revoked"\}/), 1)
+})
+
+t.test('a stream re-mints with the admin token of a reloaded token file, not the one it opened with', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('long-lived')
+  const prefix = uniquePrefix('stream-admin')
+  const path = join(t.testdir({}), 'plex-token')
+  writeFileSync(path, `${sim.adminToken}\n`)
+  const server = { ...serverFor(sim), tokenSource: 'tokenFile' as const, tokenPath: path }
+  const app = await buildTestApp(t, testConfig(prefix, [server], [a]), { defaultMetrics: false })
+  const base = await listen(app)
+  const s = await openStream(base, a)
+  t.teardown(() => s.close())
+  const first = await s.next((e) => e.event === 'token')
+  t.ok(first, 'the stream opened with a token')
+  // The admin token rotates while the stream is open: PMS accepts only the new one, the file says so.
+  const rotated = 'rotated-admin-token-0002'
+  sim.setAdminTokens([rotated])
+  writeFileSync(path, `${rotated}\n`)
+  t.ok(await app.broker.watcher.reload('default'), 'the broker reloaded the token file')
+  // Another instance, mid-way through a BROKER_SECRET change, serves this client: its token is one
+  // this instance cannot open, so the stream has to mint the client's next token itself.
+  const other = await buildTestApp(t, { ...testConfig(prefix, [{ ...serverFor(sim), adminToken: rotated }], [a]), brokerSecret: randomBytes(32) }, { defaultMetrics: false })
+  // Its answer may be a 503 "try again": this instance's stream can replace the token it minted
+  // before it settles (two secrets undo each other's tokens; that is why all instances change at once).
+  const minted = sim.counters.mints
+  const elsewhere = await issue(other, a)
+  t.ok(await until(5000, async () => sim.counters.mints > minted), 'the other instance minted with the new admin token')
+  const next = await s.next((e) => e.event === 'token' && e.data.tokenId !== first?.data.tokenId && e.data.tokenId !== elsewhere.tokenId)
+  t.ok(next, 'the stream minted a replacement')
+  t.notOk(s.ended, 'and is still open')
+  t.equal(sim.counters.unauthorized ?? 0, 0, 'PMS never saw the old admin token after the reload')
+})
+
+t.test('a revocation of the whole client ends its stream even when its current token was revoked already', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('twice-revoked')
+  const b = makeClient('bystander')
+  const ops = makeClient('ops', { scopes: [...OPS] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('stream-revoke2'), [serverFor(sim)], [a, b, ops]), { defaultMetrics: false })
+  const base = await listen(app)
+  const s = await openStream(base, a)
+  const other = await openStream(base, b)
+  t.teardown(() => { s.close(); other.close() })
+  const first = await s.next((e) => e.event === 'token')
+  await other.next((e) => e.event === 'token')
+  await app.inject({ method: 'POST', url: '/v1/revoke', headers: ops.auth, payload: { tokenId: first?.data.tokenId, reason: 'leaked' } })
+  await s.next((e) => e.event === 'revoked')
+  t.notOk(s.ended, 'one token revoked: the stream stays, waiting for the client to ask')
+  // The client does not ask again; ops then offboard it. No live token is left to revoke.
+  const mark = s.events.length
+  const r = await app.inject({ method: 'POST', url: '/v1/revoke', headers: ops.auth, payload: { client: 'twice-revoked', reason: 'offboarded' } })
+  t.equal(r.json().revoked, 0, 'nothing live was left')
+  const all = await s.next((e) => e.event === 'revoked', mark, 5000)
+  t.same(all?.data, { tokenId: first?.data.tokenId, server: 'default', reason: 'offboarded', next: 'ask' }, 'a revoked event for the whole client')
+  t.ok(await s.closed(5000), 'then the stream ends')
+  t.notOk(other.ended, 'another client\'s stream stays')
+  t.same(other.events.filter((e) => e.event === 'revoked'), [], 'and hears nothing of it')
+  // A stream that resumes from before the revocation learns it too, and ends.
+  const resumed = await openStream(base, a, { lastEventId: first?.id })
+  t.teardown(() => resumed.close())
+  t.ok(await resumed.next((e) => e.event === 'revoked' && e.data.reason === 'offboarded', 0, 5000), 'the client-wide revocation replayed')
+  t.ok(await resumed.closed(5000), 'the resumed stream ends after it')
+})
+
+t.test('a resume from far back (Last-Event-ID 0-0) starts from the current token, reading a bounded slice of the log', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('far-back')
+  const prefix = uniquePrefix('stream-far')
+  const app = await buildTestApp(t, testConfig(prefix, [serverFor(sim)], [a]), { defaultMetrics: false })
+  const base = await listen(app)
+  const s1 = await openStream(base, a)
+  const first = await s1.next((e) => e.event === 'token')
+  s1.close()
+  // Other clients' changes fill the log (never trimmed: every entry since 0-0 is still there).
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })
+  t.teardown(() => redis.disconnect())
+  const pipeline = redis.pipeline()
+  for (let i = 0; i < 3000; i++) {
+    pipeline.xadd(`${prefix}:push`, '*', 'type', 'token', 'client', `other${i % 50}`, 'server', 'default', 'tokenId', `tk_${i}`, 'reason', 'rotated')
+  }
+  await pipeline.exec()
+  const reads: string[][] = []
+  const stop = await monitorRedis((words) => { if (words[0]?.toLowerCase() === 'xrange' && words[1] === `${prefix}:push`) reads.push(words) })
+  t.teardown(stop)
+  const s2 = await openStream(base, a, { lastEventId: '0-0' })
+  t.teardown(() => s2.close())
+  const e = await s2.next((x) => x.event === 'token')
+  t.equal(e?.data.reason, 'current', 'the current token, as for a history that is gone')
+  t.equal(e?.data.tokenId, first?.data.tokenId)
+  t.same(s2.events.map((x) => x.event), ['token'], 'nothing replayed from the whole log')
+  t.ok(await until(2000, async () => reads.length > 0), 'the log was read')
+  t.equal(reads.length, 1, 'once')
+  t.match(reads[0].slice(-2), ['COUNT', /^\d+$/], 'with a COUNT')
+  t.ok(Number(reads[0].at(-1)) <= 1001, `a bounded slice (${reads[0].at(-1)} entries at most)`)
+  // A recent id still replays what was missed.
+  const last = (await redis.xrevrange(`${prefix}:push`, '+', '-', 'COUNT', 1))[0][0]
+  const s3 = await openStream(base, a, { lastEventId: last })
+  t.teardown(() => s3.close())
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.same(s3.events, [], 'nothing missed since a recent id: nothing sent')
 })
 
 t.test('a rejection PMS confirms: the stream gets the replacement (replaced) without asking', async (t) => {

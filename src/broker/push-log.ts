@@ -16,6 +16,10 @@ export const PUSH_MAXLEN = 10_000
 /** Why a client has a new token (the `reason` of a `token` event). */
 export type TokenReason = 'current' | 'issued' | 'rotated' | 'reminted' | 'replaced'
 
+/**
+ * `revoked` entries of a `{client}` or `{all}` revocation are written once for the whole client,
+ * with an empty `tokenId` and `*` for server (and client, for `{all}`): push.ts `concerns`.
+ */
 export type PushEntry =
   | { id: string, type: 'token', client: string, server: string, tokenId: string, reason: TokenReason }
   | { id: string, type: 'revoked', client: string, server: string, tokenId: string, reason: string, action: string, selector: string }

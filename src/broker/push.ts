@@ -37,6 +37,20 @@ export interface PushHubOptions {
   onLimited?: (which: 'client' | 'total') => void
 }
 
+/**
+ * How far back a resume (`Last-Event-ID`) may go, in change-log entries of all clients. Replaying
+ * means reading every entry since the id; an old id (`0-0` on a log that was never trimmed) would
+ * read the whole log for each reconnect. Further back, the stream starts from the current token,
+ * as when the history is gone: the token events in between would collapse into it anyway.
+ */
+export const RESUME_MAX_ENTRIES = 1000
+
+/** Whether a change-log entry concerns a stream of (client, server): `*` stands for every client or server. */
+export function concerns (e: PushEntry, client: string, server: string): boolean {
+  if (e.type === 'server') return e.server === server
+  return (e.server === server || e.server === '*') && (e.client === client || e.client === '*')
+}
+
 /** Seconds a client refused at a stream limit is told to wait. */
 export const STREAM_LIMIT_RETRY_AFTER = 5
 
@@ -149,20 +163,20 @@ export class PushHub {
     return s.trimmed === false
   }
 
-  /** The entries after `after` up to and including `upTo` that concern (client, server), oldest first. */
-  async history (client: string, server: string, after: string, upTo: string): Promise<PushEntry[]> {
+  /**
+   * The entries after `after` up to and including `upTo` that concern (client, server), oldest
+   * first; undefined when more than `max` entries (of anyone) lie in between: one bounded read.
+   */
+  async history (client: string, server: string, after: string, upTo: string, max = RESUME_MAX_ENTRIES): Promise<PushEntry[] | undefined> {
     const { db } = this.#o
+    const batch = await db.call(() => db.redis.xrange(db.keys.push, `(${after}`, upTo, 'COUNT', max + 1))
+    if (batch.length > max) return undefined
     const out: PushEntry[] = []
-    let from = `(${after}`
-    while (true) {
-      const batch = await db.call(() => db.redis.xrange(db.keys.push, from, upTo, 'COUNT', 1000))
-      for (const [id, fields] of batch) {
-        const e = parsePushEntry(id, fields)
-        if (e !== undefined && e.server === server && (e.type === 'server' || e.client === client)) out.push(e)
-      }
-      if (batch.length < 1000) return out
-      from = `(${batch[batch.length - 1][0]}`
+    for (const [id, fields] of batch) {
+      const e = parsePushEntry(id, fields)
+      if (e !== undefined && concerns(e, client, server)) out.push(e)
     }
+    return out
   }
 
   /** Stops the reader and closes its connection. Streams are ended by their owner (routes/stream.ts) first. */
@@ -177,6 +191,11 @@ export class PushHub {
     if (entry.type === 'server') {
       for (const set of this.#subs.values()) {
         for (const sub of set) if (sub.server === entry.server) targets.push(sub)
+      }
+    } else if (entry.client === '*' || entry.server === '*') {
+      // A revocation of a whole client (or of everyone), written once whatever tokens it found.
+      for (const set of this.#subs.values()) {
+        for (const sub of set) if (concerns(entry, sub.client, sub.server)) targets.push(sub)
       }
     } else {
       targets.push(...(this.#subs.get(`${entry.client}\u0000${entry.server}`) ?? []))

@@ -22,6 +22,7 @@ export interface ReadinessResult {
  */
 export class Readiness {
   readonly #o: ReadinessOptions
+  #last: { at: number, result: Promise<ReadinessResult> } | undefined
 
   constructor (opts: ReadinessOptions) {
     this.#o = opts
@@ -29,6 +30,21 @@ export class Readiness {
 
   async check (): Promise<Record<string, string>> {
     return (await this.inspect()).checks
+  }
+
+  /**
+   * `inspect`, at most once per `maxAgeMs` (shared by concurrent callers): `/readyz` is open to
+   * anyone who reaches the port, and each check writes Redis; a flood of probes must not.
+   */
+  async recent (maxAgeMs = 1000): Promise<ReadinessResult> {
+    const now = Date.now()
+    if (this.#last === undefined || now - this.#last.at >= maxAgeMs) {
+      const result = this.inspect()
+      this.#last = { at: now, result }
+      // A check that threw is not kept: the next call checks again.
+      result.catch(() => { if (this.#last?.result === result) this.#last = undefined })
+    }
+    return await this.#last.result
   }
 
   async inspect (): Promise<ReadinessResult> {

@@ -219,6 +219,15 @@ for _, id in ipairs(ids) do
     if tonumber(f[4]) > latest then latest = tonumber(f[4]) end
   end
 end
+-- A revocation of a whole client (or of all) ends that client's streams even when it found no
+-- current token to retire (one revoked before): one entry for the client, '*' for any.
+if ARGV[9] == 'token.revoke' and (selector == 'client' or selector == 'all') then
+  local c, s = ARGV[6], ARGV[7]
+  if c == '' then c = '*' end
+  if s == '' then s = '*' end
+  push(KEYS[3], ARGV[15], 'type', 'revoked', 'client', c, 'server', s, 'tokenId', '', 'reason', why,
+    'action', ARGV[9], 'selector', selector)
+end
 return {count, latest}
 `
 

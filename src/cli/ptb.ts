@@ -21,6 +21,7 @@ import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreacha
 import { plexTvUrlProblem } from '../config/index.ts'
 import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
 import { VERSION } from '../version.ts'
+import { printable } from './printable.ts'
 
 export interface CliIo {
   stdout: { write: (s: string) => unknown }
@@ -337,9 +338,9 @@ async function discover (argv: string[], io: CliIo): Promise<number> {
   // A shared server's accessToken is a share token: it cannot mint admin-level transient tokens.
   const usable = servers.filter((s) => s.owned && s.accessToken !== null && s.connections.length > 0)
   for (const s of servers) {
-    if (!s.owned) io.stderr.write(`# skipped "${s.name}": shared with this account, not owned (its token is not an admin token)\n`)
-    else if (s.accessToken === null) io.stderr.write(`# skipped "${s.name}": plex.tv sent no access token for it\n`)
-    else if (s.connections.length === 0) io.stderr.write(`# skipped "${s.name}": plex.tv knows no connection for it (is it online?)\n`)
+    if (!s.owned) io.stderr.write(`# skipped "${printable(s.name)}": shared with this account, not owned (its token is not an admin token)\n`)
+    else if (s.accessToken === null) io.stderr.write(`# skipped "${printable(s.name)}": plex.tv sent no access token for it\n`)
+    else if (s.connections.length === 0) io.stderr.write(`# skipped "${printable(s.name)}": plex.tv knows no connection for it (is it online?)\n`)
   }
   if (usable.length === 0) {
     io.stderr.write('No servers owned by this account were found. A fresh server must be claimed first: `ptb claim --pms URL`.\n')
@@ -353,8 +354,9 @@ async function discover (argv: string[], io: CliIo): Promise<number> {
     ' or move each token to a file and use `tokenFile:` instead of `token:`.'
   const seq = doc.get('servers') as YAMLSeq<YAMLMap>
   usable.forEach((s, i) => {
-    const others = s.connections.slice(1).map((c) => `${c.uri} (${kind(c)})`)
-    seq.items[i].commentBefore = ` "${s.name}" (${s.clientIdentifier})${others.length > 0 ? `; other connections: ${others.join(', ')}` : ''}`
+    // Names, ids and addresses come from plex.tv (a shared server's name from another user): printable only.
+    const others = s.connections.slice(1).map((c) => `${printable(c.uri)} (${kind(c)})`)
+    seq.items[i].commentBefore = ` "${printable(s.name)}" (${printable(s.clientIdentifier)})${others.length > 0 ? `; other connections: ${others.join(', ')}` : ''}`
     ;(seq.items[i].get('url', true) as { comment?: string }).comment = ` ${kind(s.connections[0])}`
   })
   io.stderr.write('Warning: the output contains admin tokens. Store it like a password.\n')

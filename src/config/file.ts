@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs'
 import { dirname, extname, resolve } from 'node:path'
 import { Type, type Static } from 'typebox'
 import { Value } from 'typebox/value'
@@ -44,6 +45,8 @@ export interface ConfigFile {
   label: string
   /** Relative token files and Preferences.xml paths are resolved against this directory. */
   dir: string
+  /** Set when the file holds admin tokens and the group or others may read it. */
+  exposed?: { path: string, mode: string }
 }
 
 /**
@@ -74,5 +77,16 @@ export function loadConfigFile (env: Env): ConfigFile {
   }
   if (errors.length > 0) return { ...empty, dir }
   const file = data as Static<typeof FileSchema>
-  return { servers: file.servers ?? [], clients: file.clients ?? [], label, dir }
+  const exposed = (file.servers ?? []).some((s) => s.token !== undefined) ? readableByOthers(path) : undefined
+  return { servers: file.servers ?? [], clients: file.clients ?? [], label, dir, ...(exposed === undefined ? {} : { exposed }) }
+}
+
+/** The file's permission bits (`0644`) when the group or others may read it; undefined otherwise or when it cannot be told. */
+function readableByOthers (path: string): { path: string, mode: string } | undefined {
+  try {
+    const mode = statSync(path).mode & 0o777
+    return (mode & 0o044) !== 0 ? { path: resolve(path), mode: `0${mode.toString(8).padStart(3, '0')}` } : undefined
+  } catch {
+    return undefined
+  }
 }

@@ -58,6 +58,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
     plexTvUrl,
     servers,
     clients,
+    ...(file.exposed === undefined ? {} : { exposedConfigFile: file.exposed }),
   })
 }
 

@@ -162,6 +162,8 @@ export function readTrustProxy (env: Env): string[] {
       if (problem === undefined) trustProxy.push(entry)
       else env.problem(`TRUST_PROXY: "${entry.slice(0, 64)}" ${problem}`)
     }
+    const wide = trustedProxyCoverageProblem(trustProxy)
+    if (wide !== undefined) env.problem(`TRUST_PROXY: ${wide}`)
   }
   return trustProxy
 }
@@ -261,5 +263,90 @@ function trustedProxyProblem (entry: string): string | undefined {
   const bits = Number(m[2])
   if (bits > (kind === 4 ? 32 : 128)) return `has a prefix length over ${kind === 4 ? 32 : 128}`
   if (bits === 0) return 'trusts every address, which is what TRUST_PROXY=true would do (refused); list the proxies\' own networks'
+  if (kind === 6 && bits < 104 && mappedV4(m[1])) {
+    return 'is an IPv4-mapped range wider than /104 (an IPv4 /8): no proxy network is that wide; list the proxies\' own networks in IPv4'
+  }
   return undefined
+}
+
+/**
+ * A family's share from which a TRUST_PROXY list counts as trusting (nearly) everyone: an eighth,
+ * the space of a /3 (IPv6's 2000::/3 is the whole public internet). Private networks are far
+ * smaller: 10/8, 172.16/12 and 192.168/16 together are 1/240 of IPv4, fc00::/7 1/128 of IPv6.
+ */
+const MAX_TRUSTED_SHARE = 1 / 8
+
+/** The ranges behind proxy-addr's names. */
+const NAMED_RANGES: Record<string, string[]> = {
+  loopback: ['127.0.0.0/8', '::1/128'],
+  linklocal: ['169.254.0.0/16', 'fe80::/10'],
+  uniquelocal: ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7'],
+}
+
+const V4_MAPPED_START = 0xffffn << 32n
+
+/** An IPv6 address as a 128-bit number; IPv4-mapped and other dotted tails included. */
+function v6ToBigInt (addr: string): bigint {
+  // The URL parser writes any IPv6 spelling in one form (hex groups, at most one `::`).
+  const host = new URL(`http://[${addr}]/`).hostname.slice(1, -1)
+  const [head, tail] = host.includes('::') ? host.split('::') : [host, undefined]
+  const left = head === '' ? [] : head.split(':')
+  const right = tail === undefined || tail === '' ? [] : tail.split(':')
+  const groups = [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right]
+  return groups.reduce((n, g) => (n << 16n) | BigInt(parseInt(g, 16)), 0n)
+}
+
+function v4ToBigInt (addr: string): bigint {
+  return addr.split('.').reduce((n, o) => (n << 8n) | BigInt(Number(o)), 0n)
+}
+
+function mappedV4 (addr: string): boolean {
+  return v6ToBigInt(addr) >> 32n === 0xffffn
+}
+
+/**
+ * Sets that trust (nearly) every address in another spelling than `0.0.0.0/0` (two /1s, a
+ * mapped ::ffff:0.0.0.0/96, many small blocks): the union of the listed ranges, per family, must
+ * stay under MAX_TRUSTED_SHARE. IPv4-mapped ranges count as IPv4: that is what proxy-addr
+ * matches them against.
+ */
+function trustedProxyCoverageProblem (entries: string[]): string | undefined {
+  const v4: Array<[bigint, bigint]> = []
+  const v6: Array<[bigint, bigint]> = []
+  for (const entry of entries.flatMap((e) => NAMED_RANGES[e] ?? [e])) {
+    const [addr, len] = entry.split('/')
+    const kind = isIP(addr)
+    const bits = kind === 4 ? 32 : 128
+    const prefix = len === undefined ? bits : Number(len)
+    const size = 1n << BigInt(bits - prefix)
+    const start = ((kind === 4 ? v4ToBigInt(addr) : v6ToBigInt(addr)) / size) * size
+    if (kind === 4) {
+      v4.push([start, start + size])
+      continue
+    }
+    // proxy-addr matches IPv4 peers (and only them) against a mapped range of /96 or longer.
+    if (prefix >= 96 && start >> 32n === 0xffffn) v4.push([start - V4_MAPPED_START, start - V4_MAPPED_START + size])
+    else v6.push([start, start + size])
+  }
+  for (const [family, ranges, bits] of [['IPv4', v4, 32n], ['IPv6', v6, 128n]] as const) {
+    const share = Number((unionSize(ranges) * 1_000_000n) >> bits) / 1_000_000
+    if (share >= MAX_TRUSTED_SHARE) {
+      return `the list trusts ${(share * 100).toFixed(share >= 0.999 ? 0 : 1)}% of all ${family} addresses, as good as TRUST_PROXY=true ` +
+        '(refused): any client could choose the address it is throttled and audited under. List the proxies\' own networks'
+    }
+  }
+  return undefined
+}
+
+/** How many addresses half-open ranges cover together, overlaps counted once. */
+function unionSize (ranges: Array<[bigint, bigint]>): bigint {
+  const sorted = [...ranges].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+  let total = 0n
+  let end = -1n
+  for (const [lo, hi] of sorted) {
+    if (hi <= end) continue
+    total += hi - (lo > end ? lo : end)
+    end = hi
+  }
+  return total
 }

@@ -123,6 +123,11 @@ export interface Config {
   streamMaxTotal: number
   /** STREAM_HEARTBEAT_MS: interval of the `: ping` comment on every push stream. */
   streamHeartbeatMs: number
+  /**
+   * BROKER_CONFIG, when it holds admin tokens (`token:` entries) and its mode lets the group or
+   * others read it: warned about at boot (path and mode only).
+   */
+  exposedConfigFile?: { path: string, mode: string }
 }
 
 export class ConfigError extends Error {

@@ -14,6 +14,12 @@ export interface JobProducerOptions {
   schedulerLockKey: string
 }
 
+/**
+ * How long the scheduler lock lives. A setup takes milliseconds; the TTL only bounds how long an
+ * instance killed in the middle of one blocks the others (a booting instance waits that long).
+ */
+export const SCHEDULER_LOCK_TTL_MS = 10_000
+
 export interface ScheduleWanted {
   servers: Iterable<string>
   probeIntervalMs: number
@@ -70,11 +76,18 @@ export class JobProducer {
    * Creates the probe, sweep and admin-check schedulers when missing or changed, and removes stale
    * ones. Idempotent, and serialised across instances by a Redis lock: several replicas upserting
    * the same scheduler at the same moment have duplicated or lost schedulers (bullmq #2988, #3085,
-   * #3262, #3381). Returns false when another instance holds the lock.
+   * #3262, #3381). With `waitMs`, waits that long for a lock another instance holds (a booting
+   * instance must not keep the previous config's cadence until its next periodic check); returns
+   * false when the lock stayed taken.
    */
-  async ensureSchedulers (w: ScheduleWanted): Promise<boolean> {
+  async ensureSchedulers (w: ScheduleWanted, waitMs = 0): Promise<boolean> {
     const { queues, schedulerLockKey } = this.#o
-    const owner = await this.#o.lock(schedulerLockKey, 15_000)
+    const until = Date.now() + waitMs
+    let owner = await this.#o.lock(schedulerLockKey, SCHEDULER_LOCK_TTL_MS)
+    while (owner === undefined && Date.now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      owner = await this.#o.lock(schedulerLockKey, SCHEDULER_LOCK_TTL_MS)
+    }
     if (owner === undefined) return false
     try {
       const wanted = new Map<string, { every: number, name: string, data: Record<string, unknown> }>()
@@ -89,7 +102,7 @@ export class JobProducer {
       }
       for (const [id, s] of wanted) {
         const e = existing.find((x) => x.key === id)
-        if (e !== undefined && Number(e.every) === s.every && e.template?.data?.server === s.data.server) continue
+        if (e !== undefined && Number(e.every) === s.every && e.name === s.name && e.template?.data?.server === s.data.server) continue
         await queues.probes.upsertJobScheduler(id, { every: s.every }, { name: s.name, data: s.data })
       }
       return true

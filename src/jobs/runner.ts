@@ -6,7 +6,7 @@ import { BrokerError } from '../errors.ts'
 import type { ServerProbe } from '../broker/probe.ts'
 import type { Rotator } from '../broker/rotator.ts'
 import type { PlexClient } from '../plex/client.ts'
-import type { JobProducer, ProbeTrigger } from './producer.ts'
+import { type JobProducer, type ProbeTrigger, SCHEDULER_LOCK_TTL_MS } from './producer.ts'
 import { PROBES_QUEUE, type ProbeJob, TOKENS_QUEUE, type TokenJob, backoffDelay } from './queues.ts'
 
 /** After the PMS event stream drops, reconnect this often for QUICK_RECONNECT_WINDOW_MS (a restart). */
@@ -71,6 +71,8 @@ export class JobRunner {
   readonly #workers: Worker[] = []
   readonly #abort = new AbortController()
   #timer: NodeJS.Timeout | undefined
+  /** The scheduler setup in progress: close waits for it, so its lock is released, not left to expire. */
+  #ensuring: Promise<boolean> | undefined
 
   constructor (opts: JobRunnerOptions) {
     this.#o = opts
@@ -90,7 +92,13 @@ export class JobRunner {
       })
       this.#workers.push(w)
     }
-    await this.ensureSchedulers().catch((err: unknown) => logger.warn({ err: { message: (err as Error).message } }, 'scheduler setup failed; retrying later'))
+    // At boot the setup waits out a lock held by another instance (or left by a killed one): the
+    // schedulers of the config this instance runs with are in place by the time it is ready.
+    try {
+      if (!await this.ensureSchedulers(SCHEDULER_LOCK_TTL_MS + 1000)) logger.warn('scheduler lock still held by another instance; schedulers are set up at the next periodic check')
+    } catch (err) {
+      logger.warn({ err: { message: (err as Error).message } }, 'scheduler setup failed; retrying later')
+    }
     // Re-checked periodically (5 probe periods, 5 s to 1 min): heals a Redis that restarted empty,
     // and a setup another instance lost.
     this.#timer = setInterval(() => {
@@ -104,9 +112,15 @@ export class JobRunner {
   }
 
   /** The periodic probes, sweep and admin check (created by the producer, serialised across instances). */
-  async ensureSchedulers (): Promise<boolean> {
+  async ensureSchedulers (waitMs = 0): Promise<boolean> {
     const { jobs, servers, probeIntervalMs, sweepIntervalMs } = this.#o
-    return await jobs.ensureSchedulers({ servers: servers.keys(), probeIntervalMs, sweepIntervalMs, adminChecks: this.#o.checkAdminTokens !== undefined })
+    const run = jobs.ensureSchedulers({ servers: servers.keys(), probeIntervalMs, sweepIntervalMs, adminChecks: this.#o.checkAdminTokens !== undefined }, waitMs)
+    this.#ensuring = run
+    try {
+      return await run
+    } finally {
+      if (this.#ensuring === run) this.#ensuring = undefined
+    }
   }
 
   /** Runs the admin token checks now (ops and tests). */
@@ -122,6 +136,7 @@ export class JobRunner {
   async close (): Promise<void> {
     clearInterval(this.#timer)
     this.#abort.abort()
+    await this.#ensuring?.catch(() => {})
     // Worker.close waits for in-flight jobs; whatever does not finish is picked up by another instance.
     await Promise.allSettled(this.#workers.map((w) => w.close()))
   }

@@ -62,7 +62,8 @@ class PushStream implements PushSubscriber {
   ended: EndReason | undefined
   unregister: () => void = () => {}
   readonly #b: Services
-  readonly #srv: ServerConfig
+  /** The server's settings when the stream opened: used only if the server left the config since. */
+  readonly #opened: ServerConfig
   readonly #ctx: RequestContext
   readonly #log: FastifyBaseLogger
   readonly #opts: Required<StreamOptions>
@@ -81,13 +82,22 @@ class PushStream implements PushSubscriber {
   constructor (b: Services, server: ServerConfig, client: string, ctx: RequestContext, log: FastifyBaseLogger,
     opts: Required<StreamOptions>, onEnd: (s: PushStream) => void) {
     this.#b = b
-    this.#srv = server
+    this.#opened = server
     this.server = server.name
     this.client = client
     this.#ctx = ctx
     this.#log = log
     this.#opts = opts
     this.#onEnd = onEnd
+  }
+
+  /**
+   * The server's settings now, looked up at each use: a stream lives for hours, and a reloaded
+   * token file replaces the admin token a re-mint needs (the one the stream opened with may be
+   * revoked at plex.tv by then).
+   */
+  get #srv (): ServerConfig {
+    return this.#b.servers.get(this.server) ?? this.#opened
   }
 
   deliver (entry: PushEntry): void {
@@ -111,10 +121,13 @@ class PushStream implements PushSubscriber {
     const log = await push.snapshot()
     const last = log.last
     this.#floor = last
-    if (lastEventId !== undefined && STREAM_ID.test(lastEventId) && push.covers(log, lastEventId)) {
+    const missed = lastEventId !== undefined && STREAM_ID.test(lastEventId) && push.covers(log, lastEventId)
+      ? await push.history(this.client, this.server, lastEventId, last)
+      : undefined
+    if (missed !== undefined) {
       await countResume()
       const frames: Frame[] = []
-      for (const e of collapse(await push.history(this.client, this.server, lastEventId, last))) {
+      for (const e of collapse(missed)) {
         const f = await this.#frame(e)
         if (f !== undefined) frames.push(f)
         if (f?.last === true) break
@@ -218,7 +231,9 @@ class PushStream implements PushSubscriber {
       // `next` tells the client whether to wait for the broker's replacement (an invalidation:
       // it re-mints by itself) or to ask for a new token (an ops revocation).
       const next = e.action === 'token.invalidate' ? 'pushed' : 'ask'
-      return { id: e.id, event: 'revoked', data: { tokenId: e.tokenId, server: e.server, reason: e.reason, next }, ...(all ? { last: true as const } : {}) }
+      // A client-wide entry names no token: it is the one this stream last handed out, if any.
+      const tokenId = e.tokenId === '' ? this.#lastTokenId ?? '' : e.tokenId
+      return { id: e.id, event: 'revoked', data: { tokenId, server: this.server, reason: e.reason, next }, ...(all ? { last: true as const } : {}) }
     }
     if (e.tokenId === this.#lastTokenId) return undefined
     const { store, issuer } = this.#b
