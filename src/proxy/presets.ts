@@ -220,8 +220,8 @@ export function policyFrom (spec: ProxySpec): { policy: ProxyPolicy } | { proble
 }
 
 /**
- * The Markdown for docs/proxy.md's preset and hard-deny lists, generated here so the page can be
- * checked against the code (`npm run proxy-docs` is not needed: the test prints the expected text).
+ * The Markdown of docs/proxy.md's preset lists and hard-deny table: the page carries exactly this
+ * text, and test/proxy-presets.test.ts fails (printing the expected text) when code and page part.
  */
 export function presetMarkdown (name: PresetName): string {
   const p: PresetSpec = PRESETS[name]
