@@ -3,6 +3,7 @@ import fc from 'fast-check'
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ConfigError, ENV_VARIABLES, isLoopbackHost, loadConfig, parseDuration, plexTvUrlProblem, tokenFromPreferences } from '../src/config/index.ts'
+import { evaluate } from '../src/proxy/rules.ts'
 
 const SECRET = Buffer.alloc(32, 7).toString('base64')
 // HOST on loopback: a broker listening wider needs METRICS_TOKEN (tested below).
@@ -260,6 +261,64 @@ clients:
   const twice = bad(`clients:\n  - id: x\n    secretSha256: "${digest}"\n    servers: [default]\n    scopes: [token:issue]\n  - id: x\n    secretSha256: "${digest}"\n    servers: [default]\n    scopes: [token:issue]\n`)
   t.ok(twice.some((m) => /used twice/.test(m)) && twice.some((m) => /same secret/.test(m)))
   t.match(problems({ ...BASE, BROKER_CONFIG: join(dir, 'nope.yaml') }).join(), /^BROKER_CONFIG: cannot read/)
+})
+
+t.test('config file: proxy rules per client, compiled at load; every bad one named with its client', async (t) => {
+  const dir = t.testdir({})
+  const digest = (n: number): string => String(n).repeat(64).slice(0, 64)
+  const file = (clients: string): string => {
+    const path = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`)
+    writeFileSync(path, `clients:\n${clients}`)
+    return path
+  }
+  const client = (id: string, n: number, proxy: string): string =>
+    `  - id: ${id}\n    secretSha256: "${digest(n)}"\n    servers: [default]\n    scopes: [token:issue]\n${proxy}`
+  const good = file(client('tautulli', 1, '    proxy:\n      preset: monitor\n      mode: shadow\n      allow:\n        - { methods: [GET], path: /status/sessions/terminate }\n      deny:\n        - { methods: "*", path: /devices/** }\n') +
+    client('plain', 2, ''))
+  const c = loadConfig({ ...BASE, BROKER_CONFIG: good })
+  const policy = c.clients[0].proxy
+  t.ok(policy !== undefined)
+  if (policy === undefined) return
+  t.equal(policy.preset, 'monitor')
+  t.equal(policy.mode, 'shadow')
+  t.equal(evaluate(policy, { method: 'GET', path: '/accounts' }).reason, 'allow', 'the preset applies')
+  t.equal(evaluate(policy, { method: 'GET', path: '/status/sessions/terminate' }).reason, 'allow', 'and the client\'s allow')
+  t.equal(evaluate(policy, { method: 'GET', path: '/devices' }).reason, 'client-deny', 'and its deny')
+  t.equal(evaluate(policy, { method: 'GET', path: '/security/token' }).reason, 'hard-deny')
+  t.notOk('proxy' in c.clients[1], 'no proxy section: no policy (its keys would reach nothing)')
+
+  const bad = problems({
+    ...BASE,
+    BROKER_CONFIG: file(client('kometa', 3, '    proxy: { preset: kometa }\n') +
+      client('sonarr', 4, '    proxy:\n      preset: library-notify\n      allow:\n        - { methods: [GET], path: "library/x" }\n        - { methods: [FETCH], path: /x }\n')),
+  })
+  t.match(bad[0], /clients\[0\] "kometa": proxy\.preset: unknown preset "kometa" \(known: dashboard, read, monitor/)
+  t.match(bad[1], /clients\[1\] "sonarr": proxy\.allow\[0\]: path: "library\/x" must start with \//)
+  t.match(bad[2], /clients\[1\] "sonarr": proxy\.allow\[1\]: methods: "FETCH" is not one of/)
+  t.equal(bad.length, 3, 'every problem at once')
+  t.match(problems({ ...BASE, BROKER_CONFIG: file(client('x', 5, '    proxy: { preset: read, rules: [] }\n')) }).join(), /clients\[0\]\.proxy: must not have additional properties \(rules\)/)
+  t.match(problems({ ...BASE, BROKER_CONFIG: file(client('x', 5, '    proxy: { preset: read, mode: audit }\n')) }).join(), /clients\[0\]\.proxy\.mode/)
+})
+
+t.test('proxy ports: per server in the file or PROXY_PORT for one server; unique and not the API port', async (t) => {
+  t.same(loadConfig({ ...BASE, PROXY_PORT: '32401' }).servers[0].proxy, { port: 32401 }, 'PROXY_PORT and PLEX_URL')
+  t.notOk('proxy' in loadConfig(BASE).servers[0], 'no port, no proxy')
+  const dir = t.testdir({})
+  const servers = (ports: Array<number | undefined>): string => {
+    const path = join(dir, `s${ports.join('-')}.yaml`)
+    writeFileSync(path, `servers:\n${ports.map((p, i) => `  - name: s${i}\n    url: http://10.0.0.${i + 1}:32400\n    token: t${i}\n${p === undefined ? '' : `    proxy: { port: ${p} }\n`}`).join('')}`)
+    return path
+  }
+  const env = { BROKER_SECRET: SECRET, HOST: BASE.HOST }
+  t.same(loadConfig({ ...env, BROKER_CONFIG: servers([32401, 32402, undefined]) }).servers.map((s) => s.proxy?.port), [32401, 32402, undefined])
+  t.same(loadConfig({ ...env, BROKER_CONFIG: servers([undefined]), PROXY_PORT: '32499' }).servers[0].proxy, { port: 32499 }, 'PROXY_PORT for the file\'s only server')
+  t.match(problems({ ...env, BROKER_CONFIG: servers([32401, 32401]) }).join(), /server "s1": proxy port 32401 is server "s0"'s proxy port too/)
+  t.match(problems({ ...env, BROKER_CONFIG: servers([8080]) }).join(), /server "s0": proxy port 8080 is the API's PORT/)
+  t.match(problems({ ...BASE, PROXY_PORT: '9000', PORT: '9000' }).join(), /^PROXY_PORT: proxy port 9000 is the API's PORT/)
+  t.match(problems({ ...env, BROKER_CONFIG: servers([70000]) }).join(), /servers\[0\]\.proxy\.port/)
+  t.match(problems({ ...env, BROKER_CONFIG: servers([undefined, undefined]), PROXY_PORT: '32401' }).join(), /^PROXY_PORT: is for a single server; 2 are configured/)
+  t.match(problems({ ...env, BROKER_CONFIG: servers([32401]), PROXY_PORT: '32402' }).join(), /^PROXY_PORT: server "s0" has a proxy\.port in BROKER_CONFIG too/)
+  for (const bad of ['0', '65536', 'x', '-1']) t.match(problems({ ...BASE, PROXY_PORT: bad }).join(), /^PROXY_PORT: must be an integer from 1 to 65535/, bad)
 })
 
 t.test('PLEX_TOKEN_FILE, PLEX_PREFERENCES_PATH and BROKER_SECRET_FILE', async (t) => {

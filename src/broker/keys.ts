@@ -63,6 +63,15 @@ export interface Keys {
   schedulerLock: string
   /** BullMQ prefix. */
   queuePrefix: string
+  /**
+   * Hash: one proxy key (src/proxy/proxy-keys.ts): client, server, label, digest (SHA-256 of its
+   * secret, never the secret), createdAt, expiresAt, revokedAt.
+   */
+  proxyKey: (id: string) => string
+  /** ZSET proxy key id → createdAt: every proxy key, for listing. */
+  proxyKeys: string
+  /** ZSET proxy key id → createdAt: the proxy keys of one client. */
+  proxyKeysByClient: (client: string) => string
 }
 
 export function createKeys (prefix: string, opts: { hashTag?: boolean } = {}): Keys {
@@ -89,6 +98,9 @@ export function createKeys (prefix: string, opts: { hashTag?: boolean } = {}): K
     rateLimitPrefix: `${p}rl:`,
     schedulerLock: `${p}lock:schedulers`,
     queuePrefix: `${p}q`,
+    proxyKey: (id) => `${p}pkey:${id}`,
+    proxyKeys: `${p}pkeys`,
+    proxyKeysByClient: (c) => `${p}pkeys:client:${c}`,
   }
 }
 

@@ -1,10 +1,13 @@
+import { policyFrom } from '../proxy/presets.ts'
 import { parseDuration, type Env } from './env.ts'
 import type { ConfigFile } from './file.ts'
 import type { ClientConfig, RateLimitConfig, ServerConfig } from './types.ts'
 
 /**
  * The clients of the config file. Ids and secret digests must be unique (a shared secret would
- * make two clients indistinguishable), and every server a client names must be configured.
+ * make two clients indistinguishable), and every server a client names must be configured. A
+ * client's `proxy` rules are compiled here, so an unknown preset or a malformed rule stops the
+ * boot with the client's id and the rule's field in the message.
  */
 export function readClients (env: Env, file: ConfigFile, servers: readonly ServerConfig[], defaultRateLimit: RateLimitConfig): ClientConfig[] {
   const names = new Set(servers.map((s) => s.name))
@@ -20,6 +23,12 @@ export function readClients (env: Env, file: ConfigFile, servers: readonly Serve
     digests.add(hex)
     for (const n of c.servers) if (n !== '*' && !names.has(n)) env.problem(`${label}: server "${n}" is not configured`)
     const sources = c.sources ?? []
+    let proxy
+    if (c.proxy !== undefined) {
+      const built = policyFrom(c.proxy)
+      if ('problems' in built) for (const p of built.problems) env.problem(`${label} "${c.id}": ${p}`)
+      else proxy = built.policy
+    }
     clients.push({
       id: c.id,
       secretSha256: Buffer.from(hex, 'hex'),
@@ -28,6 +37,7 @@ export function readClients (env: Env, file: ConfigFile, servers: readonly Serve
       // The file schema has already checked the duration's form.
       rateLimit: c.rateLimit === undefined ? defaultRateLimit : { max: c.rateLimit.max, timeWindowMs: parseDuration(c.rateLimit.timeWindow) },
       sources: sources.includes('*') ? '*' : sources,
+      ...(proxy === undefined ? {} : { proxy }),
     })
   }
   return clients

@@ -19,6 +19,8 @@ const ServerEntry = Type.Object({
   token: Type.Optional(Type.String({ minLength: 1 })),
   tokenFile: Type.Optional(Type.String({ minLength: 1 })),
   preferencesPath: Type.Optional(Type.String({ minLength: 1 })),
+  /** The PMS proxy's listener for this server (docs/proxy.md). */
+  proxy: Type.Optional(Type.Object({ port: Type.Integer({ minimum: 1, maximum: 65535 }) }, { additionalProperties: false })),
 }, { additionalProperties: false })
 
 const ClientEntry = Type.Object({
@@ -28,6 +30,14 @@ const ClientEntry = Type.Object({
   scopes: Type.Array(Type.Union(SCOPES.map((s) => Type.Literal(s))), { minItems: 1 }),
   rateLimit: Type.Optional(Type.Object({ max: Type.Integer({ minimum: 1 }), timeWindow: Duration }, { additionalProperties: false })),
   sources: Type.Optional(Type.Array(Type.String({ pattern: '^(\\*|server://[A-Za-z0-9]+|provider://[A-Za-z0-9._-]+)$' }))),
+  // The rules themselves are checked by src/proxy/presets.ts (policyFrom), whose messages name the
+  // client and the rule's field; the schema checks the outline only.
+  proxy: Type.Optional(Type.Object({
+    preset: Type.Optional(Type.String({ minLength: 1 })),
+    allow: Type.Optional(Type.Array(Type.Unknown())),
+    deny: Type.Optional(Type.Array(Type.Unknown())),
+    mode: Type.Optional(Type.Union([Type.Literal('enforce'), Type.Literal('shadow')])),
+  }, { additionalProperties: false })),
 }, { additionalProperties: false })
 
 const FileSchema = Type.Object({

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { readClients } from './clients.ts'
 import { Env, type ConfigIo } from './env.ts'
 import { loadConfigFile } from './file.ts'
-import { readServers } from './servers.ts'
+import { readProxyPorts, readServers } from './servers.ts'
 import {
   readDefaultRateLimit, readLimits, readListen, readPlexTvUrl, readProcess, readRedis, readSecrets, readStreams, readTokenTiming, readTrustProxy,
 } from './settings.ts'
@@ -43,6 +43,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
   const servers = readServers(env, file)
   const clients = readClients(env, file, servers, defaultRateLimit)
   const limits = readLimits(env)
+  const proxied = readProxyPorts(env, file.label, servers, limits.port)
   const streams = readStreams(env)
   env.check()
   return deepFreeze({
@@ -56,7 +57,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
     trustProxy,
     defaultRateLimit,
     plexTvUrl,
-    servers,
+    servers: proxied,
     clients,
     ...(file.exposed === undefined ? {} : { exposedConfigFile: file.exposed }),
   })

@@ -32,7 +32,7 @@ export function readServers (env: Env, file: ConfigFile): ServerConfig[] {
       tokenFile: s.tokenFile === undefined ? undefined : resolve(file.dir, s.tokenFile),
       preferencesPath: s.preferencesPath === undefined ? undefined : resolve(file.dir, s.preferencesPath),
     })
-    if (token !== undefined) servers.push(server(s.name, s.url, token))
+    if (token !== undefined) servers.push({ ...server(s.name, s.url, token), ...(s.proxy === undefined ? {} : { proxy: { port: s.proxy.port } }) })
   }
 
   const shortcut = plexUrlServer(env, servers)
@@ -98,4 +98,37 @@ function server (name: string, url: string, token: AdminToken): ServerConfig {
     tokenSource: token.source,
     ...(token.path === undefined ? {} : { tokenPath: token.path }),
   }
+}
+
+/**
+ * The proxy listeners' ports: each server's `proxy.port`, or PROXY_PORT for the only server (the
+ * PLEX_URL shortcut, or a config file with one server). Every proxy port must differ from the
+ * others and from the API's PORT: each listener mirrors PMS paths at its root, so a port can serve
+ * one PMS only, and never the broker's own API.
+ */
+export function readProxyPorts (env: Env, fileLabel: string, servers: readonly ServerConfig[], apiPort: number): ServerConfig[] {
+  const raw = env.get('PROXY_PORT')
+  let out = [...servers]
+  let fromEnv: string | undefined
+  if (raw !== undefined) {
+    const port = Number(raw)
+    if (!/^\d+$/.test(raw) || port < 1 || port > 65535) env.problem(`PROXY_PORT: must be an integer from 1 to 65535, got "${raw}"`)
+    else if (servers.length > 1) env.problem(`PROXY_PORT: is for a single server; ${servers.length} are configured, so give each its proxy.port in BROKER_CONFIG`)
+    else if (servers.length === 1 && servers[0].proxy !== undefined) env.problem(`PROXY_PORT: server "${servers[0].name}" has a proxy.port in BROKER_CONFIG too; give it in one place`)
+    else if (servers.length === 1) {
+      out = [{ ...servers[0], proxy: { port } }]
+      fromEnv = servers[0].name
+    }
+  }
+  const used = new Map<number, string>()
+  for (const s of out) {
+    if (s.proxy === undefined) continue
+    const p = s.proxy.port
+    const where = s.name === fromEnv ? 'PROXY_PORT' : `${fileLabel}: server "${s.name}"`
+    if (p === apiPort) env.problem(`${where}: proxy port ${p} is the API's PORT; choose another`)
+    const other = used.get(p)
+    if (other !== undefined) env.problem(`${where}: proxy port ${p} is server "${other}"'s proxy port too`)
+    used.set(p, s.name)
+  }
+  return out
 }

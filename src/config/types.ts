@@ -1,3 +1,5 @@
+import type { ProxyPolicy } from '../proxy/rules.ts'
+
 /** The validated configuration's types, and the error that lists what is wrong with it. */
 
 export const SCOPES = ['token:issue', 'token:revoke', 'audit:read', 'server:read', 'server:rotate', 'source:connect'] as const
@@ -22,6 +24,8 @@ export interface ServerConfig {
   tokenSource: 'token' | 'tokenFile' | 'preferencesPath'
   /** The file the token was read from (tokenFile, preferencesPath), watched for changes. */
   tokenPath?: string
+  /** The PMS proxy's listener for this server (`proxy.port`, or PROXY_PORT for a single server). */
+  proxy?: { port: number }
 }
 
 export interface ClientConfig {
@@ -35,6 +39,8 @@ export interface ClientConfig {
   rateLimit: RateLimitConfig
   /** Sources (`server://…`, `provider://…`) the client may ask connection details for; `'*'` means all. */
   sources: string[] | '*'
+  /** What the client's proxy keys may reach on PMS (docs/proxy.md); absent: its keys reach nothing. */
+  proxy?: ProxyPolicy
 }
 
 export interface HostPort {

@@ -1,0 +1,177 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import type { RedisContext } from '../broker/keys.ts'
+import { isName } from '../config/names.ts'
+import { badRequest } from '../errors.ts'
+
+/**
+ * Proxy keys (docs/proxy.md, *Proxy keys*): the credential a tool presents to the PMS proxy where
+ * it would put a PMS token. `pbk_<id>.<secret>`: the id (9 random bytes, base64url) names the
+ * record and may appear in listings, logs and audit events; the secret (32 random bytes,
+ * base64url) is shown once, at creation, and stored only as its SHA-256.
+ *
+ * Why a plain SHA-256 and not an HMAC keyed from BROKER_SECRET: the secret carries 256 random
+ * bits, so its digest cannot be reversed or guessed, and a key would add nothing; tying the digest
+ * to BROKER_SECRET would, on the other hand, lock out every proxy key when that secret is rotated.
+ * Client secrets are stored the same way for the same reason.
+ *
+ * Every check reads the record from Redis (one HGETALL): a revocation or expiry made by any
+ * instance counts on the very next request, with no cache to go stale.
+ */
+
+export const PROXY_KEY_PREFIX = 'pbk_'
+const ID_PATTERN = /^[A-Za-z0-9_-]{12}$/
+const KEY_PATTERN = /^pbk_([A-Za-z0-9_-]{12})\.([A-Za-z0-9_-]{43})$/
+const MAX_LABEL = 100
+
+export interface ProxyKeyRecord {
+  id: string
+  /** The client whose proxy rules apply. */
+  client: string
+  /** The one server the key may reach; null: any server the client may use. */
+  server: string | null
+  label: string
+  createdAt: number
+  expiresAt: number | null
+  revokedAt: number | null
+}
+
+/** Why a presented value is refused (all answered alike, 401, to the caller; kept apart for logs and metrics). */
+export type ProxyKeyRefusal = 'malformed' | 'unknown' | 'mismatch' | 'revoked' | 'expired' | 'wrong-server'
+
+export type ProxyKeyCheck = { ok: true, record: ProxyKeyRecord } | { ok: false, reason: ProxyKeyRefusal }
+
+/**
+ * The id and secret of a proxy key, or undefined for anything else, a real PMS or plex.tv token
+ * included, so such a value is refused instead of being passed on.
+ */
+export function parseProxyKey (value: string): { id: string, secret: string } | undefined {
+  const m = KEY_PATTERN.exec(value)
+  return m === null ? undefined : { id: m[1], secret: m[2] }
+}
+
+export function isProxyKeyId (id: string): boolean {
+  return ID_PATTERN.test(id)
+}
+
+function digestOf (secret: string): Buffer {
+  return createHash('sha256').update(secret).digest()
+}
+
+// Compared when there is no record, so an unknown id costs the same work as a wrong secret.
+const NO_DIGEST = digestOf('')
+
+const CREATE = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'client', ARGV[1], 'server', ARGV[2], 'label', ARGV[3], 'digest', ARGV[4], 'createdAt', ARGV[5], 'expiresAt', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
+return 1
+`
+
+// revokedAt is absent until revoked, so HSETNX keeps the first revocation time.
+const REVOKE = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HSETNX', KEYS[1], 'revokedAt', ARGV[1])
+`
+
+function recordOf (id: string, h: Record<string, string>): ProxyKeyRecord {
+  return {
+    id,
+    client: h.client,
+    server: h.server === '' || h.server === undefined ? null : h.server,
+    label: h.label ?? '',
+    createdAt: Number(h.createdAt),
+    expiresAt: h.expiresAt === '' || h.expiresAt === undefined ? null : Number(h.expiresAt),
+    revokedAt: h.revokedAt === undefined ? null : Number(h.revokedAt),
+  }
+}
+
+export class ProxyKeys {
+  readonly #db: RedisContext
+
+  constructor (db: RedisContext) {
+    this.#db = db
+  }
+
+  /**
+   * Creates a key for `client` (optionally bound to `server`). The key is returned once and never
+   * stored; only its record (without the secret) can be read back. Whether the client and server
+   * exist in the configuration is the caller's check; here their form is.
+   */
+  async create (opts: { client: string, server?: string, label: string, expiresAt?: number }): Promise<{ key: string, record: ProxyKeyRecord }> {
+    if (!isName(opts.client)) throw badRequest('client: not a client id')
+    if (opts.server !== undefined && !isName(opts.server)) throw badRequest('server: not a server name')
+    // Control characters would let a label forge lines in logs and CLI listings.
+    if (opts.label.length < 1 || opts.label.length > MAX_LABEL || [...opts.label].some((ch) => ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f)) {
+      throw badRequest(`label: 1 to ${MAX_LABEL} characters, no control characters`)
+    }
+    const now = this.#db.now()
+    if (opts.expiresAt !== undefined && (!Number.isSafeInteger(opts.expiresAt) || opts.expiresAt <= now)) throw badRequest('expiresAt: must be a time in the future (ms since the epoch)')
+    const { keys, redis } = this.#db
+    for (;;) {
+      const id = randomBytes(9).toString('base64url')
+      const secret = randomBytes(32).toString('base64url')
+      const created = await this.#db.call(() => redis.eval(CREATE, 3, keys.proxyKey(id), keys.proxyKeys, keys.proxyKeysByClient(opts.client),
+        opts.client, opts.server ?? '', opts.label, digestOf(secret).toString('hex'), String(now), String(opts.expiresAt ?? ''), id))
+      // 0: the id exists already (72 random bits: practically never); draw another.
+      if (created === 1) {
+        return {
+          key: `${PROXY_KEY_PREFIX}${id}.${secret}`,
+          record: { id, client: opts.client, server: opts.server ?? null, label: opts.label, createdAt: now, expiresAt: opts.expiresAt ?? null, revokedAt: null },
+        }
+      }
+    }
+  }
+
+  async get (id: string): Promise<ProxyKeyRecord | undefined> {
+    if (!isProxyKeyId(id)) return undefined
+    const h = await this.#db.call(() => this.#db.redis.hgetall(this.#db.keys.proxyKey(id)))
+    return h.client === undefined ? undefined : recordOf(id, h)
+  }
+
+  /** Every key (or one client's), oldest first, revoked and expired ones included. */
+  async list (opts: { client?: string } = {}): Promise<ProxyKeyRecord[]> {
+    const { keys, redis } = this.#db
+    const index = opts.client === undefined ? keys.proxyKeys : keys.proxyKeysByClient(opts.client)
+    const ids = await this.#db.call(() => redis.zrange(index, '0', '-1'))
+    if (ids.length === 0) return []
+    const pipeline = redis.pipeline()
+    for (const id of ids) pipeline.hgetall(keys.proxyKey(id))
+    const replies = await this.#db.call(async () => await pipeline.exec()) ?? []
+    const out: ProxyKeyRecord[] = []
+    for (const [i, [err, h]] of replies.entries()) {
+      if (err === null && typeof h === 'object' && h !== null && (h as Record<string, string>).client !== undefined) out.push(recordOf(ids[i], h as Record<string, string>))
+    }
+    return out
+  }
+
+  /** Revokes a key; the record stays, for listings and the audit trail. */
+  async revoke (id: string): Promise<'revoked' | 'already-revoked' | 'not-found'> {
+    if (!isProxyKeyId(id)) return 'not-found'
+    const r = await this.#db.call(() => this.#db.redis.eval(REVOKE, 1, this.#db.keys.proxyKey(id), String(this.#db.now())))
+    return r === 1 ? 'revoked' : r === 0 ? 'already-revoked' : 'not-found'
+  }
+
+  /**
+   * Checks a presented value: its form, then the record (one Redis read), the secret's digest in
+   * constant time, and only then revocation, expiry and the server binding, so someone without
+   * the secret learns nothing about a key's state. `server`: the server the request is for.
+   */
+  async verify (presented: string, opts: { server?: string } = {}): Promise<ProxyKeyCheck> {
+    const parsed = parseProxyKey(presented)
+    if (parsed === undefined) return { ok: false, reason: 'malformed' }
+    const h = await this.#db.call(() => this.#db.redis.hgetall(this.#db.keys.proxyKey(parsed.id)))
+    const presentedDigest = digestOf(parsed.secret)
+    if (h.client === undefined || h.digest === undefined) {
+      timingSafeEqual(presentedDigest, NO_DIGEST)
+      return { ok: false, reason: 'unknown' }
+    }
+    const stored = Buffer.from(h.digest, 'hex')
+    if (stored.length !== presentedDigest.length || !timingSafeEqual(stored, presentedDigest)) return { ok: false, reason: 'mismatch' }
+    const record = recordOf(parsed.id, h)
+    if (record.revokedAt !== null) return { ok: false, reason: 'revoked' }
+    if (record.expiresAt !== null && record.expiresAt <= this.#db.now()) return { ok: false, reason: 'expired' }
+    if (record.server !== null && opts.server !== undefined && record.server !== opts.server) return { ok: false, reason: 'wrong-server' }
+    return { ok: true, record }
+  }
+}
