@@ -55,7 +55,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
     ...streams,
     trustProxy,
     defaultRateLimit,
-    plexTvUrl,
+    ...(plexTvUrl === undefined ? {} : { plexTvUrl }),
     servers,
     clients,
   })
