@@ -5,7 +5,10 @@
 # ensure_promtool: Debian's prometheus package for promtool, which the tests use to lint /metrics
 # and to check and unit-test docker/alerts.yml (under CI=true they fail without it);
 # ensure_redis_ha_tools: what the TLS, Sentinel and Cluster tests spawn besides redis-server
-# (`redis-server --sentinel`, `redis-cli --cluster create`, openssl for the test CA).
+# (`redis-server --sentinel`, `redis-cli --cluster create`, openssl for the test CA);
+# ensure_docker: a Docker engine that answers (Debian's docker.io, started as `dockerd` when none
+# runs) and debootstrap for docker/base-images.sh; ensure_compose: Docker Compose 2.24 or newer
+# (bookworm's docker-compose is 1.29: Debian trixie's 2.x package, pinned low, alone).
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -94,4 +97,71 @@ ensure_redis_ha_tools() {
   help="$(redis-server --help 2>&1 || true)"
   grep -q -- '--sentinel' <<<"$help" || { echo "redis-server cannot run as a Sentinel" >&2; return 1; }
   log "$(redis-server --version | head -n 1); $(openssl version)"
+}
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_docker() {
+  local missing=()
+  command -v docker >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} from Debian (the container test)"
+    apt_install "${missing[@]}"
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    log "no Docker engine answers: starting dockerd (log: /var/log/ptb-dockerd.log)"
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+      $sudo systemctl start docker
+    else
+      $sudo sh -c 'nohup dockerd >/var/log/ptb-dockerd.log 2>&1 &'
+    fi
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { echo "the Docker engine did not start (see /var/log/ptb-dockerd.log)" >&2; return 1; }
+  fi
+  log "Docker engine $(docker info --format '{{.ServerVersion}}'), storage $(docker info --format '{{.Driver}}')"
+}
+
+# Docker Compose 2.24+ (top-level `name`, `env_file` with `required`). Debian bookworm has only
+# the Python 1.29; trixie's docker-compose 2.x is one static binary (depends on libc6 only) that
+# works with bookworm's docker.io 20.10. It is installed alone (--no-install-recommends: not
+# trixie's docker-cli, which would replace docker.io), from a trixie source pinned at priority 100
+# so nothing else is ever upgraded from trixie.
+compose_ok() {
+  local v
+  v="$(docker compose version --short 2>/dev/null || true)"
+  v="${v#v}"
+  [ -n "$v" ] && [ "$(printf '%s\n2.24.0\n' "${v%%-*}" | sort -V | head -n 1)" = "2.24.0" ]
+}
+
+ensure_compose() {
+  if ! compose_ok; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    log "installing Docker Compose 2.x (Debian trixie's docker-compose, pinned low)"
+    if ! apt-cache policy 2>/dev/null | grep -q 'n=trixie'; then
+      $sudo tee /etc/apt/sources.list.d/ptb-trixie.sources >/dev/null <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+      $sudo tee /etc/apt/preferences.d/ptb-trixie >/dev/null <<'PIN'
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+PIN
+    fi
+    apt_install docker-compose/trixie
+    compose_ok || { echo "Docker Compose 2.24+ is needed; docker compose version: $(docker compose version 2>&1)" >&2; return 1; }
+  fi
+  log "$(docker compose version)"
 }

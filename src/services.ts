@@ -71,7 +71,8 @@ export interface Services {
   connections: Connections
   store: TokenStore
   plex: PlexClient
-  plexTv: PlexTv
+  /** Absent with PLEX_TV_URL=off. */
+  plexTv?: PlexTv
   states: ServerStates
   adminHealth: AdminTokenHealth
   issuer: TokenIssuer
@@ -172,7 +173,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     concurrency: config.plexConcurrency,
     onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
   })
-  const plexTv = new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
+  const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
   const states = new ServerStates(db, plex)
   const queues = createQueues(connections.queue, keys.queuePrefix)
   const jobs = new JobProducer({
@@ -187,8 +188,9 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     states,
     plex,
     logger,
-    accountCheck: async (token) => await plexTv.checkAccountToken(token),
-    keepAlive: async (token) => { await plexTv.ping(token) },
+    ...(plexTv === undefined
+      ? {}
+      : { accountCheck: async (token: string) => await plexTv.checkAccountToken(token), keepAlive: async (token: string) => { await plexTv.ping(token) } }),
     onResult: (server, verdict) => metrics.adminTokenValid.set({ server }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1),
     probeIntervalMs: config.probeIntervalMs,
   })
@@ -323,7 +325,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       // The streams themselves were ended by the route's preClose hook; this stops the reader.
       await push.close()
       await runner?.close()
-      await plexTv.close()
+      await plexTv?.close()
       await queues.close()
       await plex.close()
       for (const c of [connections.worker, connections.queue, connections.audit, connections.ratelimit, connections.cache]) {

@@ -2,6 +2,7 @@ import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { PlexTvSimulator } from '../src/sim/plextv-sim.ts'
+import { loadConfig } from '../src/config/index.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
 
 t.test('an admin token PMS rejects is found at boot, shown, audited, and fails requests fast with 502', async (t) => {
@@ -113,5 +114,24 @@ t.test('when PMS cannot tell, plex.tv decides; a valid account token is kept ali
   tv.revokeAccountToken()
   await app.broker.runner!.checkAdminTokensNow()
   t.equal((await app.broker.states.get('default')).adminToken, 'invalid', 'plex.tv 401 while PMS is down: invalid')
+  await sim.setDown(false)
+})
+
+t.test('PLEX_TV_URL=off: the admin token is checked at PMS only, and nothing is asked of plex.tv', async (t) => {
+  // A plex.tv that knows the token: were it asked, it would answer valid while PMS is down.
+  const tv = await PlexTvSimulator.start({})
+  t.teardown(() => tv.stop())
+  const sim = await startSim(t, { adminTokens: [tv.accountToken] })
+  const off = loadConfig({ BROKER_SECRET: Buffer.alloc(32, 1).toString('base64'), HOST: '127.0.0.1', PLEX_URL: sim.url, PLEX_TOKEN: tv.accountToken, PLEX_TV_URL: 'off' })
+  t.notOk('plexTvUrl' in off, 'no plex.tv URL')
+  // The test config with plex.tv taken away exactly as loadConfig does for PLEX_TV_URL=off.
+  const { plexTvUrl: _, ...withoutPlexTv } = testConfig(uniquePrefix('plextv-off'), [serverFor(sim)], [makeClient('a')], { role: 'all' })
+  const app = await buildTestApp(t, withoutPlexTv, { defaultMetrics: false })
+  await app.ready()
+  t.ok(await until(5000, async () => (await app.broker.states.get('default')).adminToken === 'valid'), 'PMS says valid')
+  await sim.setDown(true)
+  await app.broker.runner!.checkAdminTokensNow()
+  t.equal((await app.broker.states.get('default')).adminToken, 'unknown', 'PMS down and no plex.tv: unknown, not plex.tv\'s valid')
+  t.equal(tv.counters.requests, 0, 'plex.tv was never asked')
   await sim.setDown(false)
 })

@@ -158,6 +158,14 @@ t.test('PLEX_TV_URL: https, or http to loopback only (the admin token and passwo
   t.notOk(isLoopbackHost('0.0.0.0') || isLoopbackHost('::') || isLoopbackHost('10.0.0.1') || isLoopbackHost('127.example'))
 })
 
+t.test('PLEX_TV_URL=off: no plex.tv at all (a simulated PMS\'s admin token must never reach it)', async (t) => {
+  t.equal(loadConfig(BASE).plexTvUrl, 'https://plex.tv', 'unset: the real plex.tv')
+  for (const off of ['off', 'OFF', ' off ']) {
+    const c = loadConfig({ ...BASE, PLEX_TV_URL: off })
+    t.notOk('plexTvUrl' in c, `${JSON.stringify(off)}: no plex.tv URL`)
+  }
+})
+
 t.test('METRICS_TOKEN: required to listen beyond loopback; from the variable or a file', async (t) => {
   const wide = problems({ ...BASE, HOST: '0.0.0.0' })
   t.match(wide.join(), /^METRICS_TOKEN: required when HOST \(0\.0\.0\.0\) is not a loopback address: .*METRICS_TOKEN_FILE/)

@@ -6,10 +6,17 @@ import { basename, join, resolve } from 'node:path'
 import { parse } from 'yaml'
 import { sha256 } from '../src/broker/crypto.ts'
 import { ENV_VARIABLES, loadConfig } from '../src/config/index.ts'
+import { aclRule } from '../src/redis.ts'
 import { startSimFromEnv } from '../src/sim/main.ts'
 
-// No Docker engine runs here: the container files are checked statically, by construction.
-const compose = parse(readFileSync('docker-compose.yml', 'utf8'))
+// The container files checked statically, by construction; test/container/ builds the image and
+// runs the stack on a real engine (`npm run test:container`).
+/**
+ * docker-compose.yml as compose sees it with none of its variables set: `${NAME:-default}` becomes
+ * the default (the `$$` escapes stay, as in the file), and the `<<` merge keys are merged.
+ */
+const composeText = readFileSync('docker-compose.yml', 'utf8')
+const compose = parse(composeText.replace(/\$\{([A-Z_]+):-([^}]*)\}/g, '$2'), { merge: true })
 const known = new Set(ENV_VARIABLES.map((v) => v.name))
 
 /** Runs docker/init-secrets.sh as a person would (`sh docker/init-secrets.sh [args]`). */
@@ -17,6 +24,10 @@ function initSecrets (args: string[], env: Record<string, string> = {}) {
   const r = spawnSync('sh', ['docker/init-secrets.sh', ...args], { encoding: 'utf8', env: { PATH: process.env.PATH, ...env } })
   if (r.status !== 0) throw new Error(`init-secrets.sh exited ${r.status}: ${r.stderr}`)
   return r
+}
+/** A service's environment with each /run/secrets/<name> mapped to the file init-secrets.sh wrote in `dir`. */
+function mapSecrets (env: Record<string, string>, dir: string): Record<string, string> {
+  return Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v.replace(/^\/run\/secrets\/([a-z_]+)$/, (_, n: string) => join(dir, basename(compose.secrets[n].file)))]))
 }
 const CLIENT_SECRET = /\bptb_[A-Za-z0-9_-]{43}\b/g
 const sample = mkdtempSync(join(tmpdir(), 'ptb-secrets-'))
@@ -29,7 +40,7 @@ t.test('docker-compose.yml: services, health, dependencies', async (t) => {
   t.same(Object.keys(compose.services).sort(), ['broker', 'broker-ha', 'grafana', 'pms-sim', 'prometheus', 'redis', 'redis-primary', 'redis-replica',
     'sentinel-1', 'sentinel-2', 'sentinel-3'])
   t.same(compose.services.broker.depends_on.redis, { condition: 'service_healthy' }, 'broker waits for a healthy Redis')
-  t.match(compose.services.redis.healthcheck.test.join(' '), /redis-cli ping/)
+  t.match(compose.services.redis.healthcheck.test.join(' '), /redis-cli --user ptb ping/)
   t.same(compose.services.grafana.profiles, ['grafana'], 'grafana is optional')
   const redisConf = readFileSync('docker/redis.conf', 'utf8')
   t.match(redisConf, /^appendonly yes$/m, 'AOF persistence')
@@ -100,11 +111,11 @@ t.test('compose publishes every port on loopback only, and never Redis', async (
 t.test('Redis: a password from a compose secret, protected mode, and the broker uses it', async (t) => {
   const redis = compose.services.redis
   const script = (redis.command as string[]).join(' ')
-  t.match(script, /requirepass \$\$\(cat \/run\/secrets\/redis_password\)/, 'requirepass read from the secret file at start')
+  t.match(script, /user ptb on >\$\$\(cat \/run\/secrets\/redis_password\) /, 'the ACL user\'s password read from the secret file at start')
   t.match(script, /exec redis-server \/usr\/local\/etc\/redis\/redis\.conf - <</, 'fed on stdin, not as an argument; exec so Redis gets SIGTERM')
   t.same(redis.secrets, ['redis_password'])
   t.equal(redis.user, 'redis', 'not root')
-  t.match((redis.healthcheck.test as string[]).join(' '), /REDISCLI_AUTH=.*\/run\/secrets\/redis_password.*redis-cli ping/, 'the health check authenticates')
+  t.match((redis.healthcheck.test as string[]).join(' '), /REDISCLI_AUTH=.*\/run\/secrets\/redis_password.*redis-cli --user ptb ping/, 'the health check authenticates')
   const conf = readFileSync('docker/redis.conf', 'utf8')
   t.match(conf, /^protected-mode yes$/m)
   t.notMatch(conf, /^\s*requirepass/m, 'no password in the committed config')
@@ -237,8 +248,10 @@ t.test('every file compose and the Dockerfile reference exists (or is made by in
 t.test('Dockerfile follows the rules a linter would enforce', async (t) => {
   const df = readFileSync('Dockerfile', 'utf8')
   const froms = df.match(/^FROM .+$/gm)!
-  t.equal(froms.length, 3, 'multi-stage: deps, build, runtime')
-  t.match(df, /ARG NODE_IMAGE=node:24-[a-z]+-slim/, 'Node 24 LTS slim base, pinned major')
+  t.same(froms.map((f) => f.split(' AS ')[1]), ['deps', 'build', 'base', 'sim', 'runtime'], 'multi-stage; the broker\'s is the last, so a plain build makes it')
+  t.match(df, /^ARG NODE_IMAGE=node:24-[a-z]+-slim$/m, 'Node 24 LTS slim base, pinned major, replaceable with a build argument')
+  for (const f of froms) t.match(f, /^FROM (\$\{NODE_IMAGE\}|base) AS /, `${f}: on NODE_IMAGE`)
+  t.notMatch(df, /^#\s*syntax=/m, 'no syntax directive: BuildKit would fetch a frontend image from Docker Hub')
   t.match(df, /npm ci --omit=dev/, 'production dependencies only')
   t.match(df, /^USER node$/m, 'non-root')
   t.match(df, /ENTRYPOINT \["\/usr\/bin\/tini", "--"\]/, 'an init for signals')
@@ -256,11 +269,12 @@ t.test('the image puts `ptb` on PATH: the built CLI, executable, behind a symlin
   const df = readFileSync('Dockerfile', 'utf8')
   const runtime = df.slice(df.lastIndexOf('\nFROM '))
   const build = df.slice(df.indexOf(' AS build'), df.lastIndexOf('\nFROM '))
-  t.match(build, /^RUN npm run build && chmod 0755 dist\/cli\/ptb\.js$/m, 'made executable in the build stage (COPY keeps the mode)')
+  t.match(build, /^RUN npm run build && chmod 0755 dist\/cli\/ptb\.js\b/m, 'made executable in the build stage (COPY keeps the mode)')
   t.match(runtime, /^COPY --from=build [^\n]*\/app\/dist \.\/dist$/m, 'dist/ lands in /app/dist')
   t.match(runtime, /^RUN ln -s \/app\/dist\/cli\/ptb\.js \/usr\/local\/bin\/ptb$/m, 'symlinked onto PATH')
   t.ok(runtime.indexOf('ln -s /app/dist/cli/ptb.js') < runtime.indexOf('USER node'), 'linked as root, before USER node')
-  t.match(runtime, /^COPY [^\n]*package\.json \.\/$/m, 'package.json beside dist/: `ptb --version` reads it')
+  const base = df.slice(df.indexOf(' AS base'), df.indexOf(' AS sim'))
+  t.match(base, /^COPY package\.json \.\/$/m, 'package.json beside dist/: `ptb --version` reads it')
   t.match(readFileSync('src/cli/ptb.ts', 'utf8'), /^#!\/usr\/bin\/env node\n/, 'a shebang (tsc keeps it in dist/cli/ptb.js)')
   t.equal(JSON.parse(readFileSync('package.json', 'utf8')).bin.ptb, 'dist/cli/ptb.js', 'npm install -g links the same file')
 
@@ -288,4 +302,91 @@ t.test('npm start reads .env when there is one, and starts without one', async (
   const b = spawnSync(process.execPath, [...flags, ...probe], { encoding: 'utf8', cwd: without, env })
   t.equal(b.status, 0, `no .env is no error (${b.stderr})`)
   t.equal(b.stdout, 'unset\n')
+})
+
+t.test('the image: root-owned code, no source maps or declarations, no simulator, demo or dev helpers in the broker\'s', async (t) => {
+  const df = readFileSync('Dockerfile', 'utf8')
+  t.notMatch(df, /--chown/, 'nothing is copied as the runtime user: it could rewrite its own code')
+  const stage = (name: string) => df.slice(df.indexOf(` AS ${name}\n`), df.indexOf('\nFROM ', df.indexOf(` AS ${name}\n`)) >>> 0)
+  const build = stage('build')
+  t.match(build, /find dist \\\( -name '\*\.map' -o -name '\*\.d\.ts' \\\) -delete/, 'maps and declarations dropped')
+  t.match(build, /mv dist\/sim dist-sim\/sim/, 'the simulator moved out of dist/')
+  t.match(build, /rm -f dist\/demo\.js dist\/dev-support\.js/, 'the demo and its helpers dropped')
+  const runtime = df.slice(df.lastIndexOf('\nFROM '))
+  t.notMatch(runtime, /dist-sim/, 'the broker\'s stage never sees the simulator')
+  t.match(stage('sim'), /^COPY --from=build \/app\/dist-sim\/sim \.\/dist\/sim$/m, 'the sim stage has it')
+  t.match(runtime, /^USER node$/m)
+})
+
+t.test('compose: the broker, broker-ha and the simulator run read-only, without capabilities, without new privileges', async (t) => {
+  for (const name of ['broker', 'broker-ha', 'pms-sim']) {
+    const svc = compose.services[name]
+    t.equal(svc.read_only, true, `${name}: read-only root file system`)
+    t.same(svc.cap_drop, ['ALL'], `${name}: no capabilities`)
+    t.same(svc.security_opt, ['no-new-privileges:true'], `${name}: no setuid escalation`)
+  }
+})
+
+t.test('compose: every image of ours is built here (`docker compose pull` never looks for it on a registry)', async (t) => {
+  for (const [name, svc] of Object.entries(compose.services) as Array<[string, { image: string, build?: { target?: string }, pull_policy?: string }]>) {
+    if (!svc.image.startsWith('plex-token-broker')) continue
+    t.ok(svc.build !== undefined || ['build', 'never'].includes(svc.pull_policy ?? ''), `${name} (${svc.image}) has a build`)
+  }
+  t.equal(compose.services['pms-sim'].build.target, 'sim', 'the simulator has an image of its own')
+  t.not(compose.services['pms-sim'].image, compose.services.broker.image, 'not the broker\'s image')
+  t.equal(compose.services.broker.build.target, 'runtime')
+  t.same(compose.services['broker-ha'].build, compose.services.broker.build, 'broker-ha is built like the broker')
+  for (const name of ['broker', 'pms-sim']) t.equal(compose.services[name].build.args.NODE_IMAGE, 'node:24-bookworm-slim', `${name}: NODE_IMAGE is passed on`)
+  for (const v of ['NODE_IMAGE', 'REDIS_IMAGE', 'PROMETHEUS_IMAGE', 'PTB_SECRETS_DIR', 'PTB_BROKER_PORT']) t.ok(composeText.includes(`\${${v}:-`), `${v} can be set`)
+})
+
+t.test('compose needs Compose 2.24+: the file and the README say so', async (t) => {
+  t.ok(compose.name !== undefined && compose.services.broker.env_file[0].required === false, 'it uses a top-level name and an optional env_file')
+  t.match(composeText.split('\nname:')[0], /Docker Compose 2\.24 or newer/)
+  t.match(readFileSync('README.md', 'utf8'), /Docker Compose 2\.24 or newer/)
+})
+
+t.test('compose: PORT and HOST in .env cannot move the broker away from the port compose publishes and Prometheus scrapes', async (t) => {
+  const prom = parse(readFileSync('docker/prometheus.yml', 'utf8'))
+  const target = prom.scrape_configs[0].static_configs[0].targets[0] as string
+  for (const name of ['broker', 'broker-ha']) {
+    const svc = compose.services[name]
+    t.same(svc.env_file.map((e: { path: string }) => e.path), ['.env'], `${name} reads .env`)
+    // `environment` wins over `env_file` in compose.
+    t.equal(svc.environment.PORT, '8080', `${name}: PORT pinned`)
+    t.equal(svc.environment.HOST, '0.0.0.0', `${name}: HOST pinned`)
+    t.match(svc.ports[0], /:8080$/, `${name} publishes the pinned port`)
+  }
+  t.equal(target, 'broker:8080', 'Prometheus scrapes the pinned port')
+  // What the broker makes of it: .env's PORT and HOST overridden as compose does.
+  const dir = mkdtempSync(join(tmpdir(), 'ptb-port-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  initSecrets([dir])
+  const env = { PORT: '9999', HOST: '127.0.0.1', ...mapSecrets(compose.services.broker.environment, dir) }
+  const config = loadConfig(env)
+  t.equal(config.port, 8080)
+  t.equal(config.host, '0.0.0.0')
+})
+
+t.test('compose: the brokers sign in to Redis as the README\'s ACL user, and `default` is off', async (t) => {
+  const script = (name: string): string => (compose.services[name].command as string[]).join(' ').replaceAll('$$', '$')
+  const rule = aclRule('ptb', { password: '$(cat /run/secrets/redis_password)' })
+  for (const name of ['redis', 'redis-primary', 'redis-replica']) t.ok(script(name).includes(rule), `${name} has the README's rule for ptb`)
+  t.match(script('redis'), /^user default off$/m, 'the all-powerful default user is off')
+  t.notMatch(script('redis'), /requirepass/, 'no password for default either')
+  for (const name of ['broker', 'broker-ha']) t.equal(compose.services[name].environment.REDIS_USERNAME, 'ptb', `${name} signs in as ptb`)
+  t.match(compose.services.redis.healthcheck.test[1], /redis-cli --user ptb ping/)
+  t.ok(readFileSync('README.md', 'utf8').includes(aclRule('ptb')), 'the rule is the README\'s')
+})
+
+t.test('compose: a broker pointed at the simulator never sends its admin token to plex.tv', async (t) => {
+  for (const [name, svc] of Object.entries(compose.services) as Array<[string, { environment?: Record<string, string> }]>) {
+    if (svc.environment?.PLEX_URL === undefined) continue
+    t.match(svc.environment.PLEX_URL, /^http:\/\/pms-sim:/, `${name} uses the simulator`)
+    t.equal(svc.environment.PLEX_TV_URL, 'off', `${name}: no plex.tv checks`)
+    const dir = mkdtempSync(join(tmpdir(), 'ptb-plextv-'))
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+    initSecrets([dir])
+    t.notOk('plexTvUrl' in loadConfig(mapSecrets(svc.environment, dir)), `${name}'s config has no plex.tv`)
+  }
 })

@@ -12,13 +12,13 @@ import { buildApp } from '../src/app.ts'
 import { ConfigError, describeConfig, loadConfig } from '../src/config/index.ts'
 import { freePort } from '../src/dev-support.ts'
 import { createRedis } from '../src/redis.ts'
-import { LogCapture, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+import { LogCapture, makeClient, serverFor, startSim, testConfig } from './helper.ts'
 
 // The compose stack's Redis requires a password (README, *With Docker Compose*). These tests run the compose file's own
 // redis command (a real redis-server, paths mapped to a temp dir) and connect the broker to it
 // through REDIS_PASSWORD_FILE, as the broker container does.
 
-const compose = parse(readFileSync('docker-compose.yml', 'utf8'))
+const compose = parse(readFileSync('docker-compose.yml', 'utf8').replace(/\$\{([A-Z_]+):-([^}]*)\}/g, '$2'), { merge: true })
 const SECRET = Buffer.alloc(32, 7).toString('base64')
 // HOST on loopback: listening wider needs METRICS_TOKEN, which is not what these tests are about.
 const HOST = '127.0.0.1'
@@ -98,25 +98,32 @@ t.test('compose\'s Redis refuses clients without the password; the broker gets i
 
   t.match(await rawCommand(port, 'PING'), /^-NOAUTH/, 'no password: refused')
   t.match(await rawCommand(port, 'GET anything'), /^-NOAUTH/, 'no password: no data either')
-  t.match(await rawCommand(port, 'AUTH not-it'), /^-WRONGPASS/, 'a wrong password: refused')
-  t.equal(await rawCommand(port, `AUTH ${password}`), '+OK', 'the secret file\'s password: accepted')
+  t.match(await rawCommand(port, 'AUTH ptb not-it'), /^-WRONGPASS/, 'a wrong password: refused')
+  t.match(await rawCommand(port, `AUTH ${password}`), /^-WRONGPASS/, 'the all-powerful default user is off, even with the password')
+  t.equal(await rawCommand(port, `AUTH ptb ${password}`), '+OK', 'the ACL user with the secret file\'s password: accepted')
 
   const cmdline = readFileSync(`/proc/${proc.pid}/cmdline`, 'utf8')
   t.match(cmdline, /redis-server/, 'the shell exec\'d redis-server (it gets the stop signal)')
   t.notOk(cmdline.includes(password), 'the password is in no process argument')
 
-  const config = loadConfig({ BROKER_SECRET: SECRET, HOST, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', REDIS_URL: url, REDIS_PASSWORD_FILE: passwordFile })
+  const username = compose.services.broker.environment.REDIS_USERNAME as string
+  t.equal(username, 'ptb')
+  const config = loadConfig({ BROKER_SECRET: SECRET, HOST, PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', REDIS_URL: url, REDIS_USERNAME: username, REDIS_PASSWORD_FILE: passwordFile })
   const logs = new LogCapture()
   const redis = createRedis(config, 'cache', pino(logs))
   t.equal(await redis.ping(), 'PONG', 'the broker\'s connection authenticates')
-  t.same(await redis.config('GET', 'protected-mode'), ['protected-mode', 'yes'], 'protected mode is on as well')
+  await t.rejects(redis.flushall(), /NOPERM/, 'and may run nothing @dangerous')
+  await t.rejects(redis.set('elsewhere:key', '1'), /NOPERM/, 'nor touch keys outside its prefix')
+  t.equal(await redis.set('ptb:probe', '1'), 'OK', 'its own keys it may write')
   redis.disconnect()
+  // protected-mode stays on as a second lock (CONFIG is beyond the broker's user, and default is off).
+  t.match(readFileSync('docker/redis.conf', 'utf8'), /^protected-mode yes$/m)
 
   // The compose health check authenticates too (and fails without the password).
   const health = compose.services.redis.healthcheck.test as string[]
   t.equal(health[0], 'CMD-SHELL')
   const check = (file: string) => spawnSync('sh', ['-c', health[1].replaceAll('$$', '$').replaceAll('/run/secrets/redis_password', file)
-    .replace('redis-cli ping', `redis-cli -p ${new URL(url).port} ping`)], { encoding: 'utf8' })
+    .replace('redis-cli --user ptb ping', `redis-cli -p ${new URL(url).port} --user ptb ping`)], { encoding: 'utf8' })
   t.equal(check(passwordFile).status, 0, 'healthy with the secret')
   writeFileSync(join(dir, 'bad'), 'nope\n')
   t.not(check(join(dir, 'bad')).status, 0, 'unhealthy with a wrong one')
@@ -140,9 +147,10 @@ t.test('a whole broker serves tokens from the password-protected Redis', async (
   const { url } = await composeRedis(t, dir, passwordFile)
   const sim = await startSim(t)
   const client = makeClient('svc')
-  const { redisPassword } = loadConfig({ BROKER_SECRET: SECRET, HOST, PLEX_URL: sim.url, PLEX_TOKEN: sim.adminToken, REDIS_PASSWORD_FILE: passwordFile })
+  const { redisPassword, redisUsername } = loadConfig({ BROKER_SECRET: SECRET, HOST, PLEX_URL: sim.url, PLEX_TOKEN: sim.adminToken, REDIS_USERNAME: 'ptb', REDIS_PASSWORD_FILE: passwordFile })
   const logs = new LogCapture()
-  const app = await buildApp(testConfig(uniquePrefix('redis-auth'), [serverFor(sim)], [client], { redisUrl: url, redisPassword }), { logStream: logs })
+  // REDIS_PREFIX ptb: the keys the ACL rule allows (this Redis is the test's own).
+  const app = await buildApp(testConfig('ptb', [serverFor(sim)], [client], { redisUrl: url, redisPassword, redisUsername }), { logStream: logs })
   try {
     t.equal((await app.inject({ url: '/readyz' })).statusCode, 200, 'ready')
     const res = await app.inject({ method: 'POST', url: '/v1/tokens', headers: client.auth, payload: { server: 'default' } })

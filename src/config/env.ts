@@ -36,7 +36,7 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'PLEX_PROBE_INTERVAL', default: '15s', description: 'Cadence of the per-server health and restart probe' },
   { name: 'PLEX_TIMEOUT', default: '5s', description: 'Deadline of one PMS call' },
   { name: 'PLEX_CONCURRENCY', default: '4', description: 'PMS calls in flight per server and broker instance' },
-  { name: 'PLEX_TV_URL', default: 'https://plex.tv', description: 'plex.tv base URL (admin token checks, ptb login)' },
+  { name: 'PLEX_TV_URL', default: 'https://plex.tv', description: 'plex.tv base URL (admin token checks, ptb login); off = never ask plex.tv (a simulated PMS)' },
   { name: 'METRICS_TOKEN', description: '/metrics requires Authorization: Bearer <it>. Required when HOST is not a loopback address (127.0.0.0/8, ::1, localhost)' },
   { name: 'METRICS_TOKEN_FILE', description: 'File holding METRICS_TOKEN (Docker/Kubernetes secrets)' },
   { name: 'LOG_LEVEL', default: 'info', description: 'pino level: fatal, error, warn, info, debug, trace, silent' },

@@ -56,7 +56,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
     ...streams,
     trustProxy,
     defaultRateLimit,
-    plexTvUrl,
+    ...(plexTvUrl === undefined ? {} : { plexTvUrl }),
     servers: proxied,
     clients,
     ...(file.exposed === undefined ? {} : { exposedConfigFile: file.exposed }),

@@ -180,9 +180,13 @@ export function readDefaultRateLimit (env: Env): RateLimitConfig {
   }
 }
 
-/** PLEX_TV_URL, without trailing slashes. */
-export function readPlexTvUrl (env: Env): string {
+/**
+ * PLEX_TV_URL, without trailing slashes; undefined for `off` (no plex.tv checks: for a simulated
+ * PMS, whose admin token must never travel to the real plex.tv).
+ */
+export function readPlexTvUrl (env: Env): string | undefined {
   const plexTvUrl = env.dflt('PLEX_TV_URL')
+  if (plexTvUrl.trim().toLowerCase() === 'off') return undefined
   const problem = plexTvUrlProblem(plexTvUrl)
   if (problem !== undefined) env.problem(`PLEX_TV_URL: ${problem}`)
   return plexTvUrl.replace(/\/+$/, '')

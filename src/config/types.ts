@@ -121,8 +121,8 @@ export interface Config {
   brokerSecretPrevious?: Buffer[]
   /** BROKER_DEMO=1: a random BROKER_SECRET is generated when none is given. */
   demo: boolean
-  /** plex.tv base URL, for admin token checks (PLEX_TV_URL). */
-  plexTvUrl: string
+  /** plex.tv base URL, for admin token checks (PLEX_TV_URL); absent when PLEX_TV_URL=off. */
+  plexTvUrl?: string
   /** STREAM_MAX_PER_CLIENT: open push streams per client on this instance (429 beyond). */
   streamMaxPerClient: number
   /** STREAM_MAX_TOTAL: open push streams on this instance (429 beyond). */
