@@ -141,16 +141,15 @@ export class Meter {
 
   /** Counts the request now, unless it was counted already; 429 over the limit. */
   async count (): Promise<Count> {
-    if (this.#last !== undefined) return this.#last
-    return this.#verdict(await this.#limiter.hit(this.#counter))
+    return this.#verdict(this.#last ?? await this.#limiter.hit(this.#counter))
   }
 
   /** The serve script counted this request: `current` hits in the window, `ttlMs` left; 429 over the limit. */
   settle (current: number, ttlMs: number): Count {
-    if (this.#last !== undefined) return this.#last
-    return this.#verdict(this.#limiter.settle(this.#counter, current, ttlMs))
+    return this.#verdict(this.#last ?? this.#limiter.settle(this.#counter, current, ttlMs))
   }
 
+  /** Over the limit: a 429, however often asked. */
   #verdict (c: Count): Count {
     this.#last = c
     if (c.limited) throw rateLimitExceeded(c, rateLimitHeaders(c))
