@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import { createKeys } from '../src/broker/keys.ts'
 import { describeWindow, RateLimiter } from '../src/broker/rate-limiter.ts'
 import type { WindowCounters } from '../src/broker/window-counters.ts'
-import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
+import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
 const ERROR_KEYS = ['code', 'error', 'message', 'requestId', 'statusCode']
 const OPS_SCOPES = ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] as const
