@@ -5,6 +5,7 @@ import type { Logger } from 'pino'
 import type { Config } from './config/index.ts'
 import { createHttpServer, HTTP_TIMEOUTS, type HttpTimeouts } from './http-server.ts'
 import auth from './plugins/auth.ts'
+import { Denials } from './plugins/denials.ts'
 import docs from './plugins/docs.ts'
 import errorHandler, { sendError } from './plugins/error-handler.ts'
 import metricsPlugin from './plugins/metrics.ts'
@@ -81,10 +82,10 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   app.removeContentTypeParser('text/plain')
 
   await app.register(requestIdentity)
-  await app.register(rateLimits, { counters: services.counters, defaultLimit: config.defaultRateLimit, metrics: services.metrics })
+  await app.register(rateLimits, { limiter: services.limiter })
   await app.register(errorHandler, { notFoundPreHandler: app.limits.notFound })
   await app.register(docs)
-  const failedAuth = { denials: services.denials, limits: app.limits }
+  const failedAuth = { denials: new Denials(services.refusals, services.metrics), limits: app.limits }
   await app.register(metricsPlugin, { metrics: services.metrics, token: config.metricsToken, refresh: async () => { await refreshGauges(services) }, ...failedAuth })
   await app.register(auth, { clients: config.clients, ...failedAuth })
 

@@ -13,6 +13,8 @@ import { Rotator } from './broker/rotator.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { TokenFileWatcher } from './broker/token-files.ts'
 import { TokenStore } from './broker/token-store.ts'
+import { RateLimiter } from './broker/rate-limiter.ts'
+import { RefusalTrail } from './broker/refusal-trail.ts'
 import { WindowCounters } from './broker/window-counters.ts'
 import { JobProducer } from './jobs/producer.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
@@ -21,7 +23,6 @@ import { loggerOptions } from './logger.ts'
 import { Metrics } from './metrics.ts'
 import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
-import { Denials } from './plugins/denials.ts'
 import { describe } from './plugins/error-handler.ts'
 import { createRedis, type RedisClient } from './redis.ts'
 
@@ -35,6 +36,8 @@ export interface ServiceOverrides {
   tokenWatchIntervalMs?: number
   /** Stable X-Plex-Client-Identifier; by default derived from REDIS_PREFIX so all instances share one. */
   plexClientIdentifier?: string
+  /** How long refusals of one client or address are counted into one audit event (default 1 minute). */
+  refusalWindowMs?: number
 }
 
 /** The Redis connections of one instance, one per role (redis.ts). */
@@ -83,9 +86,10 @@ export interface Services {
   probe: ServerProbe
   audit: AuditLog
   readiness: Readiness
-  denials: Denials
-  /** The rate-limit counters (per client, failed authentication, unknown routes). */
-  counters: WindowCounters
+  /** Every rate limit, by name: per client, failed authentications and unknown routes per address, streams (broker/rate-limiter.ts). */
+  limiter: RateLimiter
+  /** The refusals part of the audit trail, coalesced per client or address and window (broker/refusal-trail.ts). */
+  refusals: RefusalTrail
   /** The push channel's registry of open streams and its reader of the shared change log (broker/push.ts). */
   push: PushHub
   watcher: TokenFileWatcher
@@ -206,7 +210,6 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     mintFacts: async (s) => await states.mintFacts(s.name),
     machineIdentifier: async (s, known) => await states.machineIdentifier(s, known),
     onMint: (server, result) => metrics.mints.inc({ server, result }),
-    onRateLimited: () => metrics.rateLimited.inc({ limit: 'client' }),
     adminTokenBlocked: async (server, facts) => await adminHealth.blocked(server, facts),
     onAdminRejected: async (server) => {
       await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
@@ -252,8 +255,25 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     },
   })
   const readiness = new Readiness({ ...db, target: config })
-  const denials = new Denials(store, metrics)
-  const counters = new WindowCounters(connections.ratelimit, keys.rateLimitPrefix)
+  const refusals = new RefusalTrail({
+    write: async (e, ctx) => await store.auditRefusal(e, ctx),
+    windowMs: overrides.refusalWindowMs,
+    onError: (err) => logger.warn({ err: describe(err) }, 'audit write failed'),
+  })
+  const unavailableLogged = new Map<string, number>()
+  const limiter = new RateLimiter({
+    counters: new WindowCounters(connections.ratelimit),
+    keys,
+    clientDefault: config.defaultRateLimit,
+    onLimited: (limit) => metrics.rateLimited.inc({ limit }),
+    onUnavailable: (limit, err) => {
+      // Fails open. A down Redis fails every request: one line per limit and 10 s is enough.
+      const now = Date.now()
+      if (now - (unavailableLogged.get(limit) ?? 0) < 10_000) return
+      unavailableLogged.set(limit, now)
+      logger.warn({ limit, err: describe(err) }, limit === 'auth_failures' ? 'failed-authentication throttle unavailable' : 'rate limit unavailable; failing open')
+    },
+  })
   const push = new PushHub({
     db,
     // The reader's blocking XREAD gets a connection of its own, opened with the first stream.
@@ -261,7 +281,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     logger,
     maxPerClient: config.streamMaxPerClient,
     maxTotal: config.streamMaxTotal,
-    onLimited: () => metrics.rateLimited.inc({ limit: 'streams' }),
+    onLimited: () => limiter.limited('streams'),
   })
   const watcher = new TokenFileWatcher(servers, logger, (server) => {
     adminHealth.check(server).catch(() => {})
@@ -310,8 +330,8 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     probe,
     audit,
     readiness,
-    denials,
-    counters,
+    limiter,
+    refusals,
     push,
     watcher,
     runner,
@@ -322,6 +342,8 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     close: async () => {
       // Workers first (they finish or leave in-flight jobs), then the clients, then the connections they use.
       watcher.stop()
+      // Counts of refusals not yet written reach the trail while Redis is still open.
+      await refusals.flush()
       // The streams themselves were ended by the route's preClose hook; this stops the reader.
       await push.close()
       await runner?.close()

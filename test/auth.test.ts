@@ -1,8 +1,10 @@
 import t from 'tap'
 import type { InjectOptions } from 'fastify'
 import { Redis } from 'ioredis'
-import { describeWindow } from '../src/broker/client-limit.ts'
-import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
+import { createKeys } from '../src/broker/keys.ts'
+import { describeWindow, RateLimiter } from '../src/broker/rate-limiter.ts'
+import type { WindowCounters } from '../src/broker/window-counters.ts'
+import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
 
 const ERROR_KEYS = ['code', 'error', 'message', 'requestId', 'statusCode']
 const OPS_SCOPES = ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] as const
@@ -73,19 +75,22 @@ t.test('one address, many services: a flood of bad secrets never stops valid cli
   t.equal(sample(metrics, 'ptb_rate_limited_total{limit="auth_failures"}'), 482, 'every 429 counted')
   t.equal(sample(metrics, 'ptb_rate_limited_total{limit="client"}'), 0, 'no client was limited')
 
-  // Audit: the 20 failures, then one event when the address became throttled; nothing per 429.
-  const denials = async () => {
-    const page = (await app.inject({ method: 'GET', url: '/v1/audit?action=auth.denied&limit=1000', headers: ops.auth })).json()
-    return (page.events as Array<{ ip: string, detail: Record<string, unknown> }>).filter((e) => e.ip === shared)
-  }
-  t.ok(await until(5000, async () => (await denials()).length >= 21), 'denials reach the audit trail')
-  await new Promise((resolve) => setTimeout(resolve, 300))
-  const events = await denials()
-  t.equal(events.length, 21, '20 failures + 1 throttle event for 503 failed requests')
+  // Audit: the first failure at once, one event when the address became throttled, and the count
+  // of all the others in one event when the window closes (here: the flush at shutdown).
+  await app.broker.refusals.flush()
+  const page = (await app.inject({ method: 'GET', url: '/v1/audit?action=auth.denied&limit=1000', headers: ops.auth })).json()
+  const events = (page.events as Array<{ ip: string, detail: Record<string, unknown> }>).filter((e) => e.ip === shared)
+  t.equal(events.length, 4, 'four events for 502 failed requests')
   const throttled = events.filter((e) => e.detail.throttled === true)
   t.equal(throttled.length, 1, 'one event says the address is throttled')
   t.match(throttled[0].detail, { reason: 'unknown_secret', throttled: true, limit: 20, windowMs: 60_000, retryAfter: Number })
-  t.equal(sample(metrics, 'ptb_audit_events_total{action="auth.denied"}'), 22, 'the audit metric agrees (21 + the other address)')
+  const unknown = events.filter((e) => e.detail.reason === 'unknown_secret' && e.detail.throttled === undefined)
+  t.same(unknown.map((e) => e.detail.count).sort(), [1, 499], 'the first failure at once, then the count of the others but the throttle event')
+  t.match(unknown.find((e) => e.detail.count === 499)?.detail, { repeated: true, windowMs: 60_000, since: String })
+  t.match(events.filter((e) => e.detail.reason === 'missing_credential'), [{ detail: { count: 1, repeated: true } }], 'the throttled missing credential, counted')
+  t.equal(events.reduce((n, e) => n + Number(e.detail.count ?? 1), 0), 502, 'the counts add up to the failed requests')
+  const after = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.equal(sample(after, 'ptb_audit_events_total{action="auth.denied"}'), 5, 'the audit metric agrees (3 + 1 + the other address)')
   t.notOk(app.logs.text.includes('throttle unavailable'), 'every failure was counted in Redis')
 })
 
@@ -252,13 +257,15 @@ t.test('a failure the throttle cannot count is a 401, counted in metrics but not
   const denied: string[] = []
   const unaudited: string[] = []
   let verdict = { failures: 0, counted: false, max: 20, throttled: false, becameThrottled: false, retryAfter: 60, windowMs: 60_000 }
+  // The client's limit never refuses here: its counter always says "first hit".
+  const limiter = new RateLimiter({ counters: { hit: async () => ({ current: 1, ttl: 60_000 }) } as unknown as WindowCounters, keys: createKeys('auth-unit'), clientDefault: { max: 10, timeWindowMs: 60_000 } })
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(errorHandler)
   await app.register(auth, {
     clients: [a.config],
-    denials: { record: (_r, reason) => { denied.push(reason) }, counted: (reason) => { unaudited.push(reason) } },
-    limits: { client: async () => {}, notFound: async () => {}, authFailure: async () => verdict },
+    denials: { record: (_r, reason) => { denied.push(reason) }, throttled: (_r, reason) => { denied.push(reason) }, counted: (reason) => { unaudited.push(reason) } },
+    limits: { meter: (client) => limiter.meter(client), authFailure: async () => verdict },
   })
   app.get('/x', { onRequest: app.authenticate('token:issue') }, async () => ({ ok: true }))
   t.equal((await app.inject({ method: 'GET', url: '/x', headers: { authorization: 'Bearer nope' } })).statusCode, 401)

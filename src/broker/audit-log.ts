@@ -25,10 +25,10 @@ export interface AuditFilter {
   /** One fingerprint, or any of several (a token's fingerprints under each known BROKER_SECRET). */
   fingerprint?: string | readonly string[]
   /**
-   * Only events of these servers (an ops client limited to some servers); events without a
-   * server are left out too. Undefined: no restriction.
+   * Which events the reader may see, by their server (`null`: events without one); policy.ts
+   * `canSeeAuditOf` for the reading client. Undefined: every event.
    */
-  servers?: readonly string[]
+  visible?: (server: string | null) => boolean
   /** Inclusive bounds, ms since epoch. */
   since?: number
   until?: number
@@ -74,18 +74,28 @@ function matches (e: AuditEvent, q: AuditFilter): boolean {
   return (q.action === undefined || e.action === q.action) &&
     (q.client === undefined || e.client === q.client) &&
     (q.server === undefined || e.server === q.server) &&
-    (q.servers === undefined || (e.server !== null && q.servers.includes(e.server))) &&
+    (q.visible === undefined || q.visible(e.server)) &&
     (q.tokenId === undefined || e.tokenId === q.tokenId) &&
     (q.fingerprint === undefined || (typeof q.fingerprint === 'string' ? e.fingerprint === q.fingerprint : q.fingerprint.includes(e.fingerprint ?? '')))
 }
 
 /** Stream ids start with the ms time of the entry, so time bounds map to id bounds. */
-const STREAM_ID = /^\d{1,16}-\d{1,16}s?$/
+const STREAM_ID = /^\d{1,16}-\d{1,16}[sr]?$/
+
+/**
+ * The three streams of the trail, in the order events with the same id are read newest first,
+ * each with the letter its cursors end in.
+ */
+const STREAMS = [
+  { name: 'security', key: 'audit', mark: 's' },
+  { name: 'refusals', key: 'auditRefusals', mark: 'r' },
+  { name: 'serves', key: 'auditServes', mark: '' },
+] as const
 
 /**
  * A page cursor is the stream id of the last event returned, with `s` appended when that event
- * came from the security stream: the two streams can hold the same id, and the serves event with
- * that id (which sorts after it) is then still to come.
+ * came from the security stream and `r` when from the refusals stream: the streams can hold the
+ * same id, and the events with that id in the streams read after it are then still to come.
  */
 export function isCursor (s: string): boolean {
   return STREAM_ID.test(s)
@@ -108,10 +118,11 @@ export interface AuditLogOptions {
 }
 
 /**
- * Reads the audit trail: two Redis Streams. Security events (mints, rotations, revocations,
- * invalidations, admin-token changes, authentication failures, server events) are kept for
- * AUDIT_RETENTION; cache serves go to their own stream, capped at AUDIT_MAX_EVENTS, so a busy
- * client cannot push a revocation out of the trail. Reads merge both by time. Filters are applied
+ * Reads the audit trail: three Redis Streams. Security events (mints, rotations, revocations,
+ * invalidations, admin-token changes, server events) are kept for AUDIT_RETENTION; cache serves
+ * and refusals (`auth.denied`, coalesced by broker/refusal-trail.ts) go to streams of their own,
+ * each capped at AUDIT_MAX_EVENTS, so neither a busy client nor a flood of refused requests can
+ * push a revocation out of the trail. Reads merge the three by time. Filters are applied
  * while scanning newest first, in chunks, so a page costs a few round trips however large the trail is.
  */
 export class AuditLog {
@@ -123,13 +134,10 @@ export class AuditLog {
     this.#o = opts
   }
 
-  /** Both streams newest first, merged; `end` is an exclusive or inclusive upper bound per stream. */
-  async * #newestFirst (security: { end: string }, serves: { end: string }, start: string): AsyncGenerator<[Entry, 'security' | 'serves']> {
+  /** Every stream newest first, merged; `ends[i]` is the exclusive or inclusive upper bound of stream i. */
+  async * #newestFirst (ends: string[], start: string): AsyncGenerator<[Entry, number]> {
     const { redis, keys } = this.#db
-    const sources = [
-      { name: 'security' as const, key: keys.audit, end: security.end, buf: [] as Entry[], done: false },
-      { name: 'serves' as const, key: keys.auditServes, end: serves.end, buf: [] as Entry[], done: false },
-    ]
+    const sources = STREAMS.map((st, i) => ({ key: keys[st.key], end: ends[i] ?? '+', buf: [] as Entry[], done: false }))
     const refill = async (src: typeof sources[number]): Promise<void> => {
       if (src.done || src.buf.length > 0) return
       const chunk = await this.#db.call(() => redis.xrevrange(src.key, src.end, start, 'COUNT', CHUNK)) as Entry[]
@@ -139,11 +147,14 @@ export class AuditLog {
     }
     while (true) {
       await Promise.all(sources.map(refill))
-      const [a, b] = sources
-      if (a.buf.length === 0 && b.buf.length === 0) return
-      // Newest first; on equal ids the security event comes first.
-      const pick = b.buf.length === 0 || (a.buf.length > 0 && compareIds(a.buf[0][0], b.buf[0][0]) >= 0) ? a : b
-      yield [pick.buf.shift()!, pick.name]
+      // Newest first; on equal ids the stream listed first in STREAMS comes first.
+      let pick = -1
+      for (const [i, src] of sources.entries()) {
+        if (src.buf.length === 0) continue
+        if (pick === -1 || compareIds(src.buf[0][0], sources[pick].buf[0][0]) > 0) pick = i
+      }
+      if (pick === -1) return
+      yield [sources[pick].buf.shift()!, pick]
     }
   }
 
@@ -151,20 +162,20 @@ export class AuditLog {
   async page (q: AuditFilter, limit: number, cursor?: string): Promise<AuditPage> {
     const events: AuditEvent[] = []
     const top = q.until === undefined ? '+' : `${q.until}-18446744073709551615`
-    let security = { end: top }
-    let serves = { end: top }
+    let ends = STREAMS.map(() => top)
     if (cursor !== undefined) {
-      const fromSecurity = cursor.endsWith('s')
-      const id = fromSecurity ? cursor.slice(0, -1) : cursor
-      security = { end: `(${id}` }
-      serves = { end: fromSecurity ? id : `(${id}` }
+      // The streams up to the cursor's own have given every event with its id; the later ones not yet.
+      const mark = /[sr]$/.test(cursor) ? cursor.slice(-1) : ''
+      const id = mark === '' ? cursor : cursor.slice(0, -1)
+      const at = STREAMS.findIndex((st) => st.mark === mark)
+      ends = STREAMS.map((_, i) => (i <= at ? `(${id}` : id))
     }
     const start = q.since === undefined ? '-' : `${q.since}-0`
     let scanned = 0
     let last: string | undefined
-    for await (const [[id, fields], stream] of this.#newestFirst(security, serves, start)) {
+    for await (const [[id, fields], stream] of this.#newestFirst(ends, start)) {
       scanned++
-      last = stream === 'security' ? `${id}s` : id
+      last = `${id}${STREAMS[stream].mark}`
       const e = toEvent(id, fields)
       if (matches(e, q)) {
         events.push(e)
@@ -180,7 +191,7 @@ export class AuditLog {
   async * export (q: AuditFilter): AsyncGenerator<AuditEvent> {
     const { redis, keys } = this.#db
     const end = q.until === undefined ? '+' : `${q.until}-18446744073709551615`
-    const sources = [keys.audit, keys.auditServes].map((key) => ({ key, start: q.since === undefined ? '-' : `${q.since}-0`, buf: [] as Entry[], done: false }))
+    const sources = STREAMS.map((st) => ({ key: keys[st.key], start: q.since === undefined ? '-' : `${q.since}-0`, buf: [] as Entry[], done: false }))
     while (true) {
       for (const src of sources) {
         if (src.done || src.buf.length > 0) continue
@@ -189,9 +200,12 @@ export class AuditLog {
         if (chunk.length < CHUNK) src.done = true
         if (chunk.length > 0) src.start = `(${chunk[chunk.length - 1][0]}`
       }
-      const [a, b] = sources
-      if (a.buf.length === 0 && b.buf.length === 0) return
-      const pick = b.buf.length === 0 || (a.buf.length > 0 && compareIds(a.buf[0][0], b.buf[0][0]) <= 0) ? a : b
+      // Oldest first; on equal ids the stream listed first in STREAMS comes first.
+      let pick: typeof sources[number] | undefined
+      for (const src of sources) {
+        if (src.buf.length > 0 && (pick === undefined || compareIds(src.buf[0][0], pick.buf[0][0]) < 0)) pick = src
+      }
+      if (pick === undefined) return
       const [id, fields] = pick.buf.shift()!
       const e = toEvent(id, fields)
       if (matches(e, q)) yield e
@@ -199,7 +213,7 @@ export class AuditLog {
   }
 
   /**
-   * Drops events older than the retention from both streams. The security stream has no cap on
+   * Drops events older than the retention from every stream. The security stream has no cap on
    * append; should it still exceed AUDIT_MAX_EVENTS (memory is finite), it is cut here, and the
    * events lost before their retention are counted (ptb_audit_dropped_total) and reported.
    */
@@ -207,8 +221,8 @@ export class AuditLog {
     const { redis, keys } = this.#db
     const minId = `${Math.max(0, this.#db.now() - retentionMs)}-0`
     // Exact trimming: it runs once per sweep, and "older than the retention" should mean exactly that.
-    const expired = await this.#db.call(() => redis.xtrim(keys.audit, 'MINID', minId)) +
-      await this.#db.call(() => redis.xtrim(keys.auditServes, 'MINID', minId))
+    let expired = 0
+    for (const st of STREAMS) expired += await this.#db.call(() => redis.xtrim(keys[st.key], 'MINID', minId))
     let dropped = 0
     if (maxEvents !== undefined) {
       dropped = await this.#db.call(() => redis.xtrim(keys.audit, 'MAXLEN', maxEvents))

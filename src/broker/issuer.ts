@@ -4,7 +4,7 @@ import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
-import { type ClientLimit, clientLimitExceeded } from './client-limit.ts'
+import type { Meter } from './rate-limiter.ts'
 import type { TokenReason } from './push-log.ts'
 import type { MintFacts } from './server-state.ts'
 import { type RequestContext, type ServedToken, slotKey, type TokenStore } from './token-store.ts'
@@ -46,16 +46,12 @@ export interface IssuerOptions {
   onAdminRejected?: (server: ServerConfig) => Promise<void> | void
   /** Called after every upstream mint attempt (metrics). */
   onMint?: (server: string, result: 'ok' | 'rejected' | 'unavailable' | 'error') => void
-  /** Called when a client is over its rate limit (metrics). */
-  onRateLimited?: (client: string) => void
   /** Called when a served token is past its renewAt: the rotation job was lost or is failing. */
   onOverdue?: (client: string, server: string, tokenId: string) => void
 }
 
 export type IssuedToken = ServedToken & {
   source: 'cache' | 'upstream'
-  /** The client's rate-limit window after this request, when `issue` counted it. */
-  rate?: { max: number, count: number, ttlMs: number }
 }
 
 /** Resets a lock's expiry only if this owner still holds it. KEYS: lock  ARGV: owner, ttlMs → 1 held, 0 lost */
@@ -100,27 +96,23 @@ export class TokenIssuer {
   }
 
   /**
-   * `target`: a source PMS knows (`server://…`, `provider://…`) instead of a PMS token. `limit`:
-   * the client's rate limit, counted once, in the first serve script (429 `RATE_LIMITED` beyond it).
+   * `target`: a source PMS knows (`server://…`, `provider://…`) instead of a PMS token. `meter`:
+   * the request's count against its client's limit, when it was not counted yet: the first serve
+   * script counts it (429 `RATE_LIMITED` beyond it), so a cache hit stays one round trip.
    * `reason`: what the push channel says of a token minted here (default `issued`; `reminted` when
    * the cached one had to be invalidated first because it could not be opened).
    */
-  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string, limit?: ClientLimit,
+  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string, meter?: Meter,
     reason: TokenReason = 'issued'): Promise<IssuedToken> {
     const { store } = this.#o
-    let rate: IssuedToken['rate']
     // A revocation or invalidation can land between our mint and our read; a few rounds settle it.
     for (let round = 0; round < 3; round++) {
-      const first = await store.serveCounted(client, server.name, 'cache', ctx, target, round === 0 ? limit : undefined)
-      if (round === 0 && limit !== undefined) {
-        if (first.limited) {
-          this.#o.onRateLimited?.(client)
-          throw clientLimitExceeded(limit, first.ttlMs)
-        }
-        rate = { max: limit.max, count: first.count, ttlMs: first.ttlMs }
-      }
+      const counter = round === 0 ? meter?.pending : undefined
+      const first = await store.serveCounted(client, server.name, 'cache', ctx, target, counter)
+      // Over the limit the script served and audited nothing: this throws the 429.
+      if (counter !== undefined) meter?.settle(first.count, first.ttlMs)
       const hit = first.token
-      if (hit !== undefined) return { ...this.#checked(client, server.name, hit, 'cache'), rate }
+      if (hit !== undefined) return this.#checked(client, server.name, hit, 'cache')
       if (first.invalidated === true) reason = 'reminted'
       const key = `${client}\u0000${server.name}\u0000${target ?? ''}`
       let flight = this.#flights.get(key)
@@ -135,7 +127,7 @@ export class TokenIssuer {
       // and keeps one place that hands out a token, audits it (fail closed) and checks its owner,
       // state and key id. A revocation landing between the mint and this read is honoured, too.
       const served = await store.serve(client, server.name, leader && minted ? 'upstream' : 'cache', ctx, target)
-      if (served !== undefined) return { ...this.#checked(client, server.name, served, leader && minted ? 'upstream' : 'cache'), rate }
+      if (served !== undefined) return this.#checked(client, server.name, served, leader && minted ? 'upstream' : 'cache')
     }
     throw new BrokerError('UPSTREAM_UNAVAILABLE', 'Could not settle a token for this server; try again.', { retryAfter: 1 })
   }

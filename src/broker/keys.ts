@@ -1,5 +1,11 @@
 import type { RedisClient } from '../redis.ts'
 
+/** The limits counted in Redis windows (broker/rate-limiter.ts names them all). */
+export type CountedLimit = 'client' | 'auth_failures' | 'not_found'
+
+/** Key segments of the counted limits (the keys predate the names). */
+const RATE_LIMIT_SEGMENT: Record<CountedLimit, string> = { client: 'client', auth_failures: 'authfail', not_found: 'notfound' }
+
 /**
  * Every Redis key the broker uses is built here, under REDIS_PREFIX, so deployments and test
  * runs can share one Redis. Client ids and server names are validated by config to contain no
@@ -33,11 +39,17 @@ export interface Keys {
   allTokens: string
   /**
    * Stream: the security audit trail (mints, rotations, revocations, invalidations, admin-token
-   * changes, authentication failures, server events). Trimmed by AUDIT_RETENTION only.
+   * changes, server events). Trimmed by AUDIT_RETENTION only (AUDIT_MAX_EVENTS as a last resort).
    */
   audit: string
   /** Stream: cache serves (`token.issue` from cache). Capped at AUDIT_MAX_EVENTS so load cannot push security events out. */
   auditServes: string
+  /**
+   * Stream: refused requests (`auth.denied`: failed authentications and 403s), coalesced per
+   * client or address and window (broker/refusal-trail.ts). Capped at AUDIT_MAX_EVENTS on its own,
+   * so a flood of refusals cannot push a revocation or a mint out of the security stream.
+   */
+  auditRefusals: string
   /**
    * Stream: the push channel's change log (push.ts): one entry per new current client token, per
    * retired current client token and per server up/down change. Ids only, never a token or its
@@ -55,8 +67,12 @@ export interface Keys {
   adminRecheck: (server: string) => string
   /** Lock: probes of one server never overlap across instances. */
   probeLock: (server: string) => string
-  /** Prefix of the rate-limit counters (`client:<id>`, `authfail:<ip>`, `notfound:<ip>`). */
-  rateLimitPrefix: string
+  /**
+   * The counter of one named limit (broker/rate-limiter.ts) for one subject: `rl:client:<id>`,
+   * `rl:authfail:<address>`, `rl:notfound:<address>`. The serve script counts the client's key
+   * it is handed, so this is the only place a counter key is spelled.
+   */
+  rateLimit: (limit: CountedLimit, subject: string) => string
   /** String written by /readyz to prove Redis accepts writes (expires after a minute). */
   readiness: string
   /** Lock key used to make scheduler setup safe when several instances boot at once. */
@@ -89,13 +105,14 @@ export function createKeys (prefix: string, opts: { hashTag?: boolean } = {}): K
     allTokens: `${p}idx:all`,
     audit: `${p}audit`,
     auditServes: `${p}audit:serves`,
+    auditRefusals: `${p}audit:refusals`,
     push: `${p}push`,
     fingerprint: (fp) => `${p}fp:${fp}`,
     server: (s) => `${p}srv:${s}`,
     adminRecheck: (s) => `${p}lock:admin-recheck:${s}`,
     probeLock: (s) => `${p}lock:probe:${s}`,
     readiness: `${p}readyz`,
-    rateLimitPrefix: `${p}rl:`,
+    rateLimit: (limit, subject) => `${p}rl:${RATE_LIMIT_SEGMENT[limit]}:${subject}`,
     schedulerLock: `${p}lock:schedulers`,
     queuePrefix: `${p}q`,
     proxyKey: (id) => `${p}pkey:${id}`,

@@ -57,7 +57,7 @@ export class Readiness {
     }
     checks.redis = 'ok'
     try {
-      const types = await Promise.all([keys.audit, keys.auditServes].map(async (k) => await call(() => redis.type(k))))
+      const types = await Promise.all([keys.audit, keys.auditServes, keys.auditRefusals].map(async (k) => await call(() => redis.type(k))))
       await call(() => redis.set(keys.readiness, String(now()), 'PX', 60_000))
       checks.audit = types.every((type) => type === 'stream' || type === 'none') ? 'ok' : 'not writable'
     } catch {

@@ -3,6 +3,7 @@ import type { ServerConfig } from '../config/index.ts'
 import { notFound } from '../errors.ts'
 import type { PlexClient } from '../plex/client.ts'
 import { type IssuedToken, type TokenIssuer, upstreamError } from './issuer.ts'
+import type { Meter } from './rate-limiter.ts'
 import type { RequestContext, TokenStore } from './token-store.ts'
 
 export interface RejectionCheckOptions {
@@ -30,7 +31,9 @@ export class RejectionCheck {
     this.#o = opts
   }
 
-  async report (client: string, server: ServerConfig, tokenId: string, ctx: RequestContext): Promise<IssuedToken> {
+  /** `meter`: the request's count against its client's limit, counted before anything else (a report costs a PMS check). */
+  async report (client: string, server: ServerConfig, tokenId: string, ctx: RequestContext, meter?: Meter): Promise<IssuedToken> {
+    await meter?.count()
     const record = await this.#o.store.get(tokenId)
     if (record === undefined || record.client !== client || record.server !== server.name) {
       throw notFound('No such token for this client and server.')

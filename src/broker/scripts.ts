@@ -232,11 +232,11 @@ return {count, latest}
 `
 
 /**
- * Append one audit event that is not tied to a token handed out (auth.denied, server.restart…).
- * KEYS: audit  ARGV: maxlen, now, action, client, server, tokenId, fp, requestId, ip, detail
+ * Append one audit event that is not tied to a token handed out (server.restart, auth.denied…).
+ * KEYS: the stream  ARGV: maxlen (0: no cap, the security stream; else approximately capped), now, action, client, server, tokenId, fp, requestId, ip, detail
  */
 export const AUDIT = `${AUDIT_FN}
-return audit(KEYS[1], 0, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+return audit(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 `
 
 /** Releases a lock only if this owner still holds it. KEYS: lock  ARGV: owner */

@@ -4,6 +4,7 @@ import { type BrokerKeys, fingerprint, type KeyRing, newTokenId, open, seal, typ
 import type { Keys } from './keys.ts'
 import { CoarseDeadline, waitForReplicas, withDeadline } from '../redis.ts'
 import { PUSH_MAXLEN, tokenReason, type TokenReason } from './push-log.ts'
+import type { Counter } from './rate-limiter.ts'
 import { AUDIT, PEEK, RESEAL, RETIRE, SERVE, STORE, UNLOCK } from './scripts.ts'
 
 export type TokenState = 'active' | 'rotated' | 'revoked' | 'invalidated' | 'expired'
@@ -98,7 +99,7 @@ export interface TokenStoreOptions {
   keys: Keys
   /** The current BROKER_SECRET's keys and the previous ones' (a rotation in progress). */
   crypto: KeyRing
-  /** Cap of the serves stream (cache hits); the security stream is trimmed by retention only. */
+  /** Cap of the serves stream (cache hits) and of the refusals stream; the security stream is trimmed by retention only. */
   auditMaxEvents: number
   /** AUDIT_RETENTION: how long a token's fingerprint stays traceable. Default 30 days. */
   auditRetentionMs?: number
@@ -270,12 +271,12 @@ export class TokenStore {
   }
 
   /**
-   * `serve`, with the client's rate limit counted in the same script (`limit`): one Redis round
-   * trip for a cache hit, limit included. Over the limit nothing is served or audited and the
+   * `serve`, with the client's rate limit counted in the same script (`limit`, the counter
+   * broker/rate-limiter.ts names): one Redis round trip for a cache hit, limit included. Over the limit nothing is served or audited and the
    * answer says so (`limited`); `count` and `ttlMs` describe the client's current window.
    */
   async serveCounted (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext, target?: string,
-    limit?: { max: number, windowMs: number }): Promise<{ token?: ServedToken, limited: boolean, count: number, ttlMs: number, invalidated?: true }> {
+    limit?: Counter): Promise<{ token?: ServedToken, limited: boolean, count: number, ttlMs: number, invalidated?: true }> {
     const k = this.keys
     const slot = slotKey(client, target)
     const action = target === undefined ? 'token.issue' : 'source.connect'
@@ -283,7 +284,7 @@ export class TokenStore {
     // The first serve of a fresh mint writes a security event: on the connection that WAITs for it.
     const conn = source === 'upstream' ? this.#durable : this.redis
     const r = await this.#direct(() => conn.ptbServe(
-      k.current(slot, server), k.active(server), k.audit, k.auditServes, k.rateLimitPrefix + `client:${client}`,
+      k.current(slot, server), k.active(server), k.audit, k.auditServes, limit?.key ?? k.rateLimit('client', client),
       k.tokenPrefix, slot, server, this.now(), requestIdField(ctx), ctx.ip, source, this.#maxlen, client, action, target ?? '',
       this.#crypto.keyId, this.#kids, limit?.max ?? 0, limit?.windowMs ?? 0, ctx.via ?? ''))
     const rate = { count: Number(r[1]), ttlMs: Number(r[2]) }
@@ -491,11 +492,24 @@ export class TokenStore {
 
   /** Appends an audit event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async audit (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
-    const id = await this.call(() => this.#durable.ptbAudit(this.keys.audit, this.#maxlen, this.now(), e.action,
+    const id = await this.call(() => this.#durable.ptbAudit(this.keys.audit, 0, this.now(), e.action,
       e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', requestIdField(ctx), ctx.ip,
       JSON.stringify(e.detail ?? {})))
     this.#onAudit(e.action, 1)
     await this.#replicated(e.action)
+    return id
+  }
+
+  /**
+   * Appends a refusal (`auth.denied`, broker/refusal-trail.ts) to its own stream, capped at
+   * AUDIT_MAX_EVENTS like the serves stream: refusals never share a cap with revocations and mints.
+   * No WAIT: a refusal changed nothing a failover could lose.
+   */
+  async auditRefusal (e: AuditInput, ctx: RequestContext): Promise<string> {
+    const id = await this.call(() => this.redis.ptbAudit(this.keys.auditRefusals, this.#maxlen, this.now(), e.action,
+      e.client ?? '', e.server ?? '', e.tokenId ?? '', e.fingerprint ?? '', requestIdField(ctx), ctx.ip,
+      JSON.stringify(e.detail ?? {})))
+    this.#onAudit(e.action, 1)
     return id
   }
 

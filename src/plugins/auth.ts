@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookH
 import fp from 'fastify-plugin'
 import type { ClientConfig, Scope } from '../config/index.ts'
 import { digestEquals, sha256 } from '../broker/crypto.ts'
+import { hasScope, type Refusal, refusals } from '../broker/policy.ts'
 import { BrokerError, forbidden, unauthenticated } from '../errors.ts'
 import type { Limits } from './rate-limits.ts'
 import type { DenialReason, Denials } from './denials.ts'
@@ -16,10 +17,18 @@ declare module 'fastify' {
      * An `onRequest` hook: a known bearer secret holding the scope (or one of the scopes), else
      * 401/403. It runs before the body is parsed and validated, so a caller without credentials or
      * scope learns nothing about the body the route expects (use it as the route's `onRequest`).
-     * The client's rate limit is applied here too, unless `clientLimit: false`: then the route
-     * counts it itself (the hot path counts it inside its one Redis script).
+     * The request counts against its client's limit before any permission is checked (a 429 then
+     * comes before a 403). `countedBy: 'serve'`: the route hands `request.meter` to the issuer,
+     * whose serve script counts it in the hot path's one Redis round trip; a refusal before that
+     * counts it first, and so does the answer if nothing did.
      */
-    authenticate: (scope: Scope | Scope[], opts?: { clientLimit?: boolean }) => onRequestAsyncHookHandler
+    authenticate: (scope: Scope | Scope[], opts?: { countedBy?: 'serve' }) => onRequestAsyncHookHandler
+    /**
+     * Refuses an authenticated request with the policy's refusal (broker/policy.ts): counted
+     * against the client's limit first (over it: 429, and no audit event), then recorded in the
+     * refusals trail (once per client, reason and window, with a count), then 403.
+     */
+    refuse: (request: FastifyRequest, refusal: Refusal) => Promise<never>
   }
 }
 
@@ -30,13 +39,13 @@ export type AuthFailureReason = Extract<DenialReason, 'missing_credential' | 'un
 export interface AuthOptions {
   clients: readonly ClientConfig[]
   /**
-   * Where refusals go (plugins/denials.ts): `record` audits and counts one, `counted` only counts a
-   * failed authentication whose address is throttled, or that the throttle could not count (Redis
-   * too slow or down). Neither throws.
+   * Where refusals go (plugins/denials.ts): `record` counts one and puts it in the refusals trail,
+   * `throttled` writes the event of an address that just became throttled, `counted` counts a
+   * failure with no event of its own. None throws.
    */
-  denials: Pick<Denials, 'record' | 'counted'>
+  denials: Pick<Denials, 'record' | 'throttled' | 'counted'>
   /** The failed-authentication throttle per address and the per-client limit. */
-  limits?: Limits
+  limits?: Pick<Limits, 'authFailure' | 'meter'>
 }
 
 /**
@@ -65,7 +74,7 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
   app.decorateRequest('client', null)
   const { limits } = opts
   const findClient = clientIndex(opts.clients)
-  app.decorate('authenticate', (scope: Scope | Scope[], how: { clientLimit?: boolean } = {}) => async function authenticate (request: FastifyRequest, reply: FastifyReply) {
+  app.decorate('authenticate', (scope: Scope | Scope[], how: { countedBy?: 'serve' } = {}) => async function authenticate (request: FastifyRequest, _reply: FastifyReply) {
     const secret = bearer(request)
     const client = secret === undefined ? undefined : findClient(secret)
     if (client === undefined) return await refuse(request, secret === undefined ? 'missing_credential' : 'unknown_secret')
@@ -73,12 +82,19 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
     // (one host, a NAT, a sidecar, an ingress), and a neighbour's failures must not lock them out.
     // Secrets are 256-bit, so guessing one is not what the failure throttle guards against.
     request.client = client
-    if (how.clientLimit !== false) await limits?.client(request, reply)
-    const wanted = Array.isArray(scope) ? scope : [scope]
-    if (!wanted.some((s) => client.scopes.includes(s))) {
-      opts.denials.record(request, 'missing_scope', client.id, { scope: wanted.join(' or ') })
-      throw forbidden(`Client "${client.id}" lacks the scope ${wanted.join(' or ')}.`)
+    if (limits !== undefined) {
+      request.meter = limits.meter(client)
+      if (how.countedBy !== 'serve') await request.meter.count()
     }
+    if (!hasScope(client, scope)) await app.refuse(request, refusals.scope(client, scope))
+  })
+
+  app.decorate('refuse', async (request: FastifyRequest, refusal: Refusal): Promise<never> => {
+    // Refusals count against the client's limit: a client flooding requests it may not make gets
+    // 429s, which are not audited, instead of filling the trail.
+    await request.meter?.count()
+    opts.denials.record(request, refusal.reason, request.client?.id, refusal.detail)
+    throw forbidden(refusal.message)
   })
 
   async function refuse (request: FastifyRequest, reason: AuthFailureReason): Promise<never> {
@@ -89,32 +105,27 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
 
 /**
  * A failed authentication (a missing or unknown secret, a wrong METRICS_TOKEN): 401, or 429 once
- * its address has failed too often in the current window. The audit trail gets each failure up to
- * the limit, then one event when the address becomes throttled (detail.throttled), never one per
- * throttled request: a flood of bad secrets costs the trail at most `max + 1` events per address
- * and window, so it cannot push real history out of the capped trail. A failure the throttle could
- * not count (Redis too slow or down) is a 401 but is not audited either, since nothing would
- * bound it. Metrics count every failure.
+ * its address has failed too often in the current window. The refusals trail gets the first
+ * failure of an address and reason in a window at once, one event when the address becomes
+ * throttled (detail.throttled), and the count of all the others in one event when the window
+ * closes: a flood of bad secrets costs the trail a few events per address and window, in a stream
+ * of their own. A failure the throttle could not count (Redis too slow or down) is a 401 and is
+ * counted in metrics only. Metrics count every failure.
  */
 export async function refuseFailedAuthentication (request: FastifyRequest, reason: AuthFailureReason,
   opts: Pick<AuthOptions, 'denials' | 'limits'>, message: string): Promise<never> {
   const verdict = await opts.limits?.authFailure(request)
   if (verdict?.throttled === true) {
     if (verdict.becameThrottled) {
-      opts.denials.record(request, reason, undefined, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
+      opts.denials.throttled(request, reason, { throttled: true, limit: verdict.max, windowMs: verdict.windowMs, retryAfter: verdict.retryAfter })
     } else {
-      opts.denials.counted(reason)
+      opts.denials.counted(reason, request)
     }
     throw new BrokerError('RATE_LIMITED', 'Too many failed authentications from this address; retry later.', { retryAfter: verdict.retryAfter })
   }
   if (verdict?.counted === false) opts.denials.counted(reason)
   else opts.denials.record(request, reason)
   throw unauthenticated(message, bearer(request) !== undefined)
-}
-
-/** Whether a client may ask for tokens of this server. */
-export function mayUseServer (client: ClientConfig, server: string): boolean {
-  return client.servers === '*' || client.servers.includes(server)
 }
 
 export default fp(auth, { name: 'auth' })

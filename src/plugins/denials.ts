@@ -1,33 +1,66 @@
 import type { FastifyRequest } from 'fastify'
-import type { TokenStore } from '../broker/token-store.ts'
+import { normalizeIP } from '@fastify/rate-limit'
+import type { DenialReason } from '../broker/policy.ts'
+import type { Refused, RefusalTrail } from '../broker/refusal-trail.ts'
 import type { Metrics } from '../metrics.ts'
-import { describe } from './error-handler.ts'
 import { requestContext } from './request-identity.ts'
 
-export type DenialReason = 'missing_credential' | 'unknown_secret' | 'missing_scope' | 'forbidden_server' | 'forbidden_source' | 'metrics_token'
+export type { DenialReason }
 
 /**
- * Records a refused request: a log line, `ptb_auth_failures_total{reason}` and an `auth.denied`
- * audit event. Never throws: the refusal itself must go out even when Redis is down.
+ * The address a request's failures and refusals are counted for. IPv6 addresses count per /64
+ * (what one host or one customer usually holds), so an attacker cannot step through a subnet to
+ * get a fresh allowance (and fresh audit events) per address.
+ */
+export function addressOf (request: FastifyRequest): string {
+  return normalizeIP(request.ip)
+}
+
+/**
+ * Records refused requests: a log line, `ptb_auth_failures_total{reason}`, and the refusals trail
+ * (broker/refusal-trail.ts: the first of a client or address and reason per window written at
+ * once, the rest counted into one event). Never throws: the refusal itself must go out even when
+ * Redis is down.
  */
 export class Denials {
-  readonly #store: TokenStore
+  readonly #trail: Pick<RefusalTrail, 'record' | 'count' | 'now'>
   readonly #metrics: Metrics
 
-  constructor (store: TokenStore, metrics: Metrics) {
-    this.#store = store
+  constructor (trail: Pick<RefusalTrail, 'record' | 'count' | 'now'>, metrics: Metrics) {
+    this.#trail = trail
     this.#metrics = metrics
   }
 
-  record (request: FastifyRequest, reason: DenialReason | string, client?: string, detail?: Record<string, unknown>): void {
+  /** A refusal: counted, and audited once per window with the count of the others. */
+  record (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>): void {
     request.log.info({ reason, client }, 'request denied')
     this.#metrics.authFailures.inc({ reason })
-    this.#store.audit({ action: 'auth.denied', client, detail: { reason, route: request.routeOptions.url, ...detail } },
-      requestContext(request)).catch((err: unknown) => request.log.warn({ err: describe(err) }, 'audit write failed'))
+    this.#trail.record(this.#refused(request, reason, client, detail))
   }
 
-  /** A failure counted but not audited (the failed-authentication throttle decided so). */
-  counted (reason: string): void {
+  /** The failure that made its address throttled: one event of its own, written at once. */
+  throttled (request: FastifyRequest, reason: DenialReason, detail: Record<string, unknown>): void {
+    request.log.info({ reason }, 'request denied; address throttled')
     this.#metrics.authFailures.inc({ reason })
+    this.#trail.now(this.#refused(request, reason, undefined, detail))
+  }
+
+  /**
+   * A failure with no event of its own. With `request` (a throttled address): added to its
+   * window's count. Without (the throttle could not count it, Redis too slow or down): metrics only.
+   */
+  counted (reason: DenialReason, request?: FastifyRequest): void {
+    this.#metrics.authFailures.inc({ reason })
+    if (request !== undefined) this.#trail.count(this.#refused(request, reason))
+  }
+
+  #refused (request: FastifyRequest, reason: DenialReason, client?: string, detail?: Record<string, unknown>): Refused {
+    return {
+      reason,
+      subject: client ?? addressOf(request),
+      client,
+      detail: { route: request.routeOptions.url, ...detail },
+      ctx: requestContext(request),
+    }
   }
 }

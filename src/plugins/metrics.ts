@@ -72,7 +72,6 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
   })
 
   app.get('/metrics', {
-    config: { rateLimit: false },
     schema: {
       operationId: 'getMetrics',
       summary: 'Prometheus metrics',

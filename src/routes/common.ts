@@ -1,8 +1,8 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
-import type { ClientConfig, ServerConfig } from '../config/index.ts'
+import type { ServerConfig } from '../config/index.ts'
+import { canUseServer, refusals } from '../broker/policy.ts'
 import type { ServedToken } from '../broker/token-store.ts'
-import { forbidden, notFound } from '../errors.ts'
-import { mayUseServer } from '../plugins/auth.ts'
+import { notFound } from '../errors.ts'
 
 const isoCache = new Map<number, string>()
 
@@ -33,30 +33,14 @@ export function issuedTokenBody (server: ServerConfig, t: ServedToken): { tokenI
 }
 
 /**
- * The server a token route asks for, after checking the client may use it (403, audited) and
- * that it exists (404). The permission check comes first, so a client cannot probe which server
- * names exist outside its list.
+ * The server a route asks for, after asking the policy whether the client may use it (refused:
+ * counted, recorded, 403) and checking that it exists (404). The permission comes first, so a
+ * client cannot probe which server names exist outside its list.
  */
-export function allowedServer (app: FastifyInstance, request: FastifyRequest, name: string): ServerConfig {
-  checkServer(app, request, name)
+export async function requireServer (app: FastifyInstance, request: FastifyRequest, name: string): Promise<ServerConfig> {
+  const client = request.client!
+  if (!canUseServer(client, name)) await app.refuse(request, refusals.server(client, name))
   const server = app.broker.servers.get(name)
   if (server === undefined) throw notFound(`No server named "${name}".`)
   return server
-}
-
-/** 403 (audited as `forbidden_server`) when the client's `servers` list does not name this server. */
-export function checkServer (app: FastifyInstance, request: FastifyRequest, name: string): void {
-  const client = request.client!
-  if (!mayUseServer(client, name)) {
-    app.broker.denials.record(request, 'forbidden_server', client.id, { server: name })
-    throw forbidden(`Client "${client.id}" may not use server "${name}".`)
-  }
-}
-
-/**
- * The servers an ops client is limited to, or undefined when its list is `*`. Ops routes apply
- * it everywhere: revocations, audit reads and server status only reach these servers.
- */
-export function serverScope (client: ClientConfig): readonly string[] | undefined {
-  return client.servers === '*' ? undefined : client.servers
 }

@@ -2,12 +2,12 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import type { RetireSelector } from '../broker/token-store.ts'
-import { parseRevokeSelector } from '../broker/revoke-selector.ts'
+import { parseRevokeSelector, type SelectorKind } from '../broker/revoke-selector.ts'
 import { isVulnerable } from '../broker/server-state.ts'
-import { badRequest, forbidden } from '../errors.ts'
+import { canSeeAuditOf, canUseServer, refusals, revocationScope } from '../broker/policy.ts'
+import { badRequest } from '../errors.ts'
 import { rotateJobId } from '../jobs/queues.ts'
-import { mayUseServer } from '../plugins/auth.ts'
-import { allowedServer, checkServer, serverScope } from './common.ts'
+import { requireServer } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import {
@@ -63,31 +63,13 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     return { revoked: count, upstreamStillValidUntil: count === 0 ? null : iso(latestExpiresAt) }
   })
 
-  /**
-   * A revocation selector within the caller's `servers` list. An unlimited caller (`*`) gets it
-   * as is. A limited caller: `{all: true}` is 403 and a named server outside the list is 403
-   * (audited); `{client}` and `{source}` without a server are narrowed to one selector per server
-   * of the list; `{tokenId}` of a token on another server matches nothing (answers `revoked: 0`,
-   * like an unknown id, so ids of other servers are not confirmed).
-   */
-  async function scoped (request: FastifyRequest, selector: RetireSelector, kind: string): Promise<RetireSelector[]> {
-    const caller = request.client!
-    const scope = serverScope(caller)
-    if (scope === undefined) return [selector]
-    if ('all' in selector) {
-      broker.denials.record(request, 'forbidden_server', caller.id, { selector: kind })
-      throw forbidden(`Client "${caller.id}" is limited to some servers; {all: true} needs servers: ["*"]. Revoke per server instead.`)
-    }
-    if ('server' in selector && selector.server !== undefined) {
-      checkServer(app, request, selector.server)
-      return [selector]
-    }
-    if ('tokenId' in selector) {
-      const record = await broker.store.get(selector.tokenId)
-      return record !== undefined && mayUseServer(caller, record.server) ? [selector] : []
-    }
-    if ('client' in selector) return scope.map((s) => ({ ...selector, server: s }))
-    return scope.map((s) => ({ server: s, target: selector.target }))
+  /** The selectors a revocation may touch (policy.ts `revocationScope`); refused: counted, recorded, 403. */
+  async function scoped (request: FastifyRequest, selector: RetireSelector, kind: SelectorKind): Promise<RetireSelector[]> {
+    // A token id is weighed by the server of its token (an unknown id: no server, nothing matches).
+    const tokenServer = 'tokenId' in selector ? (await broker.store.get(selector.tokenId))?.server : undefined
+    const scope = revocationScope(request.client!, selector, kind, tokenServer)
+    if ('refusal' in scope) return await app.refuse(request, scope.refusal)
+    return scope.selectors
   }
 
   app.get('/v1/audit', {
@@ -104,7 +86,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request) => {
     const q = request.query
-    return await broker.audit.page({ ...q, since: ms('since', q.since), until: ms('until', q.until), servers: auditScope(request, q.server) }, q.limit ?? 100, q.cursor)
+    return await broker.audit.page({ ...q, since: ms('since', q.since), until: ms('until', q.until), visible: await auditScope(request, q.server) }, q.limit ?? 100, q.cursor)
   })
 
   app.get('/v1/audit/export', {
@@ -121,7 +103,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request, reply) => {
     const q = request.query
-    const events = broker.audit.export({ ...q, since: ms('since', q.since), until: ms('until', q.until), servers: auditScope(request, q.server) })
+    const events = broker.audit.export({ ...q, since: ms('since', q.since), until: ms('until', q.until), visible: await auditScope(request, q.server) })
     // Read the first chunk before answering, so a Redis failure is still a clean JSON error.
     const first = await events.next()
     async function * lines (): AsyncGenerator<string> {
@@ -148,14 +130,14 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   }, async (request) => {
     // Under every known secret: a token minted before a BROKER_SECRET rotation keeps its old fingerprint.
     const fingerprints = broker.store.fingerprints(request.body.token)
-    const servers = auditScope(request)
+    const visible = await auditScope(request)
     // The holder comes from the index written at mint (kept for AUDIT_RETENTION), so it is found
     // however many events were written since; the events are the newest that mention it.
     // A holder on a server outside a limited caller's list answers like an unknown token.
     const found = await broker.store.holder(fingerprints)
-    const held = found !== undefined && (servers === undefined || servers.includes(found.server)) ? found : undefined
+    const held = found !== undefined && visible(found.server) ? found : undefined
     if (found !== undefined && held === undefined) return { fingerprint: fingerprints[0], holder: null, events: [] }
-    const { events } = await broker.audit.page(held === undefined ? { fingerprint: fingerprints, servers } : { tokenId: held.tokenId, servers }, 1000)
+    const { events } = await broker.audit.page(held === undefined ? { fingerprint: fingerprints, visible } : { tokenId: held.tokenId, visible }, 1000)
     const fromEvents = events.find((e) => e.client !== null && e.tokenId !== null && e.server !== null)
     return {
       fingerprint: held?.fingerprint ?? fromEvents?.fingerprint ?? fingerprints[0],
@@ -167,14 +149,13 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   })
 
   /**
-   * The servers a limited caller's audit reads are filtered to (undefined: `*`, everything). It
-   * sees only events of those servers: events with no server (authentication failures, which
-   * name other clients and addresses) are withheld too. Asking for a server outside the list
-   * by name is 403.
+   * Which audit events the caller sees (policy.ts `canSeeAuditOf`). Asking for a server outside
+   * its list by name is refused (403).
    */
-  function auditScope (request: FastifyRequest, server?: string): readonly string[] | undefined {
-    if (server !== undefined) checkServer(app, request, server)
-    return serverScope(request.client!)
+  async function auditScope (request: FastifyRequest, server?: string): Promise<(server: string | null) => boolean> {
+    const caller = request.client!
+    if (server !== undefined && !canSeeAuditOf(caller, server)) await app.refuse(request, refusals.server(caller, server))
+    return (s) => canSeeAuditOf(caller, s)
   }
 
   app.get('/v1/servers', {
@@ -189,7 +170,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
   }, async (request) => {
     const servers = []
     for (const s of broker.servers.values()) {
-      if (!mayUseServer(request.client!, s.name)) continue
+      if (!canUseServer(request.client!, s.name)) continue
       const st = await broker.states.get(s.name)
       const active = await broker.store.activeClients(s.name, broker.config.tokenLifetimeMs)
       servers.push({
@@ -221,7 +202,7 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request, reply) => {
     // 403 for a server outside the caller's list (before the 404, so names are not probed).
-    const name = allowedServer(app, request, request.params.name).name
+    const name = (await requireServer(app, request, request.params.name)).name
     const clients = await broker.store.activeClients(name, broker.config.tokenLifetimeMs)
     const jobs: Array<{ name: string, data: { tokenId: string, reason: 'manual' }, opts: { jobId: string } }> = []
     for (const client of clients) {

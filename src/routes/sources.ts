@@ -1,8 +1,9 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { compareVersions } from '../broker/server-state.ts'
-import { BrokerError, forbidden } from '../errors.ts'
-import { allowedServer, iso } from './common.ts'
+import { canUseSource, refusals } from '../broker/policy.ts'
+import { BrokerError } from '../errors.ts'
+import { iso, requireServer } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
@@ -36,11 +37,8 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
   }, async (request) => {
     const client = request.client!
     const { server: name, source } = request.body
-    const server = allowedServer(app, request, name)
-    if (client.sources !== '*' && !client.sources.includes(source)) {
-      broker.denials.record(request, 'forbidden_source', client.id, { server: name, source })
-      throw forbidden(`Client "${client.id}" may not ask for source "${source}".`)
-    }
+    const server = await requireServer(app, request, name)
+    if (!canUseSource(client, source)) await app.refuse(request, refusals.source(client, name, source))
     // The version decides whether PMS can answer at all; learn it (from /identity) on first contact.
     await broker.states.machineIdentifier(server)
     const { version } = await broker.states.get(name)

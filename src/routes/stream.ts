@@ -5,13 +5,14 @@ import type { ServerConfig } from '../config/index.ts'
 import type { IssuedToken } from '../broker/issuer.ts'
 import { compareIds, type PushEntry, STREAM_ID, type TokenReason } from '../broker/push-log.ts'
 import type { PushSubscriber } from '../broker/push.ts'
+import type { Meter } from '../broker/rate-limiter.ts'
 import type { RequestContext } from '../broker/token-store.ts'
 import { BrokerError } from '../errors.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, errorResponse } from '../schemas/common.ts'
 import { StreamEventDataSchemas, StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
 import type { Services } from '../services.ts'
-import { allowedServer, issuedTokenBody } from './common.ts'
+import { issuedTokenBody, requireServer } from './common.ts'
 
 export interface StreamOptions {
   /** Bytes a stream may have queued in its socket before it is dropped as a slow consumer (default 256 KiB). */
@@ -113,10 +114,10 @@ class PushStream implements PushSubscriber {
   /**
    * What the stream sends first, prepared before any byte is written so a failure is still an
    * ordinary JSON error. A fresh stream (or a resume whose history is gone): the current token,
-   * minted if needed, with the rate limit counted like POST /v1/tokens. A resume: what the client
-   * missed since `lastEventId` (counted once by the ordinary limiter).
+   * minted if needed, with the request's meter counted like POST /v1/tokens (in the serve
+   * script). A resume: what the client missed since `lastEventId` (the meter counted first).
    */
-  async opening (lastEventId: string | undefined, limit: { max: number, windowMs: number }, countResume: () => Promise<void>): Promise<Frame[]> {
+  async opening (lastEventId: string | undefined, meter: Meter | undefined): Promise<Frame[]> {
     const { push, issuer } = this.#b
     const log = await push.snapshot()
     const last = log.last
@@ -125,7 +126,7 @@ class PushStream implements PushSubscriber {
       ? await push.history(this.client, this.server, lastEventId, last)
       : undefined
     if (missed !== undefined) {
-      await countResume()
+      await meter?.count()
       const frames: Frame[] = []
       for (const e of collapse(missed)) {
         const f = await this.#frame(e)
@@ -134,7 +135,7 @@ class PushStream implements PushSubscriber {
       }
       return frames
     }
-    const t = await issuer.issue(this.client, this.#srv, this.#ctx, undefined, limit)
+    const t = await issuer.issue(this.client, this.#srv, this.#ctx, undefined, meter)
     this.#served(t)
     this.#lastTokenId = t.tokenId
     return [{ id: last, event: 'token', data: tokenData(this.#srv, t, 'current') }]
@@ -296,7 +297,7 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
 
   app.get('/v1/tokens/stream', {
     // The client's rate limit is counted by the opening read (one request, like POST /v1/tokens).
-    onRequest: app.authenticate('token:issue', { clientLimit: false }),
+    onRequest: app.authenticate('token:issue', { countedBy: 'serve' }),
     config: { stream: true },
     // A HEAD would open a stream nobody reads (and hold one of the client's places).
     exposeHeadRoute: false,
@@ -323,7 +324,7 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
     },
   }, async (request, reply) => {
     const client = request.client!
-    const server = allowedServer(app, request, request.query.server)
+    const server = await requireServer(app, request, request.query.server)
     if (closing) throw new BrokerError('UPSTREAM_UNAVAILABLE', 'The broker is shutting down; reconnect to another instance.', { retryAfter: 2 })
     const ctx: RequestContext = { ...requestContext(request), via: 'stream' }
     const stream = new PushStream(broker, server, client.id, ctx, request.log, settings, (s) => open.delete(s))
@@ -331,10 +332,8 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
     let frames: Frame[]
     try {
       stream.unregister = await broker.push.register(stream)
-      const { max, timeWindowMs } = client.rateLimit ?? broker.config.defaultRateLimit
       const lastEventId = request.headers['last-event-id']
-      frames = await stream.opening(typeof lastEventId === 'string' ? lastEventId.trim() : undefined, { max, windowMs: timeWindowMs },
-        async () => { await app.limits.client(request, reply) })
+      frames = await stream.opening(typeof lastEventId === 'string' ? lastEventId.trim() : undefined, request.meter ?? undefined)
     } catch (err) {
       stream.end('closed')
       throw err

@@ -1,8 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { canReadToken } from '../broker/policy.ts'
 import { notFound } from '../errors.ts'
-import { mayUseServer } from '../plugins/auth.ts'
-import { allowedServer, iso, issuedTokenBody } from './common.ts'
+import { iso, issuedTokenBody, requireServer } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
@@ -13,7 +13,7 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
 
   app.post('/v1/tokens', {
     // The client's rate limit is counted in the serve script (one Redis round trip per cache hit).
-    onRequest: app.authenticate('token:issue', { clientLimit: false }),
+    onRequest: app.authenticate('token:issue', { countedBy: 'serve' }),
     schema: {
       operationId: 'issueToken',
       summary: 'Get this client\'s transient token for a PMS server',
@@ -30,26 +30,15 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
         ...bodyErrors,
       },
     },
-  }, async (request, reply) => {
+  }, async (request) => {
     const client = request.client!
-    const server = allowedServer(app, request, request.body.server)
+    const server = await requireServer(app, request, request.body.server)
     const ctx = requestContext(request)
-    const { max, timeWindowMs } = client.rateLimit ?? broker.config.defaultRateLimit
-    let t
-    if (request.body.rejectedTokenId === undefined) {
-      t = await broker.issuer.issue(client.id, server, ctx, undefined, { max, windowMs: timeWindowMs })
-    } else {
-      // A report is rare and costs a PMS check anyway: the ordinary limiter counts it.
-      await app.limits.client(request, reply)
-      t = await broker.rejection.report(client.id, server, request.body.rejectedTokenId, ctx)
-    }
-    if (t.rate !== undefined) {
-      reply.headers({
-        'x-ratelimit-limit': String(t.rate.max),
-        'x-ratelimit-remaining': String(Math.max(0, t.rate.max - t.rate.count)),
-        'x-ratelimit-reset': String(Math.max(0, Math.ceil(t.rate.ttlMs / 1000))),
-      })
-    }
+    const meter = request.meter ?? undefined
+    // A report is rare and costs a PMS check: it is counted before the check.
+    const t = request.body.rejectedTokenId === undefined
+      ? await broker.issuer.issue(client.id, server, ctx, undefined, meter)
+      : await broker.rejection.report(client.id, server, request.body.rejectedTokenId, ctx, meter)
     broker.metrics.tokensServed.inc({ server: server.name, source: t.source })
     return issuedTokenBody(server, t)
   })
@@ -68,11 +57,8 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
   }, async (request) => {
     const record = await broker.store.get(request.params.tokenId)
     const client = request.client!
-    // Another client's token answers 404 like a missing one: ids of others are not confirmed.
-    // audit:read reaches only tokens of servers in the reader's list.
-    const mayRead = (r: { client: string, server: string }): boolean =>
-      r.client === client.id || (client.scopes.includes('audit:read') && mayUseServer(client, r.server))
-    if (record === undefined || !mayRead(record)) throw notFound('No such token.')
+    // A token the client may not read answers 404 like a missing one: ids of others are not confirmed.
+    if (record === undefined || !canReadToken(client, record)) throw notFound('No such token.')
     const retired = record.retiredAt === undefined
       ? {}
       : record.state === 'revoked'

@@ -46,7 +46,7 @@ export const AuditQuerySchema = Type.Object({
   since: Type.Optional(IsoDate),
   until: Type.Optional(IsoDate),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
-  cursor: Type.Optional(Type.String({ pattern: '^\\d{1,16}-\\d{1,16}s?$', description: 'The `next` of the previous page' })),
+  cursor: Type.Optional(Type.String({ pattern: '^\\d{1,16}-\\d{1,16}[sr]?$', description: 'The `next` of the previous page' })),
 }, { additionalProperties: false })
 
 export const AuditExportQuerySchema = Type.Object({
