@@ -249,7 +249,7 @@ t.test('describeWindow says windows exactly', async (t) => {
   t.equal(describeWindow(1), '1 millisecond')
 })
 
-t.test('a failure the throttle cannot count is a 401, counted in metrics but not audited', async (t) => {
+t.test('a failure the throttle cannot count is a 401, in metrics and its window\'s count, no event of its own', async (t) => {
   const { default: Fastify } = await import('fastify')
   const { default: auth } = await import('../src/plugins/auth.ts')
   const { default: errorHandler } = await import('../src/plugins/error-handler.ts')
@@ -264,12 +264,12 @@ t.test('a failure the throttle cannot count is a 401, counted in metrics but not
   await app.register(errorHandler)
   await app.register(auth, {
     clients: [a.config],
-    denials: { record: (_r, reason) => { denied.push(reason) }, throttled: (_r, reason) => { denied.push(reason) }, counted: (reason) => { unaudited.push(reason) } },
+    denials: { record: (_r, reason) => { denied.push(reason) }, throttled: (_r, reason) => { denied.push(reason) }, counted: (reason, r) => { unaudited.push(r === undefined ? reason : `${reason} (window)`) } },
     limits: { meter: (client) => limiter.meter(client), authFailure: async () => verdict },
   })
   app.get('/x', { onRequest: app.authenticate('token:issue') }, async () => ({ ok: true }))
   t.equal((await app.inject({ method: 'GET', url: '/x', headers: { authorization: 'Bearer nope' } })).statusCode, 401)
-  t.same([denied, unaudited], [[], ['unknown_secret']], 'Redis did not count it: metrics only')
+  t.same([denied, unaudited], [[], ['unknown_secret (window)']], 'Redis did not count it: no event of its own, but in the window\'s count')
   verdict = { ...verdict, failures: 3, counted: true }
   t.equal((await app.inject({ method: 'GET', url: '/x' })).statusCode, 401)
   t.same(denied, ['missing_credential'], 'counted: audited')

@@ -109,8 +109,8 @@ async function auth (app: FastifyInstance, opts: AuthOptions): Promise<void> {
  * failure of an address and reason in a window at once, one event when the address becomes
  * throttled (detail.throttled), and the count of all the others in one event when the window
  * closes: a flood of bad secrets costs the trail a few events per address and window, in a stream
- * of their own. A failure the throttle could not count (Redis too slow or down) is a 401 and is
- * counted in metrics only. Metrics count every failure.
+ * of their own. A failure the throttle could not count (Redis too slow or down) is a 401, added to
+ * its window's count without an event of its own. Metrics count every failure.
  */
 export async function refuseFailedAuthentication (request: FastifyRequest, reason: AuthFailureReason,
   opts: Pick<AuthOptions, 'denials' | 'limits'>, message: string): Promise<never> {
@@ -123,7 +123,9 @@ export async function refuseFailedAuthentication (request: FastifyRequest, reaso
     }
     throw new BrokerError('RATE_LIMITED', 'Too many failed authentications from this address; retry later.', { retryAfter: verdict.retryAfter })
   }
-  if (verdict?.counted === false) opts.denials.counted(reason)
+  // The throttle could not count it (Redis too slow or down): still in the trail's window count,
+  // so the counts of the auth.denied events add up to every failure once Redis answers again.
+  if (verdict?.counted === false) opts.denials.counted(reason, request)
   else opts.denials.record(request, reason)
   throw unauthenticated(message, bearer(request) !== undefined)
 }

@@ -46,8 +46,9 @@ export class Denials {
   }
 
   /**
-   * A failure with no event of its own. With `request` (a throttled address): added to its
-   * window's count. Without (the throttle could not count it, Redis too slow or down): metrics only.
+   * A failure with no event of its own. With `request` (a throttled address, or a failure the
+   * throttle could not count because Redis was too slow or down): added to its window's count.
+   * Without: metrics only.
    */
   counted (reason: DenialReason, request?: FastifyRequest): void {
     this.#metrics.authFailures.inc({ reason })
