@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { ServerConfig } from '../config/index.ts'
 import { canUseServer, refusals } from '../broker/policy.ts'
-import type { ServedToken } from '../broker/token-store.ts'
+import type { ServedToken } from '../broker/tokens.ts'
 import { notFound } from '../errors.ts'
 
 const isoCache = new Map<number, string>()
