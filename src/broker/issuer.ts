@@ -148,7 +148,7 @@ export class TokenIssuer {
         this.#flights.set(key, flight)
       }
       const minted = await flight
-      // Even the leader reads its fresh token back through `serve` rather than having STORE hand
+      // Even the leader reads its fresh token back through `serve` rather than having store.lua hand
       // it out: that costs one Redis round trip on a cold miss (next to a PMS call of several ms),
       // and keeps one place that hands out a token, audits it (fail closed) and checks its owner,
       // state and key id. A revocation landing between the mint and this read is honoured, too.
