@@ -19,6 +19,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+# The build's second step: the Lua scripts (src/broker/scripts/) land in dist/ next to their module.
+COPY bin/copy-assets.js ./bin/
 # dist/cli/ptb.js keeps its `#!/usr/bin/env node` line; executable, it runs as `ptb` (below).
 # Source maps and declarations serve the client package, not a running broker: dropped here.
 # The simulators, the demo and its dev helpers move to dist-sim/ for the `sim` stage only.

@@ -113,16 +113,16 @@ async function loadLoop (url: string, secrets: string[], sink: Req[], running: (
 
 /**
  * Security audit events written as fast as `concurrency` writers can, through the broker's own
- * TokenStore (the path every security event takes), each numbered; `acked` holds the numbers whose
+ * AuditWriter (the path every security event takes), each numbered; `acked` holds the numbers whose
  * write was acknowledged, `flagged` those the store reported as not replicated in time.
  */
-async function auditWriter (store: ReturnType<typeof createServices>['store'], concurrency: number, acked: Set<number>, running: () => boolean): Promise<void> {
+async function auditWriter (writer: ReturnType<typeof createServices>['auditWriter'], concurrency: number, acked: Set<number>, running: () => boolean): Promise<void> {
   let n = 0
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (running()) {
       const i = n++
       try {
-        await store.audit({ action: 'bench.event', detail: { n: i } })
+        await writer.write({ action: 'bench.event', detail: { n: i } })
         acked.add(i)
       } catch {
         await sleep(20)
@@ -183,7 +183,7 @@ export async function failover (sim: PmsSimulator, log: Log): Promise<void> {
         let running = true
         const before = (await metric.get()).values.reduce((a, v) => a + v.value, 0)
         const load = loadLoop(broker.url, secrets, reqs, () => running)
-        const writing = auditWriter(writer.store, 16, acked, () => running)
+        const writing = auditWriter(writer.auditWriter, 16, acked, () => running)
         await sleep(1500)
         const victim = (await g.primaryNode()) as RedisNode
         const replica = g.primary === victim ? g.replica : g.primary
@@ -249,7 +249,7 @@ export async function failover (sim: PmsSimulator, log: Log): Promise<void> {
   await waitCost(log)
 }
 
-/** What WAIT costs a security event: sequential store.audit calls on a healthy primary + replica, without and with WAIT 1. */
+/** What WAIT costs a security event: sequential AuditWriter.write calls on a healthy primary + replica, without and with WAIT 1. */
 async function waitCost (log: Log): Promise<void> {
   const scope = new Scope()
   try {
@@ -269,11 +269,11 @@ async function waitCost (log: Log): Promise<void> {
         HOST: '127.0.0.1',
       })
       const s = createServices(config, { logStream: new Writable({ write: (_c, _e, cb) => cb() }), defaultMetrics: false })
-      for (let i = 0; i < 200; i++) await s.store.audit({ action: 'bench.event' })
+      for (let i = 0; i < 200; i++) await s.auditWriter.write({ action: 'bench.event' })
       const ms: number[] = []
       for (let i = 0; i < 3000; i++) {
         const t0 = performance.now()
-        await s.store.audit({ action: 'bench.event', detail: { i } })
+        await s.auditWriter.write({ action: 'bench.event', detail: { i } })
         ms.push(performance.now() - t0)
       }
       const unreplicated = (await s.metrics.unreplicated.get()).values.reduce((a, v) => a + v.value, 0)

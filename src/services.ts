@@ -2,14 +2,18 @@ import pino, { type DestinationStream, type Logger } from 'pino'
 import type { Config, ServerConfig } from './config/index.ts'
 import { AdminTokenHealth } from './broker/admin-token-health.ts'
 import { AuditLog } from './broker/audit-log.ts'
+import { AuditWriter } from './broker/audit-writer.ts'
+import { Clock } from './broker/clock.ts'
 import { keyRing } from './broker/crypto.ts'
 import { TokenIssuer } from './broker/issuer.ts'
-import { createKeys, type Keys, type RedisContext } from './broker/keys.ts'
+import { createKeys, type Keys, type RedisContext, redisContext } from './broker/keys.ts'
+import { Locks } from './broker/locks.ts'
 import { ServerProbe } from './broker/probe.ts'
 import { PushHub } from './broker/push.ts'
 import { Readiness } from './broker/readiness.ts'
 import { RejectionCheck } from './broker/rejection-check.ts'
 import { Rotator } from './broker/rotator.ts'
+import { Sealer } from './broker/sealer.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { TokenFileWatcher } from './broker/token-files.ts'
 import { TokenStore } from './broker/token-store.ts'
@@ -72,6 +76,13 @@ export interface Services {
   /** Redis, its keys, the deadline wrapper and the clock, as domain classes receive them. */
   db: RedisContext
   connections: Connections
+  clock: Clock
+  /** Seals, opens and fingerprints tokens under BROKER_SECRET (and the previous secrets). */
+  sealer: Sealer
+  /** Short Redis locks: mints, probes, admin-token rechecks, scheduler changes. */
+  locks: Locks
+  /** Writes the audit events that are not part of a token script, and makes security events durable. */
+  auditWriter: AuditWriter
   store: TokenStore
   plex: PlexClient
   /** Absent with PLEX_TV_URL=off. */
@@ -139,27 +150,19 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const clientIdentifier = overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`
   const servers = new Map(config.servers.map((s) => [s.name, s]))
 
-  const undecryptableWarned = new Set<string>()
+  const clock = new Clock(overrides.now)
+  // What domain classes get: Redis, its keys, the deadline, the clock.
+  const db = redisContext(connections.cache, keys, clock.now)
+  const sealer = new Sealer(keyRing(config.brokerSecret, config.brokerSecretPrevious))
+  const locks = new Locks(db)
   let unreplicatedLogged = 0
-  const store = new TokenStore({
-    redis: connections.cache,
-    keys,
-    crypto: keyRing(config.brokerSecret, config.brokerSecretPrevious),
-    auditMaxEvents: config.auditMaxEvents,
-    auditRetentionMs: config.auditRetentionMs,
-    recordTtlMs: config.tokenLifetimeMs,
-    now: overrides.now,
-    onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
-    onUndecryptable: (server) => {
-      metrics.undecryptable.inc({ server })
-      if (undecryptableWarned.has(server)) return
-      undecryptableWarned.add(server)
-      logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
-        'each is invalidated and re-minted on its next request')
-    },
-    waitReplicas: config.redisWaitReplicas,
+  const auditWriter = new AuditWriter({
+    db,
+    maxEvents: config.auditMaxEvents,
     durable: connections.audit,
+    waitReplicas: config.redisWaitReplicas,
     waitTimeoutMs: config.redisWaitTimeoutMs,
+    onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
     onUnreplicated: (action, acked) => {
       metrics.unreplicated.inc({ action })
       const now = Date.now()
@@ -169,8 +172,21 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
         'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
     },
   })
-  // What domain classes get instead of reaching through the store: Redis, its keys, the deadline, the clock.
-  const db: RedisContext = { redis: connections.cache, keys, call: store.call, now: store.now }
+  const undecryptableWarned = new Set<string>()
+  const store = new TokenStore({
+    db,
+    sealer,
+    audit: auditWriter,
+    auditRetentionMs: config.auditRetentionMs,
+    recordTtlMs: config.tokenLifetimeMs,
+    onUndecryptable: (server) => {
+      metrics.undecryptable.inc({ server })
+      if (undecryptableWarned.has(server)) return
+      undecryptableWarned.add(server)
+      logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
+        'each is invalidated and re-minted on its next request')
+    },
+  })
   const plex = new PlexClient({
     clientIdentifier,
     timeoutMs: config.plexTimeoutMs,
@@ -182,13 +198,14 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const queues = createQueues(connections.queue, keys.queuePrefix)
   const jobs = new JobProducer({
     queues,
-    lock: async (key, ttl) => await store.lock(key, ttl),
-    unlock: async (key, owner) => { await store.unlock(key, owner) },
+    locks,
     schedulerLockKey: keys.schedulerLock,
   })
   const adminHealth = new AdminTokenHealth({
-    store,
     db,
+    locks,
+    sealer,
+    audit: auditWriter,
     states,
     plex,
     logger,
@@ -201,6 +218,8 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const issuer = new TokenIssuer({
     store,
     db,
+    locks,
+    clock,
     plex,
     logger,
     tokenLifetimeMs: config.tokenLifetimeMs,
@@ -217,7 +236,8 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   })
   const rotator = new Rotator({
     store,
-    db,
+    states,
+    clock,
     issuer,
     servers,
     logger,
@@ -227,12 +247,15 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const probe = new ServerProbe({
     store,
     db,
+    locks,
+    audit: auditWriter,
+    clock,
     states,
     plex,
     issuer,
     logger,
     activeWindowMs: config.tokenLifetimeMs,
-    onRestart: async (server, slots) => { await jobs.remint(server, slots, store.now()) },
+    onRestart: async (server, slots) => { await jobs.remint(server, slots, clock.now()) },
     onRestartDetected: (server, invalidated) => {
       metrics.restarts.inc({ server })
       metrics.invalidations.inc({ server, reason: 'restart' }, invalidated)
@@ -256,7 +279,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   })
   const readiness = new Readiness({ ...db, target: config })
   const refusals = new RefusalTrail({
-    write: async (e, ctx) => await store.auditRefusal(e, ctx),
+    write: async (e, ctx) => await auditWriter.refusal(e, ctx),
     windowMs: overrides.refusalWindowMs,
     onError: (err) => logger.warn({ err: describe(err) }, 'audit write failed'),
   })
@@ -317,6 +340,10 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     keys,
     db,
     connections,
+    clock,
+    sealer,
+    locks,
+    auditWriter,
     store,
     plex,
     plexTv,
@@ -360,9 +387,9 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
 }
 
 /** Gauges that live in Redis (shared by every instance), read at scrape time. */
-export async function refreshGauges (s: Pick<Services, 'metrics' | 'store' | 'servers' | 'states' | 'queues'>): Promise<void> {
-  const { metrics, store } = s
-  const now = store.now()
+export async function refreshGauges (s: Pick<Services, 'metrics' | 'db' | 'servers' | 'states' | 'queues'>): Promise<void> {
+  const { metrics, db } = s
+  const now = db.now()
   for (const name of s.servers.keys()) {
     const st = await s.states.get(name)
     if (st.state === 'unknown') metrics.serverUp.remove({ server: name })
@@ -373,7 +400,7 @@ export async function refreshGauges (s: Pick<Services, 'metrics' | 'store' | 'se
     else metrics.oldestExpiry.set({ server: name }, Math.max(0, (st.oldestExpiresAt - now) / 1000))
   }
   for (const [queue, q] of [['tokens', s.queues.tokens], ['probes', s.queues.probes]] as const) {
-    const counts = await store.call(() => q.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children'))
+    const counts = await db.call(() => q.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children'))
     for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue, state }, n)
   }
 }

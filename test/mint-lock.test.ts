@@ -9,6 +9,8 @@ function issuerOf (app: FastifyInstance, lockTtlMs: number): TokenIssuer {
   return new TokenIssuer({
     store: broker.store,
     db: broker.db,
+    locks: broker.locks,
+    clock: broker.clock,
     plex: broker.plex,
     logger: broker.logger,
     tokenLifetimeMs: broker.config.tokenLifetimeMs,

@@ -126,7 +126,7 @@ t.test('the audit trail records every action with its actor, pages, filters and 
   // Scan the stream itself: no raw token, no admin token, no client secret.
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
-  const raw = JSON.stringify([...await redis.xrange(app1.broker.store.keys.audit, '-', '+'), ...await redis.xrange(app1.broker.store.keys.auditServes, '-', '+')])
+  const raw = JSON.stringify([...await redis.xrange(app1.broker.keys.audit, '-', '+'), ...await redis.xrange(app1.broker.keys.auditServes, '-', '+')])
   for (const [name, secret] of [...Object.entries(tokens).map(([k, v]) => [k, (v as { token: string }).token]),
     ['admin A', simA.adminToken], ['admin B', simB.adminToken], ['secret', clients.a.secret], ['ops secret', ops.secret]]) {
     t.notOk(raw.includes(secret), `audit stream never holds ${name}`)
@@ -150,7 +150,7 @@ t.test('issuing fails closed when the audit trail cannot be written', async (t) 
   const { app1, clients, tokens } = await setup(t)
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
-  const { audit: key, auditServes } = app1.broker.store.keys
+  const { audit: key, auditServes } = app1.broker.keys
   // Replace both streams by plain strings: every XADD now fails (WRONGTYPE), mint or cache hit.
   await redis.del(key, auditServes)
   await redis.set(key, 'not a stream')
@@ -170,7 +170,7 @@ t.test('audit retention trims old events', async (t) => {
   const { app1, clients } = await setup(t)
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
-  const { audit: key, auditServes } = app1.broker.store.keys
+  const { audit: key, auditServes } = app1.broker.keys
   const before = await redis.xlen(key) + await redis.xlen(auditServes)
   await new Promise((resolve) => setTimeout(resolve, 300))
   await issue(app1, clients.a, 'one')

@@ -4,7 +4,7 @@ import { createKeys } from '../src/broker/keys.ts'
 import { RateLimiter } from '../src/broker/rate-limiter.ts'
 import { RefusalTrail } from '../src/broker/refusal-trail.ts'
 import { WindowCounters } from '../src/broker/window-counters.ts'
-import type { AuditInput } from '../src/broker/token-store.ts'
+import type { AuditInput } from '../src/broker/audit-writer.ts'
 import { deleteKeys, REDIS_URL, uniquePrefix } from './helper.ts'
 
 t.test('a meter counts its request once, whoever counts it; over the limit is a 429', async (t) => {

@@ -160,7 +160,8 @@ t.test('an idle client\'s token is not renewed forever', async (t) => {
   await sleep(7000)
   const store = app.broker.store
   t.equal(await store.peek('idle', 'default'), undefined, 'after a lifetime without asking, nothing is kept alive')
-  const rotated = await store.call(() => store.redis.xrange(store.keys.audit, '-', '+'))
+  const { db } = app.broker
+  const rotated = await db.call(() => db.redis.xrange(db.keys.audit, '-', '+'))
   const rotations = rotated.filter(([, f]) => f.includes('token.rotate') && f.includes('idle'))
   // Active for one lifetime (3 s) after its last request, renewed each 1 s at most: ≤ 3 rotations, then none.
   t.ok(rotations.length <= 3, `rotated only while still active (${rotations.length})`)

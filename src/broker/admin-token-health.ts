@@ -2,15 +2,21 @@ import type { Logger } from 'pino'
 import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
+import type { AuditWriter } from './audit-writer.ts'
+import type { Locks } from './locks.ts'
+import type { Sealer } from './sealer.ts'
 import type { MintFacts, ServerStates } from './server-state.ts'
-import type { TokenStore } from './token-store.ts'
 
 export type Verdict = 'valid' | 'invalid' | 'unknown'
 
 export interface AdminTokenHealthOptions {
-  store: TokenStore
-  /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
+  /** Redis's keys and the clock (keys.ts RedisContext). */
   db: RedisContext
+  /** The fleet's recheck rate lock. */
+  locks: Locks
+  /** Fingerprints the admin token, so a verdict is tied to the token it is about. */
+  sealer: Sealer
+  audit: AuditWriter
   states: ServerStates
   plex: PlexClient
   logger: Logger
@@ -95,26 +101,22 @@ export class AdminTokenHealth {
    * never blocked by its predecessor's verdict. Audits and reports changes.
    */
   async record (server: ServerConfig, verdict: Verdict, detail: Record<string, unknown> = {}): Promise<void> {
-    const { states, store } = this.#o
+    const { states, sealer, db } = this.#o
     const before = await states.get(server.name)
-    const fp = store.fingerprint(server.adminToken)
+    const fp = sealer.fingerprint(server.adminToken)
     const changed = before.adminToken !== verdict || before.adminFp !== fp
-    await states.update(server.name, { adminToken: verdict, adminCheckedAt: store.now(), adminFp: fp })
+    await states.update(server.name, { adminToken: verdict, adminCheckedAt: db.now(), adminFp: fp })
     if (verdict !== 'invalid') {
       // Accepted (or no longer known bad): the next rejection starts the backoff afresh.
-      await store.call(() => this.#o.db.redis.multi().hdel(this.#o.db.keys.server(server.name), RECHECK_FIELD).del(this.#o.db.keys.adminRecheck(server.name)).exec())
+      await states.clearRecheck(server.name)
     } else if (changed) {
       // Newly rejected (or a new token rejected): the call that just earned the 401 counts as
       // this interval's call, so the first recheck comes one start interval from now.
-      const start = this.#startMs
-      await store.call(() => this.#o.db.redis.multi()
-        .hset(this.#o.db.keys.server(server.name), RECHECK_FIELD, start)
-        .set(this.#o.db.keys.adminRecheck(server.name), 'rejected', 'PX', start)
-        .exec())
+      await states.startRecheck(server.name, this.#startMs)
     }
     this.#o.onResult?.(server.name, verdict)
     if (changed) {
-      await store.audit({ action: 'server.admin_token', server: server.name, detail: { state: verdict, previous: before.adminToken, ...detail } })
+      await this.#o.audit.write({ action: 'server.admin_token', server: server.name, detail: { state: verdict, previous: before.adminToken, ...detail } })
     }
   }
 
@@ -140,14 +142,14 @@ export class AdminTokenHealth {
    * current interval. Never throws for PMS trouble (that is `unknown`); Redis trouble propagates.
    */
   async recheck (server: ServerConfig): Promise<RecheckResult> {
-    const { store, plex, logger } = this.#o
+    const { states, db, plex, logger } = this.#o
     const rejection = await this.#rejection(server)
     if (rejection === undefined) return 'not_rejected'
     // The lock is never released: it expires when the next recheck is due. Taking it doubles the
     // interval for the call after this one, so the gaps run start, 2×start, 4×start … 1 min.
     const interval = Math.min(ADMIN_RECHECK_MAX_MS, rejection.intervalMs * 2)
-    if (await store.lock(this.#o.db.keys.adminRecheck(server.name), interval) === undefined) return 'skipped'
-    await store.call(() => this.#o.db.redis.hset(this.#o.db.keys.server(server.name), RECHECK_FIELD, interval))
+    if (await this.#o.locks.acquire(db.keys.adminRecheck(server.name), interval) === undefined) return 'skipped'
+    await states.update(server.name, { adminRecheckMs: interval })
     let pms: Verdict = 'unknown'
     try {
       pms = (await plex.checkToken(server, server.adminToken)) === 'valid' ? 'valid' : 'invalid'
@@ -159,7 +161,7 @@ export class AdminTokenHealth {
       logger.info({ server: server.name }, 'admin token accepted by PMS again; token requests unblocked')
       return 'accepted'
     }
-    if (pms === 'invalid') await this.#o.states.update(server.name, { adminCheckedAt: store.now() })
+    if (pms === 'invalid') await states.update(server.name, { adminCheckedAt: db.now() })
     logger.warn({ server: server.name, pms, nextRecheckInMs: interval }, pms === 'invalid'
       ? 'admin token still rejected by PMS: run `ptb login` (or fix the token file / Preferences.xml) if this lasts'
       : 'admin token recheck: PMS did not answer')
@@ -172,17 +174,13 @@ export class AdminTokenHealth {
 
   /** The current backoff interval while this very admin token is known to be rejected. */
   async #rejection (server: ServerConfig): Promise<{ intervalMs: number } | undefined> {
-    const { store } = this.#o
-    const [verdict, fp, ms] = await store.call(() => this.#o.db.redis.hmget(this.#o.db.keys.server(server.name), 'adminToken', 'adminFp', RECHECK_FIELD))
-    return this.#fromFacts(server, verdict, fp, ms)
+    const facts = await this.#o.states.mintFacts(server.name)
+    return this.#fromFacts(server, facts.adminToken, facts.adminFp, facts.adminRecheckMs)
   }
 
   #fromFacts (server: ServerConfig, verdict: string | null, fp: string | null, ms: string | null): { intervalMs: number } | undefined {
-    if (verdict !== 'invalid' || fp !== this.#o.store.fingerprint(server.adminToken)) return undefined
+    if (verdict !== 'invalid' || fp !== this.#o.sealer.fingerprint(server.adminToken)) return undefined
     const n = Number(ms)
     return { intervalMs: Number.isFinite(n) && n > 0 ? n : this.#startMs }
   }
 }
-
-/** Server-hash field: the current recheck interval (ms) of a rejected admin token. */
-const RECHECK_FIELD = 'adminRecheckMs'

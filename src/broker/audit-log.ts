@@ -213,6 +213,21 @@ export class AuditLog {
   }
 
   /**
+   * Who received the token with one of these fingerprints (Sealer.fingerprints), from the index the
+   * store script writes at mint (kept for AUDIT_RETENTION): found however many events were written since.
+   */
+  async holder (fingerprints: readonly string[]): Promise<{ tokenId: string, client: string, server: string, issuedAt: number, fingerprint: string } | undefined> {
+    if (fingerprints.length === 0) return undefined
+    const found = await this.#db.call(() => this.#db.redis.mget(...fingerprints.map((fp) => this.#db.keys.fingerprint(fp))))
+    for (const [i, v] of found.entries()) {
+      if (v === null) continue
+      const [tokenId = '', client = '', server = '', issuedAt] = v.split('|')
+      return { tokenId, client, server, issuedAt: Number(issuedAt), fingerprint: fingerprints[i] ?? '' }
+    }
+    return undefined
+  }
+
+  /**
    * Drops events older than the retention from every stream. The security stream has no cap on
    * append; should it still exceed AUDIT_MAX_EVENTS (memory is finite), it is cut here, and the
    * events lost before their retention are counted (ptb_audit_dropped_total) and reported.

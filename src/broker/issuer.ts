@@ -4,15 +4,22 @@ import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
+import type { RequestContext } from './audit-writer.ts'
+import type { Clock } from './clock.ts'
+import type { Locks } from './locks.ts'
 import type { Meter } from './rate-limiter.ts'
 import type { TokenReason } from './push-log.ts'
 import type { MintFacts } from './server-state.ts'
-import { type RequestContext, type ServedToken, slotKey, type TokenStore } from './token-store.ts'
+import type { TokenStore } from './token-store.ts'
+import { type ServedToken, slotKey, type TokenAudit } from './tokens.ts'
 
 export interface IssuerOptions {
   store: TokenStore
   /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
   db: RedisContext
+  /** The mint lock. */
+  locks: Locks
+  clock: Clock
   plex: PlexClient
   logger: Logger
   tokenLifetimeMs: number
@@ -50,15 +57,39 @@ export interface IssuerOptions {
   onOverdue?: (client: string, server: string, tokenId: string) => void
 }
 
-export type IssuedToken = ServedToken & {
+/** What `issue` hands back: the served token and where it came from (the HTTP answer is schemas/tokens.ts IssuedToken). */
+export type IssueResult = ServedToken & {
   source: 'cache' | 'upstream'
 }
 
-/** Resets a lock's expiry only if this owner still holds it. KEYS: lock  ARGV: owner, ttlMs → 1 held, 0 lost */
-const RENEW_LOCK = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-`
+export interface IssueOptions {
+  /** A source PMS knows (`server://…`, `provider://…`) instead of a PMS token. */
+  target?: string
+  /**
+   * The request's count against its client's limit, when it was not counted yet: the first serve
+   * script counts it (429 `RATE_LIMITED` beyond it), so a cache hit stays one round trip.
+   */
+  meter?: Meter
+  /**
+   * What the push channel says of a token minted here (default `issued`; `reminted` when the
+   * cached one had to be invalidated first because it could not be opened, `replaced` after a report).
+   */
+  reason?: TokenReason
+}
+
+export interface EnsureOptions {
+  /** The audit event of the mint, if it is one (a restart re-mint is a `token.rotate`). */
+  audit?: TokenAudit
+  target?: string
+  /** The push channel's `reason` for the new token (default: from `audit`, push-log.ts tokenReason). */
+  reason?: TokenReason
+}
+
+export interface MintOptions extends EnsureOptions {
+  /** The new token replaces this one only if it is still current (rotation: a compare-and-set). */
+  expectCurrent?: string
+  ctx?: RequestContext
+}
 
 /** Maps a PMS failure to the error a client sees. Never includes a token. */
 export function upstreamError (server: string, err: unknown): BrokerError {
@@ -95,16 +126,11 @@ export class TokenIssuer {
     this.#o = opts
   }
 
-  /**
-   * `target`: a source PMS knows (`server://…`, `provider://…`) instead of a PMS token. `meter`:
-   * the request's count against its client's limit, when it was not counted yet: the first serve
-   * script counts it (429 `RATE_LIMITED` beyond it), so a cache hit stays one round trip.
-   * `reason`: what the push channel says of a token minted here (default `issued`; `reminted` when
-   * the cached one had to be invalidated first because it could not be opened).
-   */
-  async issue (client: string, server: ServerConfig, ctx: RequestContext, target?: string, meter?: Meter,
-    reason: TokenReason = 'issued'): Promise<IssuedToken> {
+  /** The client's current token of `server` (or of a source, `opts.target`): the cached one when live, else a fresh mint. */
+  async issue (client: string, server: ServerConfig, ctx: RequestContext, opts: IssueOptions = {}): Promise<IssueResult> {
     const { store } = this.#o
+    const { target, meter } = opts
+    let reason = opts.reason ?? 'issued'
     // A revocation or invalidation can land between our mint and our read; a few rounds settle it.
     for (let round = 0; round < 3; round++) {
       const counter = round === 0 ? meter?.pending : undefined
@@ -118,11 +144,11 @@ export class TokenIssuer {
       let flight = this.#flights.get(key)
       const leader = flight === undefined
       if (flight === undefined) {
-        flight = this.ensure(client, server, undefined, target, reason).finally(() => this.#flights.delete(key))
+        flight = this.ensure(client, server, { target, reason }).finally(() => this.#flights.delete(key))
         this.#flights.set(key, flight)
       }
       const minted = await flight
-      // Even the leader reads its fresh token back through `serve` rather than having STORE hand
+      // Even the leader reads its fresh token back through `serve` rather than having store.lua hand
       // it out: that costs one Redis round trip on a cold miss (next to a PMS call of several ms),
       // and keeps one place that hands out a token, audits it (fail closed) and checks its owner,
       // state and key id. A revocation landing between the mint and this read is honoured, too.
@@ -132,10 +158,8 @@ export class TokenIssuer {
     throw new BrokerError('UPSTREAM_UNAVAILABLE', 'Could not settle a token for this server; try again.', { retryAfter: 1 })
   }
 
-  #checked (client: string, server: string, t: ServedToken, source: 'cache' | 'upstream'): IssuedToken {
-    const now = this.#o.store.now()
-    // issuedAt in the future means our clock stepped back: the token's age is unknown, so it is due.
-    if (now >= t.renewAt || t.issuedAt > now) this.#o.onOverdue?.(client, server, t.tokenId)
+  #checked (client: string, server: string, t: ServedToken, source: 'cache' | 'upstream'): IssueResult {
+    if (this.#o.clock.due(t)) this.#o.onOverdue?.(client, server, t.tokenId)
     return { ...t, source }
   }
 
@@ -143,25 +167,25 @@ export class TokenIssuer {
    * Makes sure (client, server) has a live current token, minting one if needed.
    * Returns true when this call minted it.
    */
-  async ensure (client: string, server: ServerConfig, audit?: { action: string, detail: Record<string, unknown> }, target?: string,
-    reason?: TokenReason): Promise<boolean> {
-    const { store, mintWaitMs, lockTtlMs } = this.#o
+  async ensure (client: string, server: ServerConfig, opts: EnsureOptions = {}): Promise<boolean> {
+    const { store, locks, mintWaitMs, lockTtlMs } = this.#o
+    const { target } = opts
     const lockKey = this.#o.db.keys.mintLock(slotKey(client, target), server.name)
     const deadline = Date.now() + mintWaitMs
     let pause = 20
     while (true) {
       if (await store.peek(client, server.name, target) !== undefined) return false
-      const owner = await store.lock(lockKey, lockTtlMs)
+      const owner = await locks.acquire(lockKey, lockTtlMs)
       if (owner !== undefined) {
         const heartbeat = this.#renew(lockKey, owner, server.name)
         try {
           // Someone may have minted between our peek and our lock.
           if (await store.peek(client, server.name, target) !== undefined) return false
-          const stored = await this.mint(client, server, { audit, target, reason })
+          const stored = await this.mint(client, server, opts)
           return stored !== undefined
         } finally {
           heartbeat.stop()
-          await store.unlock(lockKey, owner).catch(() => {})
+          await locks.release(lockKey, owner).catch(() => {})
         }
       }
       if (Date.now() >= deadline) {
@@ -179,7 +203,7 @@ export class TokenIssuer {
    * turned out lost, or after `maxLockHoldMs` (a wedged holder must not block the slot forever).
    */
   #renew (key: string, owner: string, server: string): { stop: () => void } {
-    const { store, lockTtlMs, logger } = this.#o
+    const { locks, lockTtlMs, logger } = this.#o
     const until = Date.now() + (this.#o.maxLockHoldMs ?? lockTtlMs * 10)
     let stopped = false
     const timer = setInterval(() => {
@@ -189,8 +213,8 @@ export class TokenIssuer {
         logger.warn({ server }, 'mint still running after its longest lock hold; the mint lock is left to lapse')
         return
       }
-      store.call(() => this.#o.db.redis.eval(RENEW_LOCK, 1, key, owner, lockTtlMs)).then((held) => {
-        if (Number(held) === 1 || stopped) return
+      locks.renew(key, owner, lockTtlMs).then((held) => {
+        if (held || stopped) return
         stop()
         logger.warn({ server }, 'mint lock lost while minting; another instance may mint too')
       }).catch(() => {})
@@ -207,14 +231,7 @@ export class TokenIssuer {
    * One upstream mint and store. Call with the mint lock held (or from a rotation job that holds it).
    * With `expectCurrent`, the new token replaces that one only if it is still current (rotation).
    */
-  async mint (client: string, server: ServerConfig, opts: {
-    expectCurrent?: string
-    audit?: { action: string, detail: Record<string, unknown> }
-    ctx?: RequestContext
-    target?: string
-    /** The push channel's `reason` for the new token (default: from `audit`, push-log.ts tokenReason). */
-    reason?: TokenReason
-  }): Promise<string | undefined> {
+  async mint (client: string, server: ServerConfig, opts: MintOptions = {}): Promise<string | undefined> {
     const { store, plex, logger, onMint } = this.#o
     let token: string
     let machineIdentifier: string
@@ -242,7 +259,7 @@ export class TokenIssuer {
       logger.warn({ client, server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'mint failed')
       throw upstreamError(server.name, err)
     }
-    const issuedAt = store.now()
+    const issuedAt = this.#o.clock.now()
     const jitter = (this.#o.renewJitter ?? 0.1) * Math.random()
     const put = await store.put({
       client,

@@ -1,4 +1,4 @@
-import type { RedisClient } from '../redis.ts'
+import { type RedisClient, withDeadline } from '../redis.ts'
 
 /** The limits counted in Redis windows (broker/rate-limiter.ts names them all). */
 export type CountedLimit = 'client' | 'auth_failures' | 'not_found'
@@ -131,4 +131,15 @@ export interface RedisContext {
   keys: Keys
   call: <T>(fn: () => Promise<T>) => Promise<T>
   now: () => number
+}
+
+/**
+ * Upper bound of one store call: a Redis stall turns into STORE_UNAVAILABLE instead of a hang. With
+ * the two rate-limit checks (250 ms each at most), a stalled Redis still gets a 503 within 2 s.
+ */
+export const STORE_TIMEOUT_MS = 1000
+
+/** A RedisContext whose `call` is `withDeadline` (redis.ts) with `timeoutMs`. */
+export function redisContext (redis: RedisClient, keys: Keys, now: () => number, timeoutMs = STORE_TIMEOUT_MS): RedisContext {
+  return { redis, keys, now, call: async (fn) => await withDeadline(fn, timeoutMs) }
 }

@@ -1,6 +1,6 @@
 import type { ClientConfig, Scope } from '../config/index.ts'
 import type { SelectorKind } from './revoke-selector.ts'
-import type { RetireSelector } from './token-store.ts'
+import type { RetireSelector } from './tokens.ts'
 
 /**
  * What a client may do, decided in one place. Every rule is a plain function of the client's

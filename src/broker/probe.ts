@@ -2,7 +2,10 @@ import type { Logger } from 'pino'
 import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
+import type { AuditWriter } from './audit-writer.ts'
+import type { Clock } from './clock.ts'
 import type { TokenIssuer } from './issuer.ts'
+import type { Locks } from './locks.ts'
 import { isVulnerable, type ServerStates } from './server-state.ts'
 import type { TokenStore } from './token-store.ts'
 
@@ -25,6 +28,11 @@ export interface ServerProbeOptions {
   store: TokenStore
   /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
   db: RedisContext
+  /** The probe lock. */
+  locks: Locks
+  /** Server events (down, up, restart) go to the security trail. */
+  audit: AuditWriter
+  clock: Clock
   states: ServerStates
   plex: PlexClient
   issuer: TokenIssuer
@@ -57,26 +65,26 @@ export class ServerProbe {
    * identity, or the next probe would detect the same restart twice.
    */
   async probe (server: ServerConfig): Promise<ProbeResult> {
-    const { store } = this.#o
+    const { locks } = this.#o
     const lockKey = this.#o.db.keys.probeLock(server.name)
     const deadline = Date.now() + 3000
-    let owner = await store.lock(lockKey, 30_000)
+    let owner = await locks.acquire(lockKey, 30_000)
     while (owner === undefined && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 50))
-      owner = await store.lock(lockKey, 30_000)
+      owner = await locks.acquire(lockKey, 30_000)
     }
     if (owner === undefined) return { state: 'busy', restart: [] }
     try {
       return await this.#probe(server)
     } finally {
-      await store.unlock(lockKey, owner).catch(() => {})
+      await locks.release(lockKey, owner).catch(() => {})
     }
   }
 
   async #probe (server: ServerConfig): Promise<ProbeResult> {
-    const { states, plex, logger, store } = this.#o
+    const { states, plex, logger, audit } = this.#o
     const prev = await states.get(server.name)
-    const now = store.now()
+    const now = this.#o.clock.now()
     let id: { machineIdentifier: string, version: string }
     try {
       id = await plex.identity(server)
@@ -84,7 +92,7 @@ export class ServerProbe {
       await states.update(server.name, { state: 'down', lastProbeAt: now }, prev.state === 'down' ? undefined : 'down')
       if (prev.state !== 'down') {
         logger.warn({ server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'PMS is down')
-        await store.audit({ action: 'server.down', server: server.name, detail: { error: (err as Error).name } })
+        await audit.write({ action: 'server.down', server: server.name, detail: { error: (err as Error).name } })
         this.#o.onStateChange?.(server.name, 'down')
       }
       return { state: 'down', restart: [] }
@@ -100,7 +108,7 @@ export class ServerProbe {
     await states.update(server.name, { state: 'up', mid: id.machineIdentifier, version: id.version, lastProbeAt: now }, prev.state === 'up' ? undefined : 'up')
     if (prev.state !== 'up') {
       logger.info({ server: server.name, version: id.version }, 'PMS is up')
-      if (prev.state === 'down') await store.audit({ action: 'server.up', server: server.name, detail: { version: id.version } })
+      if (prev.state === 'down') await audit.write({ action: 'server.up', server: server.name, detail: { version: id.version } })
       this.#o.onStateChange?.(server.name, 'up')
       if (isVulnerable(id.version)) {
         logger.warn({ server: server.name, version: id.version },
@@ -119,9 +127,9 @@ export class ServerProbe {
   async restarted (server: ServerConfig, reasons: RestartReason[], version: string | null): Promise<void> {
     const { store, states, logger } = this.#o
     const { count } = await store.retire({ server: server.name }, 'invalidated', 'token.invalidate', { reason: 'server_restart' })
-    await states.update(server.name, { lastRestartAt: store.now() })
+    await states.update(server.name, { lastRestartAt: this.#o.clock.now() })
     this.#o.onRestartDetected?.(server.name, count)
-    await store.audit({ action: 'server.restart', server: server.name, detail: { reasons, version, invalidated: count } })
+    await this.#o.audit.write({ action: 'server.restart', server: server.name, detail: { reasons, version, invalidated: count } })
     const clients = (await store.activeClients(server.name, this.#o.activeWindowMs)).filter((c) => c !== CANARY_CLIENT)
     logger.warn({ server: server.name, reasons, invalidated: count, active: clients.length }, 'PMS restart detected; tokens invalidated')
     await this.#o.onRestart?.(server.name, clients)
@@ -153,8 +161,7 @@ export class ServerProbe {
         return
       }
       const rec = await store.get(tokenId)
-      const now = store.now()
-      if (rec !== undefined && (now >= rec.renewAt || rec.issuedAt > now)) {
+      if (rec !== undefined && this.#o.clock.due(rec)) {
         await issuer.mint(CANARY_CLIENT, server, { expectCurrent: tokenId })
       }
     } catch (err) {

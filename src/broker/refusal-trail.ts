@@ -1,4 +1,4 @@
-import type { AuditInput, RequestContext } from './token-store.ts'
+import type { AuditInput, RequestContext } from './audit-writer.ts'
 
 /** One refused request, as the trail records it (`auth.denied`). */
 export interface Refused {

@@ -2,9 +2,10 @@ import type { Logger } from 'pino'
 import type { ServerConfig } from '../config/index.ts'
 import { notFound } from '../errors.ts'
 import type { PlexClient } from '../plex/client.ts'
-import { type IssuedToken, type TokenIssuer, upstreamError } from './issuer.ts'
+import type { RequestContext } from './audit-writer.ts'
+import { type IssueResult, type TokenIssuer, upstreamError } from './issuer.ts'
 import type { Meter } from './rate-limiter.ts'
-import type { RequestContext, TokenStore } from './token-store.ts'
+import type { TokenStore } from './token-store.ts'
 
 export interface RejectionCheckOptions {
   store: TokenStore
@@ -32,7 +33,7 @@ export class RejectionCheck {
   }
 
   /** `meter`: the request's count against its client's limit, counted before anything else (a report costs a PMS check). */
-  async report (client: string, server: ServerConfig, tokenId: string, ctx: RequestContext, meter?: Meter): Promise<IssuedToken> {
+  async report (client: string, server: ServerConfig, tokenId: string, ctx: RequestContext, { meter }: { meter?: Meter } = {}): Promise<IssueResult> {
     await meter?.count()
     const record = await this.#o.store.get(tokenId)
     if (record === undefined || record.client !== client || record.server !== server.name) {
@@ -52,7 +53,7 @@ export class RejectionCheck {
       }
     }
     // A token minted now replaces the one PMS rejected: streams announce it as `replaced`.
-    return await this.#o.issuer.issue(client, server, ctx, undefined, undefined, 'replaced')
+    return await this.#o.issuer.issue(client, server, ctx, { reason: 'replaced' })
   }
 
   async #verdict (server: ServerConfig, tokenId: string): Promise<'valid' | 'rejected'> {

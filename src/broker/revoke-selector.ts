@@ -1,5 +1,5 @@
 import { badRequest } from '../errors.ts'
-import type { RetireSelector } from './token-store.ts'
+import type { RetireSelector } from './tokens.ts'
 
 /** What `POST /v1/revoke` names, as its body gives it. */
 export interface RevokeRequest {

@@ -1,10 +1,17 @@
 import type { Logger } from 'pino'
-import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
+import type { Clock } from './clock.ts'
 import type { TokenIssuer } from './issuer.ts'
 import { CANARY_CLIENT } from './probe.ts'
-import { parseSlot, type TokenStore } from './token-store.ts'
+import type { ServerStates } from './server-state.ts'
+import type { TokenStore } from './token-store.ts'
+import { parseSlot } from './tokens.ts'
 
+/**
+ * Why a token is replaced before its time: the sweep found it due (`scheduled`), PMS restarted
+ * (`restart`, a re-mint), PMS rejected it (`rejected`), or ops asked (`manual`). Rotation jobs
+ * carry all but `restart` (a restart re-mint is a job of its own).
+ */
 export type RotationReason = 'scheduled' | 'restart' | 'rejected' | 'manual'
 
 export type RotationOutcome = 'rotated' | 'gone' | 'superseded' | 'idle' | 'unknown_server' | 'conflict'
@@ -17,8 +24,9 @@ export interface DueRotation {
 
 export interface RotatorOptions {
   store: TokenStore
-  /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
-  db: RedisContext
+  /** Where each sweep leaves its counts for every instance's /metrics. */
+  states: ServerStates
+  clock: Clock
   issuer: TokenIssuer
   servers: Map<string, ServerConfig>
   logger: Logger
@@ -45,32 +53,23 @@ export class Rotator {
    * One pipelined round trip per server for the ids, one for the records.
    */
   async due (): Promise<DueRotation[]> {
-    const { store, activeWindowMs } = this.#o
-    const now = store.now()
+    const { store, clock, activeWindowMs } = this.#o
+    const now = clock.now()
     const out: DueRotation[] = []
     for (const server of this.#o.servers.keys()) {
       const clients = (await store.activeClients(server, activeWindowMs)).filter((c) => c !== CANARY_CLIENT)
       let active = 0
       let oldest = 0
       for (let i = 0; i < clients.length; i += 1000) {
-        const batch = clients.slice(i, i + 1000)
-        const ids = await store.call(() => this.#o.db.redis.mget(batch.map((c) => this.#o.db.keys.current(c, server))))
-        const live = ids.map((id, j) => ({ id, client: batch[j] })).filter((x): x is { id: string, client: string } => x.id !== null)
-        if (live.length === 0) continue
-        const pipe = this.#o.db.redis.pipeline()
-        for (const x of live) pipe.hmget(this.#o.db.keys.token(x.id), 'state', 'issuedAt', 'renewAt', 'expiresAt')
-        const rows = await store.call(async () => (await pipe.exec()) ?? [])
-        rows.forEach(([err, f], j) => {
-          if (err !== null) return
-          const [state, issuedAt, renewAt, expiresAt] = (f as Array<string | null>).map((v) => (v === null ? NaN : v))
-          if (state !== 'active' || now >= Number(expiresAt)) return
+        for (const t of await store.currentTokens(server, clients.slice(i, i + 1000))) {
+          if (t.state !== 'active' || now >= t.expiresAt) continue
           active++
-          if (oldest === 0 || Number(expiresAt) < oldest) oldest = Number(expiresAt)
-          if (now >= Number(renewAt) || Number(issuedAt) > now) out.push({ tokenId: live[j].id, client: live[j].client, server })
-        })
+          if (oldest === 0 || t.expiresAt < oldest) oldest = t.expiresAt
+          if (clock.due(t, now)) out.push({ tokenId: t.tokenId, client: t.client, server })
+        }
       }
       // Shared with every instance's /metrics through the server hash.
-      await store.call(() => this.#o.db.redis.hset(this.#o.db.keys.server(server), { activeTokens: active, oldestExpiresAt: oldest === 0 ? '' : oldest }))
+      await this.#o.states.update(server, { activeTokens: active, oldestExpiresAt: oldest === 0 ? '' : oldest })
     }
     return out
   }
@@ -87,8 +86,8 @@ export class Rotator {
     if (await store.peek(rec.client, rec.server, target) !== tokenId) return 'superseded'
     const server = this.#o.servers.get(rec.server)
     if (server === undefined) return 'unknown_server'
-    const lastAsked = await store.call(() => this.#o.db.redis.zscore(this.#o.db.keys.active(rec.server), rec.slot))
-    if (lastAsked === null || Number(lastAsked) < store.now() - this.#o.activeWindowMs) return 'idle'
+    const lastAsked = await store.lastAsked(rec.server, rec.slot)
+    if (lastAsked === undefined || lastAsked < this.#o.clock.now() - this.#o.activeWindowMs) return 'idle'
     const newId = await issuer.mint(rec.client, server, {
       expectCurrent: tokenId,
       target,
@@ -105,8 +104,9 @@ export class Rotator {
     const server = this.#o.servers.get(serverName)
     if (server === undefined) return false
     const { client, target } = parseSlot(slot)
-    const minted = await this.#o.issuer.ensure(client, server, { action: 'token.rotate', detail: { reason: 'restart' } }, target)
-    if (minted) this.#o.onRotate?.(serverName, 'restart')
+    const reason: RotationReason = 'restart'
+    const minted = await this.#o.issuer.ensure(client, server, { audit: { action: 'token.rotate', detail: { reason } }, target })
+    if (minted) this.#o.onRotate?.(serverName, reason)
     return minted
   }
 }

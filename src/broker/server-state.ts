@@ -42,6 +42,13 @@ export function isVulnerable (version: string | null): boolean {
   return version !== null && compareVersions(version, LAST_VULNERABLE_VERSION) <= 0
 }
 
+/**
+ * Every field of a server's hash (keys.ts `server`). This module alone reads and writes the hash;
+ * other classes go through ServerStates.
+ */
+export type ServerField = 'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'adminFp' |
+  'adminRecheckMs' | 'activeTokens' | 'oldestExpiresAt'
+
 const num = (v: string | undefined): number | null => (v === undefined || v === '' ? null : Number(v))
 
 /** The server-hash fields a mint reads (one HMGET). */
@@ -83,8 +90,7 @@ export class ServerStates {
    * the push channel's `server` entry is written in the same transaction (push-log.ts), so
    * every instance's streams hear of each flip that is stored.
    */
-  async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'adminFp' | 'activeTokens' | 'oldestExpiresAt', string | number>>,
-    flipped?: 'up' | 'down'): Promise<void> {
+  async update (name: string, fields: Partial<Record<ServerField, string | number>>, flipped?: 'up' | 'down'): Promise<void> {
     const { redis, keys } = this.#db
     if (flipped === undefined) {
       await this.#db.call(() => redis.hset(keys.server(name), fields))
@@ -101,14 +107,33 @@ export class ServerStates {
    * verdict with its fingerprint and recheck interval (admin-token-health.ts).
    */
   async mintFacts (name: string): Promise<MintFacts> {
-    const [mid, adminToken, adminFp, adminRecheckMs] = await this.#db.call(() =>
-      this.#db.redis.hmget(this.#db.keys.server(name), 'mid', 'adminToken', 'adminFp', 'adminRecheckMs'))
+    const fields: ServerField[] = ['mid', 'adminToken', 'adminFp', 'adminRecheckMs']
+    const [mid = null, adminToken = null, adminFp = null, adminRecheckMs = null] = await this.#db.call(() =>
+      this.#db.redis.hmget(this.#db.keys.server(name), ...fields))
     return { mid, adminToken, adminFp, adminRecheckMs }
+  }
+
+  /**
+   * A rejected admin token's recheck backoff starts (admin-token-health.ts): its interval in the
+   * hash, and the fleet's rate lock (keys.ts `adminRecheck`) held for that long, in one step.
+   */
+  async startRecheck (name: string, intervalMs: number): Promise<void> {
+    const { redis, keys } = this.#db
+    const field: ServerField = 'adminRecheckMs'
+    await this.#db.call(() => redis.multi().hset(keys.server(name), field, intervalMs).set(keys.adminRecheck(name), 'rejected', 'PX', intervalMs).exec())
+  }
+
+  /** The admin token is accepted (or no longer known bad): the next rejection starts the backoff afresh. */
+  async clearRecheck (name: string): Promise<void> {
+    const { redis, keys } = this.#db
+    const field: ServerField = 'adminRecheckMs'
+    await this.#db.call(() => redis.multi().hdel(keys.server(name), field).del(keys.adminRecheck(name)).exec())
   }
 
   /** The server's machineIdentifier, asking PMS `/identity` once when it is not known yet. */
   async machineIdentifier (server: ServerConfig, known?: string | null): Promise<string> {
-    if (known === undefined) known = await this.#db.call(() => this.#db.redis.hget(this.#db.keys.server(server.name), 'mid'))
+    const field: ServerField = 'mid'
+    if (known === undefined) known = await this.#db.call(() => this.#db.redis.hget(this.#db.keys.server(server.name), field))
     if (known) return known
     const id = await this.#plex.identity(server)
     await this.update(server.name, { mid: id.machineIdentifier, version: id.version })

@@ -3,7 +3,7 @@ import type { RedisClient } from '../redis.ts'
 /**
  * Fixed-window counters in Redis: the first hit of a window creates the key with the window as
  * its expiry, later hits only increment it. SET NX PX + INCR + PTTL in one MULTI is atomic and
- * works on Redis 6.2 (PEXPIRE NX would need 7.0). The serve script (scripts.ts SERVE) counts a
+ * works on Redis 6.2 (PEXPIRE NX would need 7.0). The serve script (scripts/serve.lua) counts a
  * client's key the same way inside its one round trip, so both paths share one counter per client.
  * Keys come whole from keys.ts `rateLimit` (through broker/rate-limiter.ts).
  */

@@ -6,7 +6,7 @@
  * The characters left out each have a job elsewhere:
  * - `:` separates the parts of Redis keys (`src/broker/keys.ts`);
  * - `.` separates the parts of BullMQ job ids (`src/jobs/queues.ts`);
- * - `~` separates a client id from its source in a token slot (`src/broker/token-store.ts`), and
+ * - `~` separates a client id from its source in a token slot (`src/broker/tokens.ts`), and
  *   starts the broker's own canary client `~canary` (`src/broker/probe.ts`), which therefore can
  *   never collide with a configured client.
  * Uppercase is left out so that two names never differ only in case.

@@ -1,15 +1,17 @@
 import {
   ADMIN_CHECK_EVERY_MS, ADMIN_SCHEDULER_ID, probeSchedulerId, type Queues, remintJobId, rotateJobId, SWEEP_SCHEDULER_ID,
 } from './queues.ts'
+import type { Locks } from '../broker/locks.ts'
+import type { RotationReason } from '../broker/rotator.ts'
 
 export type ProbeTrigger = 'eventsource' | 'rejection' | 'manual'
-export type RotateReason = 'scheduled' | 'rejected' | 'manual'
+/** A rotation job's reason: a restart re-mints instead (`remint`). */
+export type RotateReason = Exclude<RotationReason, 'restart'>
 
 export interface JobProducerOptions {
   queues: Queues
-  /** A short Redis lock (the token store's): serialises scheduler changes across instances. */
-  lock: (key: string, ttlMs: number) => Promise<string | undefined>
-  unlock: (key: string, owner: string) => Promise<void>
+  /** The scheduler lock serialises scheduler changes across instances. */
+  locks: Locks
   /** Key of that lock (keys.ts). */
   schedulerLockKey: string
 }
@@ -83,10 +85,10 @@ export class JobProducer {
   async ensureSchedulers (w: ScheduleWanted, waitMs = 0): Promise<boolean> {
     const { queues, schedulerLockKey } = this.#o
     const until = Date.now() + waitMs
-    let owner = await this.#o.lock(schedulerLockKey, SCHEDULER_LOCK_TTL_MS)
+    let owner = await this.#o.locks.acquire(schedulerLockKey, SCHEDULER_LOCK_TTL_MS)
     while (owner === undefined && Date.now() < until) {
       await new Promise((resolve) => setTimeout(resolve, 100))
-      owner = await this.#o.lock(schedulerLockKey, SCHEDULER_LOCK_TTL_MS)
+      owner = await this.#o.locks.acquire(schedulerLockKey, SCHEDULER_LOCK_TTL_MS)
     }
     if (owner === undefined) return false
     try {
@@ -107,7 +109,7 @@ export class JobProducer {
       }
       return true
     } finally {
-      await this.#o.unlock(schedulerLockKey, owner).catch(() => {})
+      await this.#o.locks.release(schedulerLockKey, owner).catch(() => {})
     }
   }
 }

@@ -1,5 +1,6 @@
 import { Queue, type JobsOptions } from 'bullmq'
 import type { RedisClient } from '../redis.ts'
+import type { RotateReason } from './producer.ts'
 
 /**
  * Queue and job names. BullMQ ids must not contain `:` and must not be all digits
@@ -9,8 +10,8 @@ export const TOKENS_QUEUE = 'tokens'
 export const PROBES_QUEUE = 'probes'
 
 export type TokenJob =
-  | { name: 'rotate', data: { tokenId: string, reason: 'scheduled' | 'rejected' | 'manual' } }
-  /** `slot`: a client's PMS token, or a client's token for one source (token-store.ts slotKey). */
+  | { name: 'rotate', data: { tokenId: string, reason: RotateReason } }
+  /** `slot`: a client's PMS token, or a client's token for one source (broker/tokens.ts slotKey). */
   | { name: 'remint', data: { slot: string, server: string } }
 
 export type ProbeJob =

@@ -1,7 +1,7 @@
 import { isIP, isIPv4 } from 'node:net'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import type { RequestContext } from '../broker/token-store.ts'
+import type { RequestContext } from '../broker/audit-writer.ts'
 
 declare module 'fastify' {
   interface FastifyRequest {

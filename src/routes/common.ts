@@ -1,7 +1,8 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { ServerConfig } from '../config/index.ts'
 import { canUseServer, refusals } from '../broker/policy.ts'
-import type { ServedToken } from '../broker/token-store.ts'
+import type { ServedToken } from '../broker/tokens.ts'
+import type { IssuedToken } from '../schemas/tokens.ts'
 import { notFound } from '../errors.ts'
 
 const isoCache = new Map<number, string>()
@@ -21,7 +22,7 @@ export function iso (ms: number): string {
 }
 
 /** A client's token as POST /v1/tokens answers it and the push channel's `token` event carries it. */
-export function issuedTokenBody (server: ServerConfig, t: ServedToken): { tokenId: string, token: string, server: { name: string, machineIdentifier: string }, issuedAt: string, renewAt: string, expiresAt: string } {
+export function issuedTokenBody (server: ServerConfig, t: ServedToken): IssuedToken {
   return {
     tokenId: t.tokenId,
     token: t.token,

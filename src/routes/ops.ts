@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import type { RetireSelector } from '../broker/token-store.ts'
+import type { RetireSelector } from '../broker/tokens.ts'
 import { parseRevokeSelector, type SelectorKind } from '../broker/revoke-selector.ts'
 import { isVulnerable } from '../broker/server-state.ts'
 import { canSeeAuditOf, canUseServer, refusals, revocationScope } from '../broker/policy.ts'
@@ -129,12 +129,12 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     },
   }, async (request) => {
     // Under every known secret: a token minted before a BROKER_SECRET rotation keeps its old fingerprint.
-    const fingerprints = broker.store.fingerprints(request.body.token)
+    const fingerprints = broker.sealer.fingerprints(request.body.token)
     const visible = await auditScope(request)
     // The holder comes from the index written at mint (kept for AUDIT_RETENTION), so it is found
     // however many events were written since; the events are the newest that mention it.
     // A holder on a server outside a limited caller's list answers like an unknown token.
-    const found = await broker.store.holder(fingerprints)
+    const found = await broker.audit.holder(fingerprints)
     const held = found !== undefined && visible(found.server) ? found : undefined
     if (found !== undefined && held === undefined) return { fingerprint: fingerprints[0], holder: null, events: [] }
     const { events } = await broker.audit.page(held === undefined ? { fingerprint: fingerprints, visible } : { tokenId: held.tokenId, visible }, 1000)
@@ -209,8 +209,8 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
       const tokenId = await broker.store.peek(client, name)
       if (tokenId !== undefined) jobs.push({ name: 'rotate', data: { tokenId, reason: 'manual' }, opts: { jobId: rotateJobId(tokenId) } })
     }
-    await broker.store.call(() => broker.queues.tokens.addBulk(jobs))
-    await broker.store.audit({ action: 'server.rotate', server: name, detail: { actor: request.client!.id, tokens: jobs.length } },
+    await broker.db.call(() => broker.queues.tokens.addBulk(jobs))
+    await broker.auditWriter.write({ action: 'server.rotate', server: name, detail: { actor: request.client!.id, tokens: jobs.length } },
       requestContext(request))
     return await reply.code(202).send({ rotating: jobs.length })
   })

@@ -45,7 +45,7 @@ export default async function sourceRoutes (fastify: FastifyInstance): Promise<v
     if (version !== null && compareVersions(version, FIRST_RESOURCES_VERSION) < 0) {
       throw new BrokerError('UPSTREAM_UNSUPPORTED', `PMS "${name}" is version ${version}; source connections need PMS ${FIRST_RESOURCES_VERSION} or newer.`)
     }
-    const t = await broker.issuer.issue(client.id, server, requestContext(request), source)
+    const t = await broker.issuer.issue(client.id, server, requestContext(request), { target: source })
     broker.metrics.sourceConnections.inc({ server: name, source: t.source })
     const meta = JSON.parse(t.meta || '{}') as { name?: string, clientIdentifier?: string, connections?: unknown[] }
     return {

@@ -2,11 +2,11 @@ import type { ServerResponse } from 'node:http'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { ServerConfig } from '../config/index.ts'
-import type { IssuedToken } from '../broker/issuer.ts'
+import type { IssueResult } from '../broker/issuer.ts'
 import { compareIds, type PushEntry, STREAM_ID, type TokenReason } from '../broker/push-log.ts'
 import type { PushSubscriber } from '../broker/push.ts'
 import type { Meter } from '../broker/rate-limiter.ts'
-import type { RequestContext } from '../broker/token-store.ts'
+import type { RequestContext } from '../broker/audit-writer.ts'
 import { BrokerError } from '../errors.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, errorResponse } from '../schemas/common.ts'
@@ -39,7 +39,7 @@ interface Frame {
 const frameText = (f: Frame): string => `id: ${f.id}\nevent: ${f.event}\ndata: ${JSON.stringify(f.data)}\n\n`
 
 /** The data of a `token` event: the answer of POST /v1/tokens, and why it is sent. */
-function tokenData (server: ServerConfig, t: IssuedToken, reason: TokenReason): Record<string, unknown> {
+function tokenData (server: ServerConfig, t: IssueResult, reason: TokenReason): Record<string, unknown> {
   return { ...issuedTokenBody(server, t), reason }
 }
 
@@ -135,7 +135,7 @@ class PushStream implements PushSubscriber {
       }
       return frames
     }
-    const t = await issuer.issue(this.client, this.#srv, this.#ctx, undefined, meter)
+    const t = await issuer.issue(this.client, this.#srv, this.#ctx, { meter })
     this.#served(t)
     this.#lastTokenId = t.tokenId
     return [{ id: last, event: 'token', data: tokenData(this.#srv, t, 'current') }]
@@ -239,16 +239,16 @@ class PushStream implements PushSubscriber {
     if (e.tokenId === this.#lastTokenId) return undefined
     const { store, issuer } = this.#b
     const r = await store.serveCounted(this.client, this.server, 'cache', this.#ctx)
-    let t: IssuedToken | undefined = r.token === undefined ? undefined : { ...r.token, source: 'cache' }
+    let t: IssueResult | undefined = r.token === undefined ? undefined : { ...r.token, source: 'cache' }
     // A cached token that could not be opened was just invalidated: mint its replacement now.
-    if (t === undefined && r.invalidated === true) t = await issuer.issue(this.client, this.#srv, this.#ctx, undefined, undefined, 'reminted')
+    if (t === undefined && r.invalidated === true) t = await issuer.issue(this.client, this.#srv, this.#ctx, { reason: 'reminted' })
     if (t === undefined || t.tokenId === this.#lastTokenId) return undefined
     this.#served(t)
     this.#lastTokenId = t.tokenId
     return { id: e.id, event: 'token', data: tokenData(this.#srv, t, e.reason) }
   }
 
-  #served (t: IssuedToken): void {
+  #served (t: IssueResult): void {
     this.#b.metrics.tokensServed.inc({ server: this.server, source: t.source })
   }
 

@@ -37,8 +37,8 @@ export default async function tokenRoutes (fastify: FastifyInstance): Promise<vo
     const meter = request.meter ?? undefined
     // A report is rare and costs a PMS check: it is counted before the check.
     const t = request.body.rejectedTokenId === undefined
-      ? await broker.issuer.issue(client.id, server, ctx, undefined, meter)
-      : await broker.rejection.report(client.id, server, request.body.rejectedTokenId, ctx, meter)
+      ? await broker.issuer.issue(client.id, server, ctx, { meter })
+      : await broker.rejection.report(client.id, server, request.body.rejectedTokenId, ctx, { meter })
     broker.metrics.tokensServed.inc({ server: server.name, source: t.source })
     return issuedTokenBody(server, t)
   })

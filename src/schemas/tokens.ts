@@ -1,4 +1,4 @@
-import { Type } from 'typebox'
+import { type Static, Type } from 'typebox'
 import { IsoDate, NameSchema, TokenIdSchema } from './common.ts'
 
 export const IssueBodySchema = Type.Object({
@@ -14,6 +14,12 @@ export const IssuedTokenSchema = Type.Object({
   renewAt: IsoDate,
   expiresAt: IsoDate,
 }, { $id: 'IssuedToken', title: 'IssuedToken', description: 'The client\'s current token for the server: send `token` as X-Plex-Token; ask again at `renewAt`' })
+
+/**
+ * The answer of POST /v1/tokens. The client library (src/client/, packaged on its own, so it does
+ * not import this) declares the same shape; test/issued-token.test.ts holds the two together.
+ */
+export type IssuedToken = Static<typeof IssuedTokenSchema>
 
 export const TokenStateSchema = Type.Union(['active', 'rotated', 'revoked', 'invalidated', 'expired'].map((s) => Type.Literal(s)))
 
