@@ -13,6 +13,7 @@ import rateLimits from './plugins/rate-limits.ts'
 import requestIdentity from './plugins/request-identity.ts'
 import healthRoutes from './routes/health.ts'
 import opsRoutes from './routes/ops.ts'
+import proxyKeyRoutes from './routes/proxy-keys.ts'
 import sourceRoutes from './routes/sources.ts'
 import streamRoutes, { type StreamOptions } from './routes/stream.ts'
 import tokenRoutes from './routes/tokens.ts'
@@ -116,5 +117,6 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
   await app.register(streamRoutes, overrides.stream ?? {})
   await app.register(sourceRoutes)
   await app.register(opsRoutes)
+  await app.register(proxyKeyRoutes)
   return app
 }

@@ -13,6 +13,14 @@ export const ErrorCodes = {
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   SOURCE_NOT_FOUND: 404,
+  /** A proxy key asked for a client id the configuration does not hold. */
+  UNKNOWN_CLIENT: 400,
+  /** A proxy key asked for a client without a `proxy` section: its keys would reach nothing. */
+  PROXY_NOT_CONFIGURED: 400,
+  /** A proxy key asked for a server name the configuration does not hold. */
+  UNKNOWN_SERVER: 400,
+  /** A proxy key asked for a server outside its client's `servers` list. */
+  SERVER_NOT_IN_CLIENT_LIST: 400,
   RATE_LIMITED: 429,
   INTERNAL: 500,
   UPSTREAM_REJECTED: 502,

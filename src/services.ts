@@ -27,6 +27,7 @@ import { loggerOptions } from './logger.ts'
 import { Metrics } from './metrics.ts'
 import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
+import { ProxyKeys } from './proxy/proxy-keys.ts'
 import { describe } from './plugins/error-handler.ts'
 import { createRedis, type RedisClient } from './redis.ts'
 
@@ -104,6 +105,8 @@ export interface Services {
   /** The push channel's registry of open streams and its reader of the shared change log (broker/push.ts). */
   push: PushHub
   watcher: TokenFileWatcher
+  /** Proxy keys (src/proxy/proxy-keys.ts), checked against this instance's configuration. */
+  proxyKeys: ProxyKeys
   /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
   runner: JobRunner | undefined
   /** Starts the background parts: the job runner (worker role) and the token-file watcher. */
@@ -361,6 +364,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     refusals,
     push,
     watcher,
+    proxyKeys: new ProxyKeys(db, config),
     runner,
     start: async () => {
       await runner?.start()

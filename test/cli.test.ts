@@ -458,6 +458,9 @@ t.test('each command prints its own usage with --help and exits 0', async (t) =>
     [['rotate'], /^Usage: ptb rotate SERVER[\s\S]*server:rotate/],
     [['audit'], /^Usage: ptb audit [\s\S]*--follow /],
     [['servers'], /^Usage: ptb servers \[--json\]/],
+    [['proxy-key', 'create'], /^Usage: ptb proxy-key create --client C [\s\S]*--expires WHEN [\s\S]*--secret-file FILE/],
+    [['proxy-key', 'list'], /^Usage: ptb proxy-key list \[--client C\][\s\S]*orphaned/],
+    [['proxy-key', 'revoke'], /^Usage: ptb proxy-key revoke ID[\s\S]*--reason TEXT/],
     [['client', 'add'], /^Usage: ptb client add <id>[\s\S]*--scopes LIST .*token:issue, token:revoke, audit:read, server:read, server:rotate, source:connect/],
   ]
   const synopses = commands.map(([cmd]) => `Usage: ptb ${cmd.join(' ')}`)
@@ -478,6 +481,9 @@ t.test('each command prints its own usage with --help and exits 0', async (t) =>
   const viaHelp = run({})
   t.equal(await main(['help', 'rotate'], viaHelp.io), 0)
   t.match(viaHelp.out(), /^Usage: ptb rotate SERVER/)
+  const proxyKey = run({})
+  t.equal(await main(['proxy-key', '--help'], proxyKey.io), 0)
+  t.match(proxyKey.out(), /^Usage: ptb proxy-key create [\s\S]*\nptb proxy-key list [\s\S]*\nptb proxy-key revoke /, 'proxy-key --help: its three subcommands')
   const all = run({})
   t.equal(await main(['--help'], all.io), 0)
   for (const [cmd] of commands) t.match(all.out(), new RegExp(`\\n {2}ptb ${cmd.join(' ')}\\b`), `ptb --help lists ${cmd.join(' ')}`)

@@ -54,7 +54,7 @@ t.test('every route has a camelCase operationId, and openapi-typescript names ea
   const ids = ops.map(({ op }) => op.operationId!)
   t.equal(new Set(ids).size, ids.length, 'operationIds are unique')
   t.same(ids.filter((id) => !/^[a-z]+[A-Za-z]*$/.test(id)), [], 'operationIds are camelCase')
-  for (const id of ['issueToken', 'getToken', 'streamTokens', 'connectSource', 'revokeTokens', 'listAudit', 'exportAudit', 'traceToken', 'listServers', 'rotateServer', 'getHealth', 'getReadiness', 'getMetrics']) {
+  for (const id of ['issueToken', 'getToken', 'streamTokens', 'connectSource', 'revokeTokens', 'listAudit', 'exportAudit', 'traceToken', 'listServers', 'rotateServer', 'createProxyKey', 'listProxyKeys', 'getProxyKey', 'revokeProxyKey', 'getHealth', 'getReadiness', 'getMetrics']) {
     t.ok(ids.includes(id), `operation ${id}`)
   }
 
@@ -168,7 +168,7 @@ t.test('every response says what it means, every error answer is declared as JSO
 
 t.test('a body that is not JSON is a 415 JSON error on every body route, as documented and listed in the README', async (t) => {
   const sim = await startSim(t)
-  const all = makeClient('all', { scopes: ['token:issue', 'source:connect', 'token:revoke', 'audit:read', 'server:read', 'server:rotate'], sources: '*' })
+  const all = makeClient('all', { scopes: ['token:issue', 'source:connect', 'token:revoke', 'audit:read', 'server:read', 'server:rotate', 'proxy-key:manage'], sources: '*' })
   const app = await buildTestApp(t, testConfig(uniquePrefix('openapi-415'), [serverFor(sim)], [all]), { defaultMetrics: false })
   const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json()
   const bodyRoutes = operations(doc).filter(({ op }) => op.requestBody !== undefined)

@@ -7,6 +7,7 @@ import { parse } from 'yaml'
 import { runOpsCommand } from '../src/cli/ops-commands.ts'
 import { sha256 } from '../src/broker/crypto.ts'
 import { ConfigError, loadConfig, SCOPES } from '../src/config/index.ts'
+import { policyFrom } from '../src/proxy/presets.ts'
 import { DEFAULT_SOURCES } from '../src/sim/pms-sim.ts'
 import { buildTestApp, makeClient, serverFor, startSim, type T, testConfig, uniquePrefix, until } from './helper.ts'
 
@@ -339,4 +340,102 @@ t.test('ptb piped into a reader that stops early (`ptb audit | head`) exits 0 wi
     t.equal(err, '', 'nothing on stderr')
   }
   t.ok(b.requests() >= 2, 'the audit commands did reach the broker before writing')
+})
+
+t.test('proxy-key create, list and revoke: the key alone on stdout, once; usage mistakes before any request', async (t) => {
+  const built = policyFrom({ preset: 'read' })
+  if (!('policy' in built)) throw new Error('the read preset compiles')
+  const tool = makeClient('tautulli')
+  tool.config.proxy = built.policy
+  const ops = makeClient('ops', { scopes: ['proxy-key:manage'] })
+  const app = await buildTestApp(t, testConfig(uniquePrefix('cli-pkey'), [{ name: 'default', url: 'http://127.0.0.1:1', adminToken: 'x', tokenSource: 'token' }], [tool, ops]), { defaultMetrics: false })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const env = { PTB_URL: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, PTB_SECRET: ops.secret }
+
+  const created = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'create', '--client', 'tautulli', '--server', 'default', '--label', 'Tautulli on nas', '--expires', '30d'], created.io), 0, created.err())
+  t.match(created.out(), /^pbk_[A-Za-z0-9_-]{12}\.[A-Za-z0-9_-]{43}\n$/, 'stdout holds the key and nothing else')
+  const key = created.out().trim()
+  const id = key.slice(4, 16)
+  const secret = key.slice(17)
+  t.match(created.err(), new RegExp(`Proxy key ${id} for client tautulli, server default, label "Tautulli on nas", expires 20`))
+  t.match(created.err(), /Shown once/)
+  t.notOk(created.err().includes(secret), 'stderr names the key by its id only')
+  const check = await app.broker.proxyKeys.verify(key, { server: 'default' })
+  t.equal(check.ok, true, 'the printed key works')
+  if (check.ok) t.ok(Math.abs((check.record.expiresAt ?? 0) - (Date.now() + 30 * 86_400_000)) < 60_000, '--expires 30d: thirty days from now')
+
+  // As a program: `ptb proxy-key create … > key.txt` gets the key alone.
+  const child = spawn(process.execPath, ['src/cli/ptb.ts', 'proxy-key', 'create', '--client', 'tautulli', '--label', 'as a program'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d) => { out += String(d) })
+  child.stderr.on('data', (d) => { err += String(d) })
+  t.equal(await new Promise((resolve) => child.on('close', resolve)), 0, err)
+  t.match(out, /^pbk_[A-Za-z0-9_-]{12}\.[A-Za-z0-9_-]{43}\n$/)
+  t.match(err, /every server of the client/)
+
+  const json = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'create', '--client', 'tautulli', '--label', 'json', '--json'], json.io), 0)
+  t.match(JSON.parse(json.out()), { key: /^pbk_/, record: { client: 'tautulli', server: null, label: 'json', state: 'active' } })
+
+  const list = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'list'], list.io), 0, list.err())
+  t.match(list.out(), /^ID\s+CLIENT\s+SERVER\s+LABEL\s+STATE\s+CREATED\s+EXPIRES\s+REVOKED\n/)
+  t.match(list.out(), new RegExp(`${id}\\s+tautulli\\s+default\\s+Tautulli on nas\\s+active\\s`))
+  t.match(list.out(), /tautulli\s+\*\s+as a program\s+active/, 'a key without a server shows *')
+  t.notOk(list.out().includes(secret), 'the listing never shows the key')
+  const listJson = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'list', '--client', 'tautulli', '--json'], listJson.io), 0)
+  const keys = JSON.parse(listJson.out())
+  t.same(keys.map((k: { label: string }) => k.label), ['Tautulli on nas', 'as a program', 'json'])
+  t.notOk(listJson.out().includes(secret))
+  const none = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'list', '--client', 'sonarr'], none.io), 0)
+  t.equal(none.out(), 'no proxy keys of client sonarr\n')
+
+  const revoke = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'revoke', id, '--reason', 'tool retired'], revoke.io), 0, revoke.err())
+  t.equal(revoke.out(), `revoked proxy key ${id} (client tautulli, label "Tautulli on nas"): refused from its next request on\n`)
+  t.same(await app.broker.proxyKeys.verify(key, { server: 'default' }), { ok: false, reason: 'revoked' })
+  const again = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'revoke', id, '--json'], again.io), 0)
+  t.match(JSON.parse(again.out()), { alreadyRevoked: true, record: { id, state: 'revoked' } })
+  const unknown = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'revoke', 'BBBBBBBBBBBB'], unknown.io), 1)
+  t.match(unknown.err(), /404 NOT_FOUND: No proxy key "BBBBBBBBBBBB"/)
+  const refused = io(env)
+  t.equal(await runOpsCommand(['proxy-key', 'create', '--client', 'nobody', '--label', 'x'], refused.io), 1)
+  t.match(refused.err(), /400 UNKNOWN_CLIENT: No client "nobody"/)
+  const denied = io({ ...env, PTB_SECRET: tool.secret })
+  t.equal(await runOpsCommand(['proxy-key', 'list'], denied.io), 1)
+  t.match(denied.err(), /403 FORBIDDEN: .*proxy-key:manage/)
+
+  // Usage mistakes: exit 2 with nothing sent (the URL below reaches nothing: a request would exit 3).
+  const offline = { PTB_URL: 'http://127.0.0.1:1', PTB_SECRET: 'x' }
+  const mistakes: Array<[string[], RegExp]> = [
+    [['proxy-key'], /give a subcommand: create, list or revoke[\s\S]*Usage: ptb proxy-key create[\s\S]*ptb proxy-key revoke/],
+    [['proxy-key', 'rotate'], /unknown subcommand "rotate"/],
+    [['proxy-key', 'create', '--label', 'x'], /--client is required[\s\S]*Usage: ptb proxy-key create/],
+    [['proxy-key', 'create', '--client', 'tautulli'], /--label is required/],
+    [['proxy-key', 'create', '--client', 'Bad Name', '--label', 'x'], /--client "Bad Name" is not a valid name/],
+    [['proxy-key', 'create', '--client', 'tautulli', '--server', 'Living Room', '--label', 'x'], /--server "Living Room" is not a valid name/],
+    [['proxy-key', 'create', '--client', 'tautulli', '--label', ''], /--label must be 1 to 100 characters/],
+    [['proxy-key', 'create', '--client', 'tautulli', '--label', 'a\nb'], /--label must be 1 to 100 characters without control characters/],
+    [['proxy-key', 'create', '--client', 'tautulli', '--label', 'x', '--expires', 'yesterday'], /--expires "yesterday" is not a date-time/],
+    [['proxy-key', 'create', '--client', 'tautulli', '--label', 'x', '--expires', '2020-01-01T00:00:00Z'], /--expires "2020-01-01T00:00:00Z" is not in the future/],
+    [['proxy-key', 'create', '--client', 'tautulli', '--label', 'x', '--expires', '400d'], /more than 366 days ahead/],
+    [['proxy-key', 'create', '--client', 'tautulli', '--label', 'x', '--expires', '30x'], /--expires "30x" is not a duration/],
+    [['proxy-key', 'list', '--client', 'A!'], /--client "A!" is not a valid name/],
+    [['proxy-key', 'revoke'], /give exactly one key ID[\s\S]*Usage: ptb proxy-key revoke ID/],
+    [['proxy-key', 'revoke', 'short'], /ID "short" is not a proxy key id/],
+    [['proxy-key', 'revoke', key], /give the key's id .*not the key itself/],
+    [['proxy-key', 'revoke', id, '--reason', ''], /--reason/],
+  ]
+  for (const [argv, message] of mistakes) {
+    const r = io(offline)
+    t.equal(await runOpsCommand(argv, r.io), 2, `${argv.slice(0, 4).join(' ')}: usage error`)
+    t.match(r.err(), message)
+    t.notOk(r.err().includes(secret), 'the key is not echoed')
+  }
 })

@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { Scope } from '../src/config/index.ts'
-import { canReadToken, canSeeAuditOf, canUseServer, canUseSource, hasScope, refusals, revocationScope } from '../src/broker/policy.ts'
+import { canManageProxyKey, canReadToken, canSeeAuditOf, canUseServer, canUseSource, hasScope, refusals, revocationScope } from '../src/broker/policy.ts'
 
 // Every permission rule, as a plain function of the client's configuration.
 
@@ -72,4 +72,14 @@ t.test('revocationScope: a limited client revokes only within its list', async (
   t.same(revocationScope(limited, { tokenId: 't1' }, 'token', 'one'), { selectors: [{ tokenId: 't1' }] })
   t.same(revocationScope(limited, { tokenId: 't1' }, 'token', 'three'), { selectors: [] }, 'a token of another server matches nothing')
   t.same(revocationScope(limited, { tokenId: 't1' }, 'token'), { selectors: [] }, 'an unknown token matches nothing')
+})
+
+t.test('canManageProxyKey: keys bound to a server of its list; keys without a server only with *', async (t) => {
+  t.ok(canManageProxyKey(client(), { server: 'one' }))
+  t.ok(canManageProxyKey(client(), { server: null }), '* manages keys that reach any server')
+  const limited = client({ id: 'ops-one', servers: ['one'] })
+  t.ok(canManageProxyKey(limited, { server: 'one' }))
+  t.notOk(canManageProxyKey(limited, { server: 'two' }), 'a key of another server')
+  t.notOk(canManageProxyKey(limited, { server: null }), 'a key without a server reaches servers outside its list')
+  t.match(refusals.unboundProxyKey(limited), { reason: 'forbidden_server', detail: { proxyKey: 'any-server' }, message: /ops-one.*Give a server/ })
 })

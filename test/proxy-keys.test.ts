@@ -3,16 +3,18 @@ import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { createKeys, type RedisContext } from '../src/broker/keys.ts'
 import { BrokerError } from '../src/errors.ts'
+import type { ClientConfig, ServerConfig } from '../src/config/index.ts'
+import { policyFrom } from '../src/proxy/presets.ts'
 import { parseProxyKey, ProxyKeys } from '../src/proxy/proxy-keys.ts'
 import { withDeadline } from '../src/redis.ts'
 import { deleteKeys, monitorRedis, REDIS_URL, uniquePrefix, until, type T } from './helper.ts'
 
 /** A store on its own Redis connection, as another broker instance would have. */
-function instance (t: T, prefix: string, now: () => number = Date.now): ProxyKeys {
+function instance (t: T, prefix: string, now: () => number = Date.now, config?: ConstructorParameters<typeof ProxyKeys>[1]): ProxyKeys {
   const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })
   t.teardown(() => redis.disconnect())
   const db: RedisContext = { redis, keys: createKeys(prefix), call: async (fn) => await withDeadline(fn, 2000), now }
-  return new ProxyKeys(db)
+  return new ProxyKeys(db, config)
 }
 
 function setup (t: T, name: string, now?: () => number): { a: ProxyKeys, b: ProxyKeys, prefix: string } {
@@ -131,4 +133,47 @@ t.test('a check is one Redis command', async (t) => {
   const checks = seen.slice(0, seen.findIndex((c) => c.endsWith(marker)))
   t.equal(checks.length, 1, `verify of a key: ${checks.join(' | ')}; of a non-key: none`)
   t.match(checks[0], /^hgetall /i)
+})
+
+t.test('a key whose client or server left the configuration is refused and listed as orphaned', async (t) => {
+  const prefix = uniquePrefix('pkey-orphan')
+  t.teardown(() => deleteKeys(prefix))
+  const built = policyFrom({ preset: 'read' })
+  if (!('policy' in built)) throw new Error('the read preset compiles')
+  const client = (id: string, over: Partial<ClientConfig> = {}): ClientConfig =>
+    ({ id, secretSha256: Buffer.alloc(32), servers: ['one', 'two'], scopes: ['token:issue'], rateLimit: { max: 1, timeWindowMs: 1 }, sources: [], proxy: built.policy, ...over })
+  const server = (name: string): ServerConfig => ({ name, url: 'http://127.0.0.1:1', adminToken: 'x', tokenSource: 'token' })
+  const before = { clients: [client('tautulli')], servers: [server('one'), server('two')] }
+  const a = instance(t, prefix, Date.now, before)
+  const unbound = await a.create({ client: 'tautulli', label: 'any server' })
+  const bound = await a.create({ client: 'tautulli', server: 'two', label: 'server two' })
+  t.equal((await a.verify(unbound.key)).ok, true)
+  t.equal(a.state(unbound.record), 'active')
+  t.same(await a.verify(unbound.key, { server: 'three' }), { ok: false, reason: 'wrong-server' }, 'an unbound key reaches only servers of its client\'s list')
+
+  // Other instances, restarted with another configuration: the very next check counts it.
+  const cases: Array<[string, ConstructorParameters<typeof ProxyKeys>[1], string, string]> = [
+    ['client removed', { ...before, clients: [] }, 'client-removed', 'client-removed'],
+    ['proxy section removed', { ...before, clients: [client('tautulli', { proxy: undefined })] }, 'no-proxy-section', 'no-proxy-section'],
+    ['server removed', { ...before, servers: [server('one')] }, 'fine', 'server-removed'],
+    ['server left the client\'s list', { ...before, clients: [client('tautulli', { servers: ['one'] })] }, 'fine', 'server-not-allowed'],
+  ]
+  for (const [name, config, unboundWhy, boundWhy] of cases) {
+    const b = instance(t, prefix, Date.now, config)
+    for (const [k, why] of [[unbound, unboundWhy], [bound, boundWhy]] as const) {
+      const label = `${name}: key ${k.record.label}`
+      if (why === 'fine') {
+        t.equal((await b.verify(k.key)).ok, true, `${label} still works`)
+        t.equal(b.state(k.record), 'active')
+      } else {
+        t.same(await b.verify(k.key), { ok: false, reason: 'orphaned' }, `${label} is refused`)
+        t.equal(b.orphaned(k.record), why, `${label}: ${why}`)
+        t.equal(b.state(k.record), 'orphaned')
+      }
+    }
+  }
+  t.same(await a.verify(`pbk_${bound.record.id}.${'A'.repeat(43)}`), { ok: false, reason: 'mismatch' }, 'without the secret, nothing is said about the state')
+  await a.revoke(bound.record.id)
+  t.equal(a.state((await a.get(bound.record.id))!), 'revoked', 'revocation is what a listing shows first')
+  t.equal(instance(t, prefix, Date.now, { ...before, clients: [] }).state((await a.get(bound.record.id))!), 'revoked')
 })

@@ -59,6 +59,16 @@ export function canSeeAuditOf (client: Pick<ClientConfig, 'servers'>, server: st
 }
 
 /**
+ * The client (holding `proxy-key:manage`) may create, list, read and revoke this proxy key: one
+ * bound to a server of its list. A key without a server reaches every server its own client may
+ * use, today's and any added to that client later, so only a client whose list is `*` manages
+ * those. Keys a client may not manage answer like missing ones (ids are not confirmed).
+ */
+export function canManageProxyKey (client: Pick<ClientConfig, 'servers'>, key: { server: string | null }): boolean {
+  return client.servers === '*' || (key.server !== null && client.servers.includes(key.server))
+}
+
+/**
  * The servers a limited client reaches (undefined: `*`, every server). Ops routes narrow what
  * they touch with it: revocations without a server become one per server of the list.
  */
@@ -96,6 +106,12 @@ export const refusals = {
     ({ reason: 'forbidden_server', message: `Client "${client.id}" may not use server "${server}".`, detail: { server } }),
   source: (client: Pick<ClientConfig, 'id'>, server: string, source: string): Refusal =>
     ({ reason: 'forbidden_source', message: `Client "${client.id}" may not ask for source "${source}".`, detail: { server, source } }),
+  /** A limited client creating a proxy key without a server (canManageProxyKey). */
+  unboundProxyKey: (client: Pick<ClientConfig, 'id'>): Refusal => ({
+    reason: 'forbidden_server',
+    message: `Client "${client.id}" is limited to some servers; a proxy key without a server would reach every server of its client. Give a server.`,
+    detail: { proxyKey: 'any-server' },
+  }),
   everyServer: (client: Pick<ClientConfig, 'id'>, kind: SelectorKind): Refusal => ({
     reason: 'forbidden_server',
     message: `Client "${client.id}" is limited to some servers; {all: true} needs servers: ["*"]. Revoke per server instead.`,

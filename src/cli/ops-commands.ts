@@ -1,6 +1,6 @@
 /**
- * The ops half of the `ptb` CLI: revoke, rotate, audit, trace, servers (over the broker's HTTP API)
- * and `client add` (offline). Human-readable tables by default, `--json` for scripts.
+ * The ops half of the `ptb` CLI: revoke, rotate, audit, trace, servers, proxy-key (over the
+ * broker's HTTP API) and `client add` (offline). Human-readable tables by default, `--json` for scripts.
  * The broker URL comes from `--url` or PTB_URL; the ops client's secret from `--secret-file`,
  * PTB_SECRET_FILE or PTB_SECRET (never from argv, where `ps` would show it).
  */
@@ -12,9 +12,11 @@ import { Value } from 'typebox/value'
 import { stringify } from 'yaml'
 import { sha256 } from '../broker/crypto.ts'
 import { parseRevokeSelector } from '../broker/revoke-selector.ts'
-import { SCOPES } from '../config/index.ts'
+import { parseDuration, SCOPES } from '../config/index.ts'
 import { isName, NAME_RULE } from '../config/names.ts'
 import { AuditQuerySchema, RevokeBodySchema, TraceBodySchema } from '../schemas/ops.ts'
+import { CreateProxyKeyBodySchema, PROXY_KEY_MAX_LIFE_MS, ProxyKeyListQuerySchema, ProxyKeyParamsSchema, RevokeProxyKeyQuerySchema } from '../schemas/proxy-keys.ts'
+import { printable } from './printable.ts'
 
 export interface OpsIo {
   stdout: { write: (s: string) => unknown }
@@ -72,6 +74,24 @@ ${CONN_HELP}`,
   servers: `ptb servers [--json]
 The PMS servers the broker serves: state, version, active tokens, admin token health (scope server:read).
 ${CONN_HELP}`,
+  'proxy-key create': `ptb proxy-key create --client C [--server S] --label TEXT [--expires ISO|DURATION] [--json]
+Creates a proxy key for a client with a \`proxy\` section (scope proxy-key:manage): the key a tool puts
+where it would put a PMS token. The key alone goes to stdout, once (\`… > key.txt\`); what it is, to stderr.
+  --client C           the client whose proxy rules apply
+  --server S           the one server the key reaches (default: every server of the client)
+  --label TEXT         what the key is for, e.g. "Tautulli on nas" (1 to 100 characters)
+  --expires WHEN       an ISO 8601 time or a duration such as 30d or 12h (at most 366 days; default: never)
+${CONN_HELP}`,
+  'proxy-key list': `ptb proxy-key list [--client C] [--json]
+Lists proxy keys (scope proxy-key:manage): id, client, server, label, state (active, revoked, expired,
+or orphaned: its client or server left the configuration), never the key itself.
+  --client C           only this client's keys (a client removed from the config too)
+${CONN_HELP}`,
+  'proxy-key revoke': `ptb proxy-key revoke ID [--reason TEXT] [--json]
+Revokes a proxy key by its id (scope proxy-key:manage): every broker instance refuses it on its next
+request. Revoking a revoked key again is no error.
+  --reason TEXT        why (goes into the audit trail)
+${CONN_HELP}`,
   'client add': `ptb client add <id> [--scopes token:issue,...] [--servers a,b|*] [--json]
 Offline: prints a new client secret (once) and the \`clients:\` config entry holding only its digest.
   --scopes LIST        comma-separated, from: ${SCOPES.join(', ')} (default token:issue)
@@ -111,7 +131,7 @@ function connection (values: { url?: string, 'secret-file'?: string }, env: OpsI
 }
 
 /** What an option is called on the command line, by the API field it fills. */
-const FLAG: Readonly<Record<string, string>> = { tokenId: '--token-id', all: '--all' }
+const FLAG: Readonly<Record<string, string>> = { tokenId: '--token-id', all: '--all', expiresAt: '--expires', id: 'ID' }
 const flag = (field: string): string => FLAG[field] ?? `--${field}`
 
 /**
@@ -128,6 +148,8 @@ function checkRequest (schema: TSchema, value: Record<string, unknown>): void {
   if (first.keyword === 'format') throw new UsageError(`${flag(field)}${shown} is not a date-time: give an ISO 8601 time such as 2026-12-06T09:00:00Z`)
   if (field === 'client' || field === 'server') throw new UsageError(`${flag(field)}${shown} is not a valid name (${NAME_RULE})`)
   if (field === 'tokenId') throw new UsageError(`${flag(field)}${shown} is not a token id (tk_ followed by 22 characters)`)
+  if (field === 'id') throw new UsageError(`${flag(field)}${shown} is not a proxy key id (the 12 characters after pbk_, as \`ptb proxy-key list\` shows)`)
+  if (field === 'label') throw new UsageError(`${flag(field)} must be 1 to 100 characters without control characters`)
   throw new UsageError(field === '' ? first.message : `${flag(field)}${shown} ${first.message}`)
 }
 
@@ -345,6 +367,86 @@ async function servers (argv: string[], io: OpsIo): Promise<number> {
   return EXIT.ok
 }
 
+interface ProxyKeyView { id: string, client: string, server: string | null, label: string, createdAt: string, expiresAt: string | null, revokedAt: string | null, state: string, orphaned: string | null }
+
+/** `--expires`: an ISO 8601 time, or a duration from now (30d, 12h); in the future and within the broker's bound. */
+function expiresAt (value: string, now: number): string {
+  let at: number
+  if (/^\d+[a-z]/i.test(value)) {
+    try {
+      at = now + parseDuration(value)
+    } catch (err) {
+      throw new UsageError(`--expires ${(err as Error).message}, or an ISO 8601 time`)
+    }
+  } else {
+    checkRequest(CreateProxyKeyBodySchema, { client: 'x', label: 'x', expiresAt: value })
+    at = Date.parse(value)
+  }
+  if (!Number.isFinite(at) || at <= now) throw new UsageError(`--expires "${value}" is not in the future`)
+  if (at > now + PROXY_KEY_MAX_LIFE_MS) throw new UsageError(`--expires "${value}" is more than 366 days ahead; leave it out for a key that does not expire`)
+  return new Date(at).toISOString()
+}
+
+async function proxyKeyCreate (argv: string[], io: OpsIo): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { ...COMMON, client: { type: 'string' }, server: { type: 'string' }, label: { type: 'string' }, expires: { type: 'string' } } })
+  if (values.client === undefined) throw new UsageError('--client is required: the client whose proxy rules the key gets')
+  if (values.label === undefined) throw new UsageError('--label is required: what the key is for, e.g. --label "Tautulli on nas"')
+  const body: Record<string, unknown> = { client: values.client, label: values.label }
+  if (values.server !== undefined) body.server = values.server
+  if (values.expires !== undefined) body.expiresAt = expiresAt(values.expires, Date.now())
+  checkRequest(CreateProxyKeyBodySchema, body)
+  const r = await api(connection(values, io.env), 'POST', '/v1/proxy-keys', body) as { key: string, record: ProxyKeyView }
+  if (values.json === true) {
+    io.stdout.write(JSON.stringify(r) + '\n')
+    return EXIT.ok
+  }
+  // Only the key on stdout, so \`ptb proxy-key create … > key.txt\` writes a file holding just the key.
+  io.stdout.write(`${r.key}\n`)
+  const k = r.record
+  io.stderr.write(`Proxy key ${k.id} for client ${k.client}, ${k.server === null ? 'every server of the client' : `server ${k.server}`}, ` +
+    `label "${printable(k.label)}", ${k.expiresAt === null ? 'no expiry' : `expires ${k.expiresAt}`}.\n` +
+    'Shown once: the broker keeps only a digest of it. Give it to the tool as its Plex token (X-Plex-Token).\n' +
+    `Revoke it with: ptb proxy-key revoke ${k.id}\n`)
+  return EXIT.ok
+}
+
+function proxyKeyRows (keys: ProxyKeyView[]): Array<Array<string | null>> {
+  return keys.map((k) => [k.id, k.client, k.server ?? '*', printable(k.label), k.orphaned !== null && k.state === 'orphaned' ? `orphaned (${k.orphaned})` : k.state,
+    k.createdAt, k.expiresAt, k.revokedAt])
+}
+
+async function proxyKeyList (argv: string[], io: OpsIo): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { ...COMMON, client: { type: 'string' } } })
+  const query: Record<string, unknown> = values.client === undefined ? {} : { client: values.client }
+  checkRequest(ProxyKeyListQuerySchema, query)
+  const q = new URLSearchParams(query as Record<string, string>).toString()
+  const r = await api(connection(values, io.env), 'GET', `/v1/proxy-keys${q === '' ? '' : `?${q}`}`) as { keys: ProxyKeyView[] }
+  if (values.json === true) io.stdout.write(JSON.stringify(r.keys, null, 2) + '\n')
+  else if (r.keys.length === 0) io.stdout.write(`no proxy keys${values.client === undefined ? '' : ` of client ${values.client}`}\n`)
+  else io.stdout.write(table(['ID', 'CLIENT', 'SERVER', 'LABEL', 'STATE', 'CREATED', 'EXPIRES', 'REVOKED'], proxyKeyRows(r.keys)))
+  return EXIT.ok
+}
+
+async function proxyKeyRevoke (argv: string[], io: OpsIo): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { ...COMMON, reason: { type: 'string' } } })
+  if (positionals.length !== 1) throw new UsageError('give exactly one key ID: ptb proxy-key revoke ID')
+  // A whole key pasted by mistake is refused here, before it is sent anywhere or echoed back.
+  const id = positionals[0]
+  if (id.startsWith('pbk_') && id.length !== 12) throw new UsageError('give the key\'s id (as `ptb proxy-key list` shows it), not the key itself')
+  checkRequest(ProxyKeyParamsSchema, { id })
+  const query: Record<string, unknown> = values.reason === undefined ? {} : { reason: values.reason }
+  checkRequest(RevokeProxyKeyQuerySchema, query)
+  const q = new URLSearchParams(query as Record<string, string>).toString()
+  const r = await api(connection(values, io.env), 'DELETE', `/v1/proxy-keys/${encodeURIComponent(id)}${q === '' ? '' : `?${q}`}`) as { alreadyRevoked: boolean, record: ProxyKeyView }
+  if (values.json === true) io.stdout.write(JSON.stringify(r) + '\n')
+  else {
+    io.stdout.write(r.alreadyRevoked
+      ? `proxy key ${id} was already revoked (at ${r.record.revokedAt})\n`
+      : `revoked proxy key ${id} (client ${r.record.client}, label "${printable(r.record.label)}"): refused from its next request on\n`)
+  }
+  return EXIT.ok
+}
+
 async function clientAdd (argv: string[], io: OpsIo): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -377,14 +479,25 @@ async function clientAdd (argv: string[], io: OpsIo): Promise<number> {
   return EXIT.ok
 }
 
+/** The three `proxy-key` subcommands' usage, for `ptb proxy-key --help` and a missing subcommand. */
+export function proxyKeyUsage (): string {
+  return ['proxy-key create', 'proxy-key list', 'proxy-key revoke'].map((n) => OPS_COMMAND_USAGE[n].replace(CONN_HELP, '')).join('\n') + CONN_HELP
+}
+
 export const OPS_USAGE = `Ops commands (talk to a running broker; PTB_URL, PTB_SECRET or PTB_SECRET_FILE):
 ${Object.values(OPS_COMMAND_USAGE).map((u) => `  ${u.slice(0, u.indexOf('\n'))}\n`).join('')}`
 
 /** Runs an ops command; `undefined` when `argv` is not one (the caller tries its other commands). */
 export async function runOpsCommand (argv: string[], io: OpsIo): Promise<number | undefined> {
   const [cmd, sub, ...rest] = argv
-  const name = cmd === 'client' && sub === 'add' ? 'client add' : cmd
+  const name = cmd === 'client' && sub === 'add' ? 'client add' : cmd === 'proxy-key' ? `proxy-key ${sub}` : cmd
   try {
+    if (cmd === 'proxy-key') {
+      if (sub === 'create') return await proxyKeyCreate(rest, io)
+      if (sub === 'list') return await proxyKeyList(rest, io)
+      if (sub === 'revoke') return await proxyKeyRevoke(rest, io)
+      throw new UsageError(sub === undefined ? 'give a subcommand: create, list or revoke' : `unknown subcommand "${sub}": create, list or revoke`)
+    }
     if (cmd === 'revoke') return await revoke(argv.slice(1), io)
     if (cmd === 'rotate') return await rotate(argv.slice(1), io)
     if (cmd === 'audit') return await audit(argv.slice(1), io)
@@ -397,7 +510,7 @@ export async function runOpsCommand (argv: string[], io: OpsIo): Promise<number 
       return err.exit
     }
     if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
-      io.stderr.write(`ptb: ${(err as Error).message}\n\nUsage: ${OPS_COMMAND_USAGE[name] ?? OPS_USAGE}`)
+      io.stderr.write(`ptb: ${(err as Error).message}\n\nUsage: ${OPS_COMMAND_USAGE[name] ?? (cmd === 'proxy-key' ? proxyKeyUsage() : OPS_USAGE)}`)
       return EXIT.usage
     }
     throw err

@@ -4,7 +4,7 @@
  *   ptb login       plex.tv PIN flow (or --password) → account token file (0600)
  *   ptb servers discover   the account's servers as ready `servers:` config entries
  *   ptb claim       claim a fresh, unclaimed PMS for the account
- * and the broker half (revoke, rotate, audit, trace, servers, client add) in ops-commands.ts.
+ * and the broker half (revoke, rotate, audit, trace, servers, proxy-key, client add) in ops-commands.ts.
  * PLEX_TV_URL overrides https://plex.tv (the tests point it at the plex.tv simulator, which models
  * the PIN, sign-in and claim behaviour and status codes relied on here).
  */
@@ -19,7 +19,7 @@ import { request } from 'undici'
 import { Document, type YAMLMap, type YAMLSeq } from 'yaml'
 import { DEFAULT_PLEX_TV_URL, PLEX_TV_CODES, PlexTv, PlexTvError, PlexTvUnreachableError, type Resource } from '../plex/plextv.ts'
 import { plexTvUrlProblem } from '../config/index.ts'
-import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, runOpsCommand } from './ops-commands.ts'
+import { EXIT, OPS_COMMAND_USAGE, OPS_USAGE, proxyKeyUsage, runOpsCommand } from './ops-commands.ts'
 import { VERSION } from '../version.ts'
 import { printable } from './printable.ts'
 
@@ -83,6 +83,7 @@ function commandUsage (argv: string[]): string | undefined {
   const two = `${cmd} ${sub}`
   if (Object.hasOwn(all, two)) return all[two]
   if (cmd === 'client') return all['client add']
+  if (cmd === 'proxy-key') return proxyKeyUsage()
   return Object.hasOwn(all, cmd) ? all[cmd] : undefined
 }
 

@@ -2,7 +2,7 @@ import type { ProxyPolicy } from '../proxy/rules.ts'
 
 /** The validated configuration's types, and the error that lists what is wrong with it. */
 
-export const SCOPES = ['token:issue', 'token:revoke', 'audit:read', 'server:read', 'server:rotate', 'source:connect'] as const
+export const SCOPES = ['token:issue', 'token:revoke', 'audit:read', 'server:read', 'server:rotate', 'source:connect', 'proxy-key:manage'] as const
 export type Scope = typeof SCOPES[number]
 
 export type Role = 'api' | 'worker' | 'all'

@@ -61,6 +61,7 @@ async function docs (app: FastifyInstance, opts: DocsOptions = {}): Promise<void
         { name: 'ops', description: 'Revocation' },
         { name: 'audit', description: 'The append-only audit trail' },
         { name: 'servers', description: 'PMS servers and their probed state' },
+        { name: 'proxy-keys', description: 'Keys that tools present to the PMS proxy instead of a PMS token' },
         { name: 'health', description: 'Liveness, readiness and metrics' },
       ],
       components: {

@@ -1,5 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { RedisContext } from '../broker/keys.ts'
+import { canUseServer } from '../broker/policy.ts'
+import type { ClientConfig, Config } from '../config/index.ts'
 import { isName } from '../config/names.ts'
 import { badRequest } from '../errors.ts'
 
@@ -36,7 +38,18 @@ export interface ProxyKeyRecord {
 }
 
 /** Why a presented value is refused (all answered alike, 401, to the caller; kept apart for logs and metrics). */
-export type ProxyKeyRefusal = 'malformed' | 'unknown' | 'mismatch' | 'revoked' | 'expired' | 'wrong-server'
+export type ProxyKeyRefusal = 'malformed' | 'unknown' | 'mismatch' | 'revoked' | 'expired' | 'orphaned' | 'wrong-server'
+
+/**
+ * Why the configuration no longer backs a key: its client was removed or lost its `proxy` section,
+ * its server was removed or left the client's `servers` list. Such a key is refused (`orphaned`)
+ * and listed as such; it is not revoked, so it works again if the configuration comes back:
+ * revoke it to end it for good.
+ */
+export type ProxyKeyOrphan = 'client-removed' | 'no-proxy-section' | 'server-removed' | 'server-not-allowed'
+
+/** A key's state for listings: revocation wins over expiry, expiry over the configuration. */
+export type ProxyKeyState = 'active' | 'revoked' | 'expired' | 'orphaned'
 
 export type ProxyKeyCheck = { ok: true, record: ProxyKeyRecord } | { ok: false, reason: ProxyKeyRefusal }
 
@@ -88,9 +101,36 @@ function recordOf (id: string, h: Record<string, string>): ProxyKeyRecord {
 
 export class ProxyKeys {
   readonly #db: RedisContext
+  readonly #clients: ReadonlyMap<string, Pick<ClientConfig, 'servers' | 'proxy'>> | undefined
+  readonly #servers: ReadonlySet<string> | undefined
 
-  constructor (db: RedisContext) {
+  /**
+   * `config`: the clients and servers keys are checked against (the broker always passes its own);
+   * without it, no key is ever orphaned.
+   */
+  constructor (db: RedisContext, config?: Pick<Config, 'clients' | 'servers'>) {
     this.#db = db
+    if (config !== undefined) {
+      this.#clients = new Map(config.clients.map((c) => [c.id, c]))
+      this.#servers = new Set(config.servers.map((s) => s.name))
+    }
+  }
+
+  /** Why the configuration no longer backs this key, or null when it does. */
+  orphaned (record: Pick<ProxyKeyRecord, 'client' | 'server'>): ProxyKeyOrphan | null {
+    if (this.#clients === undefined || this.#servers === undefined) return null
+    const client = this.#clients.get(record.client)
+    if (client === undefined) return 'client-removed'
+    if (client.proxy === undefined) return 'no-proxy-section'
+    if (record.server === null) return null
+    if (!this.#servers.has(record.server)) return 'server-removed'
+    return canUseServer(client, record.server) ? null : 'server-not-allowed'
+  }
+
+  state (record: ProxyKeyRecord): ProxyKeyState {
+    if (record.revokedAt !== null) return 'revoked'
+    if (record.expiresAt !== null && record.expiresAt <= this.#db.now()) return 'expired'
+    return this.orphaned(record) === null ? 'active' : 'orphaned'
   }
 
   /**
@@ -154,8 +194,9 @@ export class ProxyKeys {
 
   /**
    * Checks a presented value: its form, then the record (one Redis read), the secret's digest in
-   * constant time, and only then revocation, expiry and the server binding, so someone without
-   * the secret learns nothing about a key's state. `server`: the server the request is for.
+   * constant time, and only then revocation, expiry, the configuration (orphaned) and the server
+   * binding, so someone without the secret learns nothing about a key's state. `server`: the
+   * server the request is for; a key without a server reaches only those its client may use.
    */
   async verify (presented: string, opts: { server?: string } = {}): Promise<ProxyKeyCheck> {
     const parsed = parseProxyKey(presented)
@@ -171,7 +212,11 @@ export class ProxyKeys {
     const record = recordOf(parsed.id, h)
     if (record.revokedAt !== null) return { ok: false, reason: 'revoked' }
     if (record.expiresAt !== null && record.expiresAt <= this.#db.now()) return { ok: false, reason: 'expired' }
+    // A client removed from the configuration (or its proxy access) ends its keys at once.
+    if (this.orphaned(record) !== null) return { ok: false, reason: 'orphaned' }
     if (record.server !== null && opts.server !== undefined && record.server !== opts.server) return { ok: false, reason: 'wrong-server' }
+    const client = this.#clients?.get(record.client)
+    if (record.server === null && opts.server !== undefined && client !== undefined && !canUseServer(client, opts.server)) return { ok: false, reason: 'wrong-server' }
     return { ok: true, record }
   }
 }

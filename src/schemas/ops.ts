@@ -27,7 +27,7 @@ const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => T
 export const AuditEventSchema = Type.Object({
   id: Type.String({ description: 'Redis stream id; also the pagination cursor' }),
   time: IsoDate,
-  action: Type.String({ description: 'token.issue, token.rotate, token.revoke, token.invalidate, source.connect, server.restart, server.down, server.up, server.admin_token, auth.denied' }),
+  action: Type.String({ description: 'token.issue, token.rotate, token.revoke, token.invalidate, source.connect, server.restart, server.down, server.up, server.admin_token, auth.denied, proxy-key.create, proxy-key.revoke' }),
   client: Nullable(Type.String()),
   server: Nullable(Type.String()),
   tokenId: Nullable(Type.String()),
