@@ -107,7 +107,7 @@ t.test('a key is shown once; listings never show it; a revocation counts on the 
   const events = (await call(app2, ops, 'GET', '/v1/audit')).json().events as Array<Record<string, any>>
   const createEvent = events.find((e) => e.action === 'proxy-key.create')
   const revokeEvents = events.filter((e) => e.action === 'proxy-key.revoke')
-  t.match(createEvent, { client: 'tautulli', server: 'one', tokenId: null, fingerprint: app1.broker.store.fingerprint(key), detail: { actor: 'ops', keyId: parsed.id, label: 'Tautulli on nas', expiresAt: null } })
+  t.match(createEvent, { client: 'tautulli', server: 'one', tokenId: null, fingerprint: app1.broker.sealer.fingerprint(key), detail: { actor: 'ops', keyId: parsed.id, label: 'Tautulli on nas', expiresAt: null } })
   t.equal(revokeEvents.length, 2, 'both revocation calls are recorded')
   t.match(revokeEvents.at(-1), { client: 'tautulli', server: 'one', detail: { actor: 'ops', keyId: parsed.id, label: 'Tautulli on nas', reason: 'tool retired' } })
   t.notOk('alreadyRevoked' in revokeEvents.at(-1)!.detail)

@@ -80,18 +80,18 @@ export default async function proxyKeyRoutes (fastify: FastifyInstance): Promise
     let expires: number | undefined
     if (expiresAt !== undefined) {
       expires = Date.parse(expiresAt)
-      const now = broker.store.now()
+      const now = broker.clock.now()
       if (!Number.isFinite(expires) || expires <= now) throw badRequest('Invalid body: expiresAt must be in the future.')
       // A key held by a third-party tool for years is a key nobody remembers: renew it instead.
       if (expires > now + PROXY_KEY_MAX_LIFE_MS) throw badRequest('Invalid body: expiresAt must be at most 366 days ahead; leave it out for a key that does not expire.')
     }
     const { key, record } = await keys.create({ client: clientId, server, label, expiresAt: expires })
     // An answer of 503 here leaves a record whose secret nobody ever saw: the key cannot be used.
-    await broker.store.audit({
+    await broker.auditWriter.write({
       action: 'proxy-key.create',
       client: clientId,
       server,
-      fingerprint: broker.store.fingerprint(key),
+      fingerprint: broker.sealer.fingerprint(key),
       detail: { actor: caller.id, keyId: record.id, label, expiresAt: iso(record.expiresAt) },
     }, requestContext(request))
     request.log.info({ keyId: record.id, client: clientId, server, actor: caller.id }, 'proxy key created')
@@ -147,7 +147,7 @@ export default async function proxyKeyRoutes (fastify: FastifyInstance): Promise
     const result = await keys.revoke(id)
     if (result === 'not-found') throw notFound(`No proxy key "${id}".`)
     // Every call is recorded, a repeated one too: a retry after a failed write still leaves its event.
-    await broker.store.audit({
+    await broker.auditWriter.write({
       action: 'proxy-key.revoke',
       client: before.client,
       server: before.server ?? undefined,
