@@ -121,7 +121,13 @@ t.test('the audit trail records every action with its actor, pages, filters and 
   t.equal(exported.headers['content-type'], 'application/x-ndjson')
   const lines = exported.body.trim().split('\n').map((l) => JSON.parse(l))
   t.equal(lines.length, 5)
-  t.ok(lines.every((e, i) => i === 0 || e.id > lines[i - 1].id), 'export is oldest first')
+  // Stream ids compare as numbers (ms, then sequence): as strings "…-10" sorts before "…-9".
+  const order = (id: string) => id.split('-').map(Number) as [number, number]
+  t.ok(lines.every((e, i) => {
+    if (i === 0) return true
+    const [[am, as], [bm, bs]] = [order(lines[i - 1].id), order(e.id)]
+    return bm > am || (bm === am && bs >= as)
+  }), 'export is oldest first')
 
   // Scan the stream itself: no raw token, no admin token, no client secret.
   const redis = new Redis(REDIS_URL)
