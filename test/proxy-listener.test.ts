@@ -114,3 +114,130 @@ t.test('deny matrix: hard-denied paths in every spelling are refused and never r
   const denied = await s.app.broker.audit.page({ action: 'proxy.denied' }, 1000)
   t.ok(denied.events.length > 0 && denied.events.length <= paths.length * 9 * 7, 'denials audited, at most once per key and path')
 })
+
+t.test('after a PMS restart a GET is re-minted and retried once, transparently', async (t) => {
+  const s = await proxySetup(t, [reader()])
+  const { key } = await s.key('reader')
+  t.equal((await s.raw('GET', '/library/sections', { 'x-plex-token': key })).status, 200)
+  const first = s.sim.requestLog[s.sim.requestLog.length - 1].token
+  await s.sim.restart()
+  const r = await s.raw('GET', '/library/sections', { 'x-plex-token': key })
+  t.equal(r.status, 200, 'the caller never sees the 401')
+  t.match(r.body, /MediaContainer/)
+  const after = s.sim.requestLog.filter((x) => x.path === '/library/sections').map((x) => x.token)
+  t.equal(after.length, 3, 'PMS saw the old token once more, then the new one')
+  t.equal(after[1], first)
+  t.not(after[2], first)
+  t.ok(s.sim.isTokenValid(after[2]!), 'the new token is live')
+  // A write is not retried: its 401 is the broker's JSON error (the token is replaced meanwhile).
+  await s.sim.restart()
+  const before = s.sim.counters.requests
+  const put = await s.raw('PUT', '/library/sections', { 'x-plex-token': key })
+  t.equal(put.status, 403, 'a PUT the rules refuse never gets as far')
+  t.equal(s.sim.counters.requests, before)
+})
+
+t.test('a write that meets a 401 is not retried: the caller gets a JSON 401', async (t) => {
+  const s = await proxySetup(t, [proxyClient('editor', { preset: 'metadata-editor' })])
+  const { key } = await s.key('editor')
+  t.equal((await s.raw('GET', '/library/sections', { 'x-plex-token': key })).status, 200)
+  await s.sim.restart()
+  const r = await s.raw('PUT', '/library/metadata/1001', { 'x-plex-token': key })
+  t.equal(r.status, 401)
+  t.match(JSON.parse(r.body), { code: 'UNAUTHENTICATED', message: /rejected the broker's token/ })
+  t.equal(s.sim.requestLog.filter((x) => x.path === '/library/metadata/1001').length, 1, 'sent once')
+  t.equal((await s.raw('GET', '/library/sections', { 'x-plex-token': key })).status, 200, 'the token was replaced meanwhile')
+})
+
+t.test('Range requests pass through exactly', async (t) => {
+  const s = await proxySetup(t, [proxyClient('player', { preset: 'stream' })], { sim: { partSizes: { 1: 5_000_000 } } })
+  const { key } = await s.key('player')
+  const path = '/library/parts/1/1700000000/file.mp4'
+  for (const range of [undefined, 'bytes=0-', 'bytes=100-199', 'bytes=-1000', 'bytes=4999990-', 'bytes=6000000-']) {
+    const h = range === undefined ? {} : { range }
+    const direct = await get(`${s.sim.url}${path}`, { ...h, 'x-plex-token': s.sim.adminToken })
+    const proxied = await get(`${s.base}${path}`, { ...h, 'x-plex-token': key })
+    t.equal(proxied.status, direct.status, `${range}: status ${direct.status}`)
+    t.equal(proxied.headers['content-range'], direct.headers['content-range'], `${range}: Content-Range`)
+    t.equal(proxied.headers['accept-ranges'], 'bytes')
+    t.equal(proxied.headers['content-length'], direct.headers['content-length'])
+    t.ok(proxied.body.equals(direct.body), `${range}: the same bytes`)
+  }
+})
+
+t.test('Location is rewritten to the proxy without tokens; token attributes are removed', async (t) => {
+  const s = await proxySetup(t, [
+    proxyClient('everything', { preset: 'full' }),
+    proxyClient('tautulli', { preset: 'monitor' }),
+    proxyClient('resources', { allow: [{ methods: ['GET'], path: '/security/resources' }] }),
+  ])
+  const full = await s.key('everything')
+  const redirect = await s.raw('GET', '/web', { 'x-plex-token': full.key })
+  t.equal(redirect.status, 302)
+  t.equal(redirect.headers.location, `${s.base}/web/index.html`, 'the proxy origin, no token')
+  const viaPrefix = await s.raw('GET', '/pms/default/web', { 'x-plex-token': full.key })
+  t.equal(viaPrefix.headers.location, `${s.base}/pms/default/web/index.html`, 'the /pms/<server> prefix is kept')
+
+  const monitor = await s.key('tautulli')
+  for (const accept of ['text/xml', 'application/json']) {
+    const account = await s.raw('GET', '/myplex/account', { 'x-plex-token': monitor.key, accept })
+    t.equal(account.status, 200, `${accept}: allowed by monitor`)
+    t.match(account.body, /sim-owner/)
+    t.notOk(/authToken/i.test(account.body), `${accept}: authToken removed`)
+    t.notOk(account.body.includes(s.sim.adminToken), `${accept}: no admin token`)
+    t.equal(Number(account.headers['content-length']), Buffer.byteLength(account.body), 'a true Content-Length')
+  }
+  const res = await s.key('resources')
+  const r = await s.raw('GET', '/security/resources?source=provider%3A%2F%2Ftv.plex.provider.vod', { 'x-plex-token': res.key })
+  t.equal(r.status, 200)
+  t.match(r.body, /Movies &amp; Shows/)
+  t.notOk(/accessToken/i.test(r.body), 'accessToken removed')
+})
+
+t.test('last line of defence: a PMS that echoes the token has it blanked and counted', async (t) => {
+  const s = await proxySetup(t, [reader()])
+  const { key } = await s.key('reader')
+  s.sim.setFault({ echoToken: true })
+  for (const accept of ['text/xml', 'application/json']) {
+    const r = await s.raw('GET', '/library/sections', { 'x-plex-token': key, accept })
+    t.equal(r.status, 200)
+    const token = s.sim.requestLog[s.sim.requestLog.length - 1].token!
+    t.notOk(r.body.includes(token), `${accept}: the transient token is not in the answer`)
+    t.match(r.body, new RegExp(`echo.{1,4}X{${token.length}}`), 'blanked in place, same length')
+    if (accept === 'application/json') t.ok(JSON.parse(r.body), 'still valid JSON')
+  }
+  const metrics = await s.app.broker.metrics.registry.metrics()
+  t.match(metrics, /ptb_proxy_leaks_total\{server="default",secret="pms_token"\} 2/)
+})
+
+t.test('nested url= parameters: local ones made relative without X-Plex-*, foreign hosts refused', async (t) => {
+  const s = await proxySetup(t, [proxyClient('dash', { preset: 'dashboard' })])
+  const { key } = await s.key('dash')
+  const nested = `${s.sim.url}/library/metadata/1001/thumb/1700000000?X-Plex-Token=${s.sim.adminToken}&X-Plex-Client-Identifier=x&a=1`
+  await s.raw('GET', `/photo/:/transcode?width=100&url=${encodeURIComponent(nested)}&X-Plex-Token=${key}`)
+  const seen = s.sim.requestLog[s.sim.requestLog.length - 1]
+  t.equal(seen.path, '/photo/:/transcode')
+  t.equal(new URLSearchParams(seen.query).get('url'), '/library/metadata/1001/thumb/1700000000?a=1', 'relative, X-Plex-* removed')
+  t.notOk(seen.query.includes(s.sim.adminToken))
+  const before = s.sim.counters.requests
+  const foreign = await s.raw('GET', `/photo/:/transcode?url=${encodeURIComponent('http://169.254.169.254/latest/meta-data')}`, { 'x-plex-token': key })
+  t.equal(foreign.status, 403)
+  const denied = await s.raw('GET', `/photo/:/transcode?url=${encodeURIComponent('/security/token?type=delegation&scope=all')}`, { 'x-plex-token': key })
+  t.equal(denied.status, 403, 'a nested path the rules refuse')
+  t.equal(s.sim.counters.requests, before, 'neither reached PMS')
+})
+
+t.test('shadow mode forwards what the rules refuse, logs it and audits it sampled', async (t) => {
+  const s = await proxySetup(t, [proxyClient('learner', { preset: 'dashboard', mode: 'shadow' })])
+  const { key } = await s.key('learner')
+  for (let i = 0; i < 5; i++) t.equal((await s.raw('GET', '/library/metadata/1001', { 'x-plex-token': key })).status, 200)
+  t.equal(s.sim.requestLog.filter((r) => r.path === '/library/metadata/1001').length, 5, 'forwarded')
+  t.equal((await s.raw('GET', '/clients', { 'x-plex-token': key })).status, 200)
+  const before = s.sim.counters.requests
+  t.equal((await s.raw('GET', '/security/token?type=delegation&scope=all', { 'x-plex-token': key })).status, 403, 'the hard deny holds in shadow mode')
+  t.equal(s.sim.counters.requests, before)
+  const page = await s.app.broker.audit.page({ action: 'proxy.shadow' }, 100)
+  t.equal(page.events.length, 2, 'one event per key and path, not per request')
+  t.match(page.events.find((e) => e.detail.path === '/library/metadata/1001')?.detail, { reason: 'default-deny', method: 'GET' })
+  t.ok(s.app.logs.records().some((l) => l.msg === 'proxy shadow mode: forwarded a request the rules refuse'))
+})

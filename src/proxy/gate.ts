@@ -150,7 +150,9 @@ export class ProxyGate {
     }
     let shadowed = false
     if (!decision.allow) {
-      if (policy.mode === 'shadow') {
+      // Shadow mode never lifts the hard deny: diagnostics zips, the log and the updater would
+      // pass otherwise, and what a tool needs there is named by a rule, not learnt from traffic.
+      if (policy.mode === 'shadow' && decision.reason !== 'hard-deny') {
         shadowed = true
         this.#o.logger.info({ client: client.id, server: server.name, keyId: record.id, method: req.method, path, reason: decision.reason, rule: decision.rule },
           'proxy shadow mode: forwarded a request the rules refuse')
