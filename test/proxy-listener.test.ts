@@ -154,7 +154,7 @@ t.test('Range requests pass through exactly', async (t) => {
   const { key } = await s.key('player')
   const path = '/library/parts/1/1700000000/file.mp4'
   for (const range of [undefined, 'bytes=0-', 'bytes=100-199', 'bytes=-1000', 'bytes=4999990-', 'bytes=6000000-']) {
-    const h = range === undefined ? {} : { range }
+    const h: Record<string, string> = range === undefined ? {} : { range }
     const direct = await get(`${s.sim.url}${path}`, { ...h, 'x-plex-token': s.sim.adminToken })
     const proxied = await get(`${s.base}${path}`, { ...h, 'x-plex-token': key })
     t.equal(proxied.status, direct.status, `${range}: status ${direct.status}`)

@@ -114,10 +114,14 @@ export class LeakScrubber extends Transform {
   #tail: Buffer = Buffer.alloc(0)
   readonly #onFound: (n: number) => void
 
+  /** Bytes that occur in some secret: a secret cannot span any other byte. */
+  readonly #inSecret = new Uint8Array(256)
+
   constructor (secrets: readonly string[], onFound: (n: number) => void) {
     super()
     this.#secrets = [...new Set(secrets.filter((s) => s.length > 0))].map((s) => Buffer.from(s))
     this.#keep = Math.max(0, ...this.#secrets.map((s) => s.length)) - 1
+    for (const s of this.#secrets) for (const b of s) this.#inSecret[b] = 1
     this.#onFound = onFound
   }
 
@@ -125,7 +129,12 @@ export class LeakScrubber extends Transform {
     const buf = this.#tail.length === 0 ? Buffer.from(chunk) : Buffer.concat([this.#tail, chunk])
     const found = scrubBuffer(buf, this.#secrets)
     if (found > 0) this.#onFound(found)
-    const cut = Math.max(0, buf.length - this.#keep)
+    // Only a run of secret bytes at the very end can be the start of a secret the next chunk
+    // completes: hold back that run, never more. An event feed's events end with a newline, so
+    // each one passes at once instead of waiting for the next.
+    let run = 0
+    while (run < this.#keep && run < buf.length && this.#inSecret[buf[buf.length - 1 - run]] === 1) run++
+    const cut = buf.length - run
     this.#tail = buf.subarray(cut)
     cb(null, cut > 0 ? buf.subarray(0, cut) : undefined)
   }
