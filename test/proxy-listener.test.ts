@@ -241,3 +241,43 @@ t.test('shadow mode forwards what the rules refuse, logs it and audits it sample
   t.match(page.events.find((e) => e.detail.path === '/library/metadata/1001')?.detail, { reason: 'default-deny', method: 'GET' })
   t.ok(s.app.logs.records().some((l) => l.msg === 'proxy shadow mode: forwarded a request the rules refuse'))
 })
+
+t.test('hygiene: no key, transient or admin token in logs, audit events or answers; metrics count decisions', async (t) => {
+  const s = await proxySetup(t, [reader(), proxyClient('everything', { preset: 'full' })])
+  const { key } = await s.key('reader')
+  const full = await s.key('everything')
+  const answers: string[] = []
+  const send = async (method: string, path: string, headers: Record<string, string> = {}): Promise<number> => {
+    const r = await s.raw(method, path, headers)
+    answers.push(JSON.stringify(r.headers), r.body)
+    return r.status
+  }
+  t.equal(await send('GET', `/library/sections?X-Plex-Token=${key}`), 200)
+  t.equal(await send('GET', `/library/sections/1/all?type=1&X-Plex-Token=${key}`), 200)
+  t.equal(await send('GET', `/security/token?type=delegation&scope=all&X-Plex-Token=${key}`), 403)
+  t.equal(await send('GET', `/%zz?X-Plex-Token=${key}`), 400)
+  t.equal(await send('GET', `/library/sections?X-Plex-Token=${key.slice(0, -1)}x`), 401)
+  t.equal(await send('GET', `/web?X-Plex-Token=${full.key}`), 302)
+  t.equal(await send('GET', '/myplex/account', { 'x-plex-token': full.key }), 403)
+  s.sim.setFault({ echoToken: true })
+  t.equal(await send('GET', '/', { 'x-plex-token': full.key }), 200)
+  s.sim.setFault({})
+  s.app.proxy.open.close()
+  const audit = JSON.stringify((await s.app.broker.audit.page({}, 1000)).events)
+  const logs = s.app.logs.text
+  const transient = [...new Set(s.sim.requestLog.map((r) => r.token).filter((x) => x !== undefined))]
+  t.ok(transient.length > 0)
+  for (const [what, text] of [['logs', logs], ['audit', audit], ['answers', answers.join('\n')]] as const) {
+    for (const secret of [key, full.key, s.sim.adminToken, ...transient]) {
+      if (what === 'answers' && (secret === key || secret === full.key)) continue
+      t.notOk(text.includes(secret), `${what}: ${secret.slice(0, 4)}… absent`)
+    }
+    t.notOk(/pbk_[A-Za-z0-9_-]{12}\.[A-Za-z0-9_-]{10}/.test(text) && what !== 'answers', `${what}: no proxy key secret`)
+  }
+  const metrics = await s.app.broker.metrics.registry.metrics()
+  t.match(metrics, /ptb_proxy_requests_total\{client="reader",server="default",decision="allow",status_class="2xx"\} 2/)
+  t.match(metrics, /ptb_proxy_requests_total\{client="reader",server="default",decision="deny",status_class="4xx"\} 1/)
+  t.match(metrics, /ptb_proxy_requests_total\{client="",server="default",decision="unauthenticated",status_class="4xx"\} 1/)
+  t.match(metrics, /ptb_proxy_upstream_duration_seconds_count\{server="default",pool="api"\} \d+/)
+  t.match(metrics, /ptb_proxy_bytes_total\{server="default",direction="downstream"\} \d+/)
+})
