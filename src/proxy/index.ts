@@ -9,7 +9,7 @@ import { ProxyGate } from './gate.ts'
 import { buildProxyListener } from './listener.ts'
 import { SessionCredentials } from './media-urls.ts'
 import { OpenResponses } from './open-responses.ts'
-import { ProxyMetrics } from './proxy-metrics.ts'
+import type { ProxyMetrics } from './proxy-metrics.ts'
 import { ProxyKeys } from './proxy-keys.ts'
 import { UpstreamPools, type UpstreamOptions } from './upstream.ts'
 
@@ -43,7 +43,7 @@ export class PmsProxy {
     this.#services = services
     const { logger, store } = services
     this.keys = new ProxyKeys(services.db)
-    this.metrics = new ProxyMetrics(services.metrics.registry)
+    this.metrics = services.metrics.proxy
     this.sessions = new SessionCredentials(services.config.brokerSecret, services.db.now)
     this.open = new OpenResponses({
       unusable: async (ids) => await this.keys.unusable(ids),
