@@ -120,5 +120,7 @@ t.test('open answers: a revoked key\'s end; an unreadable Redis ends them after 
   await open.check()
   t.same(ended, ['a:revoked', 'b:unchecked'], 'fail closed when keys cannot be checked')
   t.equal(open.size, 0)
+  open.add({ keyId: 'c', end: (why) => ended.push(`c:${why}`) })
   open.close()
+  t.same(ended.slice(-1), ['c:shutdown'], 'shutdown ends the rest')
 })

@@ -142,3 +142,20 @@ async function until (ms: number, check: () => boolean): Promise<boolean> {
   }
   return check()
 }
+
+t.test('shutdown ends open answers and tells websockets to reconnect (1012)', async (t) => {
+  const s = await proxySetup(t, [player()], { sim: { partSizes: { 1: 1024 * 1024 * 1024 } } })
+  const { key } = await s.key('player')
+  const ws = new WebSocket(`${s.base.replace('http', 'ws')}/:/websockets/notifications?X-Plex-Token=${key}`)
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
+  const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)))
+  const download = await request(`${s.base}/library/parts/1/1700000000/file.mp4`, { headers: { 'x-plex-token': key } })
+  const ended = new Promise<string>((resolve) => {
+    download.body.on('data', () => {})
+    download.body.once('error', () => resolve('error'))
+    download.body.once('end', () => resolve('end'))
+  })
+  await s.app.proxy.close()
+  t.equal(await closed, 1012)
+  t.equal(await ended, 'error', 'the download is cut, not left holding the shutdown')
+})

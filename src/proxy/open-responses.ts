@@ -1,10 +1,13 @@
 import type { Logger } from 'pino'
 
+/** Why an open answer is ended: its key is gone, its key cannot be checked, or the broker is stopping. */
+export type EndReason = 'revoked' | 'unchecked' | 'shutdown'
+
 /** Something the proxy has open for a key: a streaming answer or a websocket. */
 export interface OpenResponse {
   keyId: string
   /** Ends it at once (the caller sees the connection end; a websocket gets a close frame). */
-  end: (why: 'revoked' | 'unchecked') => void
+  end: (why: EndReason) => void
 }
 
 export interface OpenResponsesOptions {
@@ -15,7 +18,7 @@ export interface OpenResponsesOptions {
   intervalMs?: number
   /** How long the checks may keep failing (Redis down) before open responses are ended anyway. Default 3 s. */
   failClosedAfterMs?: number
-  onEnded?: (why: 'revoked' | 'unchecked', n: number) => void
+  onEnded?: (why: EndReason, n: number) => void
 }
 
 /**
@@ -61,7 +64,7 @@ export class OpenResponses {
   }
 
   /** Ends every open answer of a key now (a revocation seen by this instance). */
-  endKey (keyId: string, why: 'revoked' | 'unchecked'): number {
+  endKey (keyId: string, why: EndReason): number {
     const set = this.#byKey.get(keyId)
     if (set === undefined) return 0
     this.#byKey.delete(keyId)
@@ -71,7 +74,7 @@ export class OpenResponses {
     return set.size
   }
 
-  endAll (why: 'revoked' | 'unchecked'): void {
+  endAll (why: EndReason): void {
     for (const id of [...this.#byKey.keys()]) this.endKey(id, why)
   }
 
@@ -108,8 +111,9 @@ export class OpenResponses {
     }
   }
 
+  /** Shutdown: every open answer ends (websockets are told to reconnect elsewhere). */
   close (): void {
     this.#stop()
-    this.endAll('unchecked')
+    this.endAll('shutdown')
   }
 }

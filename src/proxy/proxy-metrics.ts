@@ -53,7 +53,7 @@ export class ProxyMetrics {
     })
     this.ended = new Counter({
       name: 'ptb_proxy_open_answers_ended_total',
-      help: 'Open proxy answers and websockets ended because their key was revoked or expired (revoked) or could not be checked (unchecked)',
+      help: 'Open proxy answers and websockets ended because their key was revoked or expired (revoked), could not be checked (unchecked) or the broker stopped (shutdown)',
       labelNames: ['why'] as const,
       registers: [registry],
     })

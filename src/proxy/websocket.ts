@@ -133,7 +133,11 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
     const unregister = open.add({
       keyId: a.keyId,
       end: (why) => {
-        client.close(why === 'revoked' ? 1008 : 1013, why === 'revoked' ? 'proxy key revoked' : 'proxy key cannot be checked')
+        // 1008: the key is gone, do not retry with it; 1012: the broker restarts, reconnect;
+        // 1013: the key cannot be checked right now, try again later.
+        if (why === 'revoked') client.close(1008, 'proxy key revoked')
+        else if (why === 'shutdown') client.close(1012, 'broker restarting')
+        else client.close(1013, 'proxy key cannot be checked')
         up.terminate()
         // A caller that ignores the close frame is cut off.
         setTimeout(() => client.terminate(), 1000).unref()
