@@ -43,6 +43,7 @@ t.test('anything but a valid proxy key is 401 JSON and never reaches PMS', async
   const { key, id } = await s.key('reader')
   const other = await s.key('nobody')
   const expired = await s.key('reader', { expiresAt: Date.now() + 150 })
+  const ghost = await s.key('ghost')
   const before = s.sim.counters.requests
   const cases: Array<[string, Record<string, string>, string]> = [
     ['no key', {}, '/library/sections'],
@@ -52,6 +53,7 @@ t.test('anything but a valid proxy key is 401 JSON and never reaches PMS', async
     ['a wrong secret', { 'x-plex-token': `${key.slice(0, 17)}${'B'.repeat(43)}` }, '/library/sections'],
     ['two different credentials', { 'x-plex-token': key }, `/library/sections?X-Plex-Token=${s.sim.adminToken}`],
     ['a key of a client not allowed this server', { 'x-plex-token': other.key }, '/library/sections'],
+    ['a key of a client removed from the configuration', { 'x-plex-token': ghost.key }, '/library/sections'],
   ]
   for (const [what, headers, path] of cases) {
     const r = await s.raw('GET', path, headers)
