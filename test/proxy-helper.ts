@@ -2,7 +2,7 @@ import { Client, request } from 'undici'
 import type { FastifyInstance } from 'fastify'
 import type { ProxyOptions } from '../src/proxy/index.ts'
 import { policyFrom, type ProxySpec } from '../src/proxy/presets.ts'
-import type { Config } from '../src/config/index.ts'
+import type { Config, ServerConfig } from '../src/config/index.ts'
 import type { PmsSimOptions, PmsSimulator } from '../src/sim/pms-sim.ts'
 import { buildTestApp, type LogCapture, makeClient, serverFor, startSim, type T, testConfig, type TestClient, uniquePrefix } from './helper.ts'
 
@@ -27,10 +27,10 @@ export interface ProxySetup {
   raw: (method: string, path: string, headers?: Record<string, string>) => Promise<{ status: number, headers: Record<string, string | string[] | undefined>, body: string }>
 }
 
-export async function proxySetup (t: T, clients: TestClient[], opts: { sim?: PmsSimOptions, proxy?: ProxyOptions, prefix?: string, config?: Partial<Config> } = {}): Promise<ProxySetup> {
+export async function proxySetup (t: T, clients: TestClient[], opts: { sim?: PmsSimOptions, proxy?: ProxyOptions, prefix?: string, config?: Partial<Config>, extraServers?: ServerConfig[] } = {}): Promise<ProxySetup> {
   const sim = await startSim(t, opts.sim)
   const server = { ...serverFor(sim), proxy: { port: 0 } }
-  const config = testConfig(opts.prefix ?? uniquePrefix('pxy'), [server], clients, opts.config)
+  const config = testConfig(opts.prefix ?? uniquePrefix('pxy'), [server, ...(opts.extraServers ?? [])], clients, opts.config)
   const app = await buildTestApp(t, config, { defaultMetrics: false, proxy: { recheckIntervalMs: 200, ...opts.proxy } })
   await app.ready()
   await app.proxy.listen('127.0.0.1', { default: 0 })

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { serverFor, startSim } from './helper.ts'
 import { get, proxyClient, proxySetup } from './proxy-helper.ts'
 
 /**
@@ -282,4 +283,22 @@ t.test('hygiene: no key, transient or admin token in logs, audit events or answe
   t.match(metrics, /ptb_proxy_requests_total\{client="",server="default",decision="unauthenticated",status_class="4xx"\} 1/)
   t.match(metrics, /ptb_proxy_upstream_duration_seconds_count\{server="default",pool="api"\} \d+/)
   t.match(metrics, /ptb_proxy_bytes_total\{server="default",direction="downstream"\} \d+/)
+})
+
+t.test('/pms/{server}/… reaches another configured server; a key bound to one server stays there', async (t) => {
+  const other = await startSim(t)
+  const s = await proxySetup(t, [reader()], { extraServers: [serverFor(other, 'attic')] })
+  const anyServer = await s.key('reader')
+  const boundToDefault = await s.key('reader', { server: 'default' })
+  const r = await s.raw('GET', '/pms/attic/library/sections', { 'x-plex-token': anyServer.key })
+  t.equal(r.status, 200)
+  const seen = other.requestLog[other.requestLog.length - 1]
+  t.equal(seen.path, '/library/sections', 'the other PMS got the request, without the prefix')
+  t.ok(other.isTokenValid(seen.token!), 'with a transient token of that server')
+  t.equal(s.sim.requestLog.filter((x) => x.path === '/library/sections').length, 0, 'the listener\'s own PMS did not')
+  const before = other.counters.requests
+  t.equal((await s.raw('GET', '/pms/attic/library/sections', { 'x-plex-token': boundToDefault.key })).status, 401, 'a key bound to default')
+  t.equal((await s.raw('GET', '/pms/nowhere/library/sections', { 'x-plex-token': anyServer.key })).status, 404, 'no such server')
+  t.equal(other.counters.requests, before)
+  t.equal((await s.raw('GET', '/pms/default/library/sections', { 'x-plex-token': boundToDefault.key })).status, 200, 'the bound server by name')
 })
