@@ -1,4 +1,5 @@
 import t from 'tap'
+import { request } from 'undici'
 import { serverFor, startSim } from './helper.ts'
 import { get, proxyClient, proxySetup } from './proxy-helper.ts'
 
@@ -301,4 +302,19 @@ t.test('/pms/{server}/… reaches another configured server; a key bound to one 
   t.equal((await s.raw('GET', '/pms/nowhere/library/sections', { 'x-plex-token': anyServer.key })).status, 404, 'no such server')
   t.equal(other.counters.requests, before)
   t.equal((await s.raw('GET', '/pms/default/library/sections', { 'x-plex-token': boundToDefault.key })).status, 200, 'the bound server by name')
+})
+
+t.test('a request body streams to PMS (poster upload); a refused one is not read', async (t) => {
+  const s = await proxySetup(t, [proxyClient('editor', { preset: 'metadata-editor' })])
+  const { key } = await s.key('editor')
+  const body = Buffer.alloc(3 * 1024 * 1024, 7)
+  const r = await request(`${s.base}/library/metadata/1001/posters`, { method: 'POST', headers: { 'x-plex-token': key, 'content-type': 'image/jpeg' }, body })
+  await r.body.text()
+  const seen = s.sim.requestLog[s.sim.requestLog.length - 1]
+  t.same([seen.method, seen.path], ['POST', '/library/metadata/1001/posters'], 'forwarded with its body (larger than any API body limit)')
+  t.equal(r.statusCode, 404, 'PMS\'s own status passes through (the simulator has no poster upload)')
+  const refused = await request(`${s.base}/library/sections/1/refresh`, { method: 'POST', headers: { 'x-plex-token': key, 'content-type': 'image/jpeg' }, body })
+  t.equal(refused.statusCode, 403)
+  t.equal(refused.headers.connection, 'close', 'the unread body ends the connection')
+  await refused.body.text()
 })
