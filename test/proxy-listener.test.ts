@@ -34,6 +34,9 @@ t.test('an allowed read reaches PMS with the transient token, never the key; hea
   t.equal(json.status, 200)
   t.match(JSON.parse(json.body.toString()), { MediaContainer: { size: 2 } })
 
+  const serves = await s.app.broker.audit.page({ action: 'token.issue', client: 'reader' }, 100)
+  t.equal(serves.events.length, 1, 'only the first serve of the fresh mint is audited, not every proxied request')
+  t.match(serves.events[0].detail, { source: 'upstream', via: 'proxy' })
   for (const r of s.sim.requestLog) t.not(r.token, key, 'the proxy key never reaches PMS')
   t.notOk(s.app.logs.text.includes(key), 'the key is not logged')
   t.notOk(s.app.logs.text.includes(forwarded.token!), 'the transient token is not logged')

@@ -135,7 +135,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
       return sendError(reply, request, admitted.status, admitted.code, admitted.message, admitted.retryAfter)
     }
     request.proxied = admitted
-    const ctx = requestContext(request)
+    const ctx = { ...requestContext(request), via: 'proxy' as const }
     const issued = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
     return forward(request, reply, admitted, issued, false)
   }
@@ -215,7 +215,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
           const mayRetry = !retried && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers)
           reply.raw.off('close', onClose)
           unregister()
-          void services.rejection.report(a.client.id, a.server, issued.tokenId, requestContext(req)).then((fresh) => {
+          void services.rejection.report(a.client.id, a.server, issued.tokenId, { ...requestContext(req), via: 'proxy' }).then((fresh) => {
             if (mayRetry) {
               forward(req, rep, a, fresh, true)
             } else {

@@ -79,7 +79,7 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       rawError(socket, 404, 'NOT_FOUND', 'Websockets are served on the notification paths only.')
       return
     }
-    const ctx = { requestId: randomUUID(), ip }
+    const ctx = { requestId: randomUUID(), ip, via: 'proxy' as const }
     let issued = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
     let upstream = await connect(req, admitted, issued, ip)
     if (upstream === 401) {
