@@ -2,7 +2,7 @@
  * `npm run bench [scenario…]`: measures the broker against real processes on loopback, each
  * scenario paired with a bare-Fastify baseline in the same run, so the ratio survives noisy
  * machines. Scenarios: hot, herd, restart, footprint, scaling (default: these), soak, push (the
- * push channel with library clients), and the Redis HA ones (bench/ha.ts): failover (Sentinel,
+ * push channel with library clients), proxy (the PMS proxy, bench/proxy.ts), and the Redis HA ones (bench/ha.ts): failover (Sentinel,
  * repeated SIGKILLs) and tls. Results are printed
  * as Markdown; copy them into docs/benchmarks.md. Not part of `npm test`.
  */
@@ -20,6 +20,7 @@ import { PmsSimulator } from '../src/sim/pms-sim.ts'
 import { createTokenSource, type TokenSource } from '../src/client/index.ts'
 import { deleteKeys } from '../test/helper.ts'
 import { failover, tls } from './ha.ts'
+import { proxyBench } from './proxy.ts'
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const DURATION = Number(process.env.BENCH_SECONDS ?? 10)
@@ -584,6 +585,7 @@ const SCENARIOS: Record<string, (sim: PmsSimulator) => Promise<void>> = {
   push,
   failover: async (sim) => { await failover(sim, log) },
   tls: async (sim) => { ensureWrk(); await tls(sim, log, wrk) },
+  proxy: async () => { ensureWrk(); await proxyBench(log) },
 }
 const DEFAULT_SET = ['hot', 'herd', 'restart', 'footprint', 'scaling']
 

@@ -11,6 +11,7 @@ import errorHandler, { sendError } from './plugins/error-handler.ts'
 import metricsPlugin from './plugins/metrics.ts'
 import rateLimits from './plugins/rate-limits.ts'
 import requestIdentity from './plugins/request-identity.ts'
+import { PmsProxy, type ProxyOptions } from './proxy/index.ts'
 import healthRoutes from './routes/health.ts'
 import opsRoutes from './routes/ops.ts'
 import proxyKeyRoutes from './routes/proxy-keys.ts'
@@ -27,6 +28,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** This instance's services (services.ts), shared by routes, plugins and jobs. */
     broker: Services
+    /** The PMS proxy's listeners (proxy/index.ts); they listen when server.ts says so. */
+    proxy: PmsProxy
   }
 }
 
@@ -35,6 +38,8 @@ export interface AppOverrides extends ServiceOverrides {
   httpTimeouts?: Partial<HttpTimeouts>
   /** The push channel's slow-consumer bounds (tests shorten them); defaults in routes/stream.ts. */
   stream?: StreamOptions
+  /** The PMS proxy's timeouts and intervals (tests shorten them). */
+  proxy?: ProxyOptions
 }
 
 /** Fastify's options: logging, request ids, proxies, limits, timeouts and validation, in one place. */
@@ -109,6 +114,10 @@ export async function buildApp (config: Readonly<Config>, overrides: AppOverride
     if (closing) reply.header('connection', 'close')
     return payload
   })
+  // The proxy's listeners close first: their open answers end before the services they use.
+  const proxy = await PmsProxy.create(services, overrides.proxy)
+  app.decorate('proxy', proxy)
+  app.addHook('preClose', async () => { await proxy.close() })
   app.addHook('onReady', async () => { await services.start() })
   app.addHook('onClose', async () => { await services.close() })
 

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from '@prometheus-io/client'
+import { ProxyMetrics } from './proxy/proxy-metrics.ts'
 
 /**
  * Default collectors whose names fail `promtool check metrics`: gauges named `*_total` (the
@@ -22,6 +23,8 @@ export const DROPPED_DEFAULT_METRICS = [
  */
 export class Metrics {
   readonly registry = new Registry()
+  /** The PMS proxy's metrics (proxy/proxy-metrics.ts), in the same registry. */
+  readonly proxy = new ProxyMetrics(this.registry)
 
   readonly httpDuration = new Histogram({
     name: 'http_request_duration_seconds',

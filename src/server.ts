@@ -24,6 +24,8 @@ async function main (): Promise<void> {
     await app.close()
   })
   await app.listen({ host: config.host, port: config.port })
+  // A listener per server with a proxy port, on the same HOST (docs/proxy.md).
+  await app.proxy.listen(config.host)
 }
 
 main().catch((err: unknown) => {

@@ -40,6 +40,7 @@ t.test('the alerts watch what matters, with metric names the broker really expor
     ['PlexAdminTokenInvalid', /ptb_admin_token_valid == 0/],
     ['PlexAdminTokenUnknown', /ptb_admin_token_valid == -1/],
     ['BrokerUndecryptableTokens', /increase\(ptb_undecryptable_tokens_total\[15m\]\)\) > 0/],
+    ['ProxyCredentialLeakBlanked', /increase\(ptb_proxy_leaks_total\[15m\]\)\) > 0/],
   ]
   for (const [alert, expr] of expected) t.match(byName.get(alert)?.expr, expr, `${alert}: ${expr}`)
   t.equal(byName.get('PlexAdminTokenUnknown')?.for, '30m', 'unknown admin token: only after 30 minutes')

@@ -10,8 +10,12 @@ export interface RequestContext {
   ip: string
   /** The caller's X-Request-Id, when it sent a valid one: recorded apart from `requestId`. */
   clientRequestId?: string
-  /** How the token is handed out: absent for an HTTP answer, `stream` on the push channel (audited as `detail.via`). */
-  via?: 'stream'
+  /**
+   * How the token is handed out: absent for an HTTP answer, `stream` on the push channel (audited
+   * as `detail.via`), `proxy` when the PMS proxy attaches it to a request (cache hits of the proxy
+   * are not written to the serves stream: one per proxied request would flood it).
+   */
+  via?: 'stream' | 'proxy'
 }
 
 /**

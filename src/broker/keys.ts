@@ -1,10 +1,10 @@
 import { type RedisClient, withDeadline } from '../redis.ts'
 
 /** The limits counted in Redis windows (broker/rate-limiter.ts names them all). */
-export type CountedLimit = 'client' | 'auth_failures' | 'not_found'
+export type CountedLimit = 'client' | 'auth_failures' | 'not_found' | 'proxy_key_failures'
 
 /** Key segments of the counted limits (the keys predate the names). */
-const RATE_LIMIT_SEGMENT: Record<CountedLimit, string> = { client: 'client', auth_failures: 'authfail', not_found: 'notfound' }
+const RATE_LIMIT_SEGMENT: Record<CountedLimit, string> = { client: 'client', auth_failures: 'authfail', not_found: 'notfound', proxy_key_failures: 'proxyauthfail' }
 
 /**
  * Every Redis key the broker uses is built here, under REDIS_PREFIX, so deployments and test

@@ -15,6 +15,8 @@ import type { WindowCounters } from './window-counters.ts'
  *   count and only failures are throttled: a valid secret from the same address is never refused
  *   for someone else's failures.
  * - `not_found`: requests to unknown routes per address and window.
+ * - `proxy_key_failures`: missing or unusable proxy keys per address and window on the PMS proxy's
+ *   listeners; like `auth_failures`, a valid key from the same address is never refused.
  * - `streams`: open push streams per client and per instance, a concurrency cap counted in memory
  *   by the hub (broker/push.ts), reported here.
  *
@@ -22,6 +24,9 @@ import type { WindowCounters } from './window-counters.ts'
  * closed with 503 then, so nothing is handed out unchecked.
  */
 export type LimitName = CountedLimit | 'streams'
+
+/** The limits counted per client address. */
+export type AddressLimit = Exclude<CountedLimit, 'client'>
 
 /** `max` hits per `windowMs`. */
 export interface Window { max: number, windowMs: number }
@@ -54,6 +59,8 @@ export interface RateLimiterOptions {
   authFailures?: RateLimitConfig
   /** Requests to unknown routes per address and window (default 60 per minute). */
   notFound?: RateLimitConfig
+  /** Failed proxy keys per address and window on the proxy listeners (default 20 per minute). */
+  proxyKeyFailures?: RateLimitConfig
   /** A request refused at a limit (metrics). */
   onLimited?: (limit: LimitName) => void
   /** A counter Redis could not count (the limit failed open). */
@@ -64,13 +71,14 @@ const window = (c: RateLimitConfig): Window => ({ max: c.max, windowMs: c.timeWi
 
 export class RateLimiter {
   readonly #o: RateLimiterOptions
-  readonly #windows: Record<'auth_failures' | 'not_found', Window>
+  readonly #windows: Record<AddressLimit, Window>
 
   constructor (opts: RateLimiterOptions) {
     this.#o = opts
     this.#windows = {
       auth_failures: window(opts.authFailures ?? { max: 20, timeWindowMs: 60_000 }),
       not_found: window(opts.notFound ?? { max: 60, timeWindowMs: 60_000 }),
+      proxy_key_failures: window(opts.proxyKeyFailures ?? { max: 20, timeWindowMs: 60_000 }),
     }
   }
 
@@ -80,7 +88,7 @@ export class RateLimiter {
   }
 
   /** The counter of a per-address limit; `address` as the HTTP layer normalised it (IPv6 per /64). */
-  address (limit: 'auth_failures' | 'not_found', address: string): Counter {
+  address (limit: AddressLimit, address: string): Counter {
     return { limit, key: this.#o.keys.rateLimit(limit, address), ...this.#windows[limit] }
   }
 

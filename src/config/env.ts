@@ -25,7 +25,7 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'PLEX_TOKEN', description: 'Admin token of the PLEX_URL server' },
   { name: 'PLEX_TOKEN_FILE', description: 'File holding the admin token of the PLEX_URL server (watched for changes)' },
   { name: 'PLEX_PREFERENCES_PATH', description: 'PMS Preferences.xml whose PlexOnlineToken is the admin token (watched for changes)' },
-  { name: 'PROXY_PORT', description: 'PMS proxy port of the only server (PLEX_URL\'s, or the config file\'s one server); with several servers give each its proxy.port in BROKER_CONFIG. Not yet served: the configuration only' },
+  { name: 'PROXY_PORT', description: 'PMS proxy port of the only server (PLEX_URL\'s, or the config file\'s one server); with several servers give each its proxy.port in BROKER_CONFIG.' },
   { name: 'BROKER_SECRET', description: 'Base64 key material, 32 bytes or more: encryption at rest and audit fingerprints. Required unless BROKER_DEMO=1' },
   { name: 'BROKER_SECRET_FILE', description: 'File holding BROKER_SECRET (Docker/Kubernetes secrets)' },
   { name: 'BROKER_SECRET_PREVIOUS', description: 'Previous secrets during a rotation (comma-separated base64; or BROKER_SECRET_PREVIOUS_FILE, one per line): tokens they sealed are still served and re-sealed under BROKER_SECRET' },

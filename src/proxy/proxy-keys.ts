@@ -193,11 +193,55 @@ export class ProxyKeys {
   }
 
   /**
+   * The state of a key known by id alone, for a credential that proved itself another way (a
+   * signed media URL, whose signature binds the key id) and for open responses rechecked while
+   * they last: revocation, expiry and the server binding, one Redis read.
+   */
+  async check (id: string, opts: { server?: string } = {}): Promise<ProxyKeyCheck> {
+    const record = await this.get(id)
+    return record === undefined ? { ok: false, reason: 'unknown' } : this.#judge(record, opts.server)
+  }
+
+  /**
+   * The ids among `ids` whose keys can no longer be used (revoked, expired, orphaned or gone), in one
+   * pipelined round trip: what the proxy checks twice a second for its open responses.
+   */
+  async unusable (ids: readonly string[]): Promise<Set<string>> {
+    const out = new Set<string>()
+    if (ids.length === 0) return out
+    const { keys, redis } = this.#db
+    const pipeline = redis.pipeline()
+    for (const id of ids) pipeline.hmget(keys.proxyKey(id), 'client', 'server', 'expiresAt', 'revokedAt')
+    const replies = await this.#db.call(async () => await pipeline.exec()) ?? []
+    const now = this.#db.now()
+    for (const [i, id] of ids.entries()) {
+      const [err, v] = replies[i] ?? [new Error('no reply'), null]
+      if (err !== null) throw err
+      const [client, server, expiresAt, revokedAt] = v as Array<string | null>
+      if (client === null || revokedAt !== null || (expiresAt !== null && expiresAt !== '' && Number(expiresAt) <= now)) out.add(id)
+      else if (this.orphaned({ client, server: server === null || server === '' ? null : server }) !== null) out.add(id)
+    }
+    return out
+  }
+
+  /**
    * Checks a presented value: its form, then the record (one Redis read), the secret's digest in
    * constant time, and only then revocation, expiry, the configuration (orphaned) and the server
    * binding, so someone without the secret learns nothing about a key's state. `server`: the
    * server the request is for; a key without a server reaches only those its client may use.
    */
+  /** Revocation, expiry, the configuration (orphaned) and the server binding of a known record. */
+  #judge (record: ProxyKeyRecord, server: string | undefined): ProxyKeyCheck {
+    if (record.revokedAt !== null) return { ok: false, reason: 'revoked' }
+    if (record.expiresAt !== null && record.expiresAt <= this.#db.now()) return { ok: false, reason: 'expired' }
+    // A client removed from the configuration (or its proxy access) ends its keys at once.
+    if (this.orphaned(record) !== null) return { ok: false, reason: 'orphaned' }
+    if (record.server !== null && server !== undefined && record.server !== server) return { ok: false, reason: 'wrong-server' }
+    const client = this.#clients?.get(record.client)
+    if (record.server === null && server !== undefined && client !== undefined && !canUseServer(client, server)) return { ok: false, reason: 'wrong-server' }
+    return { ok: true, record }
+  }
+
   async verify (presented: string, opts: { server?: string } = {}): Promise<ProxyKeyCheck> {
     const parsed = parseProxyKey(presented)
     if (parsed === undefined) return { ok: false, reason: 'malformed' }
@@ -209,14 +253,6 @@ export class ProxyKeys {
     }
     const stored = Buffer.from(h.digest, 'hex')
     if (stored.length !== presentedDigest.length || !timingSafeEqual(stored, presentedDigest)) return { ok: false, reason: 'mismatch' }
-    const record = recordOf(parsed.id, h)
-    if (record.revokedAt !== null) return { ok: false, reason: 'revoked' }
-    if (record.expiresAt !== null && record.expiresAt <= this.#db.now()) return { ok: false, reason: 'expired' }
-    // A client removed from the configuration (or its proxy access) ends its keys at once.
-    if (this.orphaned(record) !== null) return { ok: false, reason: 'orphaned' }
-    if (record.server !== null && opts.server !== undefined && record.server !== opts.server) return { ok: false, reason: 'wrong-server' }
-    const client = this.#clients?.get(record.client)
-    if (record.server === null && opts.server !== undefined && client !== undefined && !canUseServer(client, opts.server)) return { ok: false, reason: 'wrong-server' }
-    return { ok: true, record }
+    return this.#judge(recordOf(parsed.id, h), opts.server)
   }
 }

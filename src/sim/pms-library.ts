@@ -561,6 +561,11 @@ function mediaNode (m: Media): Node {
   }
 }
 
+/** The size in bytes of a media part of the canned library (by part id), if there is one. */
+export function partSize (id: number): number | undefined {
+  return ITEMS.find((i) => i.media?.id === id)?.media?.size
+}
+
 /** Undefined when absent, null when not a non-negative integer (a 400). */
 function intParam (raw: string | null | undefined): number | undefined | null {
   if (raw === null || raw === undefined || raw === '') return undefined

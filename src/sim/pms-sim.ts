@@ -3,6 +3,7 @@ import { createServer, STATUS_CODES, type IncomingMessage, type Server, type Ser
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { mediaBytes, parseRange } from './media-bytes.ts'
 import { toJson, toXml, type Node } from './media-container.ts'
 import { NotificationSockets, WEBSOCKET_PATHS } from './notifications.ts'
 import * as library from './pms-library.ts'
@@ -39,6 +40,8 @@ export interface SimSource {
 export interface SimFault {
   /** Delays every response. */
   latencyMs?: number
+  /** Every XML or JSON answer also carries the token of its request (`echo="…"`): a PMS that leaks (proxy tests). */
+  echoToken?: boolean
   /** Every Nth request (counted from this setFault call) answers 500. */
   failEvery?: number
   /** `/security/token` answers 200 with a body no parser accepts. */
@@ -100,6 +103,18 @@ export interface PmsSimOptions {
   transientCanMint?: boolean
   /** Clock for token expiry, for tests. */
   now?: () => number
+  /** Sizes of media parts by part id (`/library/parts/<id>/…`); default: the canned library's sizes. */
+  partSizes?: Record<string, number>
+}
+
+/** What the simulator remembers of one request (`requestLog`). */
+export interface SimRequest {
+  method: string
+  path: string
+  /** The X-Plex-Token it carried (header or query), if any. */
+  token: string | undefined
+  /** The raw query string. */
+  query: string
 }
 
 export interface RestartOptions {
@@ -109,6 +124,9 @@ export interface RestartOptions {
   version?: string
   machineIdentifier?: string
 }
+
+/** How many requests `requestLog` keeps. */
+export const REQUEST_LOG_MAX = 10_000
 
 /** The version the doc's CVE note names as the last affected one (§7), so the broker's warning shows. */
 export const DEFAULT_VERSION = '1.42.2.10156-f737b826c'
@@ -165,6 +183,8 @@ export class PmsSimulator {
   readonly counters: SimCounters = { requests: 0, mints: 0, unauthorized: 0, adminCalls: 0, identity: 0, byPath: {}, inFlight: 0, maxInFlight: 0, inFlightByPath: {} }
   /** The token each event stream was opened with, oldest first (accepted streams only). */
   readonly eventStreamTokens: string[] = []
+  /** The last REQUEST_LOG_MAX requests and upgrades received, oldest first: what a proxy really forwarded. */
+  readonly requestLog: SimRequest[] = []
 
   readonly #host: string
   #port: number
@@ -182,6 +202,7 @@ export class PmsSimulator {
   readonly #pingIntervalMs: number
   readonly #transientCanMint: boolean
   readonly #now: () => number
+  readonly #partSizes: Map<string, number>
   /** Stands for the server's last update time in `/`; §4 says not to rely on it, so restarts keep it. */
   readonly #updatedAt: number
 
@@ -219,6 +240,7 @@ export class PmsSimulator {
     this.#webSockets = new NotificationSockets(this.#pingIntervalMs)
     this.#transientCanMint = opts.transientCanMint ?? false
     this.#now = opts.now ?? Date.now
+    this.#partSizes = new Map(Object.entries(opts.partSizes ?? {}))
     this.#updatedAt = Math.floor(this.#now() / 1000)
   }
 
@@ -250,6 +272,7 @@ export class PmsSimulator {
     this.counters.identity = 0
     this.counters.maxInFlight = this.counters.inFlight
     for (const k of Object.keys(this.counters.byPath)) delete this.counters.byPath[k]
+    this.requestLog.length = 0
   }
 
   /** Admin tokens and live transient tokens: what this server accepts as X-Plex-Token. */
@@ -492,6 +515,8 @@ export class PmsSimulator {
     if (path === '/identity') this.counters.identity++
     const token = requestToken(req, url)
     if (token !== undefined && this.#everAdmin.has(token)) this.counters.adminCalls++
+    this.requestLog.push({ method: req.method ?? 'GET', path, token, query: url.search.slice(1) })
+    if (this.requestLog.length > REQUEST_LOG_MAX) this.requestLog.splice(0, this.requestLog.length - REQUEST_LOG_MAX)
   }
 
   /* c8 ignore start */
@@ -558,7 +583,21 @@ export class PmsSimulator {
         if (method !== 'GET') return this.#html(res, 405)
         this.eventStreamTokens.push(token!)
         return this.#eventStream(res)
+      // The owner's account: its authToken is the owner's plex.tv token (here: the admin token).
+      case '/myplex/account':
+        if (method !== 'GET' && method !== 'HEAD') return this.#html(res, 405)
+        return this.#send(req, res, {
+          tag: 'MyPlex',
+          attrs: { authToken: this.adminToken, username: 'sim-owner', mappingState: 'mapped', signInState: 'ok', subscriptionActive: true },
+        })
+      // The web app's entry: a redirect, as PMS answers /web (the token echoed, to test who strips it).
+      case '/web':
+        res.writeHead(302, { ...PMS_HEADERS, Location: `${this.url}/web/index.html?X-Plex-Token=${token!}`, 'Content-Length': 0 })
+        res.end()
+        return
     }
+    if (path.startsWith('/library/parts/')) return this.#part(req, res, path)
+    if (path.startsWith('/video/:/transcode/universal/')) return this.#transcode(req, res, url)
     // The rest is the canned media server (docs/simulator.md): read-only, GET or HEAD.
     const answer = library.mediaAnswer({ path, query: url.searchParams, header: (name) => headerValue(req.headers[name]), playback: this.#playback })
     if (method !== 'GET' && method !== 'HEAD') return this.#html(res, WEBSOCKET_PATHS.has(path) || answer !== undefined ? 405 : 404)
@@ -567,6 +606,67 @@ export class PmsSimulator {
     if (typeof answer === 'number') return this.#html(res, answer)
     if (answer === undefined) return this.#html(res, 404)
     return this.#send(req, res, answer)
+  }
+
+  /**
+   * A media part: deterministic bytes (media-bytes.ts) with Range support as PMS gives it
+   * (206 with Content-Range, 416 beyond the end, Accept-Ranges on every answer).
+   */
+  #part (req: IncomingMessage, res: ServerResponse, path: string): void {
+    const method = req.method ?? 'GET'
+    if (method !== 'GET' && method !== 'HEAD') return this.#html(res, 405)
+    const m = /^\/library\/parts\/(\d+)\/\d+\/file\.\w+$/.exec(path)
+    const size = m === null ? undefined : this.#partSizes.get(m[1]) ?? library.partSize(Number(m[1]))
+    if (m === null || size === undefined) return this.#html(res, 404)
+    const range = parseRange(headerValue(req.headers.range), size)
+    const base = { ...PMS_HEADERS, 'Accept-Ranges': 'bytes', 'Content-Type': 'video/mp4' }
+    if (range === 'unsatisfiable') {
+      res.writeHead(416, { ...base, 'Content-Range': `bytes */${size}`, 'Content-Length': 0 })
+      res.end()
+      return
+    }
+    const { start, end } = range ?? { start: 0, end: size - 1 }
+    res.writeHead(range === undefined ? 200 : 206, {
+      ...base,
+      'Content-Length': end - start + 1,
+      ...(range === undefined ? {} : { 'Content-Range': `bytes ${start}-${end}/${size}` }),
+    })
+    if (method === 'HEAD') {
+      res.end()
+      return
+    }
+    const body = mediaBytes(Number(m[1]), start, end)
+    body.pipe(res)
+    res.once('close', () => body.destroy())
+  }
+
+  /**
+   * The universal transcoder's HLS session as a player sees it: `start.m3u8?session=<id>` answers a
+   * master playlist pointing (relatively) at `session/<id>/base/index.m3u8`, which lists three
+   * segments. Every request needs a token, as every other one does here.
+   */
+  #transcode (req: IncomingMessage, res: ServerResponse, url: URL): void {
+    const path = url.pathname
+    if ((req.method ?? 'GET') !== 'GET') return this.#html(res, 405)
+    const m3u8 = (body: string): void => {
+      res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': 'application/vnd.apple.mpegurl', 'Content-Length': Buffer.byteLength(body) })
+      res.end(body)
+    }
+    if (path === '/video/:/transcode/universal/start.m3u8') {
+      const session = url.searchParams.get('session')
+      if (session === null || !/^[\w-]{1,64}$/.test(session)) return this.#html(res, 400)
+      return m3u8(`#EXTM3U\n#EXT-X-STREAM-INF:PROGRAM-ID=1,BANDWIDTH=2000000,RESOLUTION=1280x720\nsession/${session}/base/index.m3u8\n`)
+    }
+    const m = /^\/video\/:\/transcode\/universal\/session\/([\w-]{1,64})\/base\/(index\.m3u8|(\d{5})\.ts)$/.exec(path)
+    if (m === null) return this.#html(res, 404)
+    if (m[2] === 'index.m3u8') {
+      return m3u8('#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n' +
+        '#EXTINF:10.0,\n00000.ts\n#EXTINF:10.0,\n00001.ts\n#EXTINF:10.0,\n00002.ts\n#EXT-X-ENDLIST\n')
+    }
+    const segment = Number(m[3])
+    if (segment > 2) return this.#html(res, 404)
+    res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': 'video/mp2t', 'Content-Length': 188 * 100 })
+    mediaBytes(1000 + segment, 0, 188 * 100 - 1).pipe(res)
   }
 
   #identity (): Node {
@@ -734,6 +834,10 @@ export class PmsSimulator {
 
   /** XML by default, JSON only for `Accept: application/json` (§1). */
   #send (req: IncomingMessage, res: ServerResponse, node: Node): void {
+    if (this.#fault.echoToken === true) {
+      const token = requestToken(req, new URL(req.url ?? '/', 'http://pms.invalid'))
+      if (token !== undefined) node = { ...node, attrs: { ...node.attrs, echo: token } }
+    }
     const json = this.#wantsJson(req)
     const body = json ? JSON.stringify({ [node.tag]: toJson(node) }) : `<?xml version="1.0" encoding="UTF-8"?>\n${toXml(node)}\n`
     res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': json ? JSON_TYPE : XML_TYPE, 'Content-Length': Buffer.byteLength(body) })

@@ -22,7 +22,7 @@
     ARGV[12] kids        every key id the broker can open, comma-separated
     ARGV[13] limitMax    rate-limit max (0 = do not count)
     ARGV[14] limitWindow rate-limit window (ms)
-    ARGV[15] via         '' for POST, 'stream' for the push channel
+    ARGV[15] via         '' for POST, 'stream' for the push channel, 'proxy' for the PMS proxy
 
   Output (every reply starts with the count and the window's ms left):
     {'limited', count, ttl}
@@ -79,10 +79,12 @@ local d = {source = ARGV[7]}
 if ARGV[11] ~= '' then d.target = ARGV[11] end
 if ARGV[15] ~= '' then d.via = ARGV[15] end
 local detail = cjson.encode(d)
--- The first serve of a fresh mint is a security event; cache hits go to the capped serves stream.
+-- The first serve of a fresh mint is a security event; cache hits go to the capped serves stream,
+-- except the PMS proxy's: it serves the token for every request a tool makes (a player's every
+-- segment), which would flood that stream; the proxy audits its own refusals instead.
 if ARGV[7] == 'upstream' then
   audit(KEYS[3], 0, ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
-else
+elseif ARGV[15] ~= 'proxy' then
   audit(KEYS[4], ARGV[8], ARGV[4], ARGV[10], ARGV[9], ARGV[3], id, f[7], ARGV[5], ARGV[6], detail)
 end
 return reply('hit', id, f[2], f[3], f[4], f[5], f[6] or '', f[8] or '', f[9])

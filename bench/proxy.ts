@@ -1,0 +1,196 @@
+/**
+ * `npm run bench proxy`: the PMS proxy against direct-to-simulator and a bare @fastify/reply-from
+ * proxy, in the same run (docs/benchmarks.md). Small answers with wrk (latency, throughput, Redis
+ * round trips per request), a large body's MB/s, and the broker's RSS with 100 downloads open.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { request, Agent } from 'undici'
+import { sha256 } from '../src/broker/crypto.ts'
+import { createKeys } from '../src/broker/keys.ts'
+import { freePort } from '../src/dev-support.ts'
+import { ProxyKeys } from '../src/proxy/proxy-keys.ts'
+import { deleteKeys } from '../test/helper.ts'
+
+type Log = (s?: string) => void
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+const DURATION = Number(process.env.BENCH_SECONDS ?? 10)
+const fmt = (n: number, d = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d })
+
+function spawnNode (args: string[], env: Record<string, string> = {}): ChildProcess {
+  return spawn(process.execPath, args, { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env }, stdio: 'ignore' })
+}
+
+async function waitUp (url: string, headers: Record<string, string> = {}): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      const r = await fetch(url, { headers })
+      await r.arrayBuffer()
+      if (r.status < 500) return
+    } catch {}
+    await sleep(50)
+  }
+  throw new Error(`${url} never came up`)
+}
+
+function rssMb (pid: number): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024
+}
+
+interface WrkGet { rps: number, p50: number, p99: number, requests: number, non2xx: number, errors: number, transferMBs: number }
+
+function wrkGet (url: string, token: string, seconds: number, connections: number): WrkGet {
+  const dir = mkdtempSync(join(tmpdir(), 'ptb-wrk-'))
+  const script = join(dir, 'get.lua')
+  writeFileSync(script, `wrk.headers["X-Plex-Token"] = "${token}"\n`)
+  const r = spawnSync('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '-s', script, url], { encoding: 'utf8' })
+  const out = r.stdout
+  const ms = (label: string): number => {
+    const m = new RegExp(`^\\s+${label}%\\s+([\\d.]+)(us|ms|s)$`, 'm').exec(out)
+    return m === null ? NaN : Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]]
+  }
+  const errs = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+  const transfer = /Transfer\/sec:\s+([\d.]+)([KMG]B)/.exec(out)
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+    p50: ms('50'),
+    p99: ms('99'),
+    requests: Number(/(\d+) requests in/.exec(out)?.[1] ?? 0),
+    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
+    errors: errs === null ? 0 : errs.slice(1).reduce((a, x) => a + Number(x), 0),
+    transferMBs: transfer === null ? 0 : Number(transfer[1]) * ({ KB: 1 / 1024, MB: 1, GB: 1024 } as Record<string, number>)[transfer[2]],
+  }
+}
+
+async function redisCalls (redis: Redis): Promise<number> {
+  const stats = await redis.info('commandstats')
+  return [...stats.matchAll(/calls=(\d+)/g)].reduce((a, m) => a + Number(m[1]), 0)
+}
+
+/** MB/s of one download of the 1 GiB part, read to the end. */
+async function downloadMBs (url: string, token: string): Promise<number> {
+  const started = performance.now()
+  const r = await request(url, { headers: { 'x-plex-token': token } })
+  let bytes = 0
+  for await (const chunk of r.body) bytes += (chunk as Buffer).length
+  return bytes / 2 ** 20 / ((performance.now() - started) / 1000)
+}
+
+export async function proxyBench (log: Log): Promise<void> {
+  const adminToken = randomBytes(15).toString('base64url')
+  const simPort = await freePort()
+  const sim = spawnNode([join(import.meta.dirname, 'proxy-procs.ts'), 'sim', String(simPort), adminToken])
+  const simUrl = `http://127.0.0.1:${simPort}`
+  const barePort = await freePort()
+  const bare = spawnNode([join(import.meta.dirname, 'proxy-procs.ts'), 'bare', String(barePort), simUrl, adminToken])
+  const bareUrl = `http://127.0.0.1:${barePort}`
+
+  const prefix = `ptbbench-${randomBytes(3).toString('hex')}`
+  const dir = mkdtempSync(join(tmpdir(), 'ptb-bench-'))
+  const configFile = join(dir, 'broker.yaml')
+  const apiSecret = randomBytes(16).toString('hex')
+  writeFileSync(configFile, [
+    'clients:',
+    '  - id: tool',
+    `    secretSha256: "${sha256(apiSecret).toString('hex')}"`,
+    '    servers: ["*"]',
+    '    scopes: [token:issue]',
+    '    proxy: { preset: read, allow: [{ methods: [GET], path: "/library/parts/**" }] }',
+  ].join('\n') + '\n')
+  const apiPort = await freePort()
+  const proxyPort = await freePort()
+  const broker = spawnNode(['src/server.ts'], {
+    REDIS_URL,
+    REDIS_PREFIX: prefix,
+    BROKER_SECRET: randomBytes(32).toString('base64'),
+    BROKER_CONFIG: configFile,
+    PLEX_URL: simUrl,
+    PLEX_TOKEN: adminToken,
+    PLEX_TV_URL: 'off',
+    LOG_LEVEL: 'info',
+    BROKER_ROLE: 'api',
+    HOST: '127.0.0.1',
+    PORT: String(apiPort),
+    PROXY_PORT: String(proxyPort),
+  })
+  const brokerUrl = `http://127.0.0.1:${proxyPort}`
+  const redis = new Redis(REDIS_URL)
+  try {
+    await waitUp(`${simUrl}/identity`)
+    await waitUp(`${bareUrl}/healthz`)
+    await waitUp(`http://127.0.0.1:${apiPort}/healthz`)
+    const keys = new ProxyKeys({ redis, keys: createKeys(prefix), call: async (fn) => await fn(), now: Date.now })
+    const { key } = await keys.create({ client: 'tool', label: 'bench' })
+    await waitUp(`${brokerUrl}/library/sections`, { 'x-plex-token': key })
+
+    const small = '/library/sections'
+    log(`## PMS proxy: \`npm run bench proxy\` (wrk -t1 -c50, ${DURATION} s per run; PMS simulator, bare reply-from proxy and broker each in its own process; LOG_LEVEL=info)`)
+    log()
+    log(`### Small answers: \`GET ${small}\``)
+    log()
+    for (const [u, t] of [[simUrl, adminToken], [bareUrl, 'x'], [brokerUrl, key]]) wrkGet(`${u}${small}`, t, 2, 50)
+    const direct = wrkGet(`${simUrl}${small}`, adminToken, DURATION, 50)
+    const bareR = wrkGet(`${bareUrl}${small}`, 'ignored', DURATION, 50)
+    const before = await redisCalls(redis)
+    const brokerR = wrkGet(`${brokerUrl}${small}`, key, DURATION, 50)
+    const after = await redisCalls(redis)
+    log('| target | req/s | p50 ms | p99 ms | non-2xx | socket errors |')
+    log('|---|---:|---:|---:|---:|---:|')
+    for (const [name, r] of [['direct to the simulator', direct], ['bare @fastify/reply-from proxy', bareR], ['broker PMS proxy', brokerR]] as const) {
+      log(`| ${name} | ${fmt(r.rps)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${r.non2xx} | ${r.errors} |`)
+    }
+    log()
+    log(`Broker vs bare proxy: ${fmt((brokerR.rps / bareR.rps) * 100)} % of its throughput; added latency over direct p50 ${fmt(brokerR.p50 - direct.p50, 2)} ms, p99 ${fmt(brokerR.p99 - direct.p99, 2)} ms; over the bare proxy p50 ${fmt(brokerR.p50 - bareR.p50, 2)} ms, p99 ${fmt(brokerR.p99 - bareR.p99, 2)} ms.`)
+    log(`Redis commands per proxied request: ${fmt((after - before) / Math.max(1, brokerR.requests), 2)} (INFO commandstats delta over ${fmt(brokerR.requests)} requests; by design HGETALL of the key + EVALSHA of the serve script, whose inner commands Redis counts too).`)
+    log()
+
+    const part = '/library/parts/1/1700000000/file.mp4'
+    log('### Large body: one download of a 1 GiB media part, read to the end (median of 3)')
+    log()
+    log('| target | MB/s |')
+    log('|---|---:|')
+    const mbs: Record<string, number> = {}
+    for (const [name, u, t] of [['direct to the simulator', simUrl, adminToken], ['bare @fastify/reply-from proxy', bareUrl, 'x'], ['broker PMS proxy', brokerUrl, key]] as const) {
+      const runs = [await downloadMBs(`${u}${part}`, t), await downloadMBs(`${u}${part}`, t), await downloadMBs(`${u}${part}`, t)].sort((x, y) => x - y)
+      mbs[name] = runs[1]
+      log(`| ${name} | ${fmt(runs[1])} |`)
+    }
+    log()
+    log(`Broker: ${fmt((mbs['broker PMS proxy'] / mbs['direct to the simulator']) * 100)} % of direct MB/s (the simulator generates the bytes, so direct is bounded by it too).`)
+    log()
+
+    log('### Memory: 100 concurrent downloads through the broker for 10 s')
+    log()
+    const pid = broker.pid!
+    await sleep(500)
+    const rssBefore = rssMb(pid)
+    const agent = new Agent({ connections: 200 })
+    const ac = new AbortController()
+    let bytes = 0
+    const downloads = Array.from({ length: 100 }, async () => {
+      try {
+        const r = await request(`${brokerUrl}${part}`, { headers: { 'x-plex-token': key }, dispatcher: agent, signal: ac.signal })
+        for await (const chunk of r.body) bytes += (chunk as Buffer).length
+      } catch {}
+    })
+    let rssMax = rssBefore
+    const end = Date.now() + 10_000
+    while (Date.now() < end) {
+      await sleep(250)
+      rssMax = Math.max(rssMax, rssMb(pid))
+    }
+    ac.abort()
+    await Promise.all(downloads)
+    await agent.close()
+    log(`Broker RSS ${fmt(rssBefore, 1)} MB before → at most ${fmt(rssMax, 1)} MB with 100 downloads open (growth ${fmt(rssMax - rssBefore, 1)} MB); ${fmt(bytes / 2 ** 20)} MiB delivered in 10 s (${fmt(bytes / 2 ** 20 / 10)} MB/s in total).`)
+  } finally {
+    for (const c of [broker, bare, sim]) c.kill('SIGTERM')
+    redis.disconnect()
+    await deleteKeys(prefix)
+  }
+}
