@@ -17,6 +17,7 @@ import { isName, NAME_RULE } from '../config/names.ts'
 import { AuditQuerySchema, RevokeBodySchema, TraceBodySchema } from '../schemas/ops.ts'
 import { CreateProxyKeyBodySchema, PROXY_KEY_MAX_LIFE_MS, ProxyKeyListQuerySchema, ProxyKeyParamsSchema, RevokeProxyKeyQuerySchema } from '../schemas/proxy-keys.ts'
 import { printable } from './printable.ts'
+import { suggestionYaml, suggestRules } from './proxy-rules.ts'
 
 export interface OpsIo {
   stdout: { write: (s: string) => unknown }
@@ -81,6 +82,13 @@ where it would put a PMS token. The key alone goes to stdout, once (\`… > key.
   --server S           the one server the key reaches (default: every server of the client)
   --label TEXT         what the key is for, e.g. "Tautulli on nas" (1 to 100 characters)
   --expires WHEN       an ISO 8601 time or a duration such as 30d or 12h (at most 366 days; default: never)
+${CONN_HELP}`,
+  'proxy-rules suggest': `ptb proxy-rules suggest --client C [--since ISO] [--json]
+Allow rules for a client's \`proxy.allow\`, from the requests its rules refused while it ran in shadow
+mode (\`proxy.mode: shadow\`; scope audit:read): ids in paths become *, methods are grouped per path,
+the counts are comments. Paths the client's own deny rules refused are listed apart. Review first.
+  --client C           the client in shadow mode
+  --since ISO          only decisions after this time (default: everything the trail still holds)
 ${CONN_HELP}`,
   'proxy-key list': `ptb proxy-key list [--client C] [--json]
 Lists proxy keys (scope proxy-key:manage): id, client, server, label, state (active, revoked, expired,
@@ -387,6 +395,31 @@ function expiresAt (value: string, now: number): string {
   return new Date(at).toISOString()
 }
 
+/** Audit pages read at most by `proxy-rules suggest` (1,000 events each). */
+const SUGGEST_MAX_PAGES = 20
+
+async function proxyRulesSuggest (argv: string[], io: OpsIo): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { ...COMMON, client: { type: 'string' }, since: { type: 'string' } } })
+  if (values.client === undefined) throw new UsageError('give the client: --client C')
+  const q = new URLSearchParams({ action: 'proxy.shadow', client: values.client, limit: '1000' })
+  if (values.since !== undefined) q.set('since', values.since)
+  checkRequest(AuditQuerySchema, { ...Object.fromEntries(q), limit: 1000 })
+  const c = connection(values, io.env)
+  const events: AuditEvent[] = []
+  let cursor: string | null = null
+  for (let page = 0; page < SUGGEST_MAX_PAGES; page++) {
+    if (cursor !== null) q.set('cursor', cursor)
+    const r = await api(c, 'GET', `/v1/audit?${q.toString()}`) as { events: AuditEvent[], next: string | null }
+    events.push(...r.events)
+    cursor = r.next
+    if (cursor === null) break
+  }
+  const suggestion = suggestRules(events)
+  if (values.json === true) io.stdout.write(JSON.stringify(suggestion) + '\n')
+  else io.stdout.write(suggestionYaml(values.client, suggestion))
+  return EXIT.ok
+}
+
 async function proxyKeyCreate (argv: string[], io: OpsIo): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { ...COMMON, client: { type: 'string' }, server: { type: 'string' }, label: { type: 'string' }, expires: { type: 'string' } } })
   if (values.client === undefined) throw new UsageError('--client is required: the client whose proxy rules the key gets')
@@ -490,13 +523,17 @@ ${Object.values(OPS_COMMAND_USAGE).map((u) => `  ${u.slice(0, u.indexOf('\n'))}\
 /** Runs an ops command; `undefined` when `argv` is not one (the caller tries its other commands). */
 export async function runOpsCommand (argv: string[], io: OpsIo): Promise<number | undefined> {
   const [cmd, sub, ...rest] = argv
-  const name = cmd === 'client' && sub === 'add' ? 'client add' : cmd === 'proxy-key' ? `proxy-key ${sub}` : cmd
+  const name = cmd === 'client' && sub === 'add' ? 'client add' : cmd === 'proxy-key' || cmd === 'proxy-rules' ? `${cmd} ${sub}` : cmd
   try {
     if (cmd === 'proxy-key') {
       if (sub === 'create') return await proxyKeyCreate(rest, io)
       if (sub === 'list') return await proxyKeyList(rest, io)
       if (sub === 'revoke') return await proxyKeyRevoke(rest, io)
       throw new UsageError(sub === undefined ? 'give a subcommand: create, list or revoke' : `unknown subcommand "${sub}": create, list or revoke`)
+    }
+    if (cmd === 'proxy-rules') {
+      if (sub === 'suggest') return await proxyRulesSuggest(rest, io)
+      throw new UsageError(sub === undefined ? 'give a subcommand: suggest' : `unknown subcommand "${sub}": suggest`)
     }
     if (cmd === 'revoke') return await revoke(argv.slice(1), io)
     if (cmd === 'rotate') return await rotate(argv.slice(1), io)

@@ -84,6 +84,7 @@ function commandUsage (argv: string[]): string | undefined {
   if (Object.hasOwn(all, two)) return all[two]
   if (cmd === 'client') return all['client add']
   if (cmd === 'proxy-key') return proxyKeyUsage()
+  if (cmd === 'proxy-rules') return all['proxy-rules suggest']
   return Object.hasOwn(all, cmd) ? all[cmd] : undefined
 }
 
