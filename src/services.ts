@@ -3,6 +3,7 @@ import type { Config, ServerConfig } from './config/index.ts'
 import { AdminTokenHealth } from './broker/admin-token-health.ts'
 import { AuditLog } from './broker/audit-log.ts'
 import { keyRing } from './broker/crypto.ts'
+import { PmsEventWatcher } from './broker/event-watcher.ts'
 import { TokenIssuer } from './broker/issuer.ts'
 import { createKeys, type Keys, type RedisContext } from './broker/keys.ts'
 import { ServerProbe } from './broker/probe.ts'
@@ -12,18 +13,17 @@ import { RejectionCheck } from './broker/rejection-check.ts'
 import { Rotator } from './broker/rotator.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { TokenFileWatcher } from './broker/token-files.ts'
-import { TokenStore } from './broker/token-store.ts'
+import { TokenStore, type TokenStoreOptions } from './broker/token-store.ts'
 import { RateLimiter } from './broker/rate-limiter.ts'
 import { RefusalTrail } from './broker/refusal-trail.ts'
 import { WindowCounters } from './broker/window-counters.ts'
 import { JobProducer } from './jobs/producer.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
-import { JobRunner, lockDuration, sweepInterval } from './jobs/runner.ts'
+import { JobRunner, lockDuration, sweepInterval } from './worker/runner.ts'
 import { loggerOptions } from './logger.ts'
 import { Metrics } from './metrics.ts'
 import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
-import { describe } from './plugins/error-handler.ts'
 import { createRedis, type RedisClient } from './redis.ts'
 
 export interface ServiceOverrides {
@@ -93,9 +93,11 @@ export interface Services {
   /** The push channel's registry of open streams and its reader of the shared change log (broker/push.ts). */
   push: PushHub
   watcher: TokenFileWatcher
+  /** The PMS event streams (a drop queues a probe); undefined when BROKER_ROLE is `api`. */
+  events: PmsEventWatcher | undefined
   /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
   runner: JobRunner | undefined
-  /** Starts the background parts: the job runner (worker role) and the token-file watcher. */
+  /** Starts the background parts: the job runner and the event streams (worker role), and the token-file watcher. */
   start: () => Promise<void>
   /** Stops everything in reverse order of construction: workers, then clients, then connections. */
   close: () => Promise<void>
@@ -116,8 +118,9 @@ export function createLogger (config: Readonly<Config>, stream?: DestinationStre
 }
 
 /**
- * Builds the service graph of one instance. This is the only place that constructs services;
- * shutdown order (`close`) sits next to construction so the two cannot drift apart.
+ * Builds the service graph of one instance. This is the only place that constructs services, and
+ * each gets the instances it uses (never a callback standing in for one), so "go to definition"
+ * leads from any call to the code it runs. Shutdown order (`closeServices`) sits next to it.
  */
 export function createServices (config: Readonly<Config>, overrides: ServiceOverrides = {}): Services {
   const logger = createLogger(config, overrides.logStream)
@@ -127,28 +130,110 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       'BROKER_CONFIG holds admin tokens and other users may read it: chmod 600 it (or move each token to a tokenFile)')
   }
   const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
-  const connections: Connections = {
+  const connections = createConnections(config, logger)
+  // Redis Cluster: every key under the `{prefix}` hash tag, so the deployment lives in one slot.
+  const keys = createKeys(config.redisPrefix, { hashTag: config.redisCluster !== undefined })
+  const clientIdentifier = overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`
+  const servers = new Map(config.servers.map((s) => [s.name, s]))
+  const store = new TokenStore(storeOptions(config, connections, keys, metrics, logger, overrides.now))
+  // What domain classes get instead of reaching through the store: Redis, its keys, the deadline, the clock.
+  const db: RedisContext = { redis: connections.cache, keys, call: store.call, now: store.now }
+  const plex = new PlexClient({
+    clientIdentifier,
+    timeoutMs: config.plexTimeoutMs,
+    concurrency: config.plexConcurrency,
+    onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
+  })
+  const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
+  const states = new ServerStates(db, plex)
+  const queues = createQueues(connections.queue, keys.queuePrefix)
+  const jobs = new JobProducer(queues)
+  const adminHealth = new AdminTokenHealth({ store, db, states, plex, plexTv, metrics, logger, probeIntervalMs: config.probeIntervalMs })
+  const issuer = new TokenIssuer({
+    store,
+    db,
+    plex,
+    states,
+    adminHealth,
+    metrics,
+    logger,
+    tokenLifetimeMs: config.tokenLifetimeMs,
+    tokenRenewAfterMs: config.tokenRenewAfterMs,
+    mintWaitMs: config.plexTimeoutMs * 2 + 2000,
+    lockTtlMs: config.plexTimeoutMs * 2 + 1000,
+  })
+  const activeWindowMs = config.tokenLifetimeMs
+  const rotator = new Rotator({ store, db, issuer, servers, metrics, logger, activeWindowMs })
+  const probe = new ServerProbe({ store, db, states, plex, issuer, jobs, metrics, logger, activeWindowMs })
+  const rejection = new RejectionCheck({ store, plex, issuer, jobs, metrics, logger })
+  const audit = new AuditLog(db, { metrics, logger })
+  const readiness = new Readiness({ ...db, target: config })
+  const refusals = new RefusalTrail({ store, logger, windowMs: overrides.refusalWindowMs })
+  const limiter = new RateLimiter({ counters: new WindowCounters(connections.ratelimit), keys, clientDefault: config.defaultRateLimit, metrics, logger })
+  const push = new PushHub({ db, target: config, logger, limiter, maxPerClient: config.streamMaxPerClient, maxTotal: config.streamMaxTotal })
+  const watcher = new TokenFileWatcher(servers, logger, adminHealth)
+  const worker = connections.worker
+  const events = worker === undefined ? undefined : new PmsEventWatcher({ servers, plex, adminHealth, jobs, logger, probeIntervalMs: config.probeIntervalMs })
+  const runner = worker === undefined
+    ? undefined
+    : new JobRunner({
+      jobs,
+      connection: worker,
+      keys,
+      store,
+      servers,
+      rotator,
+      probe,
+      adminHealth,
+      audit,
+      logger,
+      auditRetentionMs: config.auditRetentionMs,
+      auditMaxEvents: config.auditMaxEvents,
+      probeIntervalMs: config.probeIntervalMs,
+      sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
+      lockDurationMs: lockDuration(config.tokenRenewAfterMs),
+      concurrency: config.plexConcurrency,
+    })
+  const parts = { config, logger, metrics, servers, keys, db, connections, store, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, events, runner }
+  return {
+    ...parts,
+    start: async () => {
+      await runner?.start()
+      events?.start()
+      watcher.start(overrides.tokenWatchIntervalMs ?? 5000)
+    },
+    close: async () => { await closeServices(parts) },
+  }
+}
+
+/** The Redis connections of one instance, one per role (redis.ts createRedis). */
+function createConnections (config: Readonly<Config>, logger: Logger): Connections {
+  return {
     cache: createRedis(config, 'cache', logger),
     ratelimit: createRedis(config, 'ratelimit', logger),
     queue: createRedis(config, 'queue', logger),
     worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
     audit: config.redisWaitReplicas === 0 ? undefined : createRedis(config, 'audit', logger, { commandTimeout: 750 + 2 * config.redisWaitTimeoutMs }),
   }
-  // Redis Cluster: every key under the `{prefix}` hash tag, so the deployment lives in one slot.
-  const keys = createKeys(config.redisPrefix, { hashTag: config.redisCluster !== undefined })
-  const clientIdentifier = overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`
-  const servers = new Map(config.servers.map((s) => [s.name, s]))
+}
 
+/**
+ * The token store's settings, and what it reports: audit events and undecryptable tokens are
+ * counted (the first undecryptable token of a server is also logged), and so is a security event
+ * fewer replicas acknowledged than REDIS_WAIT_REPLICAS (logged at most every 10 s).
+ */
+function storeOptions (config: Readonly<Config>, connections: Connections, keys: Keys, metrics: Metrics, logger: Logger,
+  now: (() => number) | undefined): TokenStoreOptions {
   const undecryptableWarned = new Set<string>()
   let unreplicatedLogged = 0
-  const store = new TokenStore({
+  return {
     redis: connections.cache,
     keys,
     crypto: keyRing(config.brokerSecret, config.brokerSecretPrevious),
     auditMaxEvents: config.auditMaxEvents,
     auditRetentionMs: config.auditRetentionMs,
     recordTtlMs: config.tokenLifetimeMs,
-    now: overrides.now,
+    now,
     onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
     onUndecryptable: (server) => {
       metrics.undecryptable.inc({ server })
@@ -162,201 +247,33 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     waitTimeoutMs: config.redisWaitTimeoutMs,
     onUnreplicated: (action, acked) => {
       metrics.unreplicated.inc({ action })
-      const now = Date.now()
-      if (now - unreplicatedLogged < 10_000) return
-      unreplicatedLogged = now
+      const t = Date.now()
+      if (t - unreplicatedLogged < 10_000) return
+      unreplicatedLogged = t
       logger.warn({ action, acked, wanted: config.redisWaitReplicas, timeoutMs: config.redisWaitTimeoutMs },
         'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
     },
-  })
-  // What domain classes get instead of reaching through the store: Redis, its keys, the deadline, the clock.
-  const db: RedisContext = { redis: connections.cache, keys, call: store.call, now: store.now }
-  const plex = new PlexClient({
-    clientIdentifier,
-    timeoutMs: config.plexTimeoutMs,
-    concurrency: config.plexConcurrency,
-    onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
-  })
-  const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
-  const states = new ServerStates(db, plex)
-  const queues = createQueues(connections.queue, keys.queuePrefix)
-  const jobs = new JobProducer({
-    queues,
-    lock: async (key, ttl) => await store.lock(key, ttl),
-    unlock: async (key, owner) => { await store.unlock(key, owner) },
-    schedulerLockKey: keys.schedulerLock,
-  })
-  const adminHealth = new AdminTokenHealth({
-    store,
-    db,
-    states,
-    plex,
-    logger,
-    ...(plexTv === undefined
-      ? {}
-      : { accountCheck: async (token: string) => await plexTv.checkAccountToken(token), keepAlive: async (token: string) => { await plexTv.ping(token) } }),
-    onResult: (server, verdict) => metrics.adminTokenValid.set({ server }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1),
-    probeIntervalMs: config.probeIntervalMs,
-  })
-  const issuer = new TokenIssuer({
-    store,
-    db,
-    plex,
-    logger,
-    tokenLifetimeMs: config.tokenLifetimeMs,
-    tokenRenewAfterMs: config.tokenRenewAfterMs,
-    mintWaitMs: config.plexTimeoutMs * 2 + 2000,
-    lockTtlMs: config.plexTimeoutMs * 2 + 1000,
-    mintFacts: async (s) => await states.mintFacts(s.name),
-    machineIdentifier: async (s, known) => await states.machineIdentifier(s, known),
-    onMint: (server, result) => metrics.mints.inc({ server, result }),
-    adminTokenBlocked: async (server, facts) => await adminHealth.blocked(server, facts),
-    onAdminRejected: async (server) => {
-      await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
-    },
-  })
-  const rotator = new Rotator({
-    store,
-    db,
-    issuer,
-    servers,
-    logger,
-    activeWindowMs: config.tokenLifetimeMs,
-    onRotate: (server, reason) => metrics.rotations.inc({ server, reason }),
-  })
-  const probe = new ServerProbe({
-    store,
-    db,
-    states,
-    plex,
-    issuer,
-    logger,
-    activeWindowMs: config.tokenLifetimeMs,
-    onRestart: async (server, slots) => { await jobs.remint(server, slots, store.now()) },
-    onRestartDetected: (server, invalidated) => {
-      metrics.restarts.inc({ server })
-      metrics.invalidations.inc({ server, reason: 'restart' }, invalidated)
-    },
-  })
-  const rejection = new RejectionCheck({
-    store,
-    plex,
-    issuer,
-    logger,
-    onConfirmed: (server) => {
-      metrics.invalidations.inc({ server, reason: 'rejected' })
-      jobs.probeNow(server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
-    },
-  })
-  const audit = new AuditLog(db, {
-    onDropped: (n) => {
-      metrics.auditDropped.inc(n)
-      logger.warn({ dropped: n, max: config.auditMaxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
-    },
-  })
-  const readiness = new Readiness({ ...db, target: config })
-  const refusals = new RefusalTrail({
-    write: async (e, ctx) => await store.auditRefusal(e, ctx),
-    windowMs: overrides.refusalWindowMs,
-    onError: (err) => logger.warn({ err: describe(err) }, 'audit write failed'),
-  })
-  const unavailableLogged = new Map<string, number>()
-  const limiter = new RateLimiter({
-    counters: new WindowCounters(connections.ratelimit),
-    keys,
-    clientDefault: config.defaultRateLimit,
-    onLimited: (limit) => metrics.rateLimited.inc({ limit }),
-    onUnavailable: (limit, err) => {
-      // Fails open. A down Redis fails every request: one line per limit and 10 s is enough.
-      const now = Date.now()
-      if (now - (unavailableLogged.get(limit) ?? 0) < 10_000) return
-      unavailableLogged.set(limit, now)
-      logger.warn({ limit, err: describe(err) }, limit === 'auth_failures' ? 'failed-authentication throttle unavailable' : 'rate limit unavailable; failing open')
-    },
-  })
-  const push = new PushHub({
-    db,
-    // The reader's blocking XREAD gets a connection of its own, opened with the first stream.
-    connect: () => createRedis(config, 'push', logger),
-    logger,
-    maxPerClient: config.streamMaxPerClient,
-    maxTotal: config.streamMaxTotal,
-    onLimited: () => limiter.limited('streams'),
-  })
-  const watcher = new TokenFileWatcher(servers, logger, (server) => {
-    adminHealth.check(server).catch(() => {})
-  })
-  const runner = connections.worker === undefined
-    ? undefined
-    : new JobRunner({
-      jobs,
-      connection: connections.worker,
-      prefix: keys.queuePrefix,
-      servers,
-      plex,
-      rotator,
-      probe,
-      logger,
-      probeIntervalMs: config.probeIntervalMs,
-      sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
-      lockDurationMs: lockDuration(config.tokenRenewAfterMs),
-      concurrency: config.plexConcurrency,
-      onSweep: async () => { await audit.trim(config.auditRetentionMs, config.auditMaxEvents) },
-      checkAdminTokens: async () => {
-        for (const s of servers.values()) await adminHealth.check(s)
-      },
-      recheckAdminToken: async (server) => await adminHealth.recheck(server),
-      adminTokenRejected: async (server) => await adminHealth.rejected(server),
-    })
-
-  return {
-    config,
-    logger,
-    metrics,
-    servers,
-    keys,
-    db,
-    connections,
-    store,
-    plex,
-    plexTv,
-    states,
-    adminHealth,
-    issuer,
-    rejection,
-    queues,
-    jobs,
-    rotator,
-    probe,
-    audit,
-    readiness,
-    limiter,
-    refusals,
-    push,
-    watcher,
-    runner,
-    start: async () => {
-      await runner?.start()
-      watcher.start(overrides.tokenWatchIntervalMs ?? 5000)
-    },
-    close: async () => {
-      // Workers first (they finish or leave in-flight jobs), then the clients, then the connections they use.
-      watcher.stop()
-      // Counts of refusals not yet written reach the trail while Redis is still open.
-      await refusals.flush()
-      // The streams themselves were ended by the route's preClose hook; this stops the reader.
-      await push.close()
-      await runner?.close()
-      await plexTv?.close()
-      await queues.close()
-      await plex.close()
-      for (const c of [connections.worker, connections.queue, connections.audit, connections.ratelimit, connections.cache]) {
-        await c?.quit().catch(() => c.disconnect())
-      }
-      // The last lines (shutdown included) reach stdout before the process exits.
-      await new Promise<void>((resolve) => logger.flush(() => resolve()))
-    },
   }
+}
+
+/** Stops everything in reverse order of construction: workers first (they finish or leave in-flight jobs), then the clients, then the connections they use. */
+async function closeServices (s: Omit<Services, 'start' | 'close'>): Promise<void> {
+  s.watcher.stop()
+  s.events?.stop()
+  // Counts of refusals not yet written reach the trail while Redis is still open.
+  await s.refusals.flush()
+  // The streams themselves were ended by the route's preClose hook; this stops the reader.
+  await s.push.close()
+  await s.runner?.close()
+  await s.plexTv?.close()
+  await s.queues.close()
+  await s.plex.close()
+  const c = s.connections
+  for (const r of [c.worker, c.queue, c.audit, c.ratelimit, c.cache]) {
+    await r?.quit().catch(() => r.disconnect())
+  }
+  // The last lines (shutdown included) reach stdout before the process exits.
+  await new Promise<void>((resolve) => s.logger.flush(() => resolve()))
 }
 
 /** Gauges that live in Redis (shared by every instance), read at scrape time. */

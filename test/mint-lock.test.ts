@@ -10,12 +10,14 @@ function issuerOf (app: FastifyInstance, lockTtlMs: number): TokenIssuer {
     store: broker.store,
     db: broker.db,
     plex: broker.plex,
+    states: broker.states,
+    adminHealth: broker.adminHealth,
+    metrics: broker.metrics,
     logger: broker.logger,
     tokenLifetimeMs: broker.config.tokenLifetimeMs,
     tokenRenewAfterMs: broker.config.tokenRenewAfterMs,
     mintWaitMs: 10_000,
     lockTtlMs,
-    machineIdentifier: async (s) => await broker.states.machineIdentifier(s),
   })
 }
 

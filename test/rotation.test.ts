@@ -2,7 +2,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { backoffDelay, BACKOFF_CAP_MS } from '../src/jobs/queues.ts'
-import { sweepInterval } from '../src/jobs/runner.ts'
+import { sweepInterval } from '../src/worker/runner.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until } from './helper.ts'
 
 // Short lifetimes, real BullMQ workers, real timers.

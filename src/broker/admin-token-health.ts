@@ -1,7 +1,9 @@
 import type { Logger } from 'pino'
 import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
+import type { Metrics } from '../metrics.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
+import type { PlexTv } from '../plex/plextv.ts'
 import type { MintFacts, ServerStates } from './server-state.ts'
 import type { TokenStore } from './token-store.ts'
 
@@ -15,13 +17,12 @@ export interface AdminTokenHealthOptions {
   plex: PlexClient
   logger: Logger
   /**
-   * plex.tv's opinion of an account token (`GET /api/v2/user`: 200 valid, 401 invalid, anything
-   * else unknown). Absent when plex.tv is not configured.
+   * plex.tv: its opinion of an account token (`GET /api/v2/user`: 200 valid, 401 invalid, anything
+   * else unknown), and a ping that keeps a valid one alive. Absent when plex.tv is not configured.
    */
-  accountCheck?: (token: string) => Promise<Verdict>
-  /** Keeps an account token alive (`GET /api/v2/ping`); failures are ignored. */
-  keepAlive?: (token: string) => Promise<void>
-  onResult?: (server: string, verdict: Verdict) => void
+  plexTv?: PlexTv
+  /** The verdict of each server's admin token (`ptb_admin_token_valid`). */
+  metrics: Metrics
   /** PLEX_PROBE_INTERVAL: sets the first recheck interval of a rejected token (see `recheckStartMs`). */
   probeIntervalMs?: number
 }
@@ -77,12 +78,12 @@ export class AdminTokenHealth {
       if (err instanceof PlexRejectedError) pms = 'invalid'
     }
     let account: Verdict = 'unknown'
-    if (this.#o.accountCheck !== undefined) {
-      account = await this.#o.accountCheck(server.adminToken).catch(() => 'unknown' as const)
+    if (this.#o.plexTv !== undefined) {
+      account = await this.#o.plexTv.checkAccountToken(server.adminToken).catch(() => 'unknown' as const)
     }
     // PMS decides when it answers: it is the one that mints. plex.tv speaks when PMS cannot.
     const verdict: Verdict = pms !== 'unknown' ? pms : account
-    if (account === 'valid') await this.#o.keepAlive?.(server.adminToken).catch(() => {})
+    if (account === 'valid') await this.#o.plexTv?.ping(server.adminToken).catch(() => {})
     await this.record(server, verdict, { pms, plextv: account })
     logger[verdict === 'invalid' ? 'error' : 'info']({ server: server.name, verdict, pms, plextv: account }, verdict === 'invalid'
       ? 'admin token rejected: run `ptb login` (or fix the token file / Preferences.xml) and update the broker configuration'
@@ -112,7 +113,7 @@ export class AdminTokenHealth {
         .set(this.#o.db.keys.adminRecheck(server.name), 'rejected', 'PX', start)
         .exec())
     }
-    this.#o.onResult?.(server.name, verdict)
+    this.#o.metrics.adminTokenValid.set({ server: server.name }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1)
     if (changed) {
       await store.audit({ action: 'server.admin_token', server: server.name, detail: { state: verdict, previous: before.adminToken, ...detail } })
     }

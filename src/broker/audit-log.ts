@@ -1,3 +1,5 @@
+import type { Logger } from 'pino'
+import type { Metrics } from '../metrics.ts'
 import type { RedisContext } from './keys.ts'
 
 /** One event of the trail as the API shows it. Never a raw token: `fingerprint` is an HMAC. */
@@ -113,8 +115,9 @@ function compareIds (a: string, b: string): number {
 }
 
 export interface AuditLogOptions {
-  /** Called when the security stream had to be cut to AUDIT_MAX_EVENTS before its retention. */
-  onDropped?: (count: number) => void
+  /** Counts (`ptb_audit_dropped_total`) and reports security events cut to AUDIT_MAX_EVENTS before their retention. */
+  metrics: Metrics
+  logger: Logger
 }
 
 /**
@@ -129,7 +132,7 @@ export class AuditLog {
   readonly #db: RedisContext
   readonly #o: AuditLogOptions
 
-  constructor (db: RedisContext, opts: AuditLogOptions = {}) {
+  constructor (db: RedisContext, opts: AuditLogOptions) {
     this.#db = db
     this.#o = opts
   }
@@ -226,7 +229,10 @@ export class AuditLog {
     let dropped = 0
     if (maxEvents !== undefined) {
       dropped = await this.#db.call(() => redis.xtrim(keys.audit, 'MAXLEN', maxEvents))
-      if (dropped > 0) this.#o.onDropped?.(dropped)
+      if (dropped > 0) {
+        this.#o.metrics.auditDropped.inc(dropped)
+        this.#o.logger.warn({ dropped, max: maxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
+      }
     }
     return { expired, dropped }
   }

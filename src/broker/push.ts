@@ -1,7 +1,8 @@
-import type { RedisClient } from '../redis.ts'
+import { createRedis, type RedisClient, type RedisTarget } from '../redis.ts'
 import type { Logger } from 'pino'
 import { BrokerError, storeUnavailable } from '../errors.ts'
 import type { RedisContext } from './keys.ts'
+import type { RateLimiter } from './rate-limiter.ts'
 import { compareIds, parsePushEntry, type PushEntry } from './push-log.ts'
 
 /** What the change log holds, as `snapshot` read it. */
@@ -25,16 +26,16 @@ export interface PushSubscriber {
 export interface PushHubOptions {
   /** Reads of the change log (last id, history) on the request-path connection, with its deadline. */
   db: RedisContext
-  /** Opens the reader's own connection (redis.ts createRedis, role `push`); called with the first stream. */
-  connect: () => RedisClient
+  /** Where the reader's own connection goes (createRedis role `push`, opened with the first stream): its blocking XREAD must not hold up other commands. */
+  target: RedisTarget
   logger: Logger
   /** STREAM_MAX_PER_CLIENT and STREAM_MAX_TOTAL: open streams on this instance. */
   maxPerClient: number
   maxTotal: number
   /** How long one XREAD blocks before it is issued again (default 5 s). */
   blockMs?: number
-  /** A stream refused at a limit (metrics). */
-  onLimited?: (which: 'client' | 'total') => void
+  /** Counts a stream refused at a limit (the `streams` limit). */
+  limiter: RateLimiter
 }
 
 /**
@@ -91,12 +92,12 @@ export class PushHub {
   async register (sub: PushSubscriber): Promise<() => void> {
     if (this.#closed) throw new BrokerError('UPSTREAM_UNAVAILABLE', 'The broker is shutting down; reconnect to another instance.', { retryAfter: 2 })
     if (this.countFor(sub.client) >= this.#o.maxPerClient) {
-      this.#o.onLimited?.('client')
+      this.#o.limiter.limited('streams')
       throw new BrokerError('RATE_LIMITED', `Too many open streams: at most ${this.#o.maxPerClient} per client on this instance; close one or retry later.`,
         { retryAfter: STREAM_LIMIT_RETRY_AFTER })
     }
     if (this.#size >= this.#o.maxTotal) {
-      this.#o.onLimited?.('total')
+      this.#o.limiter.limited('streams')
       throw new BrokerError('RATE_LIMITED', 'Too many open streams on this broker instance; retry later.', { retryAfter: STREAM_LIMIT_RETRY_AFTER })
     }
     const key = `${sub.client}\u0000${sub.server}`
@@ -220,7 +221,7 @@ export class PushHub {
         throw err
       }
       if (this.#closed) return
-      this.#redis = this.#o.connect()
+      this.#redis = createRedis(this.#o.target, 'push', this.#o.logger)
       this.#loop = this.#read(this.#redis)
     })()
     await this.#starting
