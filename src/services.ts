@@ -289,7 +289,7 @@ export async function refreshGauges (s: Pick<Services, 'metrics' | 'store' | 'se
     if (st.oldestExpiresAt === null) metrics.oldestExpiry.remove({ server: name })
     else metrics.oldestExpiry.set({ server: name }, Math.max(0, (st.oldestExpiresAt - now) / 1000))
   }
-  for (const [queue, q] of [['tokens', s.queues.tokens], ['probes', s.queues.probes]] as const) {
+  for (const [queue, q] of [['tokens', s.queues.tokens], ['probes', s.queues.probes], ['housekeeping', s.queues.housekeeping]] as const) {
     const counts = await store.call(() => q.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children'))
     for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue, state }, n)
   }

@@ -295,7 +295,7 @@ t.test('two broker instances run each probe once per period in total', async (t)
   const identity = sim.counters.byPath['/identity'] ?? 0
   // Two instances each probing would make about ten; the exact rate is the benchmark's business.
   t.ok(identity >= 1 && identity <= 7, `about one /identity probe per second in total, not per instance (${identity} in 5 s)`)
-  const schedulers = await one.broker.queues.probes.getJobSchedulers(0, -1)
+  const schedulers = await one.broker.queues.schedulers()
   t.equal(schedulers.filter((s) => s.key === 'probe.default').length, 1, 'one probe scheduler')
   t.equal(schedulers.filter((s) => s.key === 'sweep.rotations').length, 1, 'one sweep scheduler for both instances: one sweep per period')
 })

@@ -1,3 +1,4 @@
+import type { Queue } from 'bullmq'
 import {
   ADMIN_CHECK_EVERY_MS, ADMIN_SCHEDULER_ID, probeSchedulerId, type Queues, remintJobId, rotateJobId, SWEEP_SCHEDULER_ID,
 } from './queues.ts'
@@ -57,26 +58,37 @@ export class JobProducer {
 
   /**
    * Creates the probe, sweep and admin-check schedulers when missing or changed, and removes stale
-   * ones. Idempotent. Call it with the scheduler lock held (worker/runner.ts): several replicas
-   * upserting the same scheduler at the same moment have duplicated or lost schedulers (bullmq
-   * #2988, #3085, #3262, #3381).
+   * ones: each queue holds only the schedulers of what it carries, so the sweep and admin
+   * schedulers an older version kept on `probes` are removed here (queues.ts HOUSEKEEPING_QUEUE).
+   * Idempotent. Call it with the scheduler lock held (worker/runner.ts): several replicas
+   * upserting the same scheduler at the same moment can end with it duplicated or lost, a race
+   * in BullMQ's scheduler bookkeeping that serialising the setup avoids.
    */
   async ensureSchedulers (w: ScheduleWanted): Promise<void> {
-    const { probes } = this.#queues
-    const wanted = new Map<string, { every: number, name: string, data: Record<string, unknown> }>()
+    const probes = new Map<string, Scheduled>()
     for (const name of w.servers) {
-      wanted.set(probeSchedulerId(name), { every: w.probeIntervalMs, name: 'probe', data: { server: name, trigger: 'schedule' } })
+      probes.set(probeSchedulerId(name), { every: w.probeIntervalMs, name: 'probe', data: { server: name, trigger: 'schedule' } })
     }
-    wanted.set(SWEEP_SCHEDULER_ID, { every: w.sweepIntervalMs, name: 'sweep', data: {} })
-    wanted.set(ADMIN_SCHEDULER_ID, { every: ADMIN_CHECK_EVERY_MS, name: 'admin', data: {} })
-    const existing = await probes.getJobSchedulers(0, -1)
-    for (const e of existing) {
-      if (!wanted.has(e.key)) await probes.removeJobScheduler(e.key)
-    }
-    for (const [id, s] of wanted) {
-      const e = existing.find((x) => x.key === id)
-      if (e !== undefined && Number(e.every) === s.every && e.name === s.name && e.template?.data?.server === s.data.server) continue
-      await probes.upsertJobScheduler(id, { every: s.every }, { name: s.name, data: s.data })
-    }
+    const housekeeping = new Map<string, Scheduled>([
+      [SWEEP_SCHEDULER_ID, { every: w.sweepIntervalMs, name: 'sweep', data: {} }],
+      [ADMIN_SCHEDULER_ID, { every: ADMIN_CHECK_EVERY_MS, name: 'admin', data: {} }],
+    ])
+    await schedule(this.#queues.probes, probes)
+    await schedule(this.#queues.housekeeping, housekeeping)
+  }
+}
+
+interface Scheduled { every: number, name: string, data: Record<string, unknown> }
+
+/** Makes `queue`'s schedulers exactly `wanted`: removes the others, upserts the missing and changed. */
+async function schedule (queue: Queue, wanted: Map<string, Scheduled>): Promise<void> {
+  const existing = await queue.getJobSchedulers(0, -1)
+  for (const e of existing) {
+    if (!wanted.has(e.key)) await queue.removeJobScheduler(e.key)
+  }
+  for (const [id, s] of wanted) {
+    const e = existing.find((x) => x.key === id)
+    if (e !== undefined && Number(e.every) === s.every && e.name === s.name && e.template?.data?.server === s.data.server) continue
+    await queue.upsertJobScheduler(id, { every: s.every }, { name: s.name, data: s.data })
   }
 }

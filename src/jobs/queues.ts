@@ -1,20 +1,31 @@
-import { Queue, type JobsOptions } from 'bullmq'
+import { Queue, type JobSchedulerJson, type JobsOptions } from 'bullmq'
 import type { RedisClient } from '../redis.ts'
 
 /**
- * Queue and job names. BullMQ ids must not contain `:` and must not be all digits
- * because BullMQ reserves them; server names and client ids are `[a-z0-9_-]`, so `.` separates parts safely.
+ * Queue and job names, each queue named by what it carries. BullMQ ids must not contain `:` and
+ * must not be all digits because BullMQ reserves them; server names and client ids are
+ * `[a-z0-9_-]`, so `.` separates parts safely.
  */
+/** Token jobs: `rotate` and `remint`, retried with backoff. */
 export const TOKENS_QUEUE = 'tokens'
+/** `probe` jobs, periodic per server and on demand. */
 export const PROBES_QUEUE = 'probes'
+/**
+ * The periodic `sweep` and `admin` jobs. Before this queue existed they rode on `probes`: an
+ * instance of that version still running in a rolling upgrade keeps their schedulers there, so
+ * the scheduler setup removes every non-probe scheduler from `probes` (producer.ts) and the worker
+ * still runs a sweep or admin job it finds on `probes` (docs/architecture.md, *Jobs*).
+ */
+export const HOUSEKEEPING_QUEUE = 'housekeeping'
 
 export type TokenJob =
   | { name: 'rotate', data: { tokenId: string, reason: 'scheduled' | 'rejected' | 'manual' } }
   /** `slot`: a client's PMS token, or a client's token for one source (token-store.ts slotKey). */
   | { name: 'remint', data: { slot: string, server: string } }
 
-export type ProbeJob =
-  | { name: 'probe', data: { server: string, trigger: 'schedule' | 'eventsource' | 'rejection' | 'manual' } }
+export interface ProbeJob { name: 'probe', data: { server: string, trigger: 'schedule' | 'eventsource' | 'rejection' | 'manual' } }
+
+export type HousekeepingJob =
   | { name: 'sweep', data: Record<string, never> }
   | { name: 'admin', data: Record<string, never> }
 
@@ -48,7 +59,7 @@ export const TOKEN_JOB_DEFAULTS: JobsOptions = {
   removeOnFail: true,
 }
 
-/** Probes are periodic: a failed probe is simply the next period's job. */
+/** Probes, sweeps and admin checks are periodic: a failed one is simply the next period's job. */
 export const PROBE_JOB_DEFAULTS: JobsOptions = {
   attempts: 1,
   removeOnComplete: true,
@@ -58,21 +69,27 @@ export const PROBE_JOB_DEFAULTS: JobsOptions = {
 export interface Queues {
   tokens: Queue
   probes: Queue
+  housekeeping: Queue
+  /** The job schedulers of every queue (ops and tests). */
+  schedulers: () => Promise<JobSchedulerJson[]>
   close: () => Promise<void>
 }
 
-/** Both queues under `<REDIS_PREFIX>:q` (BullMQ's own prefix; ioredis keyPrefix is never used). */
+/** The queues under `<REDIS_PREFIX>:q` (BullMQ's own prefix; ioredis keyPrefix is never used). */
 export function createQueues (connection: RedisClient, prefix: string): Queues {
   const tokens = new Queue(TOKENS_QUEUE, { connection, prefix, defaultJobOptions: TOKEN_JOB_DEFAULTS })
   const probes = new Queue(PROBES_QUEUE, { connection, prefix, defaultJobOptions: PROBE_JOB_DEFAULTS })
+  const housekeeping = new Queue(HOUSEKEEPING_QUEUE, { connection, prefix, defaultJobOptions: PROBE_JOB_DEFAULTS })
+  const all = [tokens, probes, housekeeping]
   // Without a listener, a Redis outage would surface as an unhandled 'error' event.
-  tokens.on('error', () => {})
-  probes.on('error', () => {})
+  for (const q of all) q.on('error', () => {})
   return {
     tokens,
     probes,
+    housekeeping,
+    schedulers: async () => (await Promise.all(all.map(async (q) => await q.getJobSchedulers(0, -1)))).flat(),
     close: async () => {
-      await Promise.allSettled([tokens.close(), probes.close()])
+      await Promise.allSettled(all.map(async (q) => { await q.close() }))
     },
   }
 }

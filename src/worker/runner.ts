@@ -10,7 +10,7 @@ import type { Rotator } from '../broker/rotator.ts'
 import type { Keys } from '../broker/keys.ts'
 import type { TokenStore } from '../broker/token-store.ts'
 import type { JobProducer } from '../jobs/producer.ts'
-import { PROBES_QUEUE, type ProbeJob, TOKENS_QUEUE, type TokenJob, backoffDelay } from '../jobs/queues.ts'
+import { HOUSEKEEPING_QUEUE, type HousekeepingJob, PROBES_QUEUE, type ProbeJob, TOKENS_QUEUE, type TokenJob, backoffDelay } from '../jobs/queues.ts'
 
 /**
  * How long the scheduler lock lives. A setup takes milliseconds; the TTL only bounds how long an
@@ -83,9 +83,13 @@ export class JobRunner {
     const settings = { backoffStrategy: (attemptsMade: number) => backoffDelay(attemptsMade) }
     const tokens = new Worker(TOKENS_QUEUE, async (job: Job) => await this.#tokenJob(job as unknown as TokenJob),
       { connection, prefix, concurrency, settings, lockDuration: this.#o.lockDurationMs ?? 30_000, stalledInterval: this.#o.lockDurationMs ?? 30_000 })
-    const probes = new Worker(PROBES_QUEUE, async (job: Job) => await this.#scheduledJob(job as unknown as ProbeJob),
+    // A sweep or admin job is run from `probes` too: an older version still running in a rolling
+    // upgrade queues them there (queues.ts HOUSEKEEPING_QUEUE).
+    const probes = new Worker(PROBES_QUEUE, async (job: Job) => await this.#scheduledJob(job as unknown as ProbeJob | HousekeepingJob),
       { connection, prefix, concurrency: Math.max(2, this.#o.servers.size + 1), settings })
-    for (const w of [tokens, probes]) {
+    const housekeeping = new Worker(HOUSEKEEPING_QUEUE, async (job: Job) => await this.#scheduledJob(job as unknown as HousekeepingJob),
+      { connection, prefix, concurrency: 1, settings })
+    for (const w of [tokens, probes, housekeeping]) {
       w.on('error', (err) => logger.warn({ err: { message: err.message } }, 'job worker error'))
       w.on('failed', (job, err) => {
         logger.warn({ job: job?.name, jobId: job?.id, attempts: job?.attemptsMade, err: { type: err.name, message: err.message } }, 'job failed')
@@ -167,7 +171,7 @@ export class JobRunner {
     }
   }
 
-  async #scheduledJob (job: ProbeJob): Promise<unknown> {
+  async #scheduledJob (job: ProbeJob | HousekeepingJob): Promise<unknown> {
     if (job.name === 'admin') {
       await this.checkAdminTokensNow()
       return { checked: this.#o.servers.size }
