@@ -43,8 +43,8 @@ export const BACKOFF_CAP_MS = 5 * 60_000
 /**
  * The retry wait for a failed token job: exponential from 1 s, capped at 5 min, with "equal
  * jitter" (half fixed, half random) so a fleet of failing jobs does not retry in lockstep.
- * BullMQ really delays the job by this much (Vault once computed a backoff and never slept on it:
- * hashicorp/vault #25712, #26367).
+ * BullMQ applies it as the job's delay (the worker's `backoffStrategy`), so the wait is real and
+ * not merely computed: a retry loop that computes a backoff it never sleeps on hammers PMS.
  */
 export function backoffDelay (attemptsMade: number, random: () => number = Math.random): number {
   const base = Math.min(BACKOFF_CAP_MS, 1000 * 2 ** Math.max(0, attemptsMade - 1))
