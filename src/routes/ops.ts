@@ -6,7 +6,6 @@ import { parseRevokeSelector, type SelectorKind } from '../broker/revoke-selecto
 import { isVulnerable } from '../broker/server-state.ts'
 import { canSeeAuditOf, canUseServer, refusals, revocationScope } from '../broker/policy.ts'
 import { badRequest } from '../errors.ts'
-import { rotateJobId } from '../jobs/queues.ts'
 import { requireServer } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
@@ -204,12 +203,12 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     // 403 for a server outside the caller's list (before the 404, so names are not probed).
     const name = (await requireServer(app, request, request.params.name)).name
     const clients = await broker.store.activeClients(name, broker.config.tokenLifetimeMs)
-    const jobs: Array<{ name: string, data: { tokenId: string, reason: 'manual' }, opts: { jobId: string } }> = []
+    const jobs: Array<{ tokenId: string, reason: 'manual' }> = []
     for (const client of clients) {
       const tokenId = await broker.store.peek(client, name)
-      if (tokenId !== undefined) jobs.push({ name: 'rotate', data: { tokenId, reason: 'manual' }, opts: { jobId: rotateJobId(tokenId) } })
+      if (tokenId !== undefined) jobs.push({ tokenId, reason: 'manual' })
     }
-    await broker.store.call(() => broker.queues.tokens.addBulk(jobs))
+    await broker.store.call(() => broker.jobs.rotate(jobs))
     await broker.store.audit({ action: 'server.rotate', server: name, detail: { actor: request.client!.id, tokens: jobs.length } },
       requestContext(request))
     return await reply.code(202).send({ rotating: jobs.length })
