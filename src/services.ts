@@ -69,8 +69,8 @@ export interface Services {
   /** The configured PMS servers by name (token files may replace an entry's admin token). */
   servers: Map<string, ServerConfig>
   keys: Keys
-  /** Redis, its keys, the deadline wrapper and the clock, as domain classes receive them. */
-  db: RedisContext
+  /** Redis, its keys, the deadline wrapper and the clock, as domain classes receive them (`rc` everywhere). */
+  rc: RedisContext
   connections: Connections
   store: TokenStore
   plex: PlexClient
@@ -137,7 +137,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const servers = new Map(config.servers.map((s) => [s.name, s]))
   const store = new TokenStore(storeOptions(config, connections, keys, metrics, logger, overrides.now))
   // What domain classes get instead of reaching through the store: Redis, its keys, the deadline, the clock.
-  const db: RedisContext = { redis: connections.cache, keys, call: store.call, now: store.now }
+  const rc: RedisContext = { redis: connections.cache, keys, call: store.call, now: store.now }
   const plex = new PlexClient({
     clientIdentifier,
     timeoutMs: config.plexTimeoutMs,
@@ -145,13 +145,13 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
   })
   const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
-  const states = new ServerStates(db, plex)
+  const states = new ServerStates(rc, plex)
   const queues = createQueues(connections.queue, keys.queuePrefix)
   const jobs = new JobProducer(queues)
-  const adminHealth = new AdminTokenHealth({ store, db, states, plex, plexTv, metrics, logger, probeIntervalMs: config.probeIntervalMs })
+  const adminHealth = new AdminTokenHealth({ store, rc, states, plex, plexTv, metrics, logger, probeIntervalMs: config.probeIntervalMs })
   const issuer = new TokenIssuer({
     store,
-    db,
+    db: rc,
     plex,
     states,
     adminHealth,
@@ -163,14 +163,14 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     lockTtlMs: config.plexTimeoutMs * 2 + 1000,
   })
   const activeWindowMs = config.tokenLifetimeMs
-  const rotator = new Rotator({ store, db, issuer, servers, metrics, logger, activeWindowMs })
-  const probe = new ServerProbe({ store, db, states, plex, issuer, jobs, metrics, logger, activeWindowMs })
+  const rotator = new Rotator({ store, rc, issuer, servers, metrics, logger, activeWindowMs })
+  const probe = new ServerProbe({ store, rc, states, plex, issuer, jobs, metrics, logger, activeWindowMs })
   const rejection = new RejectionCheck({ store, plex, issuer, jobs, metrics, logger })
-  const audit = new AuditLog(db, { metrics, logger })
-  const readiness = new Readiness({ ...db, target: config })
+  const audit = new AuditLog(rc, { metrics, logger })
+  const readiness = new Readiness({ ...rc, target: config })
   const refusals = new RefusalTrail({ store, logger, windowMs: overrides.refusalWindowMs })
   const limiter = new RateLimiter({ counters: new WindowCounters(connections.ratelimit), keys, clientDefault: config.defaultRateLimit, metrics, logger })
-  const push = new PushHub({ db, target: config, logger, limiter, maxPerClient: config.streamMaxPerClient, maxTotal: config.streamMaxTotal })
+  const push = new PushHub({ rc, target: config, logger, limiter, maxPerClient: config.streamMaxPerClient, maxTotal: config.streamMaxTotal })
   const watcher = new TokenFileWatcher(servers, logger, adminHealth)
   const worker = connections.worker
   const events = worker === undefined ? undefined : new PmsEventWatcher({ servers, plex, adminHealth, jobs, logger, probeIntervalMs: config.probeIntervalMs })
@@ -194,7 +194,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       lockDurationMs: lockDuration(config.tokenRenewAfterMs),
       concurrency: config.plexConcurrency,
     })
-  const parts = { config, logger, metrics, servers, keys, db, connections, store, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, events, runner }
+  const parts = { config, logger, metrics, servers, keys, rc, connections, store, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, events, runner }
   return {
     ...parts,
     start: async () => {

@@ -8,7 +8,7 @@ function issuerOf (app: FastifyInstance, lockTtlMs: number): TokenIssuer {
   const { broker } = app
   return new TokenIssuer({
     store: broker.store,
-    db: broker.db,
+    db: broker.rc,
     plex: broker.plex,
     states: broker.states,
     adminHealth: broker.adminHealth,

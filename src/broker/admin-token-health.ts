@@ -12,7 +12,7 @@ export type Verdict = 'valid' | 'invalid' | 'unknown'
 export interface AdminTokenHealthOptions {
   store: TokenStore
   /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
-  db: RedisContext
+  rc: RedisContext
   states: ServerStates
   plex: PlexClient
   logger: Logger
@@ -103,14 +103,14 @@ export class AdminTokenHealth {
     await states.update(server.name, { adminToken: verdict, adminCheckedAt: store.now(), adminFp: fp })
     if (verdict !== 'invalid') {
       // Accepted (or no longer known bad): the next rejection starts the backoff afresh.
-      await store.call(() => this.#o.db.redis.multi().hdel(this.#o.db.keys.server(server.name), RECHECK_FIELD).del(this.#o.db.keys.adminRecheck(server.name)).exec())
+      await store.call(() => this.#o.rc.redis.multi().hdel(this.#o.rc.keys.server(server.name), RECHECK_FIELD).del(this.#o.rc.keys.adminRecheck(server.name)).exec())
     } else if (changed) {
       // Newly rejected (or a new token rejected): the call that just earned the 401 counts as
       // this interval's call, so the first recheck comes one start interval from now.
       const start = this.#startMs
-      await store.call(() => this.#o.db.redis.multi()
-        .hset(this.#o.db.keys.server(server.name), RECHECK_FIELD, start)
-        .set(this.#o.db.keys.adminRecheck(server.name), 'rejected', 'PX', start)
+      await store.call(() => this.#o.rc.redis.multi()
+        .hset(this.#o.rc.keys.server(server.name), RECHECK_FIELD, start)
+        .set(this.#o.rc.keys.adminRecheck(server.name), 'rejected', 'PX', start)
         .exec())
     }
     this.#o.metrics.adminTokenValid.set({ server: server.name }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1)
@@ -147,8 +147,8 @@ export class AdminTokenHealth {
     // The lock is never released: it expires when the next recheck is due. Taking it doubles the
     // interval for the call after this one, so the gaps run start, 2×start, 4×start … 1 min.
     const interval = Math.min(ADMIN_RECHECK_MAX_MS, rejection.intervalMs * 2)
-    if (await store.lock(this.#o.db.keys.adminRecheck(server.name), interval) === undefined) return 'skipped'
-    await store.call(() => this.#o.db.redis.hset(this.#o.db.keys.server(server.name), RECHECK_FIELD, interval))
+    if (await store.lock(this.#o.rc.keys.adminRecheck(server.name), interval) === undefined) return 'skipped'
+    await store.call(() => this.#o.rc.redis.hset(this.#o.rc.keys.server(server.name), RECHECK_FIELD, interval))
     let pms: Verdict = 'unknown'
     try {
       pms = (await plex.checkToken(server, server.adminToken)) === 'valid' ? 'valid' : 'invalid'
@@ -174,7 +174,7 @@ export class AdminTokenHealth {
   /** The current backoff interval while this very admin token is known to be rejected. */
   async #rejection (server: ServerConfig): Promise<{ intervalMs: number } | undefined> {
     const { store } = this.#o
-    const [verdict, fp, ms] = await store.call(() => this.#o.db.redis.hmget(this.#o.db.keys.server(server.name), 'adminToken', 'adminFp', RECHECK_FIELD))
+    const [verdict, fp, ms] = await store.call(() => this.#o.rc.redis.hmget(this.#o.rc.keys.server(server.name), 'adminToken', 'adminFp', RECHECK_FIELD))
     return this.#fromFacts(server, verdict, fp, ms)
   }
 

@@ -26,7 +26,7 @@ export interface ProbeResult {
 export interface ServerProbeOptions {
   store: TokenStore
   /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
-  db: RedisContext
+  rc: RedisContext
   states: ServerStates
   plex: PlexClient
   issuer: TokenIssuer
@@ -59,7 +59,7 @@ export class ServerProbe {
    */
   async probe (server: ServerConfig): Promise<ProbeResult> {
     const { store } = this.#o
-    const lockKey = this.#o.db.keys.probeLock(server.name)
+    const lockKey = this.#o.rc.keys.probeLock(server.name)
     const deadline = Date.now() + 3000
     let owner = await store.lock(lockKey, 30_000)
     while (owner === undefined && Date.now() < deadline) {

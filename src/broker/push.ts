@@ -25,7 +25,7 @@ export interface PushSubscriber {
 
 export interface PushHubOptions {
   /** Reads of the change log (last id, history) on the request-path connection, with its deadline. */
-  db: RedisContext
+  rc: RedisContext
   /** Where the reader's own connection goes (createRedis role `push`, opened with the first stream): its blocking XREAD must not hold up other commands. */
   target: RedisTarget
   logger: Logger
@@ -132,8 +132,8 @@ export class PushHub {
    * still all there.
    */
   async snapshot (): Promise<PushSnapshot> {
-    const { db } = this.#o
-    const info = await db.call(async () => await db.redis.xinfo('STREAM', db.keys.push).catch((err: Error) => {
+    const { rc } = this.#o
+    const info = await rc.call(async () => await rc.redis.xinfo('STREAM', rc.keys.push).catch((err: Error) => {
       if (/no such key/i.test(err.message)) return []
       throw err
     })) as unknown[]
@@ -169,8 +169,8 @@ export class PushHub {
    * first; undefined when more than `max` entries (of anyone) lie in between: one bounded read.
    */
   async history (client: string, server: string, after: string, upTo: string, max = RESUME_MAX_ENTRIES): Promise<PushEntry[] | undefined> {
-    const { db } = this.#o
-    const batch = await db.call(() => db.redis.xrange(db.keys.push, `(${after}`, upTo, 'COUNT', max + 1))
+    const { rc } = this.#o
+    const batch = await rc.call(() => rc.redis.xrange(rc.keys.push, `(${after}`, upTo, 'COUNT', max + 1))
     if (batch.length > max) return undefined
     const out: PushEntry[] = []
     for (const [id, fields] of batch) {
@@ -228,12 +228,12 @@ export class PushHub {
   }
 
   async #read (redis: RedisClient): Promise<void> {
-    const { db, logger } = this.#o
+    const { rc, logger } = this.#o
     let pause = 100
     let lastLog = 0
     while (!this.#closed) {
       try {
-        const res = await redis.xread('COUNT', 500, 'BLOCK', this.#o.blockMs ?? 5000, 'STREAMS', db.keys.push, this.#position)
+        const res = await redis.xread('COUNT', 500, 'BLOCK', this.#o.blockMs ?? 5000, 'STREAMS', rc.keys.push, this.#position)
         pause = 100
         if (res === null) continue
         for (const [, entries] of res) {

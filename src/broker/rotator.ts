@@ -19,7 +19,7 @@ export interface DueRotation {
 export interface RotatorOptions {
   store: TokenStore
   /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
-  db: RedisContext
+  rc: RedisContext
   issuer: TokenIssuer
   servers: Map<string, ServerConfig>
   logger: Logger
@@ -56,11 +56,11 @@ export class Rotator {
       let oldest = 0
       for (let i = 0; i < clients.length; i += 1000) {
         const batch = clients.slice(i, i + 1000)
-        const ids = await store.call(() => this.#o.db.redis.mget(batch.map((c) => this.#o.db.keys.current(c, server))))
+        const ids = await store.call(() => this.#o.rc.redis.mget(batch.map((c) => this.#o.rc.keys.current(c, server))))
         const live = ids.map((id, j) => ({ id, client: batch[j] })).filter((x): x is { id: string, client: string } => x.id !== null)
         if (live.length === 0) continue
-        const pipe = this.#o.db.redis.pipeline()
-        for (const x of live) pipe.hmget(this.#o.db.keys.token(x.id), 'state', 'issuedAt', 'renewAt', 'expiresAt')
+        const pipe = this.#o.rc.redis.pipeline()
+        for (const x of live) pipe.hmget(this.#o.rc.keys.token(x.id), 'state', 'issuedAt', 'renewAt', 'expiresAt')
         const rows = await store.call(async () => (await pipe.exec()) ?? [])
         rows.forEach(([err, f], j) => {
           if (err !== null) return
@@ -72,7 +72,7 @@ export class Rotator {
         })
       }
       // Shared with every instance's /metrics through the server hash.
-      await store.call(() => this.#o.db.redis.hset(this.#o.db.keys.server(server), { activeTokens: active, oldestExpiresAt: oldest === 0 ? '' : oldest }))
+      await store.call(() => this.#o.rc.redis.hset(this.#o.rc.keys.server(server), { activeTokens: active, oldestExpiresAt: oldest === 0 ? '' : oldest }))
     }
     return out
   }
@@ -89,7 +89,7 @@ export class Rotator {
     if (await store.peek(rec.client, rec.server, target) !== tokenId) return 'superseded'
     const server = this.#o.servers.get(rec.server)
     if (server === undefined) return 'unknown_server'
-    const lastAsked = await store.call(() => this.#o.db.redis.zscore(this.#o.db.keys.active(rec.server), rec.slot))
+    const lastAsked = await store.call(() => this.#o.rc.redis.zscore(this.#o.rc.keys.active(rec.server), rec.slot))
     if (lastAsked === null || Number(lastAsked) < store.now() - this.#o.activeWindowMs) return 'idle'
     const newId = await issuer.mint(rec.client, server, {
       expectCurrent: tokenId,

@@ -54,16 +54,16 @@ export interface MintFacts {
 
 /** What the broker knows of each PMS, kept in Redis so every instance shares it. */
 export class ServerStates {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
   readonly #plex: PlexClient
 
-  constructor (db: RedisContext, plex: PlexClient) {
-    this.#db = db
+  constructor (rc: RedisContext, plex: PlexClient) {
+    this.#rc = rc
     this.#plex = plex
   }
 
   async get (name: string): Promise<ServerState> {
-    const h = await this.#db.call(() => this.#db.redis.hgetall(this.#db.keys.server(name)))
+    const h = await this.#rc.call(() => this.#rc.redis.hgetall(this.#rc.keys.server(name)))
     return {
       state: (h.state as ServerHealth | undefined) ?? 'unknown',
       machineIdentifier: h.mid || null,
@@ -85,12 +85,12 @@ export class ServerStates {
    */
   async update (name: string, fields: Partial<Record<'state' | 'mid' | 'version' | 'lastProbeAt' | 'lastRestartAt' | 'adminToken' | 'adminCheckedAt' | 'adminFp' | 'activeTokens' | 'oldestExpiresAt', string | number>>,
     flipped?: 'up' | 'down'): Promise<void> {
-    const { redis, keys } = this.#db
+    const { redis, keys } = this.#rc
     if (flipped === undefined) {
-      await this.#db.call(() => redis.hset(keys.server(name), fields))
+      await this.#rc.call(() => redis.hset(keys.server(name), fields))
       return
     }
-    await this.#db.call(async () => await redis.multi()
+    await this.#rc.call(async () => await redis.multi()
       .hset(keys.server(name), fields)
       .xadd(keys.push, 'MAXLEN', '~', PUSH_MAXLEN, '*', 'type', 'server', 'server', name, 'up', flipped === 'up' ? '1' : '0')
       .exec())
@@ -101,14 +101,14 @@ export class ServerStates {
    * verdict with its fingerprint and recheck interval (admin-token-health.ts).
    */
   async mintFacts (name: string): Promise<MintFacts> {
-    const [mid, adminToken, adminFp, adminRecheckMs] = await this.#db.call(() =>
-      this.#db.redis.hmget(this.#db.keys.server(name), 'mid', 'adminToken', 'adminFp', 'adminRecheckMs'))
+    const [mid, adminToken, adminFp, adminRecheckMs] = await this.#rc.call(() =>
+      this.#rc.redis.hmget(this.#rc.keys.server(name), 'mid', 'adminToken', 'adminFp', 'adminRecheckMs'))
     return { mid, adminToken, adminFp, adminRecheckMs }
   }
 
   /** The server's machineIdentifier, asking PMS `/identity` once when it is not known yet. */
   async machineIdentifier (server: ServerConfig, known?: string | null): Promise<string> {
-    if (known === undefined) known = await this.#db.call(() => this.#db.redis.hget(this.#db.keys.server(server.name), 'mid'))
+    if (known === undefined) known = await this.#rc.call(() => this.#rc.redis.hget(this.#rc.keys.server(server.name), 'mid'))
     if (known) return known
     const id = await this.#plex.identity(server)
     await this.update(server.name, { mid: id.machineIdentifier, version: id.version })
