@@ -180,7 +180,7 @@ export class PushHub {
     return out
   }
 
-  /** Stops the reader and closes its connection. Streams are ended by their owner (routes/stream.ts) first. */
+  /** Stops the reader and closes its connection. Streams are ended by their owner (routes/stream.ts, routes/push-stream.ts) first. */
   async close (): Promise<void> {
     this.#closed = true
     this.#redis?.disconnect()
