@@ -119,7 +119,8 @@ export class RateLimiter {
   /** Fails open. A down Redis fails every request: one line per limit and 10 s is enough. */
   #unavailable (limit: CountedLimit, err: unknown): void {
     const now = Date.now()
-    if (now - (this.#unavailableLogged.get(limit) ?? 0) < 10_000) return
+    const quietUntil = (this.#unavailableLogged.get(limit) ?? 0) + 10_000
+    if (quietUntil > now) return
     this.#unavailableLogged.set(limit, now)
     this.#o.logger?.warn({ limit, err: describe(err) }, limit === 'auth_failures' ? 'failed-authentication throttle unavailable' : 'rate limit unavailable; failing open')
   }

@@ -39,7 +39,9 @@ export function compareVersions (a: string, b: string): number {
 }
 
 export function isVulnerable (version: string | null): boolean {
-  return version !== null && compareVersions(version, LAST_VULNERABLE_VERSION) <= 0
+  // compareVersions answers -1, 0 or 1: "at or below" is anything but 1 (written so, not `<= 0`,
+  // because a `<` right after a call reads as type arguments to ctags-based code indexes).
+  return version !== null && compareVersions(version, LAST_VULNERABLE_VERSION) !== 1
 }
 
 const num = (v: string | undefined): number | null => (v === undefined || v === '' ? null : Number(v))

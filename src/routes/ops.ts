@@ -13,6 +13,7 @@ import {
   AuditExportQuerySchema, AuditPageSchema, AuditQuerySchema, RevokeBodySchema, RevokeResultSchema, RotateResultSchema,
   ServerInfoSchema, ServerParamsSchema, TraceBodySchema, TraceResultSchema,
 } from '../schemas/ops.ts'
+import type { Services } from '../services.ts'
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
 /**
@@ -29,7 +30,9 @@ function ms (name: 'since' | 'until', s: string | undefined): number | undefined
 /** Revocation, the audit trail and server status: the routes ops use. */
 export default async function opsRoutes (fastify: FastifyInstance): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { broker } = app
+  // Typed as the service graph itself (not only through Fastify's decorator), so a call on it leads
+  // straight to its class.
+  const broker: Services = app.broker
 
   app.post('/v1/revoke', {
     onRequest: app.authenticate('token:revoke'),

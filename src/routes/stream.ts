@@ -8,6 +8,7 @@ import { authErrors, errorResponse } from '../schemas/common.ts'
 import { StreamEventDataSchemas, StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
 import { requireServer } from './common.ts'
 import { type Frame, PushStream, type StreamOptions } from './push-stream.ts'
+import type { Services } from '../services.ts'
 
 export type { StreamOptions } from './push-stream.ts'
 
@@ -17,7 +18,9 @@ export type { StreamOptions } from './push-stream.ts'
  */
 export default async function streamRoutes (fastify: FastifyInstance, opts: StreamOptions = {}): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { broker } = app
+  // Typed as the service graph itself (not only through Fastify's decorator), so a call on it leads
+  // straight to its class.
+  const broker: Services = app.broker
   const settings: LongResponseOptions = { maxBufferedBytes: opts.maxBufferedBytes ?? 256 * 1024, drainTimeoutMs: opts.drainTimeoutMs ?? 30_000 }
   // Streams end before the server stops accepting: app.close() then finishes within the grace period.
   const open = new OpenResponses<PushStream>(app)
