@@ -1,5 +1,4 @@
-import { Queue, type JobSchedulerJson, type JobsOptions } from 'bullmq'
-import type { RedisClient } from '../redis.ts'
+import { type ConnectionOptions, Queue, type JobSchedulerJson, type JobsOptions } from 'bullmq'
 
 /**
  * Queue and job names, each queue named by what it carries. BullMQ ids must not contain `:` and
@@ -76,7 +75,7 @@ export interface Queues {
 }
 
 /** The queues under `<REDIS_PREFIX>:q` (BullMQ's own prefix; ioredis keyPrefix is never used). */
-export function createQueues (connection: RedisClient, prefix: string): Queues {
+export function createQueues (connection: ConnectionOptions, prefix: string): Queues {
   const tokens = new Queue(TOKENS_QUEUE, { connection, prefix, defaultJobOptions: TOKEN_JOB_DEFAULTS })
   const probes = new Queue(PROBES_QUEUE, { connection, prefix, defaultJobOptions: PROBE_JOB_DEFAULTS })
   const housekeeping = new Queue(HOUSEKEEPING_QUEUE, { connection, prefix, defaultJobOptions: PROBE_JOB_DEFAULTS })
