@@ -40,13 +40,13 @@ export interface AuditInput {
 
 export interface AuditWriterOptions {
   /** The request path's connection (refusals), its keys, deadline and clock. */
-  db: RedisContext
+  rc: RedisContext
   /** AUDIT_MAX_EVENTS: cap of the serves stream (cache hits) and of the refusals stream; the security stream is trimmed by retention only. */
   maxEvents: number
   /**
    * The connection security events are written and WAITed on (services.ts: role `audit`, only
    * with REDIS_WAIT_REPLICAS). A WAIT holds up every command behind it on its connection, so it
-   * must not sit in front of cache hits. Default: `db.redis`.
+   * must not sit in front of cache hits. Default: `rc.redis`.
    */
   durable?: RedisClient
   /**
@@ -67,7 +67,7 @@ export interface AuditWriterOptions {
  * whichever writes it, is followed by `replicated`.
  */
 export class AuditWriter {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
   /** Where security events are written (and WAITed on): the token store's scripts that write one use it too. */
   readonly durable: RedisClient
   readonly maxEvents: number
@@ -79,14 +79,14 @@ export class AuditWriter {
   readonly #waits: { inflight?: Promise<number>, next?: Promise<number> } = {}
 
   constructor (opts: AuditWriterOptions) {
-    this.#db = opts.db
-    this.durable = opts.durable ?? opts.db.redis
+    this.#rc = opts.rc
+    this.durable = opts.durable ?? opts.rc.redis
     this.maxEvents = opts.maxEvents
     this.#waitReplicas = opts.waitReplicas ?? 0
     this.#waitTimeoutMs = opts.waitTimeoutMs ?? 100
     this.#onAudit = opts.onAudit ?? (() => {})
     this.#onUnreplicated = opts.onUnreplicated ?? (() => {})
-    defineScripts(opts.db.redis)
+    defineScripts(opts.rc.redis)
     defineScripts(this.durable)
   }
 
@@ -97,7 +97,7 @@ export class AuditWriter {
 
   /** Appends a security event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async write (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
-    const id = await this.#db.call(() => this.durable.ptbAudit(...auditArgs(this.#db.keys.audit, this.#event(e, ctx, 0))))
+    const id = await this.#rc.call(() => this.durable.ptbAudit(...auditArgs(this.#rc.keys.audit, this.#event(e, ctx, 0))))
     this.written(e.action)
     await this.replicated(e.action)
     return id
@@ -109,7 +109,7 @@ export class AuditWriter {
    * No WAIT: a refusal changed nothing a failover could lose.
    */
   async refusal (e: AuditInput, ctx: RequestContext): Promise<string> {
-    const id = await this.#db.call(() => this.#db.redis.ptbAudit(...auditArgs(this.#db.keys.auditRefusals, this.#event(e, ctx, this.maxEvents))))
+    const id = await this.#rc.call(() => this.#rc.redis.ptbAudit(...auditArgs(this.#rc.keys.auditRefusals, this.#event(e, ctx, this.maxEvents))))
     this.written(e.action)
     return id
   }
@@ -117,7 +117,7 @@ export class AuditWriter {
   #event (e: AuditInput, ctx: RequestContext, maxlen: number): Parameters<typeof auditArgs>[1] {
     return {
       maxlen,
-      now: this.#db.now(),
+      now: this.#rc.now(),
       action: e.action,
       client: e.client ?? '',
       server: e.server ?? '',
@@ -152,7 +152,7 @@ export class AuditWriter {
     const w = this.#waits
     if (w.next !== undefined) return w.next
     const start = (): Promise<number> => {
-      const p: Promise<number> = this.#db.call(() => waitForReplicas(this.durable, this.#db.keys.audit, this.#waitReplicas, this.#waitTimeoutMs))
+      const p: Promise<number> = this.#rc.call(() => waitForReplicas(this.durable, this.#rc.keys.audit, this.#waitReplicas, this.#waitTimeoutMs))
         .finally(() => { if (w.inflight === p) w.inflight = undefined })
       w.inflight = p
       return p
