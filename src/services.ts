@@ -2,7 +2,7 @@ import pino, { type DestinationStream, type Logger } from 'pino'
 import type { Config, ServerConfig } from './config/index.ts'
 import { AdminTokenHealth } from './broker/admin-token-health.ts'
 import { AuditLog } from './broker/audit-log.ts'
-import { AuditWriter, type AuditWriterOptions } from './broker/audit-writer.ts'
+import { AuditWriter } from './broker/audit-writer.ts'
 import { Clock } from './broker/clock.ts'
 import { keyRing } from './broker/crypto.ts'
 import { PmsEventWatcher } from './broker/event-watcher.ts'
@@ -154,7 +154,15 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const rc = redisContext(connections.cache, keys, clock.now)
   const sealer = new Sealer(keyRing(config.brokerSecret, config.brokerSecretPrevious))
   const locks = new Locks(rc)
-  const auditWriter = new AuditWriter(auditWriterOptions(config, rc, connections, metrics, logger))
+  const auditWriter = new AuditWriter({
+    rc,
+    maxEvents: config.auditMaxEvents,
+    durable: connections.audit,
+    waitReplicas: config.redisWaitReplicas,
+    waitTimeoutMs: config.redisWaitTimeoutMs,
+    metrics,
+    logger,
+  })
   const store = new TokenStore({
     rc,
     sealer,
@@ -242,30 +250,6 @@ function createConnections (config: Readonly<Config>, logger: Logger): Connectio
     queue: createRedis(config, 'queue', logger),
     worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
     audit: config.redisWaitReplicas === 0 ? undefined : createRedis(config, 'audit', logger, { commandTimeout: 750 + 2 * config.redisWaitTimeoutMs }),
-  }
-}
-
-/**
- * The audit writer's settings, and what it reports: every event is counted, and so is a security
- * event fewer replicas acknowledged than REDIS_WAIT_REPLICAS (logged at most every 10 s).
- */
-function auditWriterOptions (config: Readonly<Config>, rc: RedisContext, connections: Connections, metrics: Metrics, logger: Logger): AuditWriterOptions {
-  let unreplicatedLogged = 0
-  return {
-    rc,
-    maxEvents: config.auditMaxEvents,
-    durable: connections.audit,
-    waitReplicas: config.redisWaitReplicas,
-    waitTimeoutMs: config.redisWaitTimeoutMs,
-    onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
-    onUnreplicated: (action, acked) => {
-      metrics.unreplicated.inc({ action })
-      const t = Date.now()
-      if (t - unreplicatedLogged < 10_000) return
-      unreplicatedLogged = t
-      logger.warn({ action, acked, wanted: config.redisWaitReplicas, timeoutMs: config.redisWaitTimeoutMs },
-        'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
-    },
   }
 }
 

@@ -1,3 +1,5 @@
+import type { Logger } from 'pino'
+import type { Metrics } from '../metrics.ts'
 import { type RedisClient, waitForReplicas } from '../redis.ts'
 import type { RedisContext } from './keys.ts'
 import { auditArgs, defineScripts } from './scripts.ts'
@@ -55,10 +57,13 @@ export interface AuditWriterOptions {
    */
   waitReplicas?: number
   waitTimeoutMs?: number
-  /** Called for every audit event written (metrics). */
-  onAudit?: (action: string, count: number) => void
-  /** Fewer replicas acknowledged than asked (`acked` -1: the WAIT itself failed): the event is at risk in a failover. */
-  onUnreplicated?: (action: string, acked: number) => void
+  /**
+   * Counts every audit event written (`ptb_audit_events_total`), and every security event fewer
+   * replicas acknowledged than asked (`ptb_redis_unreplicated_writes_total`).
+   */
+  metrics?: Metrics
+  /** Says when a security event is at risk in a failover (fewer replicas than asked), at most every 10 s. */
+  logger?: Logger
 }
 
 /**
@@ -73,8 +78,9 @@ export class AuditWriter {
   readonly maxEvents: number
   readonly #waitReplicas: number
   readonly #waitTimeoutMs: number
-  readonly #onAudit: (action: string, count: number) => void
-  readonly #onUnreplicated: (action: string, acked: number) => void
+  readonly #metrics: Metrics | undefined
+  readonly #logger: Logger | undefined
+  #unreplicatedLogged = 0
   /** The WAIT in flight on `durable`, and the one queued behind it (group commit, see #barrier). */
   readonly #waits: { inflight?: Promise<number>, next?: Promise<number> } = {}
 
@@ -84,15 +90,15 @@ export class AuditWriter {
     this.maxEvents = opts.maxEvents
     this.#waitReplicas = opts.waitReplicas ?? 0
     this.#waitTimeoutMs = opts.waitTimeoutMs ?? 100
-    this.#onAudit = opts.onAudit ?? (() => {})
-    this.#onUnreplicated = opts.onUnreplicated ?? (() => {})
+    this.#metrics = opts.metrics
+    this.#logger = opts.logger
     defineScripts(opts.rc.redis)
     defineScripts(this.durable)
   }
 
   /** Counts events a script wrote (metrics). */
   written (action: string, count = 1): void {
-    this.#onAudit(action, count)
+    this.#metrics?.auditEvents.inc({ action }, count)
   }
 
   /** Appends a security event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
@@ -138,7 +144,7 @@ export class AuditWriter {
   async replicated (action: string): Promise<void> {
     if (this.#waitReplicas === 0) return
     const acked = await this.#barrier().catch(() => -1)
-    if (acked < this.#waitReplicas) this.#onUnreplicated(action, acked)
+    if (acked < this.#waitReplicas) this.#unreplicated(action, acked)
   }
 
   /**
@@ -164,5 +170,15 @@ export class AuditWriter {
     })
     w.next = next
     return next
+  }
+
+  /** A security event fewer replicas acknowledged (`acked` -1: the WAIT itself failed): counted, and logged at most every 10 s. */
+  #unreplicated (action: string, acked: number): void {
+    this.#metrics?.unreplicated.inc({ action })
+    const t = Date.now()
+    if (t - this.#unreplicatedLogged < 10_000) return
+    this.#unreplicatedLogged = t
+    this.#logger?.warn({ action, acked, wanted: this.#waitReplicas, timeoutMs: this.#waitTimeoutMs },
+      'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
   }
 }
