@@ -65,3 +65,9 @@ export const forbidden = (message: string): BrokerError => new BrokerError('FORB
 export const notFound = (message: string): BrokerError => new BrokerError('NOT_FOUND', message)
 export const storeUnavailable = (cause?: unknown): BrokerError =>
   new BrokerError('STORE_UNAVAILABLE', 'The token store (Redis) is not answering; try again shortly.', { retryAfter: 2, cause })
+
+/** An error for a log line: name, code and message, never the object graph (which may hold a request). */
+export function describe (err: unknown): unknown {
+  if (!(err instanceof Error)) return err
+  return { type: err.name, code: (err as { code?: unknown }).code, message: err.message }
+}

@@ -5,6 +5,7 @@ import { AuditLog } from './broker/audit-log.ts'
 import { AuditWriter } from './broker/audit-writer.ts'
 import { Clock } from './broker/clock.ts'
 import { keyRing } from './broker/crypto.ts'
+import { PmsEventWatcher } from './broker/event-watcher.ts'
 import { TokenIssuer } from './broker/issuer.ts'
 import { createKeys, type Keys, type RedisContext, redisContext } from './broker/keys.ts'
 import { Locks } from './broker/locks.ts'
@@ -22,13 +23,12 @@ import { RefusalTrail } from './broker/refusal-trail.ts'
 import { WindowCounters } from './broker/window-counters.ts'
 import { JobProducer } from './jobs/producer.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
-import { JobRunner, lockDuration, sweepInterval } from './jobs/runner.ts'
+import { JobRunner, lockDuration, sweepInterval } from './worker/runner.ts'
 import { loggerOptions } from './logger.ts'
 import { Metrics } from './metrics.ts'
 import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
 import { ProxyKeys } from './proxy/proxy-keys.ts'
-import { describe } from './plugins/error-handler.ts'
 import { createRedis, type RedisClient } from './redis.ts'
 
 export interface ServiceOverrides {
@@ -74,8 +74,8 @@ export interface Services {
   /** The configured PMS servers by name (token files may replace an entry's admin token). */
   servers: Map<string, ServerConfig>
   keys: Keys
-  /** Redis, its keys, the deadline wrapper and the clock, as domain classes receive them. */
-  db: RedisContext
+  /** Redis, its keys, the deadline wrapper and the clock, as domain classes receive them (`rc` everywhere). */
+  rc: RedisContext
   connections: Connections
   clock: Clock
   /** Seals, opens and fingerprints tokens under BROKER_SECRET (and the previous secrets). */
@@ -107,9 +107,11 @@ export interface Services {
   watcher: TokenFileWatcher
   /** Proxy keys (src/proxy/proxy-keys.ts), checked against this instance's configuration. */
   proxyKeys: ProxyKeys
+  /** The PMS event streams (a drop queues a probe); undefined when BROKER_ROLE is `api`. */
+  events: PmsEventWatcher | undefined
   /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
   runner: JobRunner | undefined
-  /** Starts the background parts: the job runner (worker role) and the token-file watcher. */
+  /** Starts the background parts: the job runner and the event streams (worker role), and the token-file watcher. */
   start: () => Promise<void>
   /** Stops everything in reverse order of construction: workers, then clients, then connections. */
   close: () => Promise<void>
@@ -130,8 +132,9 @@ export function createLogger (config: Readonly<Config>, stream?: DestinationStre
 }
 
 /**
- * Builds the service graph of one instance. This is the only place that constructs services;
- * shutdown order (`close`) sits next to construction so the two cannot drift apart.
+ * Builds the service graph of one instance. This is the only place that constructs services, and
+ * each gets the instances it uses (never a callback standing in for one), so "go to definition"
+ * leads from any call to the code it runs. Shutdown order (`closeServices`) sits next to it.
  */
 export function createServices (config: Readonly<Config>, overrides: ServiceOverrides = {}): Services {
   const logger = createLogger(config, overrides.logStream)
@@ -141,54 +144,32 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       'BROKER_CONFIG holds admin tokens and other users may read it: chmod 600 it (or move each token to a tokenFile)')
   }
   const metrics = new Metrics({ defaultMetrics: overrides.defaultMetrics })
-  const connections: Connections = {
-    cache: createRedis(config, 'cache', logger),
-    ratelimit: createRedis(config, 'ratelimit', logger),
-    queue: createRedis(config, 'queue', logger),
-    worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
-    audit: config.redisWaitReplicas === 0 ? undefined : createRedis(config, 'audit', logger, { commandTimeout: 750 + 2 * config.redisWaitTimeoutMs }),
-  }
+  const connections = createConnections(config, logger)
   // Redis Cluster: every key under the `{prefix}` hash tag, so the deployment lives in one slot.
   const keys = createKeys(config.redisPrefix, { hashTag: config.redisCluster !== undefined })
   const clientIdentifier = overrides.plexClientIdentifier ?? `plex-token-broker-${config.redisPrefix}`
   const servers = new Map(config.servers.map((s) => [s.name, s]))
-
   const clock = new Clock(overrides.now)
   // What domain classes get: Redis, its keys, the deadline, the clock.
-  const db = redisContext(connections.cache, keys, clock.now)
+  const rc = redisContext(connections.cache, keys, clock.now)
   const sealer = new Sealer(keyRing(config.brokerSecret, config.brokerSecretPrevious))
-  const locks = new Locks(db)
-  let unreplicatedLogged = 0
+  const locks = new Locks(rc)
   const auditWriter = new AuditWriter({
-    db,
+    rc,
     maxEvents: config.auditMaxEvents,
     durable: connections.audit,
     waitReplicas: config.redisWaitReplicas,
     waitTimeoutMs: config.redisWaitTimeoutMs,
-    onAudit: (action, n) => metrics.auditEvents.inc({ action }, n),
-    onUnreplicated: (action, acked) => {
-      metrics.unreplicated.inc({ action })
-      const now = Date.now()
-      if (now - unreplicatedLogged < 10_000) return
-      unreplicatedLogged = now
-      logger.warn({ action, acked, wanted: config.redisWaitReplicas, timeoutMs: config.redisWaitTimeoutMs },
-        'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
-    },
+    metrics,
+    logger,
   })
-  const undecryptableWarned = new Set<string>()
   const store = new TokenStore({
-    db,
+    rc,
     sealer,
     audit: auditWriter,
     auditRetentionMs: config.auditRetentionMs,
     recordTtlMs: config.tokenLifetimeMs,
-    onUndecryptable: (server) => {
-      metrics.undecryptable.inc({ server })
-      if (undecryptableWarned.has(server)) return
-      undecryptableWarned.add(server)
-      logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
-        'each is invalidated and re-minted on its next request')
-    },
+    onUndecryptable: undecryptableReporter(metrics, logger),
   })
   const plex = new PlexClient({
     clientIdentifier,
@@ -197,203 +178,117 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
   })
   const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
-  const states = new ServerStates(db, plex)
+  const states = new ServerStates(rc, plex)
   const queues = createQueues(connections.queue, keys.queuePrefix)
-  const jobs = new JobProducer({
-    queues,
-    locks,
-    schedulerLockKey: keys.schedulerLock,
-  })
-  const adminHealth = new AdminTokenHealth({
-    db,
-    locks,
-    sealer,
-    audit: auditWriter,
-    states,
-    plex,
-    logger,
-    ...(plexTv === undefined
-      ? {}
-      : { accountCheck: async (token: string) => await plexTv.checkAccountToken(token), keepAlive: async (token: string) => { await plexTv.ping(token) } }),
-    onResult: (server, verdict) => metrics.adminTokenValid.set({ server }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1),
-    probeIntervalMs: config.probeIntervalMs,
-  })
+  const jobs = new JobProducer(queues)
+  const adminHealth = new AdminTokenHealth({ rc, locks, sealer, audit: auditWriter, states, plex, plexTv, metrics, logger, probeIntervalMs: config.probeIntervalMs })
   const issuer = new TokenIssuer({
     store,
-    db,
+    rc,
     locks,
     clock,
     plex,
+    states,
+    adminHealth,
+    metrics,
     logger,
     tokenLifetimeMs: config.tokenLifetimeMs,
     tokenRenewAfterMs: config.tokenRenewAfterMs,
     mintWaitMs: config.plexTimeoutMs * 2 + 2000,
     lockTtlMs: config.plexTimeoutMs * 2 + 1000,
-    mintFacts: async (s) => await states.mintFacts(s.name),
-    machineIdentifier: async (s, known) => await states.machineIdentifier(s, known),
-    onMint: (server, result) => metrics.mints.inc({ server, result }),
-    adminTokenBlocked: async (server, facts) => await adminHealth.blocked(server, facts),
-    onAdminRejected: async (server) => {
-      await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
-    },
   })
-  const rotator = new Rotator({
-    store,
-    states,
-    clock,
-    issuer,
-    servers,
-    logger,
-    activeWindowMs: config.tokenLifetimeMs,
-    onRotate: (server, reason) => metrics.rotations.inc({ server, reason }),
-  })
-  const probe = new ServerProbe({
-    store,
-    db,
-    locks,
-    audit: auditWriter,
-    clock,
-    states,
-    plex,
-    issuer,
-    logger,
-    activeWindowMs: config.tokenLifetimeMs,
-    onRestart: async (server, slots) => { await jobs.remint(server, slots, clock.now()) },
-    onRestartDetected: (server, invalidated) => {
-      metrics.restarts.inc({ server })
-      metrics.invalidations.inc({ server, reason: 'restart' }, invalidated)
-    },
-  })
-  const rejection = new RejectionCheck({
-    store,
-    plex,
-    issuer,
-    logger,
-    onConfirmed: (server) => {
-      metrics.invalidations.inc({ server, reason: 'rejected' })
-      jobs.probeNow(server, 'rejection').catch((err: unknown) => logger.warn({ err: describe(err) }, 'could not queue a probe'))
-    },
-  })
-  const audit = new AuditLog(db, {
-    onDropped: (n) => {
-      metrics.auditDropped.inc(n)
-      logger.warn({ dropped: n, max: config.auditMaxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
-    },
-  })
-  const readiness = new Readiness({ ...db, target: config })
-  const refusals = new RefusalTrail({
-    write: async (e, ctx) => await auditWriter.refusal(e, ctx),
-    windowMs: overrides.refusalWindowMs,
-    onError: (err) => logger.warn({ err: describe(err) }, 'audit write failed'),
-  })
-  const unavailableLogged = new Map<string, number>()
-  const limiter = new RateLimiter({
-    counters: new WindowCounters(connections.ratelimit),
-    keys,
-    clientDefault: config.defaultRateLimit,
-    onLimited: (limit) => metrics.rateLimited.inc({ limit }),
-    onUnavailable: (limit, err) => {
-      // Fails open. A down Redis fails every request: one line per limit and 10 s is enough.
-      const now = Date.now()
-      if (now - (unavailableLogged.get(limit) ?? 0) < 10_000) return
-      unavailableLogged.set(limit, now)
-      logger.warn({ limit, err: describe(err) }, limit === 'auth_failures' ? 'failed-authentication throttle unavailable' : 'rate limit unavailable; failing open')
-    },
-  })
-  const push = new PushHub({
-    db,
-    // The reader's blocking XREAD gets a connection of its own, opened with the first stream.
-    connect: () => createRedis(config, 'push', logger),
-    logger,
-    maxPerClient: config.streamMaxPerClient,
-    maxTotal: config.streamMaxTotal,
-    onLimited: () => limiter.limited('streams'),
-  })
-  const watcher = new TokenFileWatcher(servers, logger, (server) => {
-    adminHealth.check(server).catch(() => {})
-  })
-  const runner = connections.worker === undefined
+  const activeWindowMs = config.tokenLifetimeMs
+  const rotator = new Rotator({ store, states, clock, issuer, servers, metrics, logger, activeWindowMs })
+  const probe = new ServerProbe({ store, rc, locks, audit: auditWriter, clock, states, plex, issuer, jobs, metrics, logger, activeWindowMs })
+  const rejection = new RejectionCheck({ store, plex, issuer, jobs, metrics, logger })
+  const audit = new AuditLog(rc, { metrics, logger })
+  const readiness = new Readiness({ ...rc, target: config })
+  const refusals = new RefusalTrail({ audit: auditWriter, logger, windowMs: overrides.refusalWindowMs })
+  const limiter = new RateLimiter({ counters: new WindowCounters(connections.ratelimit), keys, clientDefault: config.defaultRateLimit, metrics, logger })
+  const push = new PushHub({ rc, target: config, logger, limiter, maxPerClient: config.streamMaxPerClient, maxTotal: config.streamMaxTotal })
+  const watcher = new TokenFileWatcher(servers, logger, adminHealth)
+  const worker = connections.worker
+  const events = worker === undefined ? undefined : new PmsEventWatcher({ servers, plex, adminHealth, jobs, logger, probeIntervalMs: config.probeIntervalMs })
+  const runner = worker === undefined
     ? undefined
     : new JobRunner({
       jobs,
-      connection: connections.worker,
-      prefix: keys.queuePrefix,
+      connection: worker,
+      keys,
+      locks,
       servers,
-      plex,
       rotator,
       probe,
+      adminHealth,
+      audit,
       logger,
+      auditRetentionMs: config.auditRetentionMs,
+      auditMaxEvents: config.auditMaxEvents,
       probeIntervalMs: config.probeIntervalMs,
       sweepIntervalMs: sweepInterval(config.tokenRenewAfterMs),
       lockDurationMs: lockDuration(config.tokenRenewAfterMs),
       concurrency: config.plexConcurrency,
-      onSweep: async () => { await audit.trim(config.auditRetentionMs, config.auditMaxEvents) },
-      checkAdminTokens: async () => {
-        for (const s of servers.values()) await adminHealth.check(s)
-      },
-      recheckAdminToken: async (server) => await adminHealth.recheck(server),
-      adminTokenRejected: async (server) => await adminHealth.rejected(server),
     })
-
+  const proxyKeys = new ProxyKeys(rc, config)
+  const parts = { config, logger, metrics, servers, keys, rc, connections, clock, sealer, locks, auditWriter, store, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, proxyKeys, events, runner }
   return {
-    config,
-    logger,
-    metrics,
-    servers,
-    keys,
-    db,
-    connections,
-    clock,
-    sealer,
-    locks,
-    auditWriter,
-    store,
-    plex,
-    plexTv,
-    states,
-    adminHealth,
-    issuer,
-    rejection,
-    queues,
-    jobs,
-    rotator,
-    probe,
-    audit,
-    readiness,
-    limiter,
-    refusals,
-    push,
-    watcher,
-    proxyKeys: new ProxyKeys(db, config),
-    runner,
+    ...parts,
     start: async () => {
       await runner?.start()
+      events?.start()
       watcher.start(overrides.tokenWatchIntervalMs ?? 5000)
     },
-    close: async () => {
-      // Workers first (they finish or leave in-flight jobs), then the clients, then the connections they use.
-      watcher.stop()
-      // Counts of refusals not yet written reach the trail while Redis is still open.
-      await refusals.flush()
-      // The streams themselves were ended by the route's preClose hook; this stops the reader.
-      await push.close()
-      await runner?.close()
-      await plexTv?.close()
-      await queues.close()
-      await plex.close()
-      for (const c of [connections.worker, connections.queue, connections.audit, connections.ratelimit, connections.cache]) {
-        await c?.quit().catch(() => c.disconnect())
-      }
-      // The last lines (shutdown included) reach stdout before the process exits.
-      await new Promise<void>((resolve) => logger.flush(() => resolve()))
-    },
+    close: async () => { await closeServices(parts) },
   }
 }
 
+/** The Redis connections of one instance, one per role (redis.ts createRedis). */
+function createConnections (config: Readonly<Config>, logger: Logger): Connections {
+  return {
+    cache: createRedis(config, 'cache', logger),
+    ratelimit: createRedis(config, 'ratelimit', logger),
+    queue: createRedis(config, 'queue', logger),
+    worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
+    audit: config.redisWaitReplicas === 0 ? undefined : createRedis(config, 'audit', logger, { commandTimeout: 750 + 2 * config.redisWaitTimeoutMs }),
+  }
+}
+
+/** Undecryptable tokens are counted per server; the first of each server is also logged. */
+function undecryptableReporter (metrics: Metrics, logger: Logger): (server: string) => void {
+  const warned = new Set<string>()
+  return (server) => {
+    metrics.undecryptable.inc({ server })
+    if (warned.has(server)) return
+    warned.add(server)
+    logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
+      'each is invalidated and re-minted on its next request')
+  }
+}
+
+/** Stops everything in reverse order of construction: workers first (they finish or leave in-flight jobs), then the clients, then the connections they use. */
+async function closeServices (s: Omit<Services, 'start' | 'close'>): Promise<void> {
+  s.watcher.stop()
+  s.events?.stop()
+  // Counts of refusals not yet written reach the trail while Redis is still open.
+  await s.refusals.flush()
+  // The streams themselves were ended by the route's preClose hook; this stops the reader.
+  await s.push.close()
+  await s.runner?.close()
+  await s.plexTv?.close()
+  await s.queues.close()
+  await s.plex.close()
+  const c = s.connections
+  for (const r of [c.worker, c.queue, c.audit, c.ratelimit, c.cache]) {
+    await r?.quit().catch(() => r.disconnect())
+  }
+  // The last lines (shutdown included) reach stdout before the process exits.
+  await new Promise<void>((resolve) => s.logger.flush(() => resolve()))
+}
+
 /** Gauges that live in Redis (shared by every instance), read at scrape time. */
-export async function refreshGauges (s: Pick<Services, 'metrics' | 'db' | 'servers' | 'states' | 'queues'>): Promise<void> {
-  const { metrics, db } = s
-  const now = db.now()
+export async function refreshGauges (s: Pick<Services, 'metrics' | 'rc' | 'servers' | 'states' | 'queues'>): Promise<void> {
+  const { metrics, rc } = s
+  const now = rc.now()
   for (const name of s.servers.keys()) {
     const st = await s.states.get(name)
     if (st.state === 'unknown') metrics.serverUp.remove({ server: name })
@@ -403,8 +298,8 @@ export async function refreshGauges (s: Pick<Services, 'metrics' | 'db' | 'serve
     if (st.oldestExpiresAt === null) metrics.oldestExpiry.remove({ server: name })
     else metrics.oldestExpiry.set({ server: name }, Math.max(0, (st.oldestExpiresAt - now) / 1000))
   }
-  for (const [queue, q] of [['tokens', s.queues.tokens], ['probes', s.queues.probes]] as const) {
-    const counts = await db.call(() => q.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children'))
+  for (const [queue, q] of [['tokens', s.queues.tokens], ['probes', s.queues.probes], ['housekeeping', s.queues.housekeeping]] as const) {
+    const counts = await rc.call(() => q.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children'))
     for (const [state, n] of Object.entries(counts)) metrics.queueJobs.set({ queue, state }, n)
   }
 }

@@ -8,16 +8,18 @@ function issuerOf (app: FastifyInstance, lockTtlMs: number): TokenIssuer {
   const { broker } = app
   return new TokenIssuer({
     store: broker.store,
-    db: broker.db,
+    rc: broker.rc,
     locks: broker.locks,
     clock: broker.clock,
     plex: broker.plex,
+    states: broker.states,
+    adminHealth: broker.adminHealth,
+    metrics: broker.metrics,
     logger: broker.logger,
     tokenLifetimeMs: broker.config.tokenLifetimeMs,
     tokenRenewAfterMs: broker.config.tokenRenewAfterMs,
     mintWaitMs: 10_000,
     lockTtlMs,
-    machineIdentifier: async (s) => await broker.states.machineIdentifier(s),
   })
 }
 

@@ -13,8 +13,8 @@ import { deleteKeys, monitorRedis, REDIS_URL, uniquePrefix, until, type T } from
 function instance (t: T, prefix: string, now: () => number = Date.now, config?: ConstructorParameters<typeof ProxyKeys>[1]): ProxyKeys {
   const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })
   t.teardown(() => redis.disconnect())
-  const db: RedisContext = { redis, keys: createKeys(prefix), call: async (fn) => await withDeadline(fn, 2000), now }
-  return new ProxyKeys(db, config)
+  const rc: RedisContext = { redis, keys: createKeys(prefix), call: async (fn) => await withDeadline(fn, 2000), now }
+  return new ProxyKeys(rc, config)
 }
 
 function setup (t: T, name: string, now?: () => number): { a: ProxyKeys, b: ProxyKeys, prefix: string } {

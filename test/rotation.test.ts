@@ -2,7 +2,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { backoffDelay, BACKOFF_CAP_MS } from '../src/jobs/queues.ts'
-import { sweepInterval } from '../src/jobs/runner.ts'
+import { sweepInterval } from '../src/worker/runner.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix, until } from './helper.ts'
 
 // Short lifetimes, real BullMQ workers, real timers.
@@ -160,8 +160,8 @@ t.test('an idle client\'s token is not renewed forever', async (t) => {
   await sleep(7000)
   const store = app.broker.store
   t.equal(await store.peek('idle', 'default'), undefined, 'after a lifetime without asking, nothing is kept alive')
-  const { db } = app.broker
-  const rotated = await db.call(() => db.redis.xrange(db.keys.audit, '-', '+'))
+  const { rc } = app.broker
+  const rotated = await rc.call(() => rc.redis.xrange(rc.keys.audit, '-', '+'))
   const rotations = rotated.filter(([, f]) => f.includes('token.rotate') && f.includes('idle'))
   // Active for one lifetime (3 s) after its last request, renewed each 1 s at most: ≤ 3 rotations, then none.
   t.ok(rotations.length <= 3, `rotated only while still active (${rotations.length})`)
@@ -296,7 +296,7 @@ t.test('two broker instances run each probe once per period in total', async (t)
   const identity = sim.counters.byPath['/identity'] ?? 0
   // Two instances each probing would make about ten; the exact rate is the benchmark's business.
   t.ok(identity >= 1 && identity <= 7, `about one /identity probe per second in total, not per instance (${identity} in 5 s)`)
-  const schedulers = await one.broker.queues.probes.getJobSchedulers(0, -1)
+  const schedulers = await one.broker.queues.schedulers()
   t.equal(schedulers.filter((s) => s.key === 'probe.default').length, 1, 'one probe scheduler')
   t.equal(schedulers.filter((s) => s.key === 'sweep.rotations').length, 1, 'one sweep scheduler for both instances: one sweep per period')
 })

@@ -1,11 +1,12 @@
 import t from 'tap'
+import { Queue } from 'bullmq'
 import { Redis } from 'ioredis'
-import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+import { buildTestApp, makeClient, REDIS_URL, serverFor, startSim, testConfig, uniquePrefix, until } from './helper.ts'
 
 // What the schedulers say right after `ready`: the cadence each periodic job has and when it next runs.
 async function schedulers (app: Awaited<ReturnType<typeof buildTestApp>>) {
   const now = Date.now()
-  const all = await app.broker.queues.probes.getJobSchedulers(0, -1)
+  const all = await app.broker.queues.schedulers()
   const get = (key: string) => {
     const s = all.find((x) => x.key === key)
     return { every: Number(s?.every), inMs: (s?.next ?? Number.POSITIVE_INFINITY) - now }
@@ -44,3 +45,26 @@ for (const lockHeld of [false, true]) {
     t.same(now.keys, ['check.admin-tokens', 'probe.default', 'sweep.rotations'], 'one scheduler each, none left over')
   })
 }
+
+t.test('a rolling upgrade: the sweep and admin schedulers an older version kept on `probes` move to `housekeeping`', async (t) => {
+  const sim = await startSim(t)
+  const a = makeClient('sched')
+  const prefix = uniquePrefix('sched')
+  // What an instance of the older version set up: every periodic job on the `probes` queue.
+  const old = new Queue('probes', { connection: new Redis(REDIS_URL), prefix: `${prefix}:q` })
+  t.teardown(async () => {
+    await old.close()
+    await old.disconnect()
+  })
+  await old.upsertJobScheduler('sweep.rotations', { every: 60_000 }, { name: 'sweep', data: {} })
+  await old.upsertJobScheduler('check.admin-tokens', { every: 3600_000 }, { name: 'admin', data: {} })
+  const app = await buildTestApp(t, testConfig(prefix, [serverFor(sim)], [a], { role: 'all', probeIntervalMs: 30_000 }))
+  await app.ready()
+  const keys = async (q: Queue) => (await q.getJobSchedulers(0, -1)).map((s) => s.key).sort()
+  t.same(await keys(app.broker.queues.probes), ['probe.default'], '`probes` carries probes only')
+  t.same(await keys(app.broker.queues.housekeeping), ['check.admin-tokens', 'sweep.rotations'])
+  // A sweep the older version still queues on `probes` (until it is gone) is run, not left to pile up.
+  const job = await old.add('sweep', {}, { jobId: 'old-sweep' })
+  t.ok(await until(10_000, async () => await job.getState() === 'completed'), 'the sweep found on `probes` ran')
+  t.same((await old.getJob('old-sweep'))?.returnvalue, { due: 0 })
+})

@@ -1,17 +1,19 @@
 import type { Logger } from 'pino'
 import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
+import type { Metrics } from '../metrics.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
 import type { AuditWriter } from './audit-writer.ts'
 import type { Locks } from './locks.ts'
 import type { Sealer } from './sealer.ts'
+import type { PlexTv } from '../plex/plextv.ts'
 import type { MintFacts, ServerStates } from './server-state.ts'
 
 export type Verdict = 'valid' | 'invalid' | 'unknown'
 
 export interface AdminTokenHealthOptions {
   /** Redis's keys and the clock (keys.ts RedisContext). */
-  db: RedisContext
+  rc: RedisContext
   /** The fleet's recheck rate lock. */
   locks: Locks
   /** Fingerprints the admin token, so a verdict is tied to the token it is about. */
@@ -21,13 +23,12 @@ export interface AdminTokenHealthOptions {
   plex: PlexClient
   logger: Logger
   /**
-   * plex.tv's opinion of an account token (`GET /api/v2/user`: 200 valid, 401 invalid, anything
-   * else unknown). Absent when plex.tv is not configured.
+   * plex.tv: its opinion of an account token (`GET /api/v2/user`: 200 valid, 401 invalid, anything
+   * else unknown), and a ping that keeps a valid one alive. Absent when plex.tv is not configured.
    */
-  accountCheck?: (token: string) => Promise<Verdict>
-  /** Keeps an account token alive (`GET /api/v2/ping`); failures are ignored. */
-  keepAlive?: (token: string) => Promise<void>
-  onResult?: (server: string, verdict: Verdict) => void
+  plexTv?: PlexTv
+  /** The verdict of each server's admin token (`ptb_admin_token_valid`). */
+  metrics: Metrics
   /** PLEX_PROBE_INTERVAL: sets the first recheck interval of a rejected token (see `recheckStartMs`). */
   probeIntervalMs?: number
 }
@@ -83,12 +84,12 @@ export class AdminTokenHealth {
       if (err instanceof PlexRejectedError) pms = 'invalid'
     }
     let account: Verdict = 'unknown'
-    if (this.#o.accountCheck !== undefined) {
-      account = await this.#o.accountCheck(server.adminToken).catch(() => 'unknown' as const)
+    if (this.#o.plexTv !== undefined) {
+      account = await this.#o.plexTv.checkAccountToken(server.adminToken).catch(() => 'unknown' as const)
     }
     // PMS decides when it answers: it is the one that mints. plex.tv speaks when PMS cannot.
     const verdict: Verdict = pms !== 'unknown' ? pms : account
-    if (account === 'valid') await this.#o.keepAlive?.(server.adminToken).catch(() => {})
+    if (account === 'valid') await this.#o.plexTv?.ping(server.adminToken).catch(() => {})
     await this.record(server, verdict, { pms, plextv: account })
     logger[verdict === 'invalid' ? 'error' : 'info']({ server: server.name, verdict, pms, plextv: account }, verdict === 'invalid'
       ? 'admin token rejected: run `ptb login` (or fix the token file / Preferences.xml) and update the broker configuration'
@@ -101,11 +102,11 @@ export class AdminTokenHealth {
    * never blocked by its predecessor's verdict. Audits and reports changes.
    */
   async record (server: ServerConfig, verdict: Verdict, detail: Record<string, unknown> = {}): Promise<void> {
-    const { states, sealer, db } = this.#o
+    const { states, sealer, rc } = this.#o
     const before = await states.get(server.name)
     const fp = sealer.fingerprint(server.adminToken)
     const changed = before.adminToken !== verdict || before.adminFp !== fp
-    await states.update(server.name, { adminToken: verdict, adminCheckedAt: db.now(), adminFp: fp })
+    await states.update(server.name, { adminToken: verdict, adminCheckedAt: rc.now(), adminFp: fp })
     if (verdict !== 'invalid') {
       // Accepted (or no longer known bad): the next rejection starts the backoff afresh.
       await states.clearRecheck(server.name)
@@ -114,7 +115,7 @@ export class AdminTokenHealth {
       // this interval's call, so the first recheck comes one start interval from now.
       await states.startRecheck(server.name, this.#startMs)
     }
-    this.#o.onResult?.(server.name, verdict)
+    this.#o.metrics.adminTokenValid.set({ server: server.name }, verdict === 'valid' ? 1 : verdict === 'invalid' ? 0 : -1)
     if (changed) {
       await this.#o.audit.write({ action: 'server.admin_token', server: server.name, detail: { state: verdict, previous: before.adminToken, ...detail } })
     }
@@ -142,13 +143,13 @@ export class AdminTokenHealth {
    * current interval. Never throws for PMS trouble (that is `unknown`); Redis trouble propagates.
    */
   async recheck (server: ServerConfig): Promise<RecheckResult> {
-    const { states, db, plex, logger } = this.#o
+    const { states, rc, plex, logger } = this.#o
     const rejection = await this.#rejection(server)
     if (rejection === undefined) return 'not_rejected'
     // The lock is never released: it expires when the next recheck is due. Taking it doubles the
     // interval for the call after this one, so the gaps run start, 2×start, 4×start … 1 min.
     const interval = Math.min(ADMIN_RECHECK_MAX_MS, rejection.intervalMs * 2)
-    if (await this.#o.locks.acquire(db.keys.adminRecheck(server.name), interval) === undefined) return 'skipped'
+    if (await this.#o.locks.acquire(rc.keys.adminRecheck(server.name), interval) === undefined) return 'skipped'
     await states.update(server.name, { adminRecheckMs: interval })
     let pms: Verdict = 'unknown'
     try {
@@ -161,7 +162,7 @@ export class AdminTokenHealth {
       logger.info({ server: server.name }, 'admin token accepted by PMS again; token requests unblocked')
       return 'accepted'
     }
-    if (pms === 'invalid') await states.update(server.name, { adminCheckedAt: db.now() })
+    if (pms === 'invalid') await states.update(server.name, { adminCheckedAt: rc.now() })
     logger.warn({ server: server.name, pms, nextRecheckInMs: interval }, pms === 'invalid'
       ? 'admin token still rejected by PMS: run `ptb login` (or fix the token file / Preferences.xml) if this lasts'
       : 'admin token recheck: PMS did not answer')

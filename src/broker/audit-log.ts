@@ -1,3 +1,5 @@
+import type { Logger } from 'pino'
+import type { Metrics } from '../metrics.ts'
 import type { RedisContext } from './keys.ts'
 
 /** One event of the trail as the API shows it. Never a raw token: `fingerprint` is an HMAC. */
@@ -113,8 +115,9 @@ function compareIds (a: string, b: string): number {
 }
 
 export interface AuditLogOptions {
-  /** Called when the security stream had to be cut to AUDIT_MAX_EVENTS before its retention. */
-  onDropped?: (count: number) => void
+  /** Counts (`ptb_audit_dropped_total`) and reports security events cut to AUDIT_MAX_EVENTS before their retention. */
+  metrics: Metrics
+  logger: Logger
 }
 
 /**
@@ -126,21 +129,21 @@ export interface AuditLogOptions {
  * while scanning newest first, in chunks, so a page costs a few round trips however large the trail is.
  */
 export class AuditLog {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
   readonly #o: AuditLogOptions
 
-  constructor (db: RedisContext, opts: AuditLogOptions = {}) {
-    this.#db = db
+  constructor (rc: RedisContext, opts: AuditLogOptions) {
+    this.#rc = rc
     this.#o = opts
   }
 
   /** Every stream newest first, merged; `ends[i]` is the exclusive or inclusive upper bound of stream i. */
   async * #newestFirst (ends: string[], start: string): AsyncGenerator<[Entry, number]> {
-    const { redis, keys } = this.#db
+    const { redis, keys } = this.#rc
     const sources = STREAMS.map((st, i) => ({ key: keys[st.key], end: ends[i] ?? '+', buf: [] as Entry[], done: false }))
     const refill = async (src: typeof sources[number]): Promise<void> => {
       if (src.done || src.buf.length > 0) return
-      const chunk = await this.#db.call(() => redis.xrevrange(src.key, src.end, start, 'COUNT', CHUNK)) as Entry[]
+      const chunk = await this.#rc.call(() => redis.xrevrange(src.key, src.end, start, 'COUNT', CHUNK)) as Entry[]
       src.buf = chunk
       if (chunk.length < CHUNK) src.done = true
       if (chunk.length > 0) src.end = `(${chunk[chunk.length - 1][0]}`
@@ -189,13 +192,13 @@ export class AuditLog {
 
   /** Oldest first, every matching event in the range: for NDJSON export to a SIEM. */
   async * export (q: AuditFilter): AsyncGenerator<AuditEvent> {
-    const { redis, keys } = this.#db
+    const { redis, keys } = this.#rc
     const end = q.until === undefined ? '+' : `${q.until}-18446744073709551615`
     const sources = STREAMS.map((st) => ({ key: keys[st.key], start: q.since === undefined ? '-' : `${q.since}-0`, buf: [] as Entry[], done: false }))
     while (true) {
       for (const src of sources) {
         if (src.done || src.buf.length > 0) continue
-        const chunk = await this.#db.call(() => redis.xrange(src.key, src.start, end, 'COUNT', CHUNK)) as Entry[]
+        const chunk = await this.#rc.call(() => redis.xrange(src.key, src.start, end, 'COUNT', CHUNK)) as Entry[]
         src.buf = chunk
         if (chunk.length < CHUNK) src.done = true
         if (chunk.length > 0) src.start = `(${chunk[chunk.length - 1][0]}`
@@ -218,7 +221,7 @@ export class AuditLog {
    */
   async holder (fingerprints: readonly string[]): Promise<{ tokenId: string, client: string, server: string, issuedAt: number, fingerprint: string } | undefined> {
     if (fingerprints.length === 0) return undefined
-    const found = await this.#db.call(() => this.#db.redis.mget(...fingerprints.map((fp) => this.#db.keys.fingerprint(fp))))
+    const found = await this.#rc.call(() => this.#rc.redis.mget(...fingerprints.map((fp) => this.#rc.keys.fingerprint(fp))))
     for (const [i, v] of found.entries()) {
       if (v === null) continue
       const [tokenId = '', client = '', server = '', issuedAt] = v.split('|')
@@ -233,15 +236,18 @@ export class AuditLog {
    * events lost before their retention are counted (ptb_audit_dropped_total) and reported.
    */
   async trim (retentionMs: number, maxEvents?: number): Promise<{ expired: number, dropped: number }> {
-    const { redis, keys } = this.#db
-    const minId = `${Math.max(0, this.#db.now() - retentionMs)}-0`
+    const { redis, keys } = this.#rc
+    const minId = `${Math.max(0, this.#rc.now() - retentionMs)}-0`
     // Exact trimming: it runs once per sweep, and "older than the retention" should mean exactly that.
     let expired = 0
-    for (const st of STREAMS) expired += await this.#db.call(() => redis.xtrim(keys[st.key], 'MINID', minId))
+    for (const st of STREAMS) expired += await this.#rc.call(() => redis.xtrim(keys[st.key], 'MINID', minId))
     let dropped = 0
     if (maxEvents !== undefined) {
-      dropped = await this.#db.call(() => redis.xtrim(keys.audit, 'MAXLEN', maxEvents))
-      if (dropped > 0) this.#o.onDropped?.(dropped)
+      dropped = await this.#rc.call(() => redis.xtrim(keys.audit, 'MAXLEN', maxEvents))
+      if (dropped > 0) {
+        this.#o.metrics.auditDropped.inc(dropped)
+        this.#o.logger.warn({ dropped, max: maxEvents }, 'security audit events cut before AUDIT_RETENTION: the trail exceeded AUDIT_MAX_EVENTS; raise it or export the trail more often')
+      }
     }
     return { expired, dropped }
   }

@@ -1,3 +1,5 @@
+import type { Logger } from 'pino'
+import type { Metrics } from '../metrics.ts'
 import { type RedisClient, waitForReplicas } from '../redis.ts'
 import type { RedisContext } from './keys.ts'
 import { auditArgs, defineScripts } from './scripts.ts'
@@ -40,13 +42,13 @@ export interface AuditInput {
 
 export interface AuditWriterOptions {
   /** The request path's connection (refusals), its keys, deadline and clock. */
-  db: RedisContext
+  rc: RedisContext
   /** AUDIT_MAX_EVENTS: cap of the serves stream (cache hits) and of the refusals stream; the security stream is trimmed by retention only. */
   maxEvents: number
   /**
    * The connection security events are written and WAITed on (services.ts: role `audit`, only
    * with REDIS_WAIT_REPLICAS). A WAIT holds up every command behind it on its connection, so it
-   * must not sit in front of cache hits. Default: `db.redis`.
+   * must not sit in front of cache hits. Default: `rc.redis`.
    */
   durable?: RedisClient
   /**
@@ -55,10 +57,13 @@ export interface AuditWriterOptions {
    */
   waitReplicas?: number
   waitTimeoutMs?: number
-  /** Called for every audit event written (metrics). */
-  onAudit?: (action: string, count: number) => void
-  /** Fewer replicas acknowledged than asked (`acked` -1: the WAIT itself failed): the event is at risk in a failover. */
-  onUnreplicated?: (action: string, acked: number) => void
+  /**
+   * Counts every audit event written (`ptb_audit_events_total`), and every security event fewer
+   * replicas acknowledged than asked (`ptb_redis_unreplicated_writes_total`).
+   */
+  metrics?: Metrics
+  /** Says when a security event is at risk in a failover (fewer replicas than asked), at most every 10 s. */
+  logger?: Logger
 }
 
 /**
@@ -67,37 +72,38 @@ export interface AuditWriterOptions {
  * whichever writes it, is followed by `replicated`.
  */
 export class AuditWriter {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
   /** Where security events are written (and WAITed on): the token store's scripts that write one use it too. */
   readonly durable: RedisClient
   readonly maxEvents: number
   readonly #waitReplicas: number
   readonly #waitTimeoutMs: number
-  readonly #onAudit: (action: string, count: number) => void
-  readonly #onUnreplicated: (action: string, acked: number) => void
+  readonly #metrics: Metrics | undefined
+  readonly #logger: Logger | undefined
+  #unreplicatedLogged = 0
   /** The WAIT in flight on `durable`, and the one queued behind it (group commit, see #barrier). */
   readonly #waits: { inflight?: Promise<number>, next?: Promise<number> } = {}
 
   constructor (opts: AuditWriterOptions) {
-    this.#db = opts.db
-    this.durable = opts.durable ?? opts.db.redis
+    this.#rc = opts.rc
+    this.durable = opts.durable ?? opts.rc.redis
     this.maxEvents = opts.maxEvents
     this.#waitReplicas = opts.waitReplicas ?? 0
     this.#waitTimeoutMs = opts.waitTimeoutMs ?? 100
-    this.#onAudit = opts.onAudit ?? (() => {})
-    this.#onUnreplicated = opts.onUnreplicated ?? (() => {})
-    defineScripts(opts.db.redis)
+    this.#metrics = opts.metrics
+    this.#logger = opts.logger
+    defineScripts(opts.rc.redis)
     defineScripts(this.durable)
   }
 
   /** Counts events a script wrote (metrics). */
   written (action: string, count = 1): void {
-    this.#onAudit(action, count)
+    this.#metrics?.auditEvents.inc({ action }, count)
   }
 
   /** Appends a security event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async write (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
-    const id = await this.#db.call(() => this.durable.ptbAudit(...auditArgs(this.#db.keys.audit, this.#event(e, ctx, 0))))
+    const id = await this.#rc.call(() => this.durable.ptbAudit(...auditArgs(this.#rc.keys.audit, this.#event(e, ctx, 0))))
     this.written(e.action)
     await this.replicated(e.action)
     return id
@@ -109,7 +115,7 @@ export class AuditWriter {
    * No WAIT: a refusal changed nothing a failover could lose.
    */
   async refusal (e: AuditInput, ctx: RequestContext): Promise<string> {
-    const id = await this.#db.call(() => this.#db.redis.ptbAudit(...auditArgs(this.#db.keys.auditRefusals, this.#event(e, ctx, this.maxEvents))))
+    const id = await this.#rc.call(() => this.#rc.redis.ptbAudit(...auditArgs(this.#rc.keys.auditRefusals, this.#event(e, ctx, this.maxEvents))))
     this.written(e.action)
     return id
   }
@@ -117,7 +123,7 @@ export class AuditWriter {
   #event (e: AuditInput, ctx: RequestContext, maxlen: number): Parameters<typeof auditArgs>[1] {
     return {
       maxlen,
-      now: this.#db.now(),
+      now: this.#rc.now(),
       action: e.action,
       client: e.client ?? '',
       server: e.server ?? '',
@@ -138,7 +144,7 @@ export class AuditWriter {
   async replicated (action: string): Promise<void> {
     if (this.#waitReplicas === 0) return
     const acked = await this.#barrier().catch(() => -1)
-    if (acked < this.#waitReplicas) this.#onUnreplicated(action, acked)
+    if (acked < this.#waitReplicas) this.#unreplicated(action, acked)
   }
 
   /**
@@ -152,7 +158,7 @@ export class AuditWriter {
     const w = this.#waits
     if (w.next !== undefined) return w.next
     const start = (): Promise<number> => {
-      const p: Promise<number> = this.#db.call(() => waitForReplicas(this.durable, this.#db.keys.audit, this.#waitReplicas, this.#waitTimeoutMs))
+      const p: Promise<number> = this.#rc.call(() => waitForReplicas(this.durable, this.#rc.keys.audit, this.#waitReplicas, this.#waitTimeoutMs))
         .finally(() => { if (w.inflight === p) w.inflight = undefined })
       w.inflight = p
       return p
@@ -164,5 +170,15 @@ export class AuditWriter {
     })
     w.next = next
     return next
+  }
+
+  /** A security event fewer replicas acknowledged (`acked` -1: the WAIT itself failed): counted, and logged at most every 10 s. */
+  #unreplicated (action: string, acked: number): void {
+    this.#metrics?.unreplicated.inc({ action })
+    const t = Date.now()
+    if (t - this.#unreplicatedLogged < 10_000) return
+    this.#unreplicatedLogged = t
+    this.#logger?.warn({ action, acked, wanted: this.#waitReplicas, timeoutMs: this.#waitTimeoutMs },
+      'a security audit event reached fewer Redis replicas than REDIS_WAIT_REPLICAS: a failover now could lose it (counted in ptb_redis_unreplicated_writes_total)')
   }
 }

@@ -3,20 +3,22 @@ import type { Logger } from 'pino'
 import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { BrokerError } from '../errors.ts'
+import type { Metrics } from '../metrics.ts'
 import { PlexBadResponseError, type PlexClient, PlexNotFoundError, PlexRejectedError, PlexUnavailableError } from '../plex/client.ts'
 import type { RequestContext } from './audit-writer.ts'
 import type { Clock } from './clock.ts'
 import type { Locks } from './locks.ts'
 import type { Meter } from './rate-limiter.ts'
 import type { TokenReason } from './push-log.ts'
-import type { MintFacts } from './server-state.ts'
+import type { AdminTokenHealth } from './admin-token-health.ts'
+import type { ServerStates } from './server-state.ts'
 import type { TokenStore } from './token-store.ts'
 import { type ServedToken, slotKey, type TokenAudit } from './tokens.ts'
 
 export interface IssuerOptions {
   store: TokenStore
   /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
-  db: RedisContext
+  rc: RedisContext
   /** The mint lock. */
   locks: Locks
   clock: Clock
@@ -40,19 +42,16 @@ export interface IssuerOptions {
   lockTtlMs: number
   /** Longest a holder keeps renewing the mint lock; after that it lapses. Default 10 × lockTtlMs. */
   maxLockHoldMs?: number
-  /** The server-hash fields a mint needs, in one Redis read (server-state.ts mintFacts). */
-  mintFacts?: (server: ServerConfig) => Promise<MintFacts>
-  /** Looks up (and caches in Redis) the machineIdentifier of a server; `known` is what mintFacts read. */
-  machineIdentifier: (server: ServerConfig, known?: string | null) => Promise<string>
-  /** True when the server's admin token is known to be rejected: fail fast, do not call PMS. */
-  adminTokenBlocked?: (server: ServerConfig, facts?: MintFacts) => Promise<boolean>
+  /** The server hash: what a mint needs in one read (`mintFacts`), and the machineIdentifier (asked of PMS once when unknown). */
+  states: ServerStates
   /**
-   * Called when PMS rejects the admin token during a mint, and awaited before the client gets its
-   * 502: the verdict is recorded first, so the client's next request is already blocked.
+   * The admin-token verdict: a token known to be rejected fails fast without calling PMS; one PMS
+   * rejects during a mint is recorded before the client gets its 502, so its next request is
+   * already blocked.
    */
-  onAdminRejected?: (server: ServerConfig) => Promise<void> | void
-  /** Called after every upstream mint attempt (metrics). */
-  onMint?: (server: string, result: 'ok' | 'rejected' | 'unavailable' | 'error') => void
+  adminHealth: AdminTokenHealth
+  /** Every upstream mint attempt and its result (`ptb_mints_total`). */
+  metrics: Metrics
   /** Called when a served token is past its renewAt: the rotation job was lost or is failing. */
   onOverdue?: (client: string, server: string, tokenId: string) => void
 }
@@ -170,7 +169,7 @@ export class TokenIssuer {
   async ensure (client: string, server: ServerConfig, opts: EnsureOptions = {}): Promise<boolean> {
     const { store, locks, mintWaitMs, lockTtlMs } = this.#o
     const { target } = opts
-    const lockKey = this.#o.db.keys.mintLock(slotKey(client, target), server.name)
+    const lockKey = this.#o.rc.keys.mintLock(slotKey(client, target), server.name)
     const deadline = Date.now() + mintWaitMs
     let pause = 20
     while (true) {
@@ -232,18 +231,18 @@ export class TokenIssuer {
    * With `expectCurrent`, the new token replaces that one only if it is still current (rotation).
    */
   async mint (client: string, server: ServerConfig, opts: MintOptions = {}): Promise<string | undefined> {
-    const { store, plex, logger, onMint } = this.#o
+    const { store, plex, logger, states, adminHealth, metrics } = this.#o
     let token: string
     let machineIdentifier: string
     let meta = ''
     // One read of the server hash serves both the admin-token verdict and the machineIdentifier.
-    const facts = await this.#o.mintFacts?.(server)
-    if (await this.#o.adminTokenBlocked?.(server, facts) === true) {
-      onMint?.(server.name, 'rejected')
+    const facts = await states.mintFacts(server.name)
+    if (await adminHealth.blocked(server, facts)) {
+      metrics.mints.inc({ server: server.name, result: 'rejected' })
       throw upstreamError(server.name, new PlexRejectedError('admin token known to be rejected', 401))
     }
     try {
-      machineIdentifier = await this.#o.machineIdentifier(server, facts?.mid)
+      machineIdentifier = await states.machineIdentifier(server, facts.mid)
       if (opts.target === undefined) {
         token = await plex.mintTransient(server)
       } else {
@@ -251,11 +250,11 @@ export class TokenIssuer {
         token = res.token
         meta = JSON.stringify({ name: res.name, clientIdentifier: res.clientIdentifier, connections: res.connections })
       }
-      onMint?.(server.name, 'ok')
+      metrics.mints.inc({ server: server.name, result: 'ok' })
     } catch (err) {
       const result = err instanceof PlexRejectedError ? 'rejected' : err instanceof PlexUnavailableError || err instanceof PlexBadResponseError ? 'unavailable' : 'error'
-      onMint?.(server.name, result)
-      if (err instanceof PlexRejectedError) await Promise.resolve(this.#o.onAdminRejected?.(server)).catch(() => {})
+      metrics.mints.inc({ server: server.name, result })
+      if (err instanceof PlexRejectedError) await adminHealth.record(server, 'invalid', { reason: 'mint_rejected' }).catch(() => {})
       logger.warn({ client, server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'mint failed')
       throw upstreamError(server.name, err)
     }

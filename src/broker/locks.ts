@@ -8,27 +8,27 @@ import { defineScripts } from './scripts.ts'
  * owner can release or renew the lock, so a holder whose lock expired cannot free its successor's.
  */
 export class Locks {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
 
-  constructor (db: RedisContext) {
-    this.#db = db
-    defineScripts(db.redis)
+  constructor (rc: RedisContext) {
+    this.#rc = rc
+    defineScripts(rc.redis)
   }
 
   /** Takes the lock for `ttlMs`; returns the owner string when taken, undefined when someone else holds it. */
   async acquire (key: string, ttlMs: number): Promise<string | undefined> {
     const owner = newTokenId()
-    const ok = await this.#db.call(() => this.#db.redis.set(key, owner, 'PX', ttlMs, 'NX'))
+    const ok = await this.#rc.call(() => this.#rc.redis.set(key, owner, 'PX', ttlMs, 'NX'))
     return ok === 'OK' ? owner : undefined
   }
 
   /** Releases the lock if `owner` still holds it. */
   async release (key: string, owner: string): Promise<void> {
-    await this.#db.call(() => this.#db.redis.ptbUnlock(key, owner))
+    await this.#rc.call(() => this.#rc.redis.ptbUnlock(key, owner))
   }
 
   /** Resets the lock's expiry to `ttlMs` if `owner` still holds it; false when it was lost. */
   async renew (key: string, owner: string, ttlMs: number): Promise<boolean> {
-    return Number(await this.#db.call(() => this.#db.redis.ptbRenewLock(key, owner, ttlMs))) === 1
+    return Number(await this.#rc.call(() => this.#rc.redis.ptbRenewLock(key, owner, ttlMs))) === 1
   }
 }

@@ -1,6 +1,8 @@
 import type { Logger } from 'pino'
 import type { RedisContext } from './keys.ts'
 import type { ServerConfig } from '../config/index.ts'
+import type { JobProducer } from '../jobs/producer.ts'
+import type { Metrics } from '../metrics.ts'
 import { PlexRejectedError, type PlexClient } from '../plex/client.ts'
 import type { AuditWriter } from './audit-writer.ts'
 import type { Clock } from './clock.ts'
@@ -27,7 +29,7 @@ export interface ProbeResult {
 export interface ServerProbeOptions {
   store: TokenStore
   /** Redis, its keys and the deadline wrapper (keys.ts RedisContext). */
-  db: RedisContext
+  rc: RedisContext
   /** The probe lock. */
   locks: Locks
   /** Server events (down, up, restart) go to the security trail. */
@@ -36,14 +38,13 @@ export interface ServerProbeOptions {
   states: ServerStates
   plex: PlexClient
   issuer: TokenIssuer
+  /** Where the re-mints after a restart are queued (the active slots get fresh tokens before they ask). */
+  jobs: JobProducer
+  /** Restarts detected and the tokens they invalidated. */
+  metrics: Metrics
   logger: Logger
   /** Window in which a client counts as active (TOKEN_LIFETIME). */
   activeWindowMs: number
-  /** Called after a restart was handled, with the clients that need a fresh token now. */
-  onRestart?: (server: string, clients: string[]) => Promise<void> | void
-  onStateChange?: (server: string, state: 'up' | 'down') => void
-  /** Called once per detected restart with the number of tokens invalidated (metrics). */
-  onRestartDetected?: (server: string, invalidated: number) => void
 }
 
 /**
@@ -66,7 +67,7 @@ export class ServerProbe {
    */
   async probe (server: ServerConfig): Promise<ProbeResult> {
     const { locks } = this.#o
-    const lockKey = this.#o.db.keys.probeLock(server.name)
+    const lockKey = this.#o.rc.keys.probeLock(server.name)
     const deadline = Date.now() + 3000
     let owner = await locks.acquire(lockKey, 30_000)
     while (owner === undefined && Date.now() < deadline) {
@@ -93,7 +94,6 @@ export class ServerProbe {
       if (prev.state !== 'down') {
         logger.warn({ server: server.name, err: { type: (err as Error).name, message: (err as Error).message } }, 'PMS is down')
         await audit.write({ action: 'server.down', server: server.name, detail: { error: (err as Error).name } })
-        this.#o.onStateChange?.(server.name, 'down')
       }
       return { state: 'down', restart: [] }
     }
@@ -109,7 +109,6 @@ export class ServerProbe {
     if (prev.state !== 'up') {
       logger.info({ server: server.name, version: id.version }, 'PMS is up')
       if (prev.state === 'down') await audit.write({ action: 'server.up', server: server.name, detail: { version: id.version } })
-      this.#o.onStateChange?.(server.name, 'up')
       if (isVulnerable(id.version)) {
         logger.warn({ server: server.name, version: id.version },
           'PMS version is affected by CVE-2025-69414 (a transient token can be turned into a permanent one): upgrade PMS')
@@ -122,17 +121,18 @@ export class ServerProbe {
 
   /**
    * PMS restarted: every token it issued is dead. Invalidate them all, record the restart, and
-   * hand the active clients to `onRestart` so they get fresh tokens before they ask.
+   * queue re-mints for the active slots so they get fresh tokens before they ask.
    */
   async restarted (server: ServerConfig, reasons: RestartReason[], version: string | null): Promise<void> {
     const { store, states, logger } = this.#o
     const { count } = await store.retire({ server: server.name }, 'invalidated', 'token.invalidate', { reason: 'server_restart' })
     await states.update(server.name, { lastRestartAt: this.#o.clock.now() })
-    this.#o.onRestartDetected?.(server.name, count)
+    this.#o.metrics.restarts.inc({ server: server.name })
+    this.#o.metrics.invalidations.inc({ server: server.name, reason: 'restart' }, count)
     await this.#o.audit.write({ action: 'server.restart', server: server.name, detail: { reasons, version, invalidated: count } })
     const clients = (await store.activeClients(server.name, this.#o.activeWindowMs)).filter((c) => c !== CANARY_CLIENT)
     logger.warn({ server: server.name, reasons, invalidated: count, active: clients.length }, 'PMS restart detected; tokens invalidated')
-    await this.#o.onRestart?.(server.name, clients)
+    await this.#o.jobs.remint(server.name, clients, this.#o.clock.now())
   }
 
   /** 'none' when there is no live canary to ask (never minted, revoked, invalidated). */

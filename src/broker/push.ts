@@ -1,7 +1,8 @@
-import type { RedisClient } from '../redis.ts'
+import { createRedis, type RedisClient, type RedisTarget } from '../redis.ts'
 import type { Logger } from 'pino'
 import { BrokerError, storeUnavailable } from '../errors.ts'
 import type { RedisContext } from './keys.ts'
+import type { RateLimiter } from './rate-limiter.ts'
 import { compareIds, parsePushEntry, type PushEntry } from './push-log.ts'
 
 /** What the change log holds, as `snapshot` read it. */
@@ -24,17 +25,17 @@ export interface PushSubscriber {
 
 export interface PushHubOptions {
   /** Reads of the change log (last id, history) on the request-path connection, with its deadline. */
-  db: RedisContext
-  /** Opens the reader's own connection (redis.ts createRedis, role `push`); called with the first stream. */
-  connect: () => RedisClient
+  rc: RedisContext
+  /** Where the reader's own connection goes (createRedis role `push`, opened with the first stream): its blocking XREAD must not hold up other commands. */
+  target: RedisTarget
   logger: Logger
   /** STREAM_MAX_PER_CLIENT and STREAM_MAX_TOTAL: open streams on this instance. */
   maxPerClient: number
   maxTotal: number
   /** How long one XREAD blocks before it is issued again (default 5 s). */
   blockMs?: number
-  /** A stream refused at a limit (metrics). */
-  onLimited?: (which: 'client' | 'total') => void
+  /** Counts a stream refused at a limit (the `streams` limit). */
+  limiter: RateLimiter
 }
 
 /**
@@ -91,12 +92,12 @@ export class PushHub {
   async register (sub: PushSubscriber): Promise<() => void> {
     if (this.#closed) throw new BrokerError('UPSTREAM_UNAVAILABLE', 'The broker is shutting down; reconnect to another instance.', { retryAfter: 2 })
     if (this.countFor(sub.client) >= this.#o.maxPerClient) {
-      this.#o.onLimited?.('client')
+      this.#o.limiter.limited('streams')
       throw new BrokerError('RATE_LIMITED', `Too many open streams: at most ${this.#o.maxPerClient} per client on this instance; close one or retry later.`,
         { retryAfter: STREAM_LIMIT_RETRY_AFTER })
     }
     if (this.#size >= this.#o.maxTotal) {
-      this.#o.onLimited?.('total')
+      this.#o.limiter.limited('streams')
       throw new BrokerError('RATE_LIMITED', 'Too many open streams on this broker instance; retry later.', { retryAfter: STREAM_LIMIT_RETRY_AFTER })
     }
     const key = `${sub.client}\u0000${sub.server}`
@@ -131,8 +132,8 @@ export class PushHub {
    * still all there.
    */
   async snapshot (): Promise<PushSnapshot> {
-    const { db } = this.#o
-    const info = await db.call(async () => await db.redis.xinfo('STREAM', db.keys.push).catch((err: Error) => {
+    const { rc } = this.#o
+    const info = await rc.call(async () => await rc.redis.xinfo('STREAM', rc.keys.push).catch((err: Error) => {
       if (/no such key/i.test(err.message)) return []
       throw err
     })) as unknown[]
@@ -168,8 +169,8 @@ export class PushHub {
    * first; undefined when more than `max` entries (of anyone) lie in between: one bounded read.
    */
   async history (client: string, server: string, after: string, upTo: string, max = RESUME_MAX_ENTRIES): Promise<PushEntry[] | undefined> {
-    const { db } = this.#o
-    const batch = await db.call(() => db.redis.xrange(db.keys.push, `(${after}`, upTo, 'COUNT', max + 1))
+    const { rc } = this.#o
+    const batch = await rc.call(() => rc.redis.xrange(rc.keys.push, `(${after}`, upTo, 'COUNT', max + 1))
     if (batch.length > max) return undefined
     const out: PushEntry[] = []
     for (const [id, fields] of batch) {
@@ -179,7 +180,7 @@ export class PushHub {
     return out
   }
 
-  /** Stops the reader and closes its connection. Streams are ended by their owner (routes/stream.ts) first. */
+  /** Stops the reader and closes its connection. Streams are ended by their owner (routes/stream.ts, routes/push-stream.ts) first. */
   async close (): Promise<void> {
     this.#closed = true
     this.#redis?.disconnect()
@@ -220,19 +221,19 @@ export class PushHub {
         throw err
       }
       if (this.#closed) return
-      this.#redis = this.#o.connect()
+      this.#redis = createRedis(this.#o.target, 'push', this.#o.logger)
       this.#loop = this.#read(this.#redis)
     })()
     await this.#starting
   }
 
   async #read (redis: RedisClient): Promise<void> {
-    const { db, logger } = this.#o
+    const { rc, logger } = this.#o
     let pause = 100
     let lastLog = 0
     while (!this.#closed) {
       try {
-        const res = await redis.xread('COUNT', 500, 'BLOCK', this.#o.blockMs ?? 5000, 'STREAMS', db.keys.push, this.#position)
+        const res = await redis.xread('COUNT', 500, 'BLOCK', this.#o.blockMs ?? 5000, 'STREAMS', rc.keys.push, this.#position)
         pause = 100
         if (res === null) continue
         for (const [, entries] of res) {

@@ -1,5 +1,7 @@
+import type { Logger } from 'pino'
 import type { RateLimitConfig } from '../config/index.ts'
-import { BrokerError } from '../errors.ts'
+import { BrokerError, describe } from '../errors.ts'
+import type { Metrics } from '../metrics.ts'
 import type { CountedLimit, Keys } from './keys.ts'
 import type { WindowCounters } from './window-counters.ts'
 
@@ -61,10 +63,10 @@ export interface RateLimiterOptions {
   notFound?: RateLimitConfig
   /** Failed proxy keys per address and window on the proxy listeners (default 20 per minute). */
   proxyKeyFailures?: RateLimitConfig
-  /** A request refused at a limit (metrics). */
-  onLimited?: (limit: LimitName) => void
-  /** A counter Redis could not count (the limit failed open). */
-  onUnavailable?: (limit: CountedLimit, err: unknown) => void
+  /** Counts every request refused at a limit (`ptb_rate_limited_total`). */
+  metrics?: Metrics
+  /** Says when a counter Redis could not count (the limit failed open), at most once per limit and 10 s. */
+  logger?: Logger
 }
 
 const window = (c: RateLimitConfig): Window => ({ max: c.max, windowMs: c.timeWindowMs })
@@ -72,6 +74,7 @@ const window = (c: RateLimitConfig): Window => ({ max: c.max, windowMs: c.timeWi
 export class RateLimiter {
   readonly #o: RateLimiterOptions
   readonly #windows: Record<AddressLimit, Window>
+  readonly #unavailableLogged = new Map<CountedLimit, number>()
 
   constructor (opts: RateLimiterOptions) {
     this.#o = opts
@@ -103,7 +106,7 @@ export class RateLimiter {
     try {
       r = await this.#o.counters.hit(c.key, c.windowMs)
     } catch (err) {
-      this.#o.onUnavailable?.(c.limit, err)
+      this.#unavailable(c.limit, err)
       return { limit: c.limit, max: c.max, windowMs: c.windowMs, current: 0, ttlMs: c.windowMs, counted: false, limited: false }
     }
     return this.settle(c, r.current, r.ttl)
@@ -112,13 +115,22 @@ export class RateLimiter {
   /** A hit counted elsewhere (the serve script counts the client's counter in its own step). */
   settle (c: Counter, current: number, ttlMs: number): Count {
     const limited = current > c.max
-    if (limited) this.#o.onLimited?.(c.limit)
+    if (limited) this.#o.metrics?.rateLimited.inc({ limit: c.limit })
     return { limit: c.limit, max: c.max, windowMs: c.windowMs, current, ttlMs: ttlMs > 0 ? ttlMs : c.windowMs, counted: true, limited }
   }
 
   /** A request refused at a limit counted outside Redis (the hub's stream caps). */
   limited (limit: LimitName): void {
-    this.#o.onLimited?.(limit)
+    this.#o.metrics?.rateLimited.inc({ limit })
+  }
+
+  /** Fails open. A down Redis fails every request: one line per limit and 10 s is enough. */
+  #unavailable (limit: CountedLimit, err: unknown): void {
+    const now = Date.now()
+    const quietUntil = (this.#unavailableLogged.get(limit) ?? 0) + 10_000
+    if (quietUntil > now) return
+    this.#unavailableLogged.set(limit, now)
+    this.#o.logger?.warn({ limit, err: describe(err) }, limit === 'auth_failures' ? 'failed-authentication throttle unavailable' : 'rate limit unavailable; failing open')
   }
 }
 

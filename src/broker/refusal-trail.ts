@@ -1,4 +1,6 @@
-import type { AuditInput, RequestContext } from './audit-writer.ts'
+import type { Logger } from 'pino'
+import { describe } from '../errors.ts'
+import type { AuditWriter, RequestContext } from './audit-writer.ts'
 
 /** One refused request, as the trail records it (`auth.denied`). */
 export interface Refused {
@@ -16,14 +18,14 @@ export interface Refused {
 }
 
 export interface RefusalTrailOptions {
-  /** Appends one event to the refusals stream (TokenStore.auditRefusal). */
-  write: (e: AuditInput, ctx: RequestContext) => Promise<unknown>
+  /** Appends each event to the refusals stream (`AuditWriter.refusal`). */
+  audit: AuditWriter
   /** How long the refusals of one subject and reason are counted together (default 1 minute). */
   windowMs?: number
   /** Subjects with an open window at most; beyond, refusals are counted per reason only (default 10,000). */
   maxSubjects?: number
-  /** A write that failed (the refusal itself is answered anyway). */
-  onError?: (err: unknown) => void
+  /** A write that failed is logged (the refusal itself is answered anyway). */
+  logger: Logger
 }
 
 interface Open {
@@ -118,9 +120,9 @@ export class RefusalTrail {
 
   async #write (r: Refused, detail: Record<string, unknown>): Promise<void> {
     try {
-      await this.#o.write({ action: 'auth.denied', client: r.client, detail }, r.ctx)
+      await this.#o.audit.refusal({ action: 'auth.denied', client: r.client, detail }, r.ctx)
     } catch (err) {
-      this.#o.onError?.(err)
+      this.#o.logger.warn({ err: describe(err) }, 'audit write failed')
     }
   }
 }

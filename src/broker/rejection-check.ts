@@ -1,6 +1,8 @@
 import type { Logger } from 'pino'
 import type { ServerConfig } from '../config/index.ts'
-import { notFound } from '../errors.ts'
+import { describe, notFound } from '../errors.ts'
+import type { JobProducer } from '../jobs/producer.ts'
+import type { Metrics } from '../metrics.ts'
 import type { PlexClient } from '../plex/client.ts'
 import type { RequestContext } from './audit-writer.ts'
 import { type IssueResult, type TokenIssuer, upstreamError } from './issuer.ts'
@@ -11,9 +13,11 @@ export interface RejectionCheckOptions {
   store: TokenStore
   plex: PlexClient
   issuer: TokenIssuer
+  /** A confirmed rejection hints that PMS restarted: a probe of the server is queued now. */
+  jobs: JobProducer
+  /** Invalidations of confirmed rejections. */
+  metrics: Metrics
   logger: Logger
-  /** A confirmed rejection hints that PMS restarted: check the server now. */
-  onConfirmed?: (server: string) => void
 }
 
 /**
@@ -49,7 +53,8 @@ export class RejectionCheck {
         await this.#o.store.retire({ tokenId }, 'invalidated', 'token.invalidate',
           { reason: 'rejected_by_pms', reportedBy: client }, ctx)
         this.#o.logger.info({ client, server: server.name, tokenId }, 'reported token confirmed dead at PMS; invalidated')
-        this.#o.onConfirmed?.(server.name)
+        this.#o.metrics.invalidations.inc({ server: server.name, reason: 'rejected' })
+        this.#o.jobs.probeNow(server.name, 'rejection').catch((err: unknown) => this.#o.logger.warn({ err: describe(err) }, 'could not queue a probe'))
       }
     }
     // A token minted now replaces the one PMS rejected: streams announce it as `replaced`.

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import type { ServerConfig } from '../config/index.ts'
 import type { Clock } from './clock.ts'
+import type { Metrics } from '../metrics.ts'
 import type { TokenIssuer } from './issuer.ts'
 import { CANARY_CLIENT } from './probe.ts'
 import type { ServerStates } from './server-state.ts'
@@ -32,7 +33,8 @@ export interface RotatorOptions {
   logger: Logger
   /** A client that asked within this window (TOKEN_LIFETIME) is active; idle tokens are left to expire. */
   activeWindowMs: number
-  onRotate?: (server: string, reason: RotationReason) => void
+  /** Rotations by server and reason. */
+  metrics: Metrics
 }
 
 /**
@@ -94,7 +96,7 @@ export class Rotator {
       audit: { action: 'token.rotate', detail: { reason, previous: tokenId, ...(target === undefined ? {} : { target }) } },
     })
     if (newId === undefined) return 'conflict'
-    this.#o.onRotate?.(rec.server, reason)
+    this.#o.metrics.rotations.inc({ server: rec.server, reason })
     logger.info({ client: rec.client, server: rec.server, tokenId: newId, previous: tokenId, reason }, 'token rotated')
     return 'rotated'
   }
@@ -106,7 +108,7 @@ export class Rotator {
     const { client, target } = parseSlot(slot)
     const reason: RotationReason = 'restart'
     const minted = await this.#o.issuer.ensure(client, server, { audit: { action: 'token.rotate', detail: { reason } }, target })
-    if (minted) this.#o.onRotate?.(serverName, reason)
+    if (minted) this.#o.metrics.rotations.inc({ server: serverName, reason })
     return minted
   }
 }

@@ -39,7 +39,9 @@ export function compareVersions (a: string, b: string): number {
 }
 
 export function isVulnerable (version: string | null): boolean {
-  return version !== null && compareVersions(version, LAST_VULNERABLE_VERSION) <= 0
+  // compareVersions answers -1, 0 or 1: "at or below" is anything but 1 (written so, not `<= 0`,
+  // because a `<` right after a call reads as type arguments to ctags-based code indexes).
+  return version !== null && compareVersions(version, LAST_VULNERABLE_VERSION) !== 1
 }
 
 /**
@@ -61,16 +63,16 @@ export interface MintFacts {
 
 /** What the broker knows of each PMS, kept in Redis so every instance shares it. */
 export class ServerStates {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
   readonly #plex: PlexClient
 
-  constructor (db: RedisContext, plex: PlexClient) {
-    this.#db = db
+  constructor (rc: RedisContext, plex: PlexClient) {
+    this.#rc = rc
     this.#plex = plex
   }
 
   async get (name: string): Promise<ServerState> {
-    const h = await this.#db.call(() => this.#db.redis.hgetall(this.#db.keys.server(name)))
+    const h = await this.#rc.call(() => this.#rc.redis.hgetall(this.#rc.keys.server(name)))
     return {
       state: (h.state as ServerHealth | undefined) ?? 'unknown',
       machineIdentifier: h.mid || null,
@@ -91,12 +93,12 @@ export class ServerStates {
    * every instance's streams hear of each flip that is stored.
    */
   async update (name: string, fields: Partial<Record<ServerField, string | number>>, flipped?: 'up' | 'down'): Promise<void> {
-    const { redis, keys } = this.#db
+    const { redis, keys } = this.#rc
     if (flipped === undefined) {
-      await this.#db.call(() => redis.hset(keys.server(name), fields))
+      await this.#rc.call(() => redis.hset(keys.server(name), fields))
       return
     }
-    await this.#db.call(async () => await redis.multi()
+    await this.#rc.call(async () => await redis.multi()
       .hset(keys.server(name), fields)
       .xadd(keys.push, 'MAXLEN', '~', PUSH_MAXLEN, '*', 'type', 'server', 'server', name, 'up', flipped === 'up' ? '1' : '0')
       .exec())
@@ -108,8 +110,8 @@ export class ServerStates {
    */
   async mintFacts (name: string): Promise<MintFacts> {
     const fields: ServerField[] = ['mid', 'adminToken', 'adminFp', 'adminRecheckMs']
-    const [mid = null, adminToken = null, adminFp = null, adminRecheckMs = null] = await this.#db.call(() =>
-      this.#db.redis.hmget(this.#db.keys.server(name), ...fields))
+    const [mid = null, adminToken = null, adminFp = null, adminRecheckMs = null] = await this.#rc.call(() =>
+      this.#rc.redis.hmget(this.#rc.keys.server(name), ...fields))
     return { mid, adminToken, adminFp, adminRecheckMs }
   }
 
@@ -118,22 +120,22 @@ export class ServerStates {
    * hash, and the fleet's rate lock (keys.ts `adminRecheck`) held for that long, in one step.
    */
   async startRecheck (name: string, intervalMs: number): Promise<void> {
-    const { redis, keys } = this.#db
+    const { redis, keys } = this.#rc
     const field: ServerField = 'adminRecheckMs'
-    await this.#db.call(() => redis.multi().hset(keys.server(name), field, intervalMs).set(keys.adminRecheck(name), 'rejected', 'PX', intervalMs).exec())
+    await this.#rc.call(() => redis.multi().hset(keys.server(name), field, intervalMs).set(keys.adminRecheck(name), 'rejected', 'PX', intervalMs).exec())
   }
 
   /** The admin token is accepted (or no longer known bad): the next rejection starts the backoff afresh. */
   async clearRecheck (name: string): Promise<void> {
-    const { redis, keys } = this.#db
+    const { redis, keys } = this.#rc
     const field: ServerField = 'adminRecheckMs'
-    await this.#db.call(() => redis.multi().hdel(keys.server(name), field).del(keys.adminRecheck(name)).exec())
+    await this.#rc.call(() => redis.multi().hdel(keys.server(name), field).del(keys.adminRecheck(name)).exec())
   }
 
   /** The server's machineIdentifier, asking PMS `/identity` once when it is not known yet. */
   async machineIdentifier (server: ServerConfig, known?: string | null): Promise<string> {
     const field: ServerField = 'mid'
-    if (known === undefined) known = await this.#db.call(() => this.#db.redis.hget(this.#db.keys.server(server.name), field))
+    if (known === undefined) known = await this.#rc.call(() => this.#rc.redis.hget(this.#rc.keys.server(server.name), field))
     if (known) return known
     const id = await this.#plex.identity(server)
     await this.update(server.name, { mid: id.machineIdentifier, version: id.version })

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { unwatchFile, watchFile } from 'node:fs'
 import type { Logger } from 'pino'
 import { type ServerConfig, tokenFromPreferences } from '../config/index.ts'
+import type { AdminTokenHealth } from './admin-token-health.ts'
 
 /**
  * Watches the files admin tokens come from (`tokenFile`, `preferencesPath`) and swaps a new token
@@ -12,13 +13,14 @@ import { type ServerConfig, tokenFromPreferences } from '../config/index.ts'
 export class TokenFileWatcher {
   readonly #servers: Map<string, ServerConfig>
   readonly #logger: Logger
-  readonly #onChange: (server: ServerConfig) => void
+  readonly #adminHealth: AdminTokenHealth
   readonly #paths: string[] = []
 
-  constructor (servers: Map<string, ServerConfig>, logger: Logger, onChange: (server: ServerConfig) => void) {
+  /** A reloaded token is checked at once (`adminHealth.check`), so a fixed token unblocks minting without waiting for the hourly check. */
+  constructor (servers: Map<string, ServerConfig>, logger: Logger, adminHealth: AdminTokenHealth) {
     this.#servers = servers
     this.#logger = logger
-    this.#onChange = onChange
+    this.#adminHealth = adminHealth
   }
 
   start (intervalMs: number): void {
@@ -42,7 +44,7 @@ export class TokenFileWatcher {
     const next: ServerConfig = Object.freeze({ ...current, adminToken: token })
     this.#servers.set(name, next)
     this.#logger.info({ server: name, source: current.tokenSource }, 'admin token reloaded from its file')
-    this.#onChange(next)
+    this.#adminHealth.check(next).catch(() => {})
     return true
   }
 

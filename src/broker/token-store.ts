@@ -10,7 +10,7 @@ import { type CurrentToken, type NewToken, type RetireSelector, type ServedToken
 
 export interface TokenStoreOptions {
   /** The request path's connection, the keys, the deadline wrapper and the clock. */
-  db: RedisContext
+  rc: RedisContext
   /** Seals, opens and fingerprints tokens under the BROKER_SECRET key ring. */
   sealer: Sealer
   /** Counts the events the scripts write and makes security events durable; its `durable` connection runs the scripts that write one. */
@@ -33,7 +33,7 @@ export interface TokenStoreOptions {
  * (scripts/). Redis holds only sealed tokens and HMAC fingerprints (the Sealer makes them).
  */
 export class TokenStore {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
   readonly #sealer: Sealer
   readonly #audit: AuditWriter
   readonly #recordTtlMs: number
@@ -43,14 +43,14 @@ export class TokenStore {
   readonly #onUndecryptable: (server: string, tokenId: string) => void
 
   constructor (opts: TokenStoreOptions) {
-    this.#db = opts.db
+    this.#rc = opts.rc
     this.#sealer = opts.sealer
     this.#audit = opts.audit
     this.#recordTtlMs = opts.recordTtlMs
     this.#retentionMs = opts.auditRetentionMs ?? 30 * 86_400_000
     this.#hot = new CoarseDeadline(opts.timeoutMs ?? STORE_TIMEOUT_MS)
     this.#onUndecryptable = opts.onUndecryptable ?? (() => {})
-    defineScripts(this.#db.redis)
+    defineScripts(this.#rc.redis)
   }
 
   /**
@@ -70,16 +70,16 @@ export class TokenStore {
    */
   async serveCounted (client: string, server: string, source: 'cache' | 'upstream', ctx: RequestContext, target?: string,
     limit?: Counter): Promise<{ token?: ServedToken, limited: boolean, count: number, ttlMs: number, invalidated?: true }> {
-    const { keys } = this.#db
+    const { keys } = this.#rc
     const slot = slotKey(client, target)
     const action = target === undefined ? 'token.issue' : 'source.connect'
     // The first serve of a fresh mint writes a security event: on the connection that WAITs for it.
-    const conn = source === 'upstream' ? this.#audit.durable : this.#db.redis
+    const conn = source === 'upstream' ? this.#audit.durable : this.#rc.redis
     const r = await this.#hot.run(() => conn.ptbServe(...serveArgs(keys, {
       slot,
       server,
       client,
-      now: this.#db.now(),
+      now: this.#rc.now(),
       requestId: requestIdField(ctx),
       ip: ctx.ip,
       source,
@@ -112,7 +112,7 @@ export class TokenStore {
         await this.#undecryptable(tokenId, server, 'cannot be opened')
         return { limited: false, ...rate, invalidated: true }
       }
-      await this.#db.call(() => this.#db.redis.hsetnx(keys.token(tokenId), 'kid', opened.kid))
+      await this.#rc.call(() => this.#rc.redis.hsetnx(keys.token(tokenId), 'kid', opened.kid))
       return { token: await this.serve(client, server, source, ctx, target), limited: false, ...rate }
     }
     if (r[0] !== 'hit') return { limited: false, ...rate }
@@ -144,7 +144,7 @@ export class TokenStore {
    */
   #reseal (tokenId: string, oldKid: string, oldEnc: string, token: string, binding: SealBinding): void {
     const enc = this.#sealer.seal(token, binding)
-    this.#db.call(() => this.#db.redis.ptbReseal(this.#db.keys.token(tokenId), oldKid, oldEnc, this.#sealer.keyId, enc)).catch(() => {})
+    this.#rc.call(() => this.#rc.redis.ptbReseal(this.#rc.keys.token(tokenId), oldKid, oldEnc, this.#sealer.keyId, enc)).catch(() => {})
   }
 
   /** Takes a token that cannot be opened out of service, so the next request mints a fresh one. */
@@ -155,8 +155,8 @@ export class TokenStore {
 
   /** Id of the live current token of (client, server), without auditing or touching activity. */
   async peek (client: string, server: string, target?: string): Promise<string | undefined> {
-    const { keys } = this.#db
-    const id = await this.#db.call(() => this.#db.redis.ptbPeek(keys.current(slotKey(client, target), server), keys.tokenPrefix, this.#db.now()))
+    const { keys } = this.#rc
+    const id = await this.#rc.call(() => this.#rc.redis.ptbPeek(keys.current(slotKey(client, target), server), keys.tokenPrefix, this.#rc.now()))
     return id ?? undefined
   }
 
@@ -170,7 +170,7 @@ export class TokenStore {
     const renewAt = input.issuedAt + input.renewAfterMs
     const ctx = input.ctx ?? SYSTEM_CONTEXT
     const slot = slotKey(input.client, input.target)
-    const args = storeArgs(this.#db.keys, {
+    const args = storeArgs(this.#rc.keys, {
       ...input,
       slot,
       tokenId,
@@ -179,14 +179,14 @@ export class TokenStore {
       fingerprint: this.#sealer.fingerprint(input.token),
       expiresAt,
       renewAt,
-      now: this.#db.now(),
+      now: this.#rc.now(),
       requestId: requestIdField(ctx),
       ip: ctx.ip,
       recordTtlMs: this.#recordTtlMs,
       retentionMs: this.#retentionMs,
       pushReason: input.reason ?? tokenReason(input.audit),
     })
-    const r = await this.#db.call(() => this.#audit.durable.ptbStore(...args))
+    const r = await this.#rc.call(() => this.#audit.durable.ptbStore(...args))
     if (r[0] !== 'ok') return undefined
     if (input.audit !== undefined) {
       this.#audit.written(input.audit.action)
@@ -196,13 +196,13 @@ export class TokenStore {
   }
 
   async get (tokenId: string): Promise<TokenRecord | undefined> {
-    const f = await this.#db.call(() => this.#db.redis.hmget(this.#db.keys.token(tokenId),
+    const f = await this.#rc.call(() => this.#rc.redis.hmget(this.#rc.keys.token(tokenId),
       'client', 'server', 'state', 'issuedAt', 'expiresAt', 'renewAt', 'lastUsedAt', 'fp', 'slot', 'target', 'retiredAt', 'reason'))
     const [client, server, stored, issuedAt, expires, renewAt, lastUsedAt, fp, slot, target, retiredAt, reason] = f
     if (client === null || client === undefined) return undefined
     const expiresAt = Number(expires)
     let state = stored as TokenState
-    if ((state === 'active' || state === 'rotated') && this.#db.now() >= expiresAt) state = 'expired'
+    if ((state === 'active' || state === 'rotated') && this.#rc.now() >= expiresAt) state = 'expired'
     return {
       tokenId,
       client,
@@ -225,7 +225,7 @@ export class TokenStore {
    * `undefined` when there is none, or when it cannot be opened (then it is invalidated too).
    */
   async reveal (tokenId: string): Promise<string | undefined> {
-    const [enc, client, server, slot, kid] = await this.#db.call(() => this.#db.redis.hmget(this.#db.keys.token(tokenId), 'enc', 'client', 'server', 'slot', 'kid'))
+    const [enc, client, server, slot, kid] = await this.#rc.call(() => this.#rc.redis.hmget(this.#rc.keys.token(tokenId), 'enc', 'client', 'server', 'slot', 'kid'))
     if (enc === null || enc === undefined) return undefined
     const token = this.#sealer.open(enc, { tokenId, client: client ?? '', server: server ?? '', slot: slot ?? client ?? '' }, kid ?? undefined)?.token
     if (token === undefined) await this.#undecryptable(tokenId, server ?? '', 'cannot be opened')
@@ -238,7 +238,7 @@ export class TokenStore {
    */
   async retire (selector: RetireSelector, newState: 'revoked' | 'invalidated', action: string,
     detail: Record<string, unknown>, ctx: RequestContext = SYSTEM_CONTEXT): Promise<{ count: number, latestExpiresAt: number }> {
-    const { keys } = this.#db
+    const { keys } = this.#rc
     const by = 'tokenId' in selector
       ? { mode: 'one' as const, index: keys.allTokens, tokenId: selector.tokenId, client: '', server: '' }
       : 'client' in selector
@@ -249,14 +249,14 @@ export class TokenStore {
     const args = retireArgs(keys, {
       ...by,
       target: 'target' in selector ? selector.target ?? '' : '',
-      now: this.#db.now(),
+      now: this.#rc.now(),
       newState,
       action,
       requestId: requestIdField(ctx),
       ip: ctx.ip,
       detail: JSON.stringify(detail),
     })
-    const [count, latest] = (await this.#db.call(() => this.#audit.durable.ptbRetire(...args))).map(Number)
+    const [count, latest] = (await this.#rc.call(() => this.#audit.durable.ptbRetire(...args))).map(Number)
     if (count > 0) {
       this.#audit.written(action, count)
       await this.#audit.replicated(action)
@@ -266,12 +266,12 @@ export class TokenStore {
 
   /** Clients that asked for a token of `server` within `windowMs` (the "active" ones). */
   async activeClients (server: string, windowMs: number): Promise<string[]> {
-    return await this.#db.call(() => this.#db.redis.zrangebyscore(this.#db.keys.active(server), this.#db.now() - windowMs, '+inf'))
+    return await this.#rc.call(() => this.#rc.redis.zrangebyscore(this.#rc.keys.active(server), this.#rc.now() - windowMs, '+inf'))
   }
 
   /** When a slot last asked for a token of `server` (ms), or undefined when it never did. */
   async lastAsked (server: string, slot: string): Promise<number | undefined> {
-    const at = await this.#db.call(() => this.#db.redis.zscore(this.#db.keys.active(server), slot))
+    const at = await this.#rc.call(() => this.#rc.redis.zscore(this.#rc.keys.active(server), slot))
     return at === null ? undefined : Number(at)
   }
 
@@ -280,14 +280,14 @@ export class TokenStore {
    * ids, one for the records (a rotation sweep reads thousands). Clients without one are left out.
    */
   async currentTokens (server: string, clients: readonly string[]): Promise<CurrentToken[]> {
-    const { redis, keys } = this.#db
+    const { redis, keys } = this.#rc
     if (clients.length === 0) return []
-    const ids = await this.#db.call(() => redis.mget(clients.map((c) => keys.current(c, server))))
+    const ids = await this.#rc.call(() => redis.mget(clients.map((c) => keys.current(c, server))))
     const live = ids.flatMap((id, j) => (id === null ? [] : [{ tokenId: id, client: clients[j] ?? '' }]))
     if (live.length === 0) return []
     const pipe = redis.pipeline()
     for (const x of live) pipe.hmget(keys.token(x.tokenId), 'state', 'issuedAt', 'renewAt', 'expiresAt')
-    const rows = await this.#db.call(async () => (await pipe.exec()) ?? [])
+    const rows = await this.#rc.call(async () => (await pipe.exec()) ?? [])
     return rows.flatMap(([err, f], j) => {
       const x = live[j]
       if (err !== null || x === undefined) return []

@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { BrokerError, type ErrorCode } from '../errors.ts'
+import { BrokerError, type ErrorCode, describe } from '../errors.ts'
 
 const BY_STATUS: Record<number, ErrorCode> = {
   400: 'BAD_REQUEST',
@@ -60,12 +60,6 @@ async function errorHandler (app: FastifyInstance, opts: { notFoundPreHandler?: 
   app.setNotFoundHandler({ preHandler: opts.notFoundPreHandler }, (request, reply) => {
     return sendError(reply, request, 404, 'NOT_FOUND', `Route ${request.method} ${request.url.split('?')[0]} not found.`)
   })
-}
-
-/** An error for a log line: name, code and message, never the object graph (which may hold a request). */
-export function describe (err: unknown): unknown {
-  if (!(err instanceof Error)) return err
-  return { type: err.name, code: (err as { code?: unknown }).code, message: err.message }
 }
 
 export default fp(errorHandler, { name: 'error-handler' })

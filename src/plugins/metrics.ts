@@ -9,7 +9,7 @@ import { type AuthOptions, bearer, refuseFailedAuthentication } from './auth.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
-    /** A long-lived stream (routes/stream.ts): its duration is no request latency, so it stays out of the histogram. */
+    /** A long-lived response (http/long-response.ts, the push channel): its duration is no request latency, so it stays out of the histogram. */
     stream?: boolean
   }
   interface FastifyInstance {

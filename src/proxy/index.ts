@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
 import { SYSTEM_CONTEXT } from '../broker/audit-writer.ts'
 import { HTTP_TIMEOUTS, type HttpTimeouts } from '../http-server.ts'
-import { describe } from '../plugins/error-handler.ts'
+import { describe } from '../errors.ts'
 import type { Services } from '../services.ts'
 import { AuditSampler } from './audit-sampler.ts'
 import { ProxyGate } from './gate.ts'
@@ -42,9 +42,9 @@ export class PmsProxy {
   private constructor (services: Services, opts: ProxyOptions) {
     this.#services = services
     const { logger, auditWriter } = services
-    this.keys = new ProxyKeys(services.db)
+    this.keys = new ProxyKeys(services.rc)
     this.metrics = services.metrics.proxy
-    this.sessions = new SessionCredentials(services.config.brokerSecret, services.db.now)
+    this.sessions = new SessionCredentials(services.config.brokerSecret, services.rc.now)
     this.open = new OpenResponses({
       unusable: async (ids) => await this.keys.unusable(ids),
       logger,

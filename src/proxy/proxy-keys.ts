@@ -100,7 +100,7 @@ function recordOf (id: string, h: Record<string, string>): ProxyKeyRecord {
 }
 
 export class ProxyKeys {
-  readonly #db: RedisContext
+  readonly #rc: RedisContext
   readonly #clients: ReadonlyMap<string, Pick<ClientConfig, 'servers' | 'proxy'>> | undefined
   readonly #servers: ReadonlySet<string> | undefined
 
@@ -108,8 +108,8 @@ export class ProxyKeys {
    * `config`: the clients and servers keys are checked against (the broker always passes its own);
    * without it, no key is ever orphaned.
    */
-  constructor (db: RedisContext, config?: Pick<Config, 'clients' | 'servers'>) {
-    this.#db = db
+  constructor (rc: RedisContext, config?: Pick<Config, 'clients' | 'servers'>) {
+    this.#rc = rc
     if (config !== undefined) {
       this.#clients = new Map(config.clients.map((c) => [c.id, c]))
       this.#servers = new Set(config.servers.map((s) => s.name))
@@ -129,7 +129,7 @@ export class ProxyKeys {
 
   state (record: ProxyKeyRecord): ProxyKeyState {
     if (record.revokedAt !== null) return 'revoked'
-    if (record.expiresAt !== null && record.expiresAt <= this.#db.now()) return 'expired'
+    if (record.expiresAt !== null && record.expiresAt <= this.#rc.now()) return 'expired'
     return this.orphaned(record) === null ? 'active' : 'orphaned'
   }
 
@@ -145,13 +145,13 @@ export class ProxyKeys {
     if (opts.label.length < 1 || opts.label.length > MAX_LABEL || [...opts.label].some((ch) => ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f)) {
       throw badRequest(`label: 1 to ${MAX_LABEL} characters, no control characters`)
     }
-    const now = this.#db.now()
+    const now = this.#rc.now()
     if (opts.expiresAt !== undefined && (!Number.isSafeInteger(opts.expiresAt) || opts.expiresAt <= now)) throw badRequest('expiresAt: must be a time in the future (ms since the epoch)')
-    const { keys, redis } = this.#db
+    const { keys, redis } = this.#rc
     for (;;) {
       const id = randomBytes(9).toString('base64url')
       const secret = randomBytes(32).toString('base64url')
-      const created = await this.#db.call(() => redis.eval(CREATE, 3, keys.proxyKey(id), keys.proxyKeys, keys.proxyKeysByClient(opts.client),
+      const created = await this.#rc.call(() => redis.eval(CREATE, 3, keys.proxyKey(id), keys.proxyKeys, keys.proxyKeysByClient(opts.client),
         opts.client, opts.server ?? '', opts.label, digestOf(secret).toString('hex'), String(now), String(opts.expiresAt ?? ''), id))
       // 0: the id exists already (72 random bits: practically never); draw another.
       if (created === 1) {
@@ -165,19 +165,19 @@ export class ProxyKeys {
 
   async get (id: string): Promise<ProxyKeyRecord | undefined> {
     if (!isProxyKeyId(id)) return undefined
-    const h = await this.#db.call(() => this.#db.redis.hgetall(this.#db.keys.proxyKey(id)))
+    const h = await this.#rc.call(() => this.#rc.redis.hgetall(this.#rc.keys.proxyKey(id)))
     return h.client === undefined ? undefined : recordOf(id, h)
   }
 
   /** Every key (or one client's), oldest first, revoked and expired ones included. */
   async list (opts: { client?: string } = {}): Promise<ProxyKeyRecord[]> {
-    const { keys, redis } = this.#db
+    const { keys, redis } = this.#rc
     const index = opts.client === undefined ? keys.proxyKeys : keys.proxyKeysByClient(opts.client)
-    const ids = await this.#db.call(() => redis.zrange(index, '0', '-1'))
+    const ids = await this.#rc.call(() => redis.zrange(index, '0', '-1'))
     if (ids.length === 0) return []
     const pipeline = redis.pipeline()
     for (const id of ids) pipeline.hgetall(keys.proxyKey(id))
-    const replies = await this.#db.call(async () => await pipeline.exec()) ?? []
+    const replies = await this.#rc.call(async () => await pipeline.exec()) ?? []
     const out: ProxyKeyRecord[] = []
     for (const [i, [err, h]] of replies.entries()) {
       if (err === null && typeof h === 'object' && h !== null && (h as Record<string, string>).client !== undefined) out.push(recordOf(ids[i], h as Record<string, string>))
@@ -188,7 +188,7 @@ export class ProxyKeys {
   /** Revokes a key; the record stays, for listings and the audit trail. */
   async revoke (id: string): Promise<'revoked' | 'already-revoked' | 'not-found'> {
     if (!isProxyKeyId(id)) return 'not-found'
-    const r = await this.#db.call(() => this.#db.redis.eval(REVOKE, 1, this.#db.keys.proxyKey(id), String(this.#db.now())))
+    const r = await this.#rc.call(() => this.#rc.redis.eval(REVOKE, 1, this.#rc.keys.proxyKey(id), String(this.#rc.now())))
     return r === 1 ? 'revoked' : r === 0 ? 'already-revoked' : 'not-found'
   }
 
@@ -209,11 +209,11 @@ export class ProxyKeys {
   async unusable (ids: readonly string[]): Promise<Set<string>> {
     const out = new Set<string>()
     if (ids.length === 0) return out
-    const { keys, redis } = this.#db
+    const { keys, redis } = this.#rc
     const pipeline = redis.pipeline()
     for (const id of ids) pipeline.hmget(keys.proxyKey(id), 'client', 'server', 'expiresAt', 'revokedAt')
-    const replies = await this.#db.call(async () => await pipeline.exec()) ?? []
-    const now = this.#db.now()
+    const replies = await this.#rc.call(async () => await pipeline.exec()) ?? []
+    const now = this.#rc.now()
     for (const [i, id] of ids.entries()) {
       const [err, v] = replies[i] ?? [new Error('no reply'), null]
       if (err !== null) throw err
@@ -233,7 +233,7 @@ export class ProxyKeys {
   /** Revocation, expiry, the configuration (orphaned) and the server binding of a known record. */
   #judge (record: ProxyKeyRecord, server: string | undefined): ProxyKeyCheck {
     if (record.revokedAt !== null) return { ok: false, reason: 'revoked' }
-    if (record.expiresAt !== null && record.expiresAt <= this.#db.now()) return { ok: false, reason: 'expired' }
+    if (record.expiresAt !== null && record.expiresAt <= this.#rc.now()) return { ok: false, reason: 'expired' }
     // A client removed from the configuration (or its proxy access) ends its keys at once.
     if (this.orphaned(record) !== null) return { ok: false, reason: 'orphaned' }
     if (record.server !== null && server !== undefined && record.server !== server) return { ok: false, reason: 'wrong-server' }
@@ -245,7 +245,7 @@ export class ProxyKeys {
   async verify (presented: string, opts: { server?: string } = {}): Promise<ProxyKeyCheck> {
     const parsed = parseProxyKey(presented)
     if (parsed === undefined) return { ok: false, reason: 'malformed' }
-    const h = await this.#db.call(() => this.#db.redis.hgetall(this.#db.keys.proxyKey(parsed.id)))
+    const h = await this.#rc.call(() => this.#rc.redis.hgetall(this.#rc.keys.proxyKey(parsed.id)))
     const presentedDigest = digestOf(parsed.secret)
     if (h.client === undefined || h.digest === undefined) {
       timingSafeEqual(presentedDigest, NO_DIGEST)

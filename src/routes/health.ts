@@ -2,9 +2,12 @@ import type { FastifyInstance } from 'fastify'
 import { Type } from 'typebox'
 import { sendError } from '../plugins/error-handler.ts'
 import { errorResponse } from '../schemas/common.ts'
+import type { Services } from '../services.ts'
 
 export default async function healthRoutes (app: FastifyInstance): Promise<void> {
-  const { broker } = app
+  // Typed as the service graph itself (not only through Fastify's decorator), so a call on it leads
+  // straight to its class.
+  const broker: Services = app.broker
 
   app.get('/healthz', {
     schema: {

@@ -6,7 +6,6 @@ import { parseRevokeSelector, type SelectorKind } from '../broker/revoke-selecto
 import { isVulnerable } from '../broker/server-state.ts'
 import { canSeeAuditOf, canUseServer, refusals, revocationScope } from '../broker/policy.ts'
 import { badRequest } from '../errors.ts'
-import { rotateJobId } from '../jobs/queues.ts'
 import { requireServer } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
@@ -14,6 +13,7 @@ import {
   AuditExportQuerySchema, AuditPageSchema, AuditQuerySchema, RevokeBodySchema, RevokeResultSchema, RotateResultSchema,
   ServerInfoSchema, ServerParamsSchema, TraceBodySchema, TraceResultSchema,
 } from '../schemas/ops.ts'
+import type { Services } from '../services.ts'
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString())
 /**
@@ -30,7 +30,9 @@ function ms (name: 'since' | 'until', s: string | undefined): number | undefined
 /** Revocation, the audit trail and server status: the routes ops use. */
 export default async function opsRoutes (fastify: FastifyInstance): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { broker } = app
+  // Typed as the service graph itself (not only through Fastify's decorator), so a call on it leads
+  // straight to its class.
+  const broker: Services = app.broker
 
   app.post('/v1/revoke', {
     onRequest: app.authenticate('token:revoke'),
@@ -204,12 +206,12 @@ export default async function opsRoutes (fastify: FastifyInstance): Promise<void
     // 403 for a server outside the caller's list (before the 404, so names are not probed).
     const name = (await requireServer(app, request, request.params.name)).name
     const clients = await broker.store.activeClients(name, broker.config.tokenLifetimeMs)
-    const jobs: Array<{ name: string, data: { tokenId: string, reason: 'manual' }, opts: { jobId: string } }> = []
+    const jobs: Array<{ tokenId: string, reason: 'manual' }> = []
     for (const client of clients) {
       const tokenId = await broker.store.peek(client, name)
-      if (tokenId !== undefined) jobs.push({ name: 'rotate', data: { tokenId, reason: 'manual' }, opts: { jobId: rotateJobId(tokenId) } })
+      if (tokenId !== undefined) jobs.push({ tokenId, reason: 'manual' })
     }
-    await broker.db.call(() => broker.queues.tokens.addBulk(jobs))
+    await broker.rc.call(() => broker.jobs.rotate(jobs))
     await broker.auditWriter.write({ action: 'server.rotate', server: name, detail: { actor: request.client!.id, tokens: jobs.length } },
       requestContext(request))
     return await reply.code(202).send({ rotating: jobs.length })

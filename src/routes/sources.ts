@@ -7,6 +7,7 @@ import { iso, requireServer } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import { ConnectBodySchema, SourceConnectionSchema } from '../schemas/sources.ts'
+import type { Services } from '../services.ts'
 
 /** PMS learned `/security/resources` in 1.15.4 (docs/plex-api.md §3). */
 export const FIRST_RESOURCES_VERSION = '1.15.4'
@@ -14,7 +15,9 @@ export const FIRST_RESOURCES_VERSION = '1.15.4'
 /** Connection details and a transient token for a source a PMS knows: a shared server or a cloud provider. */
 export default async function sourceRoutes (fastify: FastifyInstance): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { broker } = app
+  // Typed as the service graph itself (not only through Fastify's decorator), so a call on it leads
+  // straight to its class.
+  const broker: Services = app.broker
 
   app.post('/v1/sources/connection', {
     onRequest: app.authenticate('source:connect'),

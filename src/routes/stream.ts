@@ -1,282 +1,16 @@
-import type { ServerResponse } from 'node:http'
-import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import type { ServerConfig } from '../config/index.ts'
-import type { IssueResult } from '../broker/issuer.ts'
-import { compareIds, type PushEntry, STREAM_ID, type TokenReason } from '../broker/push-log.ts'
-import type { PushSubscriber } from '../broker/push.ts'
-import type { Meter } from '../broker/rate-limiter.ts'
 import type { RequestContext } from '../broker/audit-writer.ts'
 import { BrokerError } from '../errors.ts'
+import { LongResponse, type LongResponseOptions, OpenResponses } from '../http/long-response.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, errorResponse } from '../schemas/common.ts'
 import { StreamEventDataSchemas, StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
+import { requireServer } from './common.ts'
+import { type Frame, PushStream, type StreamOptions } from './push-stream.ts'
 import type { Services } from '../services.ts'
-import { issuedTokenBody, requireServer } from './common.ts'
 
-export interface StreamOptions {
-  /** Bytes a stream may have queued in its socket before it is dropped as a slow consumer (default 256 KiB). */
-  maxBufferedBytes?: number
-  /** How long a stream's full socket may take to drain before it is dropped as a slow consumer (default 30 s). */
-  drainTimeoutMs?: number
-}
-
-/** The `retry:` advice every stream opens with: clients reconnect after this many ms. */
-export const SSE_RETRY_MS = 2000
-/** Change-log entries a stream may have waiting for their token reads before it counts as slow. */
-const MAX_QUEUED = 10_000
-
-type EndReason = 'closed' | 'slow' | 'shutdown' | 'revoked' | 'error'
-
-interface Frame {
-  id: string
-  event: 'token' | 'revoked' | 'server'
-  data: unknown
-  /** The stream ends after this event (a revocation of all the client's tokens). */
-  last?: true
-}
-
-const frameText = (f: Frame): string => `id: ${f.id}\nevent: ${f.event}\ndata: ${JSON.stringify(f.data)}\n\n`
-
-/** The data of a `token` event: the answer of POST /v1/tokens, and why it is sent. */
-function tokenData (server: ServerConfig, t: IssueResult, reason: TokenReason): Record<string, unknown> {
-  return { ...issuedTokenBody(server, t), reason }
-}
-
-/** Of a replayed history, the token entries before the last one are dropped: a token event always carries the current token. */
-function collapse (entries: PushEntry[]): PushEntry[] {
-  const last = entries.findLastIndex((e) => e.type === 'token')
-  return entries.filter((e, i) => e.type !== 'token' || i === last)
-}
-
-/**
- * One open push stream: a subscriber of the hub (broker/push.ts) that turns change-log entries
- * for its client and server into Server-Sent Events. Entries are handled one at a time, in log
- * order; a `token` entry is answered with the client's current token, read (and audited, `via:
- * stream`) through the token store like POST /v1/tokens, so no token ever travels through Redis
- * in clear text and a stale token is never sent.
- */
-class PushStream implements PushSubscriber {
-  readonly client: string
-  readonly server: string
-  /** The close reason once ended. */
-  ended: EndReason | undefined
-  unregister: () => void = () => {}
-  readonly #b: Services
-  /** The server's settings when the stream opened: used only if the server left the config since. */
-  readonly #opened: ServerConfig
-  readonly #ctx: RequestContext
-  readonly #log: FastifyBaseLogger
-  readonly #opts: Required<StreamOptions>
-  readonly #onEnd: (s: PushStream) => void
-  readonly #queue: PushEntry[] = []
-  /** Entries up to this id are already reflected in what the stream sent first. */
-  #floor: string | undefined
-  #lastTokenId: string | undefined
-  #res: ServerResponse | undefined
-  #busy = false
-  #heartbeat: NodeJS.Timeout | undefined
-  #drainTimer: NodeJS.Timeout | undefined
-  #events = 0
-  readonly #openedAt = Date.now()
-
-  constructor (b: Services, server: ServerConfig, client: string, ctx: RequestContext, log: FastifyBaseLogger,
-    opts: Required<StreamOptions>, onEnd: (s: PushStream) => void) {
-    this.#b = b
-    this.#opened = server
-    this.server = server.name
-    this.client = client
-    this.#ctx = ctx
-    this.#log = log
-    this.#opts = opts
-    this.#onEnd = onEnd
-  }
-
-  /**
-   * The server's settings now, looked up at each use: a stream lives for hours, and a reloaded
-   * token file replaces the admin token a re-mint needs (the one the stream opened with may be
-   * revoked at plex.tv by then).
-   */
-  get #srv (): ServerConfig {
-    return this.#b.servers.get(this.server) ?? this.#opened
-  }
-
-  deliver (entry: PushEntry): void {
-    if (this.ended !== undefined) return
-    if (this.#queue.length >= MAX_QUEUED) {
-      this.end('slow')
-      return
-    }
-    this.#queue.push(entry)
-    if (this.#res !== undefined) void this.#pump()
-  }
-
-  /**
-   * What the stream sends first, prepared before any byte is written so a failure is still an
-   * ordinary JSON error. A fresh stream (or a resume whose history is gone): the current token,
-   * minted if needed, with the request's meter counted like POST /v1/tokens (in the serve
-   * script). A resume: what the client missed since `lastEventId` (the meter counted first).
-   */
-  async opening (lastEventId: string | undefined, meter: Meter | undefined): Promise<Frame[]> {
-    const { push, issuer } = this.#b
-    const log = await push.snapshot()
-    const last = log.last
-    this.#floor = last
-    const missed = lastEventId !== undefined && STREAM_ID.test(lastEventId) && push.covers(log, lastEventId)
-      ? await push.history(this.client, this.server, lastEventId, last)
-      : undefined
-    if (missed !== undefined) {
-      await meter?.count()
-      const frames: Frame[] = []
-      for (const e of collapse(missed)) {
-        const f = await this.#frame(e)
-        if (f !== undefined) frames.push(f)
-        if (f?.last === true) break
-      }
-      return frames
-    }
-    const t = await issuer.issue(this.client, this.#srv, this.#ctx, { meter })
-    this.#served(t)
-    this.#lastTokenId = t.tokenId
-    return [{ id: last, event: 'token', data: tokenData(this.#srv, t, 'current') }]
-  }
-
-  /** Starts the event stream on the raw response: headers, `retry:`, the opening events, then live entries and heartbeats. */
-  attach (res: ServerResponse, headers: Record<string, string | number | string[]>, frames: Frame[]): void {
-    this.#res = res
-    this.#b.metrics.streamsOpen.inc()
-    // The client may have gone while the opening events were read.
-    if (res.destroyed || res.socket === null || res.socket.destroyed) {
-      this.end('closed')
-      return
-    }
-    res.writeHead(200, {
-      ...headers,
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-store',
-      'x-accel-buffering': 'no',
-      // One stream per connection: when it ends, so does the connection (nothing lingers at shutdown).
-      connection: 'close',
-    })
-    // The server's idle timeout (HTTP_TIMEOUTS) is for requests; a stream is quiet between
-    // heartbeats by design. A peer that stops reading is caught by the slow-consumer bounds.
-    res.socket?.setTimeout(0)
-    res.on('close', () => this.end('closed'))
-    this.#write(`retry: ${SSE_RETRY_MS}\n\n`)
-    for (const f of frames) {
-      this.#send(f)
-      if (f.last === true) {
-        this.end('revoked')
-        return
-      }
-    }
-    this.#heartbeat = setInterval(() => this.#write(': ping\n\n'), this.#b.config.streamHeartbeatMs)
-    this.#heartbeat.unref()
-    void this.#pump()
-  }
-
-  /** Ends the stream (idempotent): a client that went away, or the broker's decision (counted as a drop). */
-  end (reason: EndReason): void {
-    if (this.ended !== undefined) return
-    this.ended = reason
-    clearInterval(this.#heartbeat)
-    clearTimeout(this.#drainTimer)
-    this.unregister()
-    this.#onEnd(this)
-    const res = this.#res
-    if (res === undefined) return
-    const { metrics } = this.#b
-    if (reason !== 'closed') metrics.streamDrops.inc({ reason })
-    metrics.streamsOpen.dec()
-    this.#log.info({ client: this.client, server: this.server, reason, events: this.#events, durationMs: Date.now() - this.#openedAt }, 'stream closed')
-    if (reason === 'slow') {
-      res.destroy()
-    } else if (!res.writableEnded) {
-      res.end()
-      // A peer that does not read cannot hold shutdown up: the socket goes after a second.
-      const t = setTimeout(() => res.destroy(), 1000)
-      t.unref()
-      res.once('close', () => clearTimeout(t))
-    }
-  }
-
-  async #pump (): Promise<void> {
-    if (this.#busy) return
-    this.#busy = true
-    try {
-      while (this.ended === undefined) {
-        const entry = this.#queue.shift()
-        if (entry === undefined) break
-        if (this.#floor !== undefined && compareIds(entry.id, this.#floor) <= 0) continue
-        const f = await this.#frame(entry)
-        if (this.ended !== undefined) break
-        if (f === undefined) continue
-        this.#send(f)
-        if (f.last === true) this.end('revoked')
-      }
-    } catch (err) {
-      // Redis failed while reading a token: end cleanly; the client resumes with Last-Event-ID.
-      this.#log.warn({ client: this.client, server: this.server, err: { message: (err as Error).message } }, 'stream ended: could not read the token')
-      this.end('error')
-    } finally {
-      this.#busy = false
-    }
-  }
-
-  /** The event for one entry, or undefined when there is nothing to tell (a token the client already has, or none any more). */
-  async #frame (e: PushEntry): Promise<Frame | undefined> {
-    if (e.type === 'server') return { id: e.id, event: 'server', data: { server: e.server, up: e.up } }
-    if (e.type === 'revoked') {
-      // The client's stream ends after an ops revocation of all its tokens; after anything else the next token follows.
-      const all = e.action === 'token.revoke' && (e.selector === 'client' || e.selector === 'all')
-      // `next` tells the client whether to wait for the broker's replacement (an invalidation:
-      // it re-mints by itself) or to ask for a new token (an ops revocation).
-      const next = e.action === 'token.invalidate' ? 'pushed' : 'ask'
-      // A client-wide entry names no token: it is the one this stream last handed out, if any.
-      const tokenId = e.tokenId === '' ? this.#lastTokenId ?? '' : e.tokenId
-      return { id: e.id, event: 'revoked', data: { tokenId, server: this.server, reason: e.reason, next }, ...(all ? { last: true as const } : {}) }
-    }
-    if (e.tokenId === this.#lastTokenId) return undefined
-    const { store, issuer } = this.#b
-    const r = await store.serveCounted(this.client, this.server, 'cache', this.#ctx)
-    let t: IssueResult | undefined = r.token === undefined ? undefined : { ...r.token, source: 'cache' }
-    // A cached token that could not be opened was just invalidated: mint its replacement now.
-    if (t === undefined && r.invalidated === true) t = await issuer.issue(this.client, this.#srv, this.#ctx, { reason: 'reminted' })
-    if (t === undefined || t.tokenId === this.#lastTokenId) return undefined
-    this.#served(t)
-    this.#lastTokenId = t.tokenId
-    return { id: e.id, event: 'token', data: tokenData(this.#srv, t, e.reason) }
-  }
-
-  #served (t: IssueResult): void {
-    this.#b.metrics.tokensServed.inc({ server: this.server, source: t.source })
-  }
-
-  #send (f: Frame): void {
-    this.#events++
-    this.#b.metrics.streamEvents.inc({ event: f.event })
-    this.#write(frameText(f))
-  }
-
-  /** Writes to the socket; a consumer that lets too much pile up, or does not drain in time, is dropped. */
-  #write (text: string): void {
-    const res = this.#res
-    if (res === undefined || this.ended !== undefined) return
-    const flushed = res.write(text)
-    if (res.writableLength > this.#opts.maxBufferedBytes) {
-      this.end('slow')
-      return
-    }
-    if (!flushed && this.#drainTimer === undefined) {
-      this.#drainTimer = setTimeout(() => this.end('slow'), this.#opts.drainTimeoutMs)
-      this.#drainTimer.unref()
-      res.once('drain', () => {
-        clearTimeout(this.#drainTimer)
-        this.#drainTimer = undefined
-      })
-    }
-  }
-}
+export type { StreamOptions } from './push-stream.ts'
 
 /**
  * `GET /v1/tokens/stream?server=NAME`: the push channel (README, *Push channel*). The client's
@@ -284,16 +18,12 @@ class PushStream implements PushSubscriber {
  */
 export default async function streamRoutes (fastify: FastifyInstance, opts: StreamOptions = {}): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { broker } = app
-  const settings: Required<StreamOptions> = { maxBufferedBytes: opts.maxBufferedBytes ?? 256 * 1024, drainTimeoutMs: opts.drainTimeoutMs ?? 30_000 }
-  const open = new Set<PushStream>()
-  let closing = false
-
+  // Typed as the service graph itself (not only through Fastify's decorator), so a call on it leads
+  // straight to its class.
+  const broker: Services = app.broker
+  const settings: LongResponseOptions = { maxBufferedBytes: opts.maxBufferedBytes ?? 256 * 1024, drainTimeoutMs: opts.drainTimeoutMs ?? 30_000 }
   // Streams end before the server stops accepting: app.close() then finishes within the grace period.
-  app.addHook('preClose', async () => {
-    closing = true
-    for (const s of [...open]) s.end('shutdown')
-  })
+  const open = new OpenResponses<PushStream>(app)
 
   app.get('/v1/tokens/stream', {
     // The client's rate limit is counted by the opening read (one request, like POST /v1/tokens).
@@ -325,9 +55,9 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
   }, async (request, reply) => {
     const client = request.client!
     const server = await requireServer(app, request, request.query.server)
-    if (closing) throw new BrokerError('UPSTREAM_UNAVAILABLE', 'The broker is shutting down; reconnect to another instance.', { retryAfter: 2 })
+    if (open.closing) throw new BrokerError('UPSTREAM_UNAVAILABLE', 'The broker is shutting down; reconnect to another instance.', { retryAfter: 2 })
     const ctx: RequestContext = { ...requestContext(request), via: 'stream' }
-    const stream = new PushStream(broker, server, client.id, ctx, request.log, settings, (s) => open.delete(s))
+    const stream = new PushStream(broker, server, client.id, ctx, request.log, (s) => open.delete(s))
     open.add(stream)
     let frames: Frame[]
     try {
@@ -341,9 +71,6 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
     if (stream.ended !== undefined) {
       throw new BrokerError('UPSTREAM_UNAVAILABLE', stream.ended === 'shutdown' ? 'The broker is shutting down; reconnect to another instance.' : 'Could not open the stream; retry.', { retryAfter: 2 })
     }
-    const headers: Record<string, string | number | string[]> = {}
-    for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) headers[k] = v
-    reply.hijack()
-    stream.attach(reply.raw, headers, frames)
+    stream.attach(LongResponse.hijack(reply, settings, (why) => stream.end(why)), frames)
   })
 }

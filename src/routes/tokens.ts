@@ -6,10 +6,13 @@ import { iso, issuedTokenBody, requireServer } from './common.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, bodyErrors, errorResponse } from '../schemas/common.ts'
 import { IssueBodySchema, IssuedTokenSchema, TokenIdParamsSchema, TokenInfoSchema } from '../schemas/tokens.ts'
+import type { Services } from '../services.ts'
 
 export default async function tokenRoutes (fastify: FastifyInstance): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { broker } = app
+  // Typed as the service graph itself (not only through Fastify's decorator), so a call on it leads
+  // straight to its class.
+  const broker: Services = app.broker
 
   app.post('/v1/tokens', {
     // The client's rate limit is counted in the serve script (one Redis round trip per cache hit).

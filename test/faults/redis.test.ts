@@ -73,7 +73,7 @@ t.test('Redis restarted empty: re-mints on demand and recreates its schedules', 
   const after = await issue(app, a)
   t.not(after.body.tokenId, first.body.tokenId, 'a new token: the old record is gone')
   t.ok(sim.isTokenValid(after.body.token))
-  t.ok(await until(10_000, async () => (await app.broker.queues.probes.getJobSchedulers(0, -1)).length >= 2), 'schedulers recreated')
+  t.ok(await until(10_000, async () => (await app.broker.queues.schedulers()).length >= 2), 'schedulers recreated')
   sim.resetCounters()
   await sleep(3000)
   t.ok((sim.counters.byPath['/identity'] ?? 0) >= 1, 'probes run again')

@@ -113,7 +113,7 @@ t.test('SIGKILL of the Sentinel primary under load: fast 503s, then served from 
   t.ok(await until(15_000, async () => (await issue(app, clients[0])).tokenId !== before.tokenId), 'a rotation ran on the workers')
   const rotated = await issue(app, clients[0])
   t.ok(sim.isTokenValid(rotated.token!), 'the rotated token is valid at PMS')
-  const schedulers = (await app.broker.queues.probes.getJobSchedulers(0, -1)).map((s) => s.key).sort()
+  const schedulers = (await app.broker.queues.schedulers()).map((s) => s.key).sort()
   t.same(schedulers, [...new Set(schedulers)], 'no duplicated scheduler')
   t.ok(schedulers.includes('probe.default') && schedulers.includes('sweep.rotations'), `the schedulers survived: ${schedulers.join(', ')}`)
 
