@@ -42,7 +42,7 @@ export class PmsProxy {
   private constructor (services: Services, opts: ProxyOptions) {
     this.#services = services
     const { logger, auditWriter } = services
-    this.keys = new ProxyKeys(services.rc)
+    this.keys = services.proxyKeys
     this.metrics = services.metrics.proxy
     this.sessions = new SessionCredentials(services.config.brokerSecret, services.rc.now)
     this.open = new OpenResponses({
