@@ -19,6 +19,7 @@ import { buildApp } from './app.ts'
 import { sha256 } from './broker/crypto.ts'
 import { freePort, redisAnswers, startRedis } from './dev-support.ts'
 import { type ClientConfig, type Config, ConfigError, loadConfig } from './config/index.ts'
+import { policyFrom } from './proxy/presets.ts'
 import { startSimFromEnv } from './sim/main.ts'
 import { PlexTvSimulator } from './sim/plextv-sim.ts'
 
@@ -107,15 +108,24 @@ async function main (): Promise<void> {
     PLEX_PREFERENCES_PATH: undefined,
     BROKER_CONFIG: undefined,
     PLEX_PROBE_INTERVAL: env.PLEX_PROBE_INTERVAL ?? '2s',
+    // The PMS proxy on a port of its own (a free one, so two demos side by side both start).
+    PROXY_PORT: env.PROXY_PORT ?? String(await freePort()),
   })
+  // The demo client may use the proxy with the `read` preset (docs/proxy.md).
+  const readPolicy = policyFrom({ preset: 'read' })
+  if (!('policy' in readPolicy)) throw new Error(`demo proxy rules: ${readPolicy.problems.join('; ')}`)
   const clients: ClientConfig[] = [
-    { id: 'demo', secretSha256: sha256(demoSecret), servers: '*', scopes: ['token:issue', 'source:connect'], rateLimit: config.defaultRateLimit, sources: '*' },
+    { id: 'demo', secretSha256: sha256(demoSecret), servers: '*', scopes: ['token:issue', 'source:connect'], rateLimit: config.defaultRateLimit, sources: '*', proxy: readPolicy.policy },
     { id: 'ops', secretSha256: sha256(opsSecret), servers: '*', scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'], rateLimit: config.defaultRateLimit, sources: [] },
   ]
   const app = await buildApp({ ...config, clients })
   running.push(async () => { await app.close() })
   await app.listen({ host: config.host, port: config.port })
+  await app.proxy.listen(config.host)
   const base = `http://127.0.0.1:${config.port}`
+  const proxyBase = `http://127.0.0.1:${app.proxy.port('default')}`
+  // A key for this run (a day long): what a tool would be given instead of a PMS token.
+  const { key: proxyKey } = await app.proxy.keys.create({ client: 'demo', label: 'demo run', expiresAt: Date.now() + 86_400_000 })
   // Wait for the first probe: on a second run it finds the cached tokens of the previous
   // simulator dead (a PMS restart) and replaces them before anyone asks.
   const started = Date.now()
@@ -131,6 +141,7 @@ async function main (): Promise<void> {
   out(`  PMS simulator   ${sim.sim.url}`)
   out(`  Redis           ${redisUrl}   prefix ${config.redisPrefix}`)
   out(`  plex.tv sim     ${plexTv.url}`)
+  out(`  PMS proxy       ${proxyBase}   (the simulator behind scoped proxy keys)`)
   out(`  secrets         ${resolve(dir, 'secrets.json')} (kept for the next run)`)
   out()
   out('Get a token as the demo client:')
@@ -141,6 +152,10 @@ async function main (): Promise<void> {
   out()
   out('Use it against PMS (the simulator):')
   out(`  curl -s ${sim.sim.url}/library/sections -H 'Accept: application/json' -H 'X-Plex-Token: <token from above>'`)
+  out()
+  out('Or let a tool talk to PMS through the proxy with a proxy key (preset `read`), never a PMS token:')
+  out(`  curl -s ${proxyBase}/library/sections -H 'Accept: application/json' -H 'X-Plex-Token: ${proxyKey}'`)
+  out(`  curl -s ${proxyBase}/security/token -H 'X-Plex-Token: ${proxyKey}'     # 403: never reaches PMS`)
   out()
   out('Simulate a PMS restart (every transient token dies), then watch the broker recover:')
   out(`  curl -s -X POST '${sim.controlUrl}/restart?downMs=2000'`)

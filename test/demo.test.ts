@@ -58,6 +58,15 @@ async function tokenWorks (out: string): Promise<{ status: number, works: boolea
   return { status: r.status, works: check.ok && root.status === 200 }
 }
 
+/** The printed proxy curl: the key reads sections through the proxy; /security/token is refused. */
+async function proxyWorks (out: string): Promise<{ read: number, denied: number }> {
+  const base = line(out, /PMS proxy\s+(http:\/\/\S+)/)
+  const key = line(out, /X-Plex-Token: (pbk_\S+)'/)
+  const read = await fetch(`${base}/library/sections`, { headers: { 'X-Plex-Token': key, accept: 'application/json' } })
+  const denied = await fetch(`${base}/security/token`, { headers: { 'X-Plex-Token': key } })
+  return { read: read.status, denied: denied.status }
+}
+
 t.test('the demo works when started twice in a row on the same Redis and directory', async (t) => {
   const dir = t.testdir()
   const prefix = uniquePrefix('demo')
@@ -71,6 +80,7 @@ t.test('the demo works when started twice in a row on the same Redis and directo
   t.match(first.output(), /plex\.tv sim\s+http:\/\/127\.0\.0\.1:\d+/, 'plex.tv is the simulator, never the real one')
   const a = await tokenWorks(first.output())
   t.same(a, { status: 200, works: true }, 'first run: a working token')
+  t.same(await proxyWorks(first.output()), { read: 200, denied: 403 }, 'first run: the printed proxy key reads through the proxy, and only that')
   t.equal(statSync(join(dir, '.demo', 'secrets.json')).mode & 0o777, 0o600, 'the demo secrets file is private')
   await first.stop()
 
@@ -78,6 +88,7 @@ t.test('the demo works when started twice in a row on the same Redis and directo
   t.match(second.output(), /plex-token-broker demo is running/)
   const b = await tokenWorks(second.output())
   t.same(b, { status: 200, works: true }, 'second run: a working token too')
+  t.same(await proxyWorks(second.output()), { read: 200, denied: 403 }, 'second run: the proxy too')
   t.equal(line(second.output(), /PTB_SECRET=(ops_\S+)/), line(first.output(), /PTB_SECRET=(ops_\S+)/), 'the printed ops secret stays valid across runs')
   await second.stop()
 })
