@@ -13,6 +13,7 @@ import { Pool } from 'undici'
 const [url, rateArg, secondsArg, connArg, secret] = process.argv.slice(2)
 const rate = Number(rateArg)
 const seconds = Number(secondsArg)
+if (url === undefined) throw new Error('usage: node bench/fixed-rate.ts URL RATE SECONDS CONNECTIONS [BEARER]')
 const target = new URL(url)
 const pool = new Pool(target.origin, { connections: Number(connArg ?? 32), pipelining: 1 })
 const headers: Record<string, string> = { 'content-type': 'application/json' }

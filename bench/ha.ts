@@ -33,7 +33,7 @@ class Scope {
 const fmt = (n: number, d = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d })
 const pct = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b)
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] ?? Number.NaN
 }
 
 function clientsFile (secrets: string[]): string {
@@ -84,7 +84,7 @@ async function healed (g: SentinelGroup): Promise<void> {
       const sc = s.client({ enableReadyCheck: false })
       try {
         const replicas = await sc.call('SENTINEL', 'REPLICAS', g.name) as string[][]
-        if (replicas.length === 0 || replicas.some((r) => /s_down|disconnected/.test(r[r.indexOf('flags') + 1]))) return false
+        if (replicas.length === 0 || replicas.some((r) => /s_down|disconnected/.test(r[r.indexOf('flags') + 1]!))) return false
       } finally {
         sc.disconnect()
       }
@@ -220,7 +220,7 @@ export async function failover (sim: PmsSimulator, log: Log): Promise<void> {
         const present = new Set<number>()
         for (const [, f] of entries) {
           if (f[f.indexOf('action') + 1] !== 'bench.event') continue
-          present.add(Number(JSON.parse(f[f.indexOf('detail') + 1]).n))
+          present.add(Number(JSON.parse(f[f.indexOf('detail') + 1]!).n))
         }
         const lost = [...acked].filter((n) => !present.has(n)).length
         const flaggedNow = (await metric.get()).values.reduce((a, v) => a + v.value, 0) - before
@@ -335,12 +335,12 @@ export async function tls (_sim: PmsSimulator, log: Log, wrk: Wrk): Promise<void
     log('| round | plain TCP req/s | TLS req/s | TLS / TCP | TCP p50 / p99 ms | TLS p50 / p99 ms | non-2xx (TCP / TLS) |')
     log('|---:|---:|---:|---:|---:|---:|---:|')
     for (let i = 0; i < rounds; i++) {
-      log(`| ${i + 1} | ${fmt(tcp[i].rps)} | ${fmt(over[i].rps)} | ${fmt(100 * over[i].rps / tcp[i].rps, 1)} % | ${fmt(tcp[i].p50, 2)} / ${fmt(tcp[i].p99, 2)} | ${fmt(over[i].p50, 2)} / ${fmt(over[i].p99, 2)} | ${tcp[i].non2xx} / ${over[i].non2xx} |`)
+      log(`| ${i + 1} | ${fmt(tcp[i]!.rps)} | ${fmt(over[i]!.rps)} | ${fmt(100 * over[i]!.rps / tcp[i]!.rps, 1)} % | ${fmt(tcp[i]!.p50, 2)} / ${fmt(tcp[i]!.p99, 2)} | ${fmt(over[i]!.p50, 2)} / ${fmt(over[i]!.p99, 2)} | ${tcp[i]!.non2xx} / ${over[i]!.non2xx} |`)
     }
     const med = (xs: number[]): number => pct(xs, 50)
     log()
     log(`- **TLS / TCP, medians: ${fmt(100 * med(over.map((r) => r.rps)) / med(tcp.map((r) => r.rps)), 1)} %** (${fmt(med(tcp.map((r) => r.rps)))} req/s over TCP, ` +
-      `${fmt(med(over.map((r) => r.rps)))} over TLS); per round ${fmt(Math.min(...over.map((r, i) => 100 * r.rps / tcp[i].rps)), 1)}–${fmt(Math.max(...over.map((r, i) => 100 * r.rps / tcp[i].rps)), 1)} %.`)
+      `${fmt(med(over.map((r) => r.rps)))} over TLS); per round ${fmt(Math.min(...over.map((r, i) => 100 * r.rps / tcp[i]!.rps)), 1)}–${fmt(Math.max(...over.map((r, i) => 100 * r.rps / tcp[i]!.rps)), 1)} %.`)
   } finally {
     for (const b of brokers) await stopBroker(b)
     await scope.close()

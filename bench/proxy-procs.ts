@@ -9,7 +9,7 @@ import Fastify from 'fastify'
 import replyFrom from '@fastify/reply-from'
 import { PmsSimulator } from '../src/sim/pms-sim.ts'
 
-const [mode, port, a, b] = process.argv.slice(2)
+const [mode, port, a = '', b = ''] = process.argv.slice(2)
 if (mode === 'sim') {
   await PmsSimulator.start({ port: Number(port), adminTokens: [a], partSizes: { 1: 1024 * 1024 * 1024 } })
 } else if (mode === 'bare') {

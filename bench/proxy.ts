@@ -52,7 +52,7 @@ function wrkGet (url: string, token: string, seconds: number, connections: numbe
   const out = r.stdout
   const ms = (label: string): number => {
     const m = new RegExp(`^\\s+${label}%\\s+([\\d.]+)(us|ms|s)$`, 'm').exec(out)
-    return m === null ? NaN : Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]]
+    return m === null ? NaN : Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]!]!
   }
   const errs = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
   const transfer = /Transfer\/sec:\s+([\d.]+)([KMG]B)/.exec(out)
@@ -63,7 +63,7 @@ function wrkGet (url: string, token: string, seconds: number, connections: numbe
     requests: Number(/(\d+) requests in/.exec(out)?.[1] ?? 0),
     non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
     errors: errs === null ? 0 : errs.slice(1).reduce((a, x) => a + Number(x), 0),
-    transferMBs: transfer === null ? 0 : Number(transfer[1]) * ({ KB: 1 / 1024, MB: 1, GB: 1024 } as Record<string, number>)[transfer[2]],
+    transferMBs: transfer === null ? 0 : Number(transfer[1]) * ({ KB: 1 / 1024, MB: 1, GB: 1024 } as Record<string, number>)[transfer[2]!]!,
   }
 }
 
@@ -133,7 +133,7 @@ export async function proxyBench (log: Log): Promise<void> {
     log()
     log(`### Small answers: \`GET ${small}\``)
     log()
-    for (const [u, t] of [[simUrl, adminToken], [bareUrl, 'x'], [brokerUrl, key]]) wrkGet(`${u}${small}`, t, 2, 50)
+    for (const [u, t] of [[simUrl, adminToken], [bareUrl, 'x'], [brokerUrl, key]] as const) wrkGet(`${u}${small}`, t, 2, 50)
     const direct = wrkGet(`${simUrl}${small}`, adminToken, DURATION, 50)
     const bareR = wrkGet(`${bareUrl}${small}`, 'ignored', DURATION, 50)
     const before = await redisCalls(redis)
@@ -157,11 +157,11 @@ export async function proxyBench (log: Log): Promise<void> {
     const mbs: Record<string, number> = {}
     for (const [name, u, t] of [['direct to the simulator', simUrl, adminToken], ['bare @fastify/reply-from proxy', bareUrl, 'x'], ['broker PMS proxy', brokerUrl, key]] as const) {
       const runs = [await downloadMBs(`${u}${part}`, t), await downloadMBs(`${u}${part}`, t), await downloadMBs(`${u}${part}`, t)].sort((x, y) => x - y)
-      mbs[name] = runs[1]
-      log(`| ${name} | ${fmt(runs[1])} |`)
+      mbs[name] = runs[1]!
+      log(`| ${name} | ${fmt(runs[1]!)} |`)
     }
     log()
-    log(`Broker: ${fmt((mbs['broker PMS proxy'] / mbs['direct to the simulator']) * 100)} % of direct MB/s (the simulator generates the bytes, so direct is bounded by it too).`)
+    log(`Broker: ${fmt((mbs['broker PMS proxy']! / mbs['direct to the simulator']!) * 100)} % of direct MB/s (the simulator generates the bytes, so direct is bounded by it too).`)
     log()
 
     log('### Memory: 100 concurrent downloads through the broker for 10 s')

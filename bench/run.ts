@@ -145,7 +145,7 @@ function wrk (url: string, secret: string | undefined, seconds: number, connecti
   const ms = (label: string): number => {
     const m = new RegExp(`^\\s+${label}%\\s+([\\d.]+)(us|ms|s)$`, 'm').exec(out)
     if (m === null) return NaN
-    return Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]]
+    return Number(m[1]) * ({ us: 0.001, ms: 1, s: 1000 } as Record<string, number>)[m[2]!]!
   }
   const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0)
   const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0)
@@ -171,7 +171,7 @@ async function redisCalls (redis: Redis): Promise<number> {
   return [...stats.matchAll(/calls=(\d+)/g)].reduce((a, m) => a + Number(m[1]), 0)
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN
 
 async function hot (sim: PmsSimulator): Promise<void> {
   const rounds = Number(process.env.BENCH_ROUNDS ?? 3)
@@ -205,7 +205,7 @@ async function hot (sim: PmsSimulator): Promise<void> {
       warn.push(wrk(quiet.url, s.secrets[0], DURATION))
     }
     const rss = rssMb(broker.pid)
-    const ratios = info.map((r, i) => 100 * r.rps / base[i].rps)
+    const ratios = info.map((r, i) => 100 * r.rps / base[i]!.rps)
     const half = Math.round(median(info.map((r) => r.rps)) / 2)
     const fixedBase = fixedRate(baseline.url, half, DURATION)
     const fixedBroker = fixedRate(broker.url, half, DURATION, s.secrets[0])
@@ -213,7 +213,7 @@ async function hot (sim: PmsSimulator): Promise<void> {
     log('| round | baseline req/s | broker (info) req/s | ratio | broker (warn) req/s | baseline p50 / p99 ms | broker p50 / p99 ms | Redis commands per request | non-2xx / errors |')
     log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for (let i = 0; i < rounds; i++) {
-      log(`| ${i + 1} | ${fmt(base[i].rps)} | ${fmt(info[i].rps)} | ${fmt(ratios[i], 1)} % | ${fmt(warn[i].rps)} | ${fmt(base[i].p50, 2)} / ${fmt(base[i].p99, 2)} | ${fmt(info[i].p50, 2)} / ${fmt(info[i].p99, 2)} | ${fmt(perRequest[i], 2)} | ${info[i].non2xx} / ${info[i].errors} |`)
+      log(`| ${i + 1} | ${fmt(base[i]!.rps)} | ${fmt(info[i]!.rps)} | ${fmt(ratios[i]!, 1)} % | ${fmt(warn[i]!.rps)} | ${fmt(base[i]!.p50, 2)} / ${fmt(base[i]!.p99, 2)} | ${fmt(info[i]!.p50, 2)} / ${fmt(info[i]!.p99, 2)} | ${fmt(perRequest[i]!, 2)} | ${info[i]!.non2xx} / ${info[i]!.errors} |`)
     }
     const medInfo = median(info.map((r) => r.rps))
     const medWarn = median(warn.map((r) => r.rps))
@@ -262,7 +262,7 @@ function profileSummary (file: string, byFunction = false): Array<[string, numbe
     const url = n?.callFrame.url ?? ''
     let mod = url === '' ? `(${n?.callFrame.functionName || 'program'})` : url.startsWith('node:') ? 'node internals' : url
     const nm = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
-    if (nm !== null) mod = nm[1]
+    if (nm?.[1] !== undefined) mod = nm[1]
     else if (url.includes('/src/')) mod = url.slice(url.indexOf('/src/') + 1)
     if (byFunction) mod = `\`${n?.callFrame.functionName || '(anonymous)'}\` (${mod})`
     counts.set(mod, (counts.get(mod) ?? 0) + 1)
@@ -313,7 +313,7 @@ async function restart (sim: PmsSimulator): Promise<void> {
     await sleep(3000)
     const before = new Map<string, string | null>()
     const ids = await redis.mget(s.secrets.map((_, i) => `${s.prefix}:cur:c${i}:default`))
-    s.secrets.forEach((_, i) => before.set(`c${i}`, ids[i]))
+    s.secrets.forEach((_, i) => before.set(`c${i}`, ids[i]!))
     sim.resetCounters()
     let peak = 0
     let last = sim.counters.mints
@@ -386,7 +386,7 @@ async function footprint (sim: PmsSimulator): Promise<void> {
     log('|---|---:|')
     log(`| seeding ${fmt(n)} tokens through the API | ${fmt(seedS, 1)} s |`)
     log(`| Redis per token: record hash + current key | ${fmt(tok)} + ${fmt(cur)} bytes |`)
-    log(`| Redis per token: index and activity entries (idx:all, idx:client, idx:server, active) | ≈ ${fmt((idxBytes[0] + idxBytes[2] + idxBytes[3]) / n + idxBytes[1])} bytes |`)
+    log(`| Redis per token: index and activity entries (idx:all, idx:client, idx:server, active) | ≈ ${fmt((idxBytes[0]! + idxBytes[2]! + idxBytes[3]!) / n + idxBytes[1]!)} bytes |`)
     log(`| Redis per audit event (stream of ${fmt(events)} events) | ${fmt(stream / events)} bytes |`)
     log(`| broker RSS / JS heap used with ${fmt(n)} active tokens (and ${fmt(n)} clients in its config) | ${fmt(rss, 1)} MB / ${fmt(heap, 1)} MB |`)
     log(`| of which: V8 heap reserved / external (Buffers, native objects) | ${fmt(heapTotal, 1)} MB / ${fmt(external, 1)} MB |`)
@@ -407,7 +407,7 @@ async function scaling (sim: PmsSimulator): Promise<void> {
   for (const count of [1, 2, 4]) {
     const procs = await Promise.all(Array.from({ length: count }, () => startBroker(s)))
     try {
-      await fetch(`${procs[0].url}/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${s.secrets[0]}`, 'content-type': 'application/json' }, body: '{"server":"default"}' })
+      await fetch(`${procs[0]!.url}/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${s.secrets[0]}`, 'content-type': 'application/json' }, body: '{"server":"default"}' })
       const results = await Promise.all(procs.map((p) => load(p.url, { connections: 50, secret: s.secrets[0], seconds: Math.max(5, DURATION / 2) })))
       log(`| ${count} | ${fmt(results.reduce((a, r) => a + r.rps, 0))} | ${Math.max(...results.map((r) => r.p99))} |`)
     } finally {
@@ -466,14 +466,15 @@ async function soak (sim: PmsSimulator): Promise<void> {
         restarts++
         nextRestart = Date.now() + 60_000
       }
-      if (samples.length === 0 || Date.now() - samples[samples.length - 1].t > 15_000) {
+      if (samples.length === 0 || Date.now() - samples[samples.length - 1]!.t > 15_000) {
         const m = await (await fetch(`${broker.url}/metrics`)).text()
         samples.push({ t: Date.now(), rss: rssMb(broker.pid), heap: Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(m)?.[1] ?? 0) / 2 ** 20 })
       }
       await sleep(20)
     }
     const first = samples[Math.min(2, samples.length - 1)]
-    const last = samples[samples.length - 1]
+    const last = samples.at(-1)
+    if (first === undefined || last === undefined) throw new Error('no memory sample was taken')
     log()
     log('| requests served | not 200 | dead on first answer (restart not yet detected) | report answered 503 (retry later) | report answered 200 with a dead token | PMS restarts | RSS after warm-up → end | JS heap after warm-up → end |')
     log('|---:|---:|---:|---:|---:|---:|---:|---:|')
@@ -601,7 +602,7 @@ async function main (): Promise<void> {
   const sim = await PmsSimulator.start({ version: '1.43.0.10162-aaaaaaaaa' })
   try {
     for (const name of run) {
-      await SCENARIOS[name](sim)
+      await SCENARIOS[name]!(sim)
       log()
     }
   } finally {

@@ -335,7 +335,11 @@ export async function sentinelView (target: RedisTarget): Promise<{ address: str
       await conn.connect()
       const flat = await conn.call('SENTINEL', 'MASTER', s.name) as string[]
       const f = new Map<string, string>()
-      for (let i = 0; i + 1 < flat.length; i += 2) f.set(flat[i], flat[i + 1])
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        const name = flat[i]
+        const value = flat[i + 1]
+        if (name !== undefined && value !== undefined) f.set(name, value)
+      }
       return { address: `${f.get('ip') ?? '?'}:${f.get('port') ?? '?'}`, flags: f.get('flags') ?? '' }
     } catch {
       // The next Sentinel.

@@ -154,16 +154,16 @@ t.test('a fleet of two instances still rechecks at most once per interval', asyn
   calls.stop()
 
   const asked = [...loadOne.results.values(), ...loadTwo.results.values()].flat().filter((o) => o.at < restoredAt).length
-  t.comment(`${asked} client requests on two instances; PMS saw admin-token calls at +${outageCalls.map((x) => x - outageCalls[0]).join(' ms, +')} ms`)
+  t.comment(`${asked} client requests on two instances; PMS saw admin-token calls at +${outageCalls.map((x) => x - outageCalls[0]!).join(' ms, +')} ms`)
   t.ok(asked >= 200, 'both instances were busy')
   // The clients started together, so the mints already on their way when PMS first said 401
   // reach it (one per client at most): that burst is how the rejection becomes known.
-  const burst = outageCalls.filter((x) => x - outageCalls[0] < 500)
+  const burst = outageCalls.filter((x) => x - outageCalls[0]! < 500)
   t.ok(burst.length <= all.length, `discovery: at most one 401 per client that was minting (${burst.length})`)
   // From then on: rechecks 2 s and 4 s apart (at +2 s, +6 s), whoever of the two instances makes them.
   const rechecks = outageCalls.slice(burst.length)
   t.ok(rechecks.length >= 1 && rechecks.length <= 2, `then at most one call per interval from the fleet: ${rechecks.length}`)
-  let previous = burst[burst.length - 1]
+  let previous = burst.at(-1)!
   for (const [i, at] of rechecks.entries()) {
     t.ok(at - previous >= PROBE_MS * 0.9, `recheck ${i + 1} came ${at - previous} ms after the previous call`)
     previous = at

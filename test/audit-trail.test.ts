@@ -51,7 +51,7 @@ t.test('pages merge both streams newest first and never skip or repeat an event'
   } while (cursor !== null)
   t.equal(all.length, 5 * 8 + 5, 'forty serves (five of them mints) and five revocations')
   t.same(seen.map((e) => `${e.id}/${e.action}`), all.map((e: { id: string, action: string }) => `${e.id}/${e.action}`), 'pages of 7 = the whole list')
-  const order = (id: string): bigint => { const [ms, seq] = id.split('-'); return BigInt(ms) * 1_000_000n + BigInt(seq) }
+  const order = (id: string): bigint => { const [ms = '', seq = ''] = id.split('-'); return BigInt(ms) * 1_000_000n + BigInt(seq) }
   const ids = all.map((e: { id: string }) => order(e.id))
   t.same(ids, [...ids].sort((x, y) => (x < y ? 1 : x > y ? -1 : 0)), 'newest first')
   const exported = (await app.inject({ method: 'GET', url: '/v1/audit/export', headers: ops.auth })).body.trim().split('\n').map((l) => JSON.parse(l))

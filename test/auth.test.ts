@@ -65,7 +65,7 @@ t.test('one address, many services: a flood of bad secrets never stops valid cli
   t.equal(again.statusCode, 429)
   const missing = await issue({})
   t.equal(missing.statusCode, 429, 'a missing credential counts as a failure too')
-  t.equal((await issue(clients[0].auth)).statusCode, 200)
+  t.equal((await issue(clients[0]!.auth)).statusCode, 200)
   const elsewhere = await app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: 'Bearer wrong' }, payload: { server: 'default' }, remoteAddress: '10.20.30.41' })
   t.equal(elsewhere.statusCode, 401, 'another address has its own allowance')
 
@@ -83,7 +83,7 @@ t.test('one address, many services: a flood of bad secrets never stops valid cli
   t.equal(events.length, 4, 'four events for 502 failed requests')
   const throttled = events.filter((e) => e.detail.throttled === true)
   t.equal(throttled.length, 1, 'one event says the address is throttled')
-  t.match(throttled[0].detail, { reason: 'unknown_secret', throttled: true, limit: 20, windowMs: 60_000, retryAfter: Number })
+  t.match(throttled[0]!.detail, { reason: 'unknown_secret', throttled: true, limit: 20, windowMs: 60_000, retryAfter: Number })
   const unknown = events.filter((e) => e.detail.reason === 'unknown_secret' && e.detail.throttled === undefined)
   t.same(unknown.map((e) => e.detail.count).sort(), [1, 499], 'the first failure at once, then the count of the others but the throttle event')
   t.match(unknown.find((e) => e.detail.count === 499)?.detail, { repeated: true, windowMs: 60_000, since: String })

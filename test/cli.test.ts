@@ -40,7 +40,7 @@ function run (env: Record<string, string>, answers: string[] = [], extra: Partia
 /** Waits for the CLI to create a PIN, then approves it as the person at app.plex.tv would. */
 async function approveNextPin (sim: PlexTvSimulator, seen: number, token?: string): Promise<string> {
   for (let i = 0; i < 200 && sim.pins.length <= seen; i++) await new Promise((resolve) => setTimeout(resolve, 5))
-  const pin = sim.pins[seen]
+  const pin = sim.pins[seen]!
   sim.approve(pin.id, token)
   return pin.code
 }
@@ -134,7 +134,7 @@ t.test('ptb login: expired PIN, 429, unreachable plex.tv', async (t) => {
   const r = run(env)
   const done = main(['login'], r.io)
   for (let i = 0; i < 200 && sim.pins.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5))
-  sim.expire(sim.pins[0].code)
+  sim.expire(sim.pins[0]!.code)
   t.equal(await done, 1)
   t.match(r.err(), /PIN expired before it was approved \(code 1020\)\. Run `ptb login` again/)
   t.notOk(existsSync(join(configDir(home), 'token')))
@@ -151,7 +151,7 @@ t.test('ptb login: expired PIN, 429, unreachable plex.tv', async (t) => {
   for (let i = 0; i < 200 && sim.pins.length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 5))
   sim.rateLimitNext(2)
   await new Promise((resolve) => setTimeout(resolve, 50))
-  sim.approve(sim.pins[1].id)
+  sim.approve(sim.pins[1]!.id)
   t.equal(await pending, 0, polled.err())
   t.match(polled.err(), /rate limiting \(429\); polling again/)
 
@@ -235,7 +235,7 @@ t.test('ptb login --password: 2FA on 1029, one attempt on 1031, the password nev
   const user = run(env, [password, '123456'])
   sim.resetLockout()
   t.equal(await main(['login', '--password', '--user', 'me@example.com'], user.io), 0, user.err())
-  t.equal(user.asked[0].question, 'plex.tv password: ', '--user skips the username question')
+  t.equal(user.asked[0]!.question, 'plex.tv password: ', '--user skips the username question')
 
   const empty = run(env, [], { prompt: undefined, stdin: Readable.from(['me@example.com\n']) })
   t.equal(await main(['login', '--password'], empty.io), 2)
@@ -244,7 +244,7 @@ t.test('ptb login --password: 2FA on 1029, one attempt on 1031, the password nev
 })
 
 t.test('ptb servers discover: YAML config entries, local connection first, plex.tv order kept', async (t) => {
-  const conn = (uri: string, local: boolean, relay = false) => ({ protocol: uri.split(':')[0], address: '10.0.0.1', port: 32400, uri, local, relay })
+  const conn = (uri: string, local: boolean, relay = false) => ({ protocol: uri.split(':')[0]!, address: '10.0.0.1', port: 32400, uri, local, relay })
   const resources: TvResource[] = [
     {
       name: 'Living Room PMS',
@@ -315,7 +315,7 @@ t.test('ptb servers discover: no owned servers', async (t) => {
   t.equal(await main(['servers', 'discover'], r.io), 1)
   t.match(r.err(), /No servers owned by this account.*ptb claim/)
   t.equal(r.out(), '')
-  t.equal(sim.requests[0].clientIdentifier, 'ptb-kept', 'the stored client id is used')
+  t.equal(sim.requests[0]!.clientIdentifier, 'ptb-kept', 'the stored client id is used')
 })
 
 /** A PMS with just `/identity` and `/myplex/claim` (docs/plex-api.md §4, §5). */

@@ -39,7 +39,7 @@ function readmeExample (): string {
   const readme = readFileSync('README.md', 'utf8')
   const section = readme.slice(readme.indexOf('\n## Client library\n'))
   const m = /```ts\n([\s\S]*?)```/.exec(section)
-  if (m === null) throw new Error('no ts example in the README\'s Client library section')
+  if (m?.[1] === undefined) throw new Error('no ts example in the README\'s Client library section')
   return m[1]
 }
 
@@ -49,7 +49,7 @@ function floor (range: string): number[] {
   if (m === null) throw new Error(`not a >= range: ${range}`)
   return [Number(m[1]), Number(m[2] ?? 0), Number(m[3] ?? 0)]
 }
-const atLeast = (a: number[], b: number[]): boolean => a[0] !== b[0] ? a[0] > b[0] : a[1] !== b[1] ? a[1] > b[1] : a[2] >= b[2]
+const atLeast = (a: number[], b: number[]): boolean => a[0] !== b[0] ? a[0]! > b[0]! : a[1] !== b[1] ? a[1]! > b[1]! : a[2]! >= b[2]!
 
 /** The environment for npm in a scratch project: none of the npm_* variables of an `npm test` around us (its prefix is this repository). */
 function npmEnv (): NodeJS.ProcessEnv {
@@ -112,6 +112,7 @@ t.test('packed, installed in a scratch project: only undici and eventsource-pars
   // npm pack runs prepack, which builds dist/ from src/client.
   const packed = await run('npm', ['pack', '--json', '--foreground-scripts=false', '--pack-destination', dir], { cwd: PACKAGE, env, maxBuffer: 16 * 2 ** 20 })
   const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf('['))) as Array<{ filename: string, files: Array<{ path: string }> }>
+  if (info === undefined) throw new Error(`npm pack listed no package: ${packed.stdout}`)
   const files = info.files.map((f) => f.path).sort()
   t.same(files, ['README.md', 'dist/http.d.ts', 'dist/http.js', 'dist/index.d.ts', 'dist/index.js', 'dist/stream.d.ts', 'dist/stream.js', 'package.json'],
     'the compiled client and its declarations: no tests, sources, maps, docs or server code')
@@ -146,7 +147,7 @@ t.test('packed, installed in a scratch project: only undici and eventsource-pars
   writeFileSync(join(dir, 'example.ts'), example)
   const out = await run(process.execPath, ['example.ts'], { cwd: dir, env, timeout: 60_000 })
   t.match(out.stdout, /^200 /, 'the example printed PMS\'s answer; it then exited by itself (close())')
-  t.ok(sim.counters.byPath['/library/sections'] >= 1, 'PMS got the call')
+  t.ok(sim.counters.byPath['/library/sections']! >= 1, 'PMS got the call')
   t.ok(b.seen.posts >= 1 || b.seen.streams >= 1, 'with a token from the broker')
 
   // TypeScript: an ES module (the README example too) and a CommonJS one, checked against the

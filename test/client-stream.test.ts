@@ -22,16 +22,16 @@ t.test('the stream brings the first token and a rotated one, without a single PO
   t.ok(await until(15_000, async () => s.changes.length === 1), 'the first token arrived')
   t.equal(s.mode, 'stream')
   t.match(s.changes[0], { via: 'stream', reason: 'current', server: { name: 'default', machineIdentifier: sim.machineIdentifier } })
-  const first = s.changes[0]
+  const first = s.changes[0]!
   t.equal(await s.token(), first.token, 'token() answers it')
   t.ok(sim.isTokenValid(first.token))
 
   await rotate(b)
   t.ok(await until(15_000, async () => s.changes.length === 2), 'the rotated token was pushed')
   t.match(s.changes[1], { via: 'stream', reason: 'rotated' })
-  t.not(s.changes[1].tokenId, first.tokenId)
-  t.equal(await s.token(), s.changes[1].token, 'token() has the new one at once')
-  t.ok(sim.isTokenValid(s.changes[1].token))
+  t.not(s.changes[1]!.tokenId, first.tokenId)
+  t.equal(await s.token(), s.changes[1]!.token, 'token() has the new one at once')
+  t.ok(sim.isTokenValid(s.changes[1]!.token))
   t.equal(b.seen.posts, 0, 'no POST /v1/tokens: everything came by the stream')
   t.equal(b.seen.streams, 1, 'one stream')
 })
@@ -44,15 +44,15 @@ t.test('after a PMS restart the re-minted token arrives by the stream, without a
   const s = source(t, b, { replacementWaitMs: 60_000 })
   s.on('revoked', (r) => revoked.push(`${r.tokenId} ${r.reason}`))
   t.ok(await until(15_000, async () => s.changes.length === 1))
-  const before = s.changes[0]
+  const before = s.changes[0]!
 
   await sim.restart()
   t.ok(await until(30_000, async () => s.changes.length === 2), 'a new token was pushed')
   t.match(s.changes[1], { via: 'stream', reason: 'reminted' })
-  t.ok(sim.isTokenValid(s.changes[1].token), 'PMS accepts it')
+  t.ok(sim.isTokenValid(s.changes[1]!.token), 'PMS accepts it')
   t.notOk(sim.isTokenValid(before.token), 'the old one died with the restart')
   t.same(revoked, [`${before.tokenId} server_restart`], 'the old token was announced dead first')
-  t.equal(await s.token(), s.changes[1].token)
+  t.equal(await s.token(), s.changes[1]!.token)
   t.equal(b.seen.posts, 0, 'no request: the broker re-minted and pushed')
 })
 
@@ -63,12 +63,12 @@ t.test('an ops revocation: the stream says so and ends, the library asks for a n
   const revoked: Array<{ tokenId: string, reason: string | undefined }> = []
   s.on('revoked', (r) => revoked.push(r))
   t.ok(await until(15_000, async () => s.changes.length === 1))
-  const old = s.changes[0]
+  const old = s.changes[0]!
   const r = await b.app.inject({ method: 'POST', url: '/v1/revoke', headers: b.ops.auth, payload: { client: 'svc', reason: 'host compromised' } })
   t.equal(r.json().revoked, 1)
   t.ok(await until(15_000, async () => s.changes.length === 2), 'a new token')
   t.same(revoked, [{ tokenId: old.tokenId, reason: 'host compromised' }])
-  t.not(s.changes[1].tokenId, old.tokenId)
+  t.not(s.changes[1]!.tokenId, old.tokenId)
   t.not(await s.token(), old.token, 'token() never answers the revoked token again')
   t.ok(b.seen.posts >= 1, 'the library asked (the broker sends no token after a revocation)')
   t.ok(await until(15_000, async () => b.seen.streams >= 2 && s.mode === 'stream'), 'and is back on the stream')
@@ -109,14 +109,14 @@ t.test('a stream gone silent is reopened with Last-Event-ID, and what was missed
   const log = captureLogger()
   const s = source(t, { ...b, url: relay.url }, { heartbeatTimeoutMs: 3000, logger: log })
   t.ok(await until(15_000, async () => s.changes.length === 1 && s.mode === 'stream'))
-  const first = s.changes[0]
+  const first = s.changes[0]!
 
   t.ok(relay.freeze() >= 1, 'the link goes quiet (nothing closes)')
   // Rotated while the library hears nothing: the event is lost on the frozen link.
   await rotate(b)
   t.ok(await until(30_000, async () => s.changes.length === 2), 'the rotation arrived after all')
   t.match(s.changes[1], { via: 'stream', reason: 'rotated' })
-  t.not(s.changes[1].tokenId, first.tokenId)
+  t.not(s.changes[1]!.tokenId, first.tokenId)
   t.ok(b.seen.streams >= 2, 'by a new stream')
   t.equal(b.seen.lastEventIds[0], undefined, 'the first stream starts fresh')
   t.match(b.seen.lastEventIds[1], /^\d+-\d+$/, 'the second resumes with Last-Event-ID')
@@ -124,7 +124,7 @@ t.test('a stream gone silent is reopened with Last-Event-ID, and what was missed
   t.ok(sim.isTokenValid(await s.token()))
   t.ok(log.lines.some((l) => l.includes('token stream ended')), 'the reconnect is logged')
   const text = log.lines.join('\n')
-  t.notOk(text.includes(first.token) || text.includes(s.changes[1].token), 'no token in the log')
+  t.notOk(text.includes(first.token) || text.includes(s.changes[1]!.token), 'no token in the log')
   t.notOk(text.includes(b.client.secret), 'no secret in the log')
 })
 
@@ -185,7 +185,7 @@ t.test('in stream mode too, fetchPms recovers from a killed token with one repor
   // The pushed `revoked` must not turn into a POST of its own on a slow machine.
   const s = source(t, b, { pmsUrl: sim.url, replacementWaitMs: 30_000 })
   t.ok(await until(15_000, async () => s.changes.length === 1 && s.mode === 'stream'))
-  const dead = s.changes[0]
+  const dead = s.changes[0]!
   t.ok(sim.killToken(dead.token))
   const answers = await Promise.all(Array.from({ length: 3 }, () => s.fetchPms('/')))
   t.same(answers.map((r) => r.status), [200, 200, 200])
@@ -196,6 +196,6 @@ t.test('in stream mode too, fetchPms recovers from a killed token with one repor
   // Give the pushed event time to arrive after the report's answer (it must not count twice).
   await sleep(2000)
   t.equal(s.changes.length, 2, 'one token event for the replacement, however it arrived')
-  t.not(s.changes[1].tokenId, dead.tokenId)
-  t.equal(await s.token(), s.changes[1].token)
+  t.not(s.changes[1]!.tokenId, dead.tokenId)
+  t.equal(await s.token(), s.changes[1]!.token)
 })

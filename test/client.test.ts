@@ -33,7 +33,7 @@ t.test('token(): one broker call for concurrent callers, then from memory; PMS a
   const tokens = await Promise.all(Array.from({ length: 20 }, () => s.token()))
   t.equal(new Set(tokens).size, 1, 'everyone got the same token')
   t.equal(b.seen.posts, 1, 'one POST /v1/tokens for twenty concurrent callers')
-  t.ok(sim.isTokenValid(tokens[0]), 'PMS accepts it')
+  t.ok(sim.isTokenValid(tokens[0]!), 'PMS accepts it')
   for (let i = 0; i < 10; i++) await s.token()
   t.equal(b.seen.posts, 1, 'later calls answered from memory')
   t.equal(s.changes.length, 1, 'one token event')
@@ -48,7 +48,7 @@ t.test('the token is refreshed at renewAt without anyone asking, and token() the
   const s = source(t, b, { stream: false })
   const first = await s.current()
   t.ok(await until(30_000, async () => s.changes.length >= 2), 'a second token arrived by itself')
-  const second = s.changes[1]
+  const second = s.changes[1]!
   t.not(second.tokenId, first.tokenId)
   t.ok(Date.parse(second.issuedAt) >= Date.parse(first.renewAt) - 1000, 'replaced around its renewAt, not before')
   const posts = b.seen.posts
@@ -131,7 +131,7 @@ t.test('fetchPms honours Retry-After on 503, capped, and gives up after its retr
   const res = await s.fetchPms('/library/sections')
   t.equal(res.status, 200, 'succeeds once PMS is ready')
   t.equal(seen.length, 3, 'two 503s, then the answer')
-  t.ok(seen[1].at - seen[0].at >= 900 && seen[2].at - seen[1].at >= 900, 'waited the Retry-After second each time')
+  t.ok(seen[1]!.at - seen[0]!.at >= 900 && seen[2]!.at - seen[1]!.at >= 900, 'waited the Retry-After second each time')
   const token = await s.token()
   t.ok(seen.every((r) => r.token === token), 'X-Plex-Token on every attempt')
   t.ok(sim.isTokenValid(token))

@@ -243,14 +243,14 @@ clients:
     ['a', 'http://10.0.0.1:32400', 'file-admin-token', 'tokenFile'],
     ['b', 'https://pms.example:32400', 'prefs-admin-token', 'preferencesPath'],
   ])
-  t.equal(c.servers[0].tokenPath, join(dir, 'plex-token'))
+  t.equal(c.servers[0]!.tokenPath, join(dir, 'plex-token'))
   t.same(c.clients[0], { id: 'thumbnailer', secretSha256: Buffer.from(digest, 'hex'), servers: ['a'], scopes: ['token:issue'], rateLimit: { max: 10, timeWindowMs: 30_000 }, sources: [] })
-  t.equal(c.clients[1].servers, '*')
-  t.equal(c.clients[1].sources, '*')
-  t.same(c.clients[1].rateLimit, { max: 600, timeWindowMs: 60_000 }, 'RATE_LIMIT_DEFAULT applies')
+  t.equal(c.clients[1]!.servers, '*')
+  t.equal(c.clients[1]!.sources, '*')
+  t.same(c.clients[1]!.rateLimit, { max: 600, timeWindowMs: 60_000 }, 'RATE_LIMIT_DEFAULT applies')
 
   writeFileSync(join(dir, 'broker.json'), JSON.stringify({ clients: [{ id: 'x', secretSha256: digest, servers: ['default'], scopes: ['token:issue'] }] }))
-  t.equal(loadConfig({ ...BASE, BROKER_CONFIG: join(dir, 'broker.json') }).clients[0].id, 'x', 'JSON plus the PLEX_URL shortcut')
+  t.equal(loadConfig({ ...BASE, BROKER_CONFIG: join(dir, 'broker.json') }).clients[0]!.id, 'x', 'JSON plus the PLEX_URL shortcut')
 
   const bad = (text: string, file = 'bad.yaml'): string[] => {
     writeFileSync(join(dir, file), text)
@@ -284,7 +284,7 @@ t.test('config file: proxy rules per client, compiled at load; every bad one nam
   const good = file(client('tautulli', 1, '    proxy:\n      preset: monitor\n      mode: shadow\n      allow:\n        - { methods: [GET], path: /status/sessions/terminate }\n      deny:\n        - { methods: "*", path: /devices/** }\n') +
     client('plain', 2, ''))
   const c = loadConfig({ ...BASE, BROKER_CONFIG: good })
-  const policy = c.clients[0].proxy
+  const policy = c.clients[0]!.proxy
   t.ok(policy !== undefined)
   if (policy === undefined) return
   t.equal(policy.preset, 'monitor')
@@ -293,7 +293,7 @@ t.test('config file: proxy rules per client, compiled at load; every bad one nam
   t.equal(evaluate(policy, { method: 'GET', path: '/status/sessions/terminate' }).reason, 'allow', 'and the client\'s allow')
   t.equal(evaluate(policy, { method: 'GET', path: '/devices' }).reason, 'client-deny', 'and its deny')
   t.equal(evaluate(policy, { method: 'GET', path: '/security/token' }).reason, 'hard-deny')
-  t.notOk('proxy' in c.clients[1], 'no proxy section: no policy (its keys would reach nothing)')
+  t.notOk('proxy' in c.clients[1]!, 'no proxy section: no policy (its keys would reach nothing)')
 
   const bad = problems({
     ...BASE,
@@ -309,8 +309,8 @@ t.test('config file: proxy rules per client, compiled at load; every bad one nam
 })
 
 t.test('proxy ports: per server in the file or PROXY_PORT for one server; unique and not the API port', async (t) => {
-  t.same(loadConfig({ ...BASE, PROXY_PORT: '32401' }).servers[0].proxy, { port: 32401 }, 'PROXY_PORT and PLEX_URL')
-  t.notOk('proxy' in loadConfig(BASE).servers[0], 'no port, no proxy')
+  t.same(loadConfig({ ...BASE, PROXY_PORT: '32401' }).servers[0]!.proxy, { port: 32401 }, 'PROXY_PORT and PLEX_URL')
+  t.notOk('proxy' in loadConfig(BASE).servers[0]!, 'no port, no proxy')
   const dir = t.testdir({})
   const servers = (ports: Array<number | undefined>): string => {
     const path = join(dir, `s${ports.join('-')}.yaml`)
@@ -319,7 +319,7 @@ t.test('proxy ports: per server in the file or PROXY_PORT for one server; unique
   }
   const env = { BROKER_SECRET: SECRET, HOST: BASE.HOST }
   t.same(loadConfig({ ...env, BROKER_CONFIG: servers([32401, 32402, undefined]) }).servers.map((s) => s.proxy?.port), [32401, 32402, undefined])
-  t.same(loadConfig({ ...env, BROKER_CONFIG: servers([undefined]), PROXY_PORT: '32499' }).servers[0].proxy, { port: 32499 }, 'PROXY_PORT for the file\'s only server')
+  t.same(loadConfig({ ...env, BROKER_CONFIG: servers([undefined]), PROXY_PORT: '32499' }).servers[0]!.proxy, { port: 32499 }, 'PROXY_PORT for the file\'s only server')
   t.match(problems({ ...env, BROKER_CONFIG: servers([32401, 32401]) }).join(), /server "s1": proxy port 32401 is server "s0"'s proxy port too/)
   t.match(problems({ ...env, BROKER_CONFIG: servers([8080]) }).join(), /server "s0": proxy port 8080 is the API's PORT/)
   t.match(problems({ ...BASE, PROXY_PORT: '9000', PORT: '9000' }).join(), /^PROXY_PORT: proxy port 9000 is the API's PORT/)
@@ -331,8 +331,8 @@ t.test('proxy ports: per server in the file or PROXY_PORT for one server; unique
 
 t.test('PLEX_TOKEN_FILE, PLEX_PREFERENCES_PATH and BROKER_SECRET_FILE', async (t) => {
   const dir = t.testdir({ tok: 'from-file\n', secret: `${SECRET}\n`, 'Preferences.xml': '<Preferences PlexOnlineToken="from-prefs" />' })
-  t.equal(loadConfig({ BROKER_SECRET_FILE: join(dir, 'secret'), PLEX_URL: BASE.PLEX_URL, HOST: BASE.HOST, PLEX_TOKEN_FILE: join(dir, 'tok') }).servers[0].adminToken, 'from-file')
-  t.equal(loadConfig({ ...BASE, PLEX_TOKEN: undefined, PLEX_PREFERENCES_PATH: join(dir, 'Preferences.xml') }).servers[0].adminToken, 'from-prefs')
+  t.equal(loadConfig({ BROKER_SECRET_FILE: join(dir, 'secret'), PLEX_URL: BASE.PLEX_URL, HOST: BASE.HOST, PLEX_TOKEN_FILE: join(dir, 'tok') }).servers[0]!.adminToken, 'from-file')
+  t.equal(loadConfig({ ...BASE, PLEX_TOKEN: undefined, PLEX_PREFERENCES_PATH: join(dir, 'Preferences.xml') }).servers[0]!.adminToken, 'from-prefs')
   t.equal(tokenFromPreferences('<Preferences PlexOnlineToken="" />'), undefined)
   t.equal(tokenFromPreferences('<Other PlexOnlineToken="x"/>'), undefined)
 })
@@ -356,7 +356,7 @@ t.test('parseDuration', async (t) => {
   for (const bad of ['', '10', 'h', '-5s', '1.5h', '0s', '10 s', '5w']) t.throws(() => parseDuration(bad), bad)
   fc.assert(fc.property(fc.integer({ min: 1, max: 1e6 }), fc.constantFrom('ms', 's', 'm', 'h', 'd'), (n, unit) => {
     const ms = parseDuration(`${n}${unit}`)
-    return ms === n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as Record<string, number>)[unit]
+    return ms === n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as Record<string, number>)[unit]!
   }))
 })
 
@@ -380,9 +380,9 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
   const read = new Set<string>()
   for (const f of files) {
     const text = readFileSync(f, 'utf8')
-    for (const m of text.matchAll(/env(?:\.|\[['"])([A-Z][A-Z0-9_]+)/g)) read.add(m[1])
-    for (const m of text.matchAll(/\b(?:get|dflt|duration|integer|secret)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
-    for (const m of text.matchAll(/\bsecret\([^,)]+, '([A-Z][A-Z0-9_]+)'/g)) read.add(m[1])
+    for (const m of text.matchAll(/env(?:\.|\[['"])([A-Z][A-Z0-9_]+)/g)) read.add(m[1]!)
+    for (const m of text.matchAll(/\b(?:get|dflt|duration|integer|secret)\('([A-Z][A-Z0-9_]+)'/g)) read.add(m[1]!)
+    for (const m of text.matchAll(/\bsecret\([^,)]+, '([A-Z][A-Z0-9_]+)'/g)) read.add(m[1]!)
   }
   const known = new Set(ENV_VARIABLES.map((v) => v.name))
   // HOME and XDG_CONFIG_HOME: where the CLI keeps its token file; DEMO_DIR: where `npm run demo`
@@ -395,16 +395,16 @@ t.test('.env.example lists exactly the variables the service reads', async (t) =
 t.test('the README configuration table lists exactly the variables the service reads, with their defaults', async (t) => {
   const readme = readFileSync('README.md', 'utf8')
   const section = readme.slice(readme.indexOf('\n## Configuration\n'))
-  const rows = section.slice(section.indexOf('| variable | default | meaning |')).split('\n\n')[0].split('\n').slice(2)
+  const rows = section.slice(section.indexOf('| variable | default | meaning |')).split('\n\n')[0]!.split('\n').slice(2)
   t.ok(rows.length > 10, `${rows.length} rows`)
   const documented = new Map<string, string>()
   for (const row of rows) {
     // A row may group variables (`A / B`, `A + B`) and then their defaults (`x / y`, or one for all).
-    const [names, defaults] = row.split('|').slice(1, 3).map((cell) => cell.trim())
+    const [names = '', defaults = ''] = row.split('|').slice(1, 3).map((cell) => cell.trim())
     const nameList = names.split(/\s+[/+]\s+/)
     const defaultList = defaults.split(/\s+\/\s+/)
     t.ok(defaultList.length === 1 || defaultList.length === nameList.length, `defaults of ${names}`)
-    for (const [i, name] of nameList.entries()) documented.set(name, defaultList.length === 1 ? defaultList[0] : defaultList[i])
+    for (const [i, name] of nameList.entries()) documented.set(name, (defaultList.length === 1 ? defaultList[0] : defaultList[i]) ?? '')
   }
   t.same([...documented.keys()].sort(), ENV_VARIABLES.map((v) => v.name).sort(), 'same variables')
   for (const v of ENV_VARIABLES) t.equal(documented.get(v.name), v.default ?? 'none', `${v.name} default`)

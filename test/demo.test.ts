@@ -38,7 +38,7 @@ async function startDemo (t: T, env: Record<string, string>, how: 'node' | 'bin/
 
 function line (out: string, re: RegExp): string {
   const m = re.exec(out)
-  if (m === null) throw new Error(`demo output lacks ${re}:\n${out}`)
+  if (m?.[1] === undefined) throw new Error(`demo output lacks ${re}:\n${out}`)
   return m[1]
 }
 

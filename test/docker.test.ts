@@ -66,7 +66,7 @@ t.test('profile ha: a primary, a replica and three Sentinels wired to broker-ha,
   t.match(script('redis-replica'), /replicaof redis-primary 6379/)
   const env = compose.services['broker-ha'].environment as Record<string, string>
   for (const name of Object.keys(env)) t.ok(known.has(name), `${name} is a broker variable`)
-  const sentinels = env.REDIS_SENTINELS.split(',')
+  const sentinels = env.REDIS_SENTINELS?.split(',')
   t.same(sentinels, ['sentinel-1:26379', 'sentinel-2:26379', 'sentinel-3:26379'], 'REDIS_SENTINELS names the three Sentinel services')
   for (const name of ['sentinel-1', 'sentinel-2', 'sentinel-3']) {
     const s = script(name)
@@ -129,7 +129,7 @@ t.test('Redis: a password from a compose secret, protected mode, and the broker 
 t.test('every /run/secrets file a service reads is one of its compose secrets, written by init-secrets.sh', async (t) => {
   for (const [name, svc] of Object.entries(compose.services) as Array<[string, Record<string, unknown>]>) {
     const mine = new Set((svc.secrets as string[] | undefined) ?? [])
-    for (const m of JSON.stringify(svc).matchAll(/\/run\/secrets\/([a-z_]+)/g)) t.ok(mine.has(m[1]), `${name} mounts ${m[1]}`)
+    for (const m of JSON.stringify(svc).matchAll(/\/run\/secrets\/([a-z_]+)/g)) t.ok(mine.has(m[1]!), `${name} mounts ${m[1]}`)
     for (const s of mine) t.ok(generated.has(compose.secrets[s].file), `${s} (${compose.secrets[s].file}) is generated`)
   }
   t.equal(compose.services.broker.environment.BROKER_CONFIG, '/run/secrets/broker_config', 'the config with the clients\' digests comes from the secrets directory')
@@ -193,10 +193,10 @@ t.test('init-secrets.sh: generated secrets, modes, a config of digests the broke
   t.equal(config.redisPassword, read('redis-password'))
   t.equal(config.metricsToken, read('metrics-token').trim(), '/metrics needs the token Prometheus sends')
   t.same(config.brokerSecret, Buffer.from(read('broker-secret'), 'base64'))
-  t.equal(config.servers[0].adminToken, read('plex-token'), 'the simulator and the broker share the admin token')
+  t.equal(config.servers[0]!.adminToken, read('plex-token'), 'the simulator and the broker share the admin token')
   const holder = (secret: string) => config.clients.find((c) => c.secretSha256.equals(sha256(secret)))
-  t.match(holder(secrets[0]), { id: 'thumbnailer', scopes: ['token:issue'], servers: ['default'] }, 'the thumbnailer may get tokens of the default server only')
-  t.match(holder(secrets[1]), { id: 'ops', scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
+  t.match(holder(secrets[0]!), { id: 'thumbnailer', scopes: ['token:issue'], servers: ['default'] }, 'the thumbnailer may get tokens of the default server only')
+  t.match(holder(secrets[1]!), { id: 'ops', scopes: ['token:revoke', 'audit:read', 'server:read', 'server:rotate'] })
   t.notOk(config.clients.some((c) => c.scopes.includes('token:issue') && c.servers === '*'), 'no client gets tokens for every server')
 
   // Idempotent: nothing is overwritten, no secret is printed again.
@@ -233,7 +233,7 @@ t.test('init-secrets.sh: writes beside itself by default, or to PTB_SECRETS_DIR'
 t.test('every file compose and the Dockerfile reference exists (or is made by init-secrets.sh)', async (t) => {
   const files: string[] = []
   for (const svc of Object.values(compose.services) as Array<{ volumes?: string[] }>) {
-    for (const v of svc.volumes ?? []) if (v.startsWith('./')) files.push(v.split(':')[0])
+    for (const v of svc.volumes ?? []) if (v.startsWith('./')) files.push(v.split(':')[0]!)
   }
   for (const s of Object.values(compose.secrets) as Array<{ file: string }>) files.push(s.file)
   for (const f of files) t.ok(existsSync(f) || generated.has(f), `${f} exists`)

@@ -147,8 +147,8 @@ export async function monitorRedis (onCommand: (words: string[], source: string)
         }
         // +<time> [<db> <source>] "word" "word" …
         const m = /^\+[\d.]+ \[\d+ ([^\]]+)\] (.*)$/.exec(line)
-        if (m === null) continue
-        const words = [...m[2].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((w) => w[1])
+        if (m?.[1] === undefined || m[2] === undefined) continue
+        const words = [...m[2].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((w) => w[1] ?? '')
         onCommand(words, m[1])
       }
     })

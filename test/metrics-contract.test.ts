@@ -10,7 +10,7 @@ function documented (): Map<string, string[]> {
   const start = readme.indexOf('- **Metrics** (`/metrics`)')
   const block = readme.slice(start, readme.indexOf('\n- **', start + 10))
   const out = new Map<string, string[]>()
-  for (const m of block.matchAll(/`((?:ptb|http)_[a-z_]+)(?:\{([a-z_,]+)\})?`/g)) out.set(m[1], m[2] === undefined ? [] : m[2].split(','))
+  for (const m of block.matchAll(/`((?:ptb|http)_[a-z_]+)(?:\{([a-z_,]+)\})?`/g)) out.set(m[1]!, m[2] === undefined ? [] : m[2].split(','))
   return out
 }
 

@@ -36,7 +36,7 @@ function candidates (text: string): Set<string> {
   }
   for (const m of text.matchAll(/[^\s"'`]+/g)) add(m[0])
   for (const m of text.matchAll(/[A-Za-z0-9+/=_.~-]+/g)) add(m[0])
-  for (const m of text.matchAll(/"([^"\n]*)"|'([^'\n]*)'|`([^`\n]*)`/g)) add(m[1] ?? m[2] ?? m[3])
+  for (const m of text.matchAll(/"([^"\n]*)"|'([^'\n]*)'|`([^`\n]*)`/g)) add(m[1] ?? m[2] ?? m[3] ?? '')
   return found
 }
 

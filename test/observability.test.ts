@@ -37,7 +37,7 @@ t.test('/metrics exposes the broker\'s metrics with bounded labels and no secret
 
   // Lint-clean by promtool's rules, checked here whether promtool is installed or not: no gauge
   // named *_total, no type in a metric name.
-  const types = [...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => ({ name: m[1], type: m[2] }))
+  const types = [...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => ({ name: m[1] ?? '', type: m[2] }))
   t.same(types.filter((m) => m.type !== 'counter' && m.name.endsWith('_total')).map((m) => m.name), [], 'only counters end in _total')
   t.same(types.filter((m) => /_(histogram|summary|gauge|counter)(_|$)/.test(m.name)).map((m) => m.name), [], 'no type in a metric name')
   t.ok(types.some((m) => m.name === 'nodejs_active_handles'), 'handle count kept (without the _total duplicate)')

@@ -26,7 +26,7 @@ interface Operation {
 /** Every operation of the document, with its method and path. */
 function operations (doc: { paths: Record<string, Record<string, Operation>> }): Array<{ method: string, path: string, op: Operation }> {
   return Object.entries(doc.paths).flatMap(([path, item]) =>
-    METHODS.filter((m) => item[m] !== undefined).map((method) => ({ method, path, op: item[method] })))
+    METHODS.flatMap((method) => { const op = item[method]; return op === undefined ? [] : [{ method, path, op }] }))
 }
 
 /** The member names of `export interface <name>` in generated TypeScript, read with the compiler's parser. */

@@ -75,7 +75,7 @@ t.test('the ops CLI works against a running broker', async (t) => {
 t.test('client add prints a fresh secret once and a config entry holding only its digest', async (t) => {
   const one = io({})
   t.equal(await runOpsCommand(['client', 'add', 'thumbnailer', '--scopes', 'token:issue,source:connect', '--servers', 'default'], one.io), 0)
-  const secret = /\n {2}(ptb_[A-Za-z0-9_-]+)\n/.exec(one.out())![1]
+  const secret = /\n {2}(ptb_[A-Za-z0-9_-]+)\n/.exec(one.out())![1]!
   const yaml = one.out().slice(one.out().indexOf('- id:') - 2)
   const [entry] = parse(yaml)
   t.same(entry, { id: 'thumbnailer', secretSha256: sha256(secret).toString('hex'), servers: ['default'], scopes: ['token:issue', 'source:connect'] })
@@ -94,7 +94,7 @@ t.test('client add: every known scope is accepted and boots the broker; a typo i
   // What the command printed is what the broker's config loader accepts.
   const env = { BROKER_SECRET: Buffer.alloc(32, 7).toString('base64'), PLEX_URL: 'http://127.0.0.1:32400', PLEX_TOKEN: 'admin', HOST: '127.0.0.1', BROKER_CONFIG: '/etc/ptb/broker.json' }
   const loaded = loadConfig(env, { readFile: () => JSON.stringify({ clients: [entry] }) })
-  t.same(loaded.clients[0].scopes, [...SCOPES], 'the broker boots with it')
+  t.same(loaded.clients[0]!.scopes, [...SCOPES], 'the broker boots with it')
 
   const typo = io({})
   t.equal(await runOpsCommand(['client', 'add', 'thumbnailer', '--scopes', 'token:issue,token:isue'], typo.io), 2)
@@ -158,7 +158,7 @@ t.test('revoke --source revokes only the tokens for that source', async (t) => {
   const env = { PTB_URL: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, PTB_SECRET: ops.secret }
   const connect = async (source: string) => (await app.inject({ method: 'POST', url: '/v1/sources/connection', headers: a.auth, payload: { server: 'default', source } })).json()
   const issue = async () => (await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })).json()
-  const [shared, provider] = [DEFAULT_SOURCES[0].source, DEFAULT_SOURCES[1].source]
+  const [shared, provider] = [DEFAULT_SOURCES[0]!.source, DEFAULT_SOURCES[1]!.source]
   const s1 = await connect(shared)
   const p1 = await connect(provider)
   const plain = await issue()
@@ -202,7 +202,7 @@ t.test('audit --follow keeps every row under its header as wider values arrive',
 
   const lines = follow.out().trimEnd().split('\n')
   t.equal(lines.filter((l) => !l.startsWith('TIME')).length, 4, 'four events')
-  t.ok(lines[0].startsWith('TIME'), 'starts with the header')
+  t.ok(lines[0]!.startsWith('TIME'), 'starts with the header')
   let starts: number[] = []
   for (const line of lines) {
     if (line.startsWith('TIME')) {

@@ -39,7 +39,7 @@ async function setup (t: T) {
 }
 
 const selectors: Array<[string, (tk: Record<string, { tokenId: string }>) => Record<string, unknown>, string[]]> = [
-  ['tokenId', (tk) => ({ tokenId: tk.a1.tokenId }), ['a1']],
+  ['tokenId', (tk) => ({ tokenId: tk.a1!.tokenId }), ['a1']],
   ['client', () => ({ client: 'a' }), ['a1', 'a2']],
   ['server', () => ({ server: 'one' }), ['a1', 'b1']],
   ['client and server', () => ({ client: 'b', server: 'two' }), ['b2']],
@@ -133,7 +133,7 @@ t.test('the audit trail records every action with its actor, pages, filters and 
   const redis = new Redis(REDIS_URL)
   t.teardown(() => redis.disconnect())
   const raw = JSON.stringify([...await redis.xrange(app1.broker.keys.audit, '-', '+'), ...await redis.xrange(app1.broker.keys.auditServes, '-', '+')])
-  for (const [name, secret] of [...Object.entries(tokens).map(([k, v]) => [k, (v as { token: string }).token]),
+  for (const [name, secret] of [...Object.entries(tokens).map(([k, v]) => [k, (v as { token: string }).token] as const),
     ['admin A', simA.adminToken], ['admin B', simB.adminToken], ['secret', clients.a.secret], ['ops secret', ops.secret]]) {
     t.notOk(raw.includes(secret), `audit stream never holds ${name}`)
   }

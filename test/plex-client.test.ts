@@ -38,17 +38,17 @@ t.test('mints from JSON and from XML whatever the content type says; identity he
     ['application/json', '<MediaContainer size="0" token="transient-lying-header"/>'],
   ]
   let i = 0
-  const fx = await fixture(t, (_req, res) => { const [type, body] = bodies[i++]; res.setHeader('content-type', type); res.end(body) })
+  const fx = await fixture(t, (_req, res) => { const [type = '', body] = bodies[i++]!; res.setHeader('content-type', type); res.end(body) })
   const c = client(t)
   t.equal(await c.mintTransient(fx.cfg), 'transient-json')
   t.equal(await c.mintTransient(fx.cfg), 'transient-xml')
   t.equal(await c.mintTransient(fx.cfg), 'transient-lying-header')
-  const h = fx.seen[0].headers
+  const h = fx.seen[0]!.headers
   t.equal(h['x-plex-token'], ADMIN)
   t.equal(h['x-plex-client-identifier'], 'ptb-test')
   t.equal(h['x-plex-product'], 'plex-token-broker')
   t.equal(h.accept, 'application/json')
-  t.equal(fx.seen[0].url, '/security/token?type=delegation&scope=all')
+  t.equal(fx.seen[0]!.url, '/security/token?type=delegation&scope=all')
   t.notOk(fx.seen.some((s) => s.url.includes(ADMIN)), 'never in the URL')
 })
 
@@ -63,7 +63,7 @@ t.test('status mapping, and no error message carries a token', async (t) => {
     [404, 'nope'],
   ]
   let i = 0
-  const fx = await fixture(t, (_req, res) => { const [s, b, h] = answers[i++]; res.writeHead(s, h); res.end(b) })
+  const fx = await fixture(t, (_req, res) => { const [s, b, h] = answers[i++]!; res.writeHead(s, h); res.end(b) })
   const c = client(t, { breaker: { failureThreshold: 100 } })
   const errors: unknown[] = []
   for (let k = 0; k < answers.length; k++) errors.push(await c.mintTransient(fx.cfg).catch((e: unknown) => e))
@@ -129,7 +129,7 @@ t.test('source resources: XML with one device, connections ordered local → rem
   t.same(r.connections.map((x) => x.uri), ['http://local', 'https://remote', 'https://relay'])
   t.same(r.connections[0], { uri: 'http://local', protocol: 'http', address: '10.0.0.2', port: 32400, local: true, relay: false })
   t.match(r, { name: 'Shared', clientIdentifier: 'abc', token: 'transient-src', source: 'server://abc' })
-  t.equal(fx.seen[0].url, '/security/resources?source=server%3A%2F%2Fabc')
+  t.equal(fx.seen[0]!.url, '/security/resources?source=server%3A%2F%2Fabc')
 })
 
 t.test('event stream: open, events, close when PMS drops it', async (t) => {
@@ -145,7 +145,7 @@ t.test('event stream: open, events, close when PMS drops it', async (t) => {
   })
   t.type(await closed, 'string')
   t.same(events, ['open', 'ping'])
-  t.equal(fx.seen[0].headers['x-plex-token'], ADMIN)
+  t.equal(fx.seen[0]!.headers['x-plex-token'], ADMIN)
 })
 
 t.test('the /identity probe bypasses an open breaker and its success closes it', async (t) => {

@@ -154,8 +154,8 @@ t.test('resources: owned servers, tokens, connections local → remote → relay
       ['Friend', false, 'server', 'share-token'],
       ['Phone', true, 'client,player', 'phone-token'],
     ], format)
-    t.same(list[0].connections.map((c) => c.uri), ['http://192.168.1.10:32400', 'https://remote.example:32400', 'https://relay.example:8443'], `${format}: local → remote → relay`)
-    t.same(list[0].connections[0], { uri: 'http://192.168.1.10:32400', protocol: 'http', address: '192.168.1.10', port: 32400, local: true, relay: false })
+    t.same(list[0]!.connections.map((c) => c.uri), ['http://192.168.1.10:32400', 'https://remote.example:32400', 'https://relay.example:8443'], `${format}: local → remote → relay`)
+    t.same(list[0]!.connections[0], { uri: 'http://192.168.1.10:32400', protocol: 'http', address: '192.168.1.10', port: 32400, local: true, relay: false })
   }
 })
 

@@ -53,7 +53,10 @@ export function baseEnv (t: T & { testdir: () => string }, sim: { url: string, a
 }
 
 /** POST /v1/tokens; a network failure is status 0 (the caller decides whether that is allowed). */
-export async function getToken (url: string, secret: string): Promise<{ status: number, body: Record<string, string> }> {
+/** A token answer's body; on an error status `token` and `tokenId` are absent, and the test fails on them. */
+export type TokenBody = { token: string, tokenId: string } & Record<string, string>
+
+export async function getToken (url: string, secret: string): Promise<{ status: number, body: TokenBody }> {
   try {
     const r = await fetch(`${url}/v1/tokens`, {
       method: 'POST',
@@ -61,8 +64,8 @@ export async function getToken (url: string, secret: string): Promise<{ status: 
       body: JSON.stringify({ server: 'default' }),
       signal: AbortSignal.timeout(10_000),
     })
-    return { status: r.status, body: await r.json() as Record<string, string> }
+    return { status: r.status, body: await r.json() as TokenBody }
   } catch (err) {
-    return { status: 0, body: { error: String((err as Error).cause ?? err) } }
+    return { status: 0, body: { error: String((err as Error).cause ?? err) } as Record<string, string> as TokenBody }
   }
 }

@@ -19,14 +19,14 @@ t.test('an allowed read reaches PMS with the transient token, never the key; hea
   t.equal(viaHeader.status, 200)
   t.equal(viaHeader.body.toString(), direct.body.toString(), 'the same answer as PMS gives')
   const seen = s.sim.requestLog.filter((r) => r.path === '/library/sections')
-  const forwarded = seen[seen.length - 1]
+  const forwarded = seen[seen.length - 1]!
   t.match(forwarded.token, /^transient-/, 'PMS got a transient token')
   t.ok(s.sim.isTokenValid(forwarded.token!), 'a live one')
 
   // Any case, any number of occurrences; all removed before forwarding.
   const viaQuery = await get(`${s.base}/library/sections?x-plex-token=${key}&X-Plex-Token=${encodeURIComponent(key)}&X-PLEX-TOKEN=${key}`)
   t.equal(viaQuery.status, 200)
-  const last = s.sim.requestLog[s.sim.requestLog.length - 1]
+  const last = s.sim.requestLog[s.sim.requestLog.length - 1]!
   t.equal(last.query, '', 'no X-Plex-Token reached PMS in the query')
   t.equal(last.token, forwarded.token, 'the same cached transient token')
 
@@ -36,7 +36,7 @@ t.test('an allowed read reaches PMS with the transient token, never the key; hea
 
   const serves = await s.app.broker.audit.page({ action: 'token.issue', client: 'reader' }, 100)
   t.equal(serves.events.length, 1, 'only the first serve of the fresh mint is audited, not every proxied request')
-  t.match(serves.events[0].detail, { source: 'upstream', via: 'proxy' })
+  t.match(serves.events[0]!.detail, { source: 'upstream', via: 'proxy' })
   for (const r of s.sim.requestLog) t.not(r.token, key, 'the proxy key never reaches PMS')
   t.notOk(s.app.logs.text.includes(key), 'the key is not logged')
   t.notOk(s.app.logs.text.includes(forwarded.token!), 'the transient token is not logged')
@@ -126,7 +126,7 @@ t.test('after a PMS restart a GET is re-minted and retried once, transparently',
   const s = await proxySetup(t, [reader()])
   const { key } = await s.key('reader')
   t.equal((await s.raw('GET', '/library/sections', { 'x-plex-token': key })).status, 200)
-  const first = s.sim.requestLog[s.sim.requestLog.length - 1].token
+  const first = s.sim.requestLog[s.sim.requestLog.length - 1]!.token
   await s.sim.restart()
   const r = await s.raw('GET', '/library/sections', { 'x-plex-token': key })
   t.equal(r.status, 200, 'the caller never sees the 401')
@@ -208,7 +208,7 @@ t.test('last line of defence: a PMS that echoes the token has it blanked and cou
   for (const accept of ['text/xml', 'application/json']) {
     const r = await s.raw('GET', '/library/sections', { 'x-plex-token': key, accept })
     t.equal(r.status, 200)
-    const token = s.sim.requestLog[s.sim.requestLog.length - 1].token!
+    const token = s.sim.requestLog[s.sim.requestLog.length - 1]!.token!
     t.notOk(r.body.includes(token), `${accept}: the transient token is not in the answer`)
     t.match(r.body, new RegExp(`echo.{1,4}X{${token.length}}`), 'blanked in place, same length')
     if (accept === 'application/json') t.ok(JSON.parse(r.body), 'still valid JSON')
@@ -222,7 +222,7 @@ t.test('nested url= parameters: local ones made relative without X-Plex-*, forei
   const { key } = await s.key('dash')
   const nested = `${s.sim.url}/library/metadata/1001/thumb/1700000000?X-Plex-Token=${s.sim.adminToken}&X-Plex-Client-Identifier=x&a=1`
   await s.raw('GET', `/photo/:/transcode?width=100&url=${encodeURIComponent(nested)}&X-Plex-Token=${key}`)
-  const seen = s.sim.requestLog[s.sim.requestLog.length - 1]
+  const seen = s.sim.requestLog[s.sim.requestLog.length - 1]!
   t.equal(seen.path, '/photo/:/transcode')
   t.equal(new URLSearchParams(seen.query).get('url'), '/library/metadata/1001/thumb/1700000000?a=1', 'relative, X-Plex-* removed')
   t.notOk(seen.query.includes(s.sim.adminToken))
@@ -296,7 +296,7 @@ t.test('/pms/{server}/… reaches another configured server; a key bound to one 
   const boundToDefault = await s.key('reader', { server: 'default' })
   const r = await s.raw('GET', '/pms/attic/library/sections', { 'x-plex-token': anyServer.key })
   t.equal(r.status, 200)
-  const seen = other.requestLog[other.requestLog.length - 1]
+  const seen = other.requestLog[other.requestLog.length - 1]!
   t.equal(seen.path, '/library/sections', 'the other PMS got the request, without the prefix')
   t.ok(other.isTokenValid(seen.token!), 'with a transient token of that server')
   t.equal(s.sim.requestLog.filter((x) => x.path === '/library/sections').length, 0, 'the listener\'s own PMS did not')
@@ -313,7 +313,7 @@ t.test('a request body streams to PMS (poster upload); a refused one is not read
   const body = Buffer.alloc(3 * 1024 * 1024, 7)
   const r = await request(`${s.base}/library/metadata/1001/posters`, { method: 'POST', headers: { 'x-plex-token': key, 'content-type': 'image/jpeg' }, body })
   await r.body.text()
-  const seen = s.sim.requestLog[s.sim.requestLog.length - 1]
+  const seen = s.sim.requestLog[s.sim.requestLog.length - 1]!
   t.same([seen.method, seen.path], ['POST', '/library/metadata/1001/posters'], 'forwarded with its body (larger than any API body limit)')
   t.equal(r.statusCode, 404, 'PMS\'s own status passes through (the simulator has no poster upload)')
   const refused = await request(`${s.base}/library/sections/1/refresh`, { method: 'POST', headers: { 'x-plex-token': key, 'content-type': 'image/jpeg' }, body })

@@ -12,11 +12,11 @@ function policy (preset: PresetName): ProxyPolicy {
 
 /** `METHOD /target?query` → the decision's reason, as the listener will judge it. */
 function reason (pol: ProxyPolicy, request: string): string {
-  const [method, target] = request.split(' ')
-  const [path, query = ''] = target.split('?')
+  const [method = '', target = ''] = request.split(' ')
+  const [path = '', query = ''] = target.split('?')
   const c = canonicalPath(path)
   if (!c.ok) return 'refused'
-  return evaluate(pol, { method, path: c.path, queryKeys: query === '' ? [] : query.split('&').map((p) => p.split('=')[0]) }).reason
+  return evaluate(pol, { method, path: c.path, queryKeys: query === '' ? [] : query.split('&').map((p) => p.split('=')[0] ?? '') }).reason
 }
 
 // What each tool does (and must not do) through its preset.

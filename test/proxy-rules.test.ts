@@ -21,11 +21,11 @@ function policy (spec: ProxySpec): ProxyPolicy {
 
 /** Judges `METHOD /raw/target?query` as the listener will: canonicalise, then evaluate. */
 function judge (pol: ProxyPolicy, request: string): Decision | 'refused' {
-  const [method, target] = request.split(' ')
+  const [method = '', target = ''] = request.split(' ')
   const q = target.indexOf('?')
   const c = canonicalPath(q < 0 ? target : target.slice(0, q))
   if (!c.ok) return 'refused'
-  const queryKeys = q < 0 ? [] : target.slice(q + 1).split('&').map((p) => decodeURIComponent(p.split('=')[0]))
+  const queryKeys = q < 0 ? [] : target.slice(q + 1).split('&').map((p) => decodeURIComponent(p.split('=')[0] ?? ''))
   return evaluate(pol, { method, path: c.path, queryKeys })
 }
 
@@ -104,7 +104,7 @@ t.test('property: glob matching agrees with the equivalent regular expression', 
     let re = ''
     for (let i = 0; i < src.length; i++) {
       if (src.startsWith('/**', i) && (i + 3 === src.length || src[i + 3] === '/')) { re += '(?:/.*)?'; i += 2 } else if (src.startsWith('**', i)) { re += '.*'; i++ } else if (src[i] === '*') re += '[^/]*'
-      else if (src[i] === '{') { const end = src.indexOf('}', i); re += `(?:${src.slice(i + 1, end).split(',').join('|')})`; i = end } else re += src[i].replace(/[.]/g, '\\.')
+      else if (src[i] === '{') { const end = src.indexOf('}', i); re += `(?:${src.slice(i + 1, end).split(',').join('|')})`; i = end } else re += src[i]!.replace(/[.]/g, '\\.')
     }
     return new RegExp(`^${re}$`, 's')
   }
@@ -168,9 +168,9 @@ t.test('hard deny: every entry holds for every method under the full preset, in 
     '/system/bundle/media/flags', '/updater/check', '/updater/apply', '/butler', '/butler/BackupDatabase', '/butlerTasks', '/diagnostics/logs',
     '/diagnostics/databases', '/log', '/log/networked', '/logs']
   const spellings = (p: string): string[] => {
-    const [first, ...rest] = p.slice(1).split('/')
+    const [first = '', ...rest] = p.slice(1).split('/')
     const tail = rest.length > 0 ? `/${rest.join('/')}` : ''
-    return [p, p.toUpperCase(), `/${first[0].toUpperCase()}${first.slice(1)}${tail}`, `${p}/`, `/${p}`, `/.${p}`, `/library/..${p}`, `//${first}/${tail}`,
+    return [p, p.toUpperCase(), `/${first[0]!.toUpperCase()}${first.slice(1)}${tail}`, `${p}/`, `/${p}`, `/.${p}`, `/library/..${p}`, `//${first}/${tail}`,
       `/%${first.charCodeAt(0).toString(16)}${first.slice(1)}${tail}`, `/x/%2e%2e${p}`, p.replace(/\//g, '%2F').replace(/^%2F/, '/'), `${p};x`,
       `${p}%3Bx`, `${p}%00`, p.replace(/\//g, '\\'), `/x/%252e%252e${p}`]
   }
@@ -280,6 +280,6 @@ t.test('policyFrom: an unknown preset and every bad rule are reported together',
   t.equal(p.problems.length, 4)
   const ok = policy({ preset: 'read', mode: 'shadow', allow: [{ methods: ['GET'], path: '/extra' }] })
   t.equal(ok.mode, 'shadow')
-  t.equal(ok.allow[0].label, 'allow[0]: GET,HEAD /extra', 'the client\'s rules come first, then the preset\'s')
+  t.equal(ok.allow[0]!.label, 'allow[0]: GET,HEAD /extra', 'the client\'s rules come first, then the preset\'s')
   t.equal(policy({}).mode, 'enforce', 'enforce unless shadow is asked for')
 })

@@ -39,7 +39,7 @@ t.test('HLS: a plain player follows the manifest without its key; the URIs open 
   t.equal((await get(`${s.base}/library/sections?X-Plex-Token=${credential}`)).status, 401, 'not another path')
   t.equal(s.sim.counters.requests, before)
   await s.app.proxy.keys.revoke(id)
-  t.equal((await get(new URL(segments[0], indexUrl).href)).status, 401, 'revoking the key ends the session')
+  t.equal((await get(new URL(segments[0]!, indexUrl).href)).status, 401, 'revoking the key ends the session')
 })
 
 t.test('notification websocket: key checked at the upgrade, frames pass, log filter removed, restart closes with 1012', async (t) => {
@@ -58,21 +58,21 @@ t.test('notification websocket: key checked at the upgrade, frames pass, log fil
   const messages: string[] = []
   ws.on('message', (d) => messages.push(d.toString()))
   await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
-  const upgrade = s.sim.requestLog[s.sim.requestLog.length - 1]
+  const upgrade = s.sim.requestLog[s.sim.requestLog.length - 1]!
   t.equal(upgrade.path, '/:/websockets/notifications')
   t.equal(new URLSearchParams(upgrade.query).get('filters'), 'playing', 'the log filter never reaches PMS')
   t.match(upgrade.token, /^transient-/)
   t.ok(await until(2000, () => s.sim.webSockets === 1))
   s.sim.play('1001')
   t.ok(await until(2000, () => messages.length > 0), 'a notification arrives')
-  t.match(JSON.parse(messages[0]), { NotificationContainer: { type: 'playing' } })
+  t.match(JSON.parse(messages[0]!), { NotificationContainer: { type: 'playing' } })
   const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)))
   await s.sim.restart()
   t.equal(await closed, 1012, 'PMS went away: the client is told to reconnect')
   // The reconnect gets the re-minted token (after the broker's check of the old one).
   const again = new WebSocket(`${wsBase}/:/websockets/notifications?X-Plex-Token=${key}`)
   await new Promise((resolve, reject) => { again.once('open', resolve); again.once('error', reject) })
-  t.ok(s.sim.isTokenValid(s.sim.requestLog[s.sim.requestLog.length - 1].token!), 'reconnected with a live token')
+  t.ok(s.sim.isTokenValid(s.sim.requestLog[s.sim.requestLog.length - 1]!.token!), 'reconnected with a live token')
   again.close()
 })
 

@@ -61,7 +61,7 @@ t.test('through a trusted proxy, the audit trail and the throttle see the forwar
 
   // A chain of two trusted proxies: both are skipped.
   t.equal(await issue(viaProxy, '192.0.2.1, 198.51.100.99, 127.0.0.1', 'wrong'), 401)
-  t.equal((await audit('auth.denied'))[0].ip, '198.51.100.99', 'the trusted hops are skipped, the forged left-most entry is not used')
+  t.equal((await audit('auth.denied'))[0]!.ip, '198.51.100.99', 'the trusted hops are skipped, the forged left-most entry is not used')
 })
 
 t.test('IPv6 clients behind a proxy are throttled per /64 and audited by their full address', async (t) => {

@@ -67,7 +67,7 @@ async function composeRedis (t: { teardown: (fn: () => unknown) => void }, dir: 
   const conf = readFileSync('docker/redis.conf', 'utf8')
     .replace(/^port .*$/m, `port ${port}`).replace(/^bind .*$/m, 'bind 127.0.0.1').replace(/^dir .*$/m, `dir ${dir}`)
   writeFileSync(join(dir, 'redis.conf'), conf)
-  const [shell, flag, script] = compose.services.redis.command as string[]
+  const [shell, flag, script] = compose.services.redis.command as [string, string, string]
   // Compose turns `$$` into `$` before the container sees it.
   const run = script.replaceAll('$$', '$')
     .replaceAll('/usr/local/etc/redis/redis.conf', join(dir, 'redis.conf'))
@@ -122,7 +122,7 @@ t.test('compose\'s Redis refuses clients without the password; the broker gets i
   // The compose health check authenticates too (and fails without the password).
   const health = compose.services.redis.healthcheck.test as string[]
   t.equal(health[0], 'CMD-SHELL')
-  const check = (file: string) => spawnSync('sh', ['-c', health[1].replaceAll('$$', '$').replaceAll('/run/secrets/redis_password', file)
+  const check = (file: string) => spawnSync('sh', ['-c', health[1]!.replaceAll('$$', '$').replaceAll('/run/secrets/redis_password', file)
     .replace('redis-cli --user ptb ping', `redis-cli -p ${new URL(url).port} --user ptb ping`)], { encoding: 'utf8' })
   t.equal(check(passwordFile).status, 0, 'healthy with the secret')
   writeFileSync(join(dir, 'bad'), 'nope\n')

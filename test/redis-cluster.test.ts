@@ -69,7 +69,7 @@ t.test('the acceptance path on a three-primary Redis Cluster', async (t) => {
   // The push channel on the Cluster: its change log and reader live in the same slot.
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
-  const source = createTokenSource({ brokerUrl: `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`, secret: clients[0].secret, server: 'default' })
+  const source = createTokenSource({ brokerUrl: `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`, secret: clients[0]!.secret, server: 'default' })
   t.teardown(async () => { await source.close() })
   const pushed: TokenChange[] = []
   source.on('token', (change) => pushed.push(change))
@@ -83,7 +83,7 @@ t.test('the acceptance path on a three-primary Redis Cluster', async (t) => {
     return true
   }), 'every token rotated')
   t.ok(await until(10_000, async () => pushed.some((p) => p.via === 'stream' && p.reason === 'rotated')), 'the rotation reached the stream through the Cluster')
-  t.equal(await source.token(), (await issue(app, clients[0])).body.token, 'the library now holds the rotated token')
+  t.equal(await source.token(), (await issue(app, clients[0]!)).body.token, 'the library now holds the rotated token')
   for (const c of clients) t.ok(sim.isTokenValid((await issue(app, c)).body.token), `${c.id}: the rotated token works`)
 
   // PMS restart: probes notice, tokens are invalidated and re-minted by the workers.
@@ -102,10 +102,10 @@ t.test('the acceptance path on a three-primary Redis Cluster', async (t) => {
   }), 'after a PMS restart every active client holds a fresh token PMS accepts')
 
   // Revoke: never served again.
-  const revoked = (await issue(app, clients[0])).body
+  const revoked = (await issue(app, clients[0]!)).body
   const revoke = await app.inject({ method: 'POST', url: '/v1/revoke', headers: ops.auth, payload: { tokenId: revoked.tokenId, reason: 'cluster-test' } })
   t.equal(revoke.json().revoked, 1, revoke.body)
-  const after = (await issue(app, clients[0])).body
+  const after = (await issue(app, clients[0]!)).body
   t.not(after.tokenId, revoked.tokenId, 'a revoked token is not served again')
   t.ok(sim.isTokenValid(after.token))
 

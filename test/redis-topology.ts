@@ -97,7 +97,7 @@ export function makeTls (t: Teardown): TlsFiles {
   ssl('req', '-x509', '-new', ...ec, '-keyout', 'other.key', '-out', 'other.crt', '-days', '2', '-subj', '/CN=some other CA')
   writeFileSync(join(dir, 'server.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n')
   writeFileSync(join(dir, 'client.ext'), 'extendedKeyUsage=clientAuth\n')
-  for (const [name, subject] of [['server', '/CN=localhost'], ['client', '/CN=ptb-broker']]) {
+  for (const [name, subject] of [['server', '/CN=localhost'], ['client', '/CN=ptb-broker']] as const) {
     ssl('req', '-new', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject)
     ssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`)
   }
@@ -147,13 +147,14 @@ export async function startSentinelGroup (t: Teardown, opts: { downAfterMs?: num
     const d = join(dir, role)
     execFileSync('mkdir', ['-p', d])
     const args = [...COMMON, '--port', String(port), '--dir', d, '--repl-diskless-sync', 'yes', '--repl-diskless-sync-delay', '0']
-    if (role === 'replica') args.push('--replicaof', '127.0.0.1', String(data[0].port))
+    if (role === 'replica') args.push('--replicaof', '127.0.0.1', String(data[0]!.port))
     const node = new RedisNode(port, d, args)
     await node.start()
     t.teardown(() => node.stop())
     data.push(node)
   }
   const [primary, replica] = data
+  if (primary === undefined || replica === undefined) throw new Error('the sentinel group started without its primary and replica')
   await waitFor(10_000, async () => {
     const c = replica.client()
     try {
@@ -262,7 +263,7 @@ export async function startCluster (t: Teardown): Promise<LocalCluster> {
     }
     return true
   }, 'the cluster did not reach state ok')
-  return { nodes, url: `redis://127.0.0.1:${nodes[0].port}`, otherSeeds: nodes.slice(1).map((n) => n.address).join(',') }
+  return { nodes, url: `redis://127.0.0.1:${nodes[0]!.port}`, otherSeeds: nodes.slice(1).map((n) => n.address).join(',') }
 }
 
 export async function waitFor (ms: number, check: () => Promise<boolean>, message: string): Promise<void> {

@@ -49,17 +49,17 @@ t.test('a failing rotation is retried with growing waits (measured at PMS, break
     const n = sim.counters.byPath['/security/token'] ?? 0
     if (n > seen) {
       // The PMS client may retry once at once; calls within 300 ms are one attempt.
-      if (attempts.length === 0 || Date.now() - attempts[attempts.length - 1] > 300) attempts.push(Date.now())
+      if (attempts.length === 0 || Date.now() - attempts[attempts.length - 1]! > 300) attempts.push(Date.now())
       seen = n
     }
     await sleep(20)
   }
   t.ok(attempts.length >= 4, `four attempts seen (${attempts.length})`)
-  const gaps = attempts.slice(1).map((x, i) => x - attempts[i])
-  t.ok(gaps[0] >= 450, `first retry waits at least 0.5 s (${gaps[0]} ms)`)
-  t.ok(gaps[1] >= 950, `second retry waits at least 1 s (${gaps[1]} ms)`)
-  t.ok(gaps[2] >= 1950, `third retry waits at least 2 s (${gaps[2]} ms)`)
-  t.ok(gaps[2] > gaps[0], 'the waits grow')
+  const gaps = attempts.slice(1).map((x, i) => x - attempts[i]!)
+  t.ok(gaps[0]! >= 450, `first retry waits at least 0.5 s (${gaps[0]} ms)`)
+  t.ok(gaps[1]! >= 950, `second retry waits at least 1 s (${gaps[1]} ms)`)
+  t.ok(gaps[2]! >= 1950, `third retry waits at least 2 s (${gaps[2]} ms)`)
+  t.ok(gaps[2]! > gaps[0]!, 'the waits grow')
   t.equal(app.broker.plex.breakerState('default'), 'closed', 'the breaker never stepped in')
   sim.setFault({})
 })
@@ -144,7 +144,7 @@ t.test('an active client\'s token is rotated in the background and no served tok
   t.ok(seen.size >= 3, `rotated in the background (${seen.size} tokens in 15 s)`)
   t.equal(await state(app, a, first.body.tokenId), 'expired', 'the first token has passed its lifetime')
   const ids = [...seen]
-  t.equal(await state(app, a, ids[ids.length - 2]), 'rotated', 'the previous token shows rotated')
+  t.equal(await state(app, a, ids[ids.length - 2]!), 'rotated', 'the previous token shows rotated')
 
   const events = (await app.inject({ method: 'GET', url: '/v1/audit?action=token.rotate&client=rotating', headers: auditor.auth })).json().events
   t.ok(events.length >= 2, 'each rotation is audited')

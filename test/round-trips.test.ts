@@ -29,5 +29,5 @@ t.test('a cache hit costs one Redis command (one round trip), rate limit and aud
   }
   await new Promise((resolve) => setTimeout(resolve, 200))
   t.equal(sent.length, n, `${n} cache hits sent ${sent.length} commands to Redis`)
-  t.ok(sent.every((args) => /^evalsha$/i.test(args[0]) || /^eval$/i.test(args[0])), 'each one a script call')
+  t.ok(sent.every((args) => /^evalsha$/i.test(args[0]!) || /^eval$/i.test(args[0]!)), 'each one a script call')
 })

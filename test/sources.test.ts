@@ -4,8 +4,8 @@ import type { FastifyInstance } from 'fastify'
 import { DEFAULT_SOURCES } from '../src/sim/pms-sim.ts'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, type TestClient, uniquePrefix } from './helper.ts'
 
-const SHARED = DEFAULT_SOURCES[0].source
-const PROVIDER = DEFAULT_SOURCES[1].source
+const SHARED = DEFAULT_SOURCES[0]!.source
+const PROVIDER = DEFAULT_SOURCES[1]!.source
 const RECENT = '1.43.0.10162-aaaaaaaaa'
 
 async function connect (app: FastifyInstance, c: TestClient, source: string, server = 'default') {
@@ -22,7 +22,7 @@ for (const xmlOnly of [false, true]) {
 
     const shared = await connect(app, a, SHARED)
     t.equal(shared.status, 200, JSON.stringify(shared.body))
-    t.match(shared.body, { source: SHARED, name: DEFAULT_SOURCES[0].name, clientIdentifier: DEFAULT_SOURCES[0].clientIdentifier, tokenId: /^tk_/ })
+    t.match(shared.body, { source: SHARED, name: DEFAULT_SOURCES[0]!.name, clientIdentifier: DEFAULT_SOURCES[0]!.clientIdentifier, tokenId: /^tk_/ })
     t.same(shared.body.connections.map((c: { local: boolean, relay: boolean }) => [c.local, c.relay]), [[true, false], [false, false], [false, true]],
       'ordered local → remote → relay')
     t.ok(sim.isSourceTokenValid(shared.body.token, SHARED), 'the token works at the source')
@@ -56,7 +56,7 @@ t.test('source tokens are single-flight, rotated, and invalidated by a restart o
   const herd = await Promise.all(Array.from({ length: 50 }, () => connect(app, a, SHARED)))
   t.equal(new Set(herd.map((r) => r.body.tokenId)).size, 1, '50 concurrent first requests, one token')
   t.equal(sim.counters.byPath['/security/resources'], 1, 'one upstream call')
-  const first = herd[0].body
+  const first = herd[0]!.body
 
   let rotated: string | undefined
   for (let i = 0; i < 30 && rotated === undefined; i++) {

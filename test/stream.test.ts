@@ -421,10 +421,10 @@ t.test('a resume from far back (Last-Event-ID 0-0) starts from the current token
   t.same(s2.events.map((x) => x.event), ['token'], 'nothing replayed from the whole log')
   t.ok(await until(2000, async () => reads.length > 0), 'the log was read')
   t.equal(reads.length, 1, 'once')
-  t.match(reads[0].slice(-2), ['COUNT', /^\d+$/], 'with a COUNT')
-  t.ok(Number(reads[0].at(-1)) <= 1001, `a bounded slice (${reads[0].at(-1)} entries at most)`)
+  t.match(reads[0]!.slice(-2), ['COUNT', /^\d+$/], 'with a COUNT')
+  t.ok(Number(reads[0]!.at(-1)) <= 1001, `a bounded slice (${reads[0]!.at(-1)} entries at most)`)
   // A recent id still replays what was missed.
-  const last = (await redis.xrevrange(`${prefix}:push`, '+', '-', 'COUNT', 1))[0][0]
+  const last = (await redis.xrevrange(`${prefix}:push`, '+', '-', 'COUNT', 1))[0]![0]
   const s3 = await openStream(base, a, { lastEventId: last })
   t.teardown(() => s3.close())
   await new Promise((resolve) => setTimeout(resolve, 300))
@@ -466,12 +466,12 @@ t.test('limits: streams per client and in total (429 with Retry-After), freed wh
   t.equal(JSON.parse(third.body).code, 'RATE_LIMITED')
   t.match(JSON.parse(third.body).message, /at most 2 per client/)
   open.push(await openStream(base, b))
-  t.equal(open[2].status, 200, 'another client still gets one')
+  t.equal(open[2]!.status, 200, 'another client still gets one')
   const over = await openStream(base, b)
   t.equal(over.status, 429, 'beyond the instance\'s total')
   t.ok(over.headers['retry-after'])
   t.equal(await metric(app, /^ptb_rate_limited_total\{limit="streams"\}/), 2)
-  open[0].close()
+  open[0]!.close()
   t.ok(await until(5000, async () => app.broker.push.size === 2), 'a closed stream frees its place')
   const again = await openStream(base, a)
   open.push(again)

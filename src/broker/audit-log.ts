@@ -48,7 +48,11 @@ const MAX_SCANNED = 200_000
 
 function toEvent (id: string, fields: string[]): AuditEvent {
   const f: Record<string, string> = {}
-  for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]] = fields[i + 1]
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const name = fields[i]
+    const value = fields[i + 1]
+    if (name !== undefined && value !== undefined) f[name] = value
+  }
   const orNull = (v: string | undefined): string | null => (v === undefined || v === '' ? null : v)
   let detail: Record<string, unknown> = {}
   try {
@@ -56,7 +60,8 @@ function toEvent (id: string, fields: string[]): AuditEvent {
     // Lua's cjson encodes an empty table as [].
     if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) detail = parsed as Record<string, unknown>
   } catch {}
-  const bar = (f.requestId ?? '').indexOf('|')
+  const requestId = f.requestId ?? ''
+  const bar = requestId.indexOf('|')
   return {
     id,
     time: new Date(Number(f.time ?? id.split('-')[0])).toISOString(),
@@ -65,8 +70,8 @@ function toEvent (id: string, fields: string[]): AuditEvent {
     server: orNull(f.server),
     tokenId: orNull(f.tokenId),
     fingerprint: orNull(f.fingerprint),
-    requestId: orNull(bar === -1 ? f.requestId : f.requestId.slice(0, bar)),
-    clientRequestId: bar === -1 ? null : orNull(f.requestId.slice(bar + 1)),
+    requestId: orNull(bar === -1 ? requestId : requestId.slice(0, bar)),
+    clientRequestId: bar === -1 ? null : orNull(requestId.slice(bar + 1)),
     ip: orNull(f.ip),
     detail,
   }
@@ -107,8 +112,9 @@ type Entry = [id: string, fields: string[]]
 
 /** Orders stream ids numerically (ms, then sequence). */
 function compareIds (a: string, b: string): number {
-  const [am, as] = a.split('-')
-  const [bm, bs] = b.split('-')
+  // Every stream id has the form `ms-seq`; split always yields the first part.
+  const [am = '', as] = a.split('-')
+  const [bm = '', bs] = b.split('-')
   if (am.length !== bm.length) return am.length - bm.length
   if (am !== bm) return am < bm ? -1 : 1
   return Number(as) - Number(bs)
@@ -138,26 +144,28 @@ export class AuditLog {
   }
 
   /** Every stream newest first, merged; `ends[i]` is the exclusive or inclusive upper bound of stream i. */
-  async * #newestFirst (ends: string[], start: string): AsyncGenerator<[Entry, number]> {
+  async * #newestFirst (ends: string[], start: string): AsyncGenerator<[Entry, string]> {
     const { redis, keys } = this.#rc
-    const sources = STREAMS.map((st, i) => ({ key: keys[st.key], end: ends[i] ?? '+', buf: [] as Entry[], done: false }))
+    const sources = STREAMS.map((st, i) => ({ key: keys[st.key], mark: st.mark, end: ends[i] ?? '+', buf: [] as Entry[], done: false }))
     const refill = async (src: typeof sources[number]): Promise<void> => {
       if (src.done || src.buf.length > 0) return
       const chunk = await this.#rc.call(() => redis.xrevrange(src.key, src.end, start, 'COUNT', CHUNK)) as Entry[]
       src.buf = chunk
       if (chunk.length < CHUNK) src.done = true
-      if (chunk.length > 0) src.end = `(${chunk[chunk.length - 1][0]}`
+      const oldest = chunk.at(-1)
+      if (oldest !== undefined) src.end = `(${oldest[0]}`
     }
     while (true) {
       await Promise.all(sources.map(refill))
       // Newest first; on equal ids the stream listed first in STREAMS comes first.
-      let pick = -1
-      for (const [i, src] of sources.entries()) {
-        if (src.buf.length === 0) continue
-        if (pick === -1 || compareIds(src.buf[0][0], sources[pick].buf[0][0]) > 0) pick = i
+      let pick: { src: typeof sources[number], head: Entry } | undefined
+      for (const src of sources) {
+        const head = src.buf[0]
+        if (head !== undefined && (pick === undefined || compareIds(head[0], pick.head[0]) > 0)) pick = { src, head }
       }
-      if (pick === -1) return
-      yield [sources[pick].buf.shift()!, pick]
+      if (pick === undefined) return
+      pick.src.buf.shift()
+      yield [pick.head, pick.src.mark]
     }
   }
 
@@ -176,9 +184,9 @@ export class AuditLog {
     const start = q.since === undefined ? '-' : `${q.since}-0`
     let scanned = 0
     let last: string | undefined
-    for await (const [[id, fields], stream] of this.#newestFirst(ends, start)) {
+    for await (const [[id, fields], mark] of this.#newestFirst(ends, start)) {
       scanned++
-      last = `${id}${STREAMS[stream].mark}`
+      last = `${id}${mark}`
       const e = toEvent(id, fields)
       if (matches(e, q)) {
         events.push(e)
@@ -201,15 +209,18 @@ export class AuditLog {
         const chunk = await this.#rc.call(() => redis.xrange(src.key, src.start, end, 'COUNT', CHUNK)) as Entry[]
         src.buf = chunk
         if (chunk.length < CHUNK) src.done = true
-        if (chunk.length > 0) src.start = `(${chunk[chunk.length - 1][0]}`
+        const newest = chunk.at(-1)
+        if (newest !== undefined) src.start = `(${newest[0]}`
       }
       // Oldest first; on equal ids the stream listed first in STREAMS comes first.
-      let pick: typeof sources[number] | undefined
+      let pick: { src: typeof sources[number], head: Entry } | undefined
       for (const src of sources) {
-        if (src.buf.length > 0 && (pick === undefined || compareIds(src.buf[0][0], pick.buf[0][0]) < 0)) pick = src
+        const head = src.buf[0]
+        if (head !== undefined && (pick === undefined || compareIds(head[0], pick.head[0]) < 0)) pick = { src, head }
       }
       if (pick === undefined) return
-      const [id, fields] = pick.buf.shift()!
+      pick.src.buf.shift()
+      const [id, fields] = pick.head
       const e = toEvent(id, fields)
       if (matches(e, q)) yield e
     }

@@ -35,7 +35,11 @@ export function tokenReason (audit: { action: string, detail: Record<string, unk
 /** One XREAD/XRANGE entry as a PushEntry; undefined for anything malformed (never trusted blindly). */
 export function parsePushEntry (id: string, fields: string[]): PushEntry | undefined {
   const f = new Map<string, string>()
-  for (let i = 0; i + 1 < fields.length; i += 2) f.set(fields[i], fields[i + 1])
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const name = fields[i]
+    const value = fields[i + 1]
+    if (name !== undefined && value !== undefined) f.set(name, value)
+  }
   const server = f.get('server')
   if (server === undefined) return undefined
   const type = f.get('type')
@@ -52,8 +56,8 @@ export function parsePushEntry (id: string, fields: string[]): PushEntry | undef
 
 /** Stream ids (`<ms>-<seq>`) compared as numbers; -1, 0, 1. */
 export function compareIds (a: string, b: string): number {
-  const [am, as] = a.split('-').map(BigInt)
-  const [bm, bs] = b.split('-').map(BigInt)
+  const [am = 0n, as = 0n] = a.split('-').map(BigInt)
+  const [bm = 0n, bs = 0n] = b.split('-').map(BigInt)
   if (am !== bm) return am < bm ? -1 : 1
   if (as !== bs) return as < bs ? -1 : 1
   return 0

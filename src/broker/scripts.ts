@@ -26,7 +26,8 @@ function load (name: string, seen: readonly string[] = []): string {
   return text.replace(/^--@include (\S+)[ \t]*$/gm, (_line, file: string) => load(file, [...seen, name]))
 }
 
-type Reply = Array<string | number | null>
+type Cell = string | number | null
+type Reply = Cell[]
 type Arg = string | number
 
 /** The commands `defineScripts` registers: name → script file and number of KEYS. */
@@ -41,14 +42,14 @@ const COMMANDS = {
   ptbRenewLock: { file: 'renew-lock.lua', keys: 1 },
 } as const
 
-const LUA = Object.fromEntries(Object.values(COMMANDS).map((c) => [c.file, load(c.file)]))
+const LUA = Object.entries(COMMANDS).map(([name, c]) => ({ name, numberOfKeys: c.keys, lua: load(c.file) }))
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
     ptbServe(...args: Arg[]): Result<Reply, Context>
     ptbPeek(...args: Arg[]): Result<string | null, Context>
     ptbStore(...args: Arg[]): Result<Reply, Context>
-    ptbRetire(...args: Arg[]): Result<[number, number], Context>
+    ptbRetire(...args: Arg[]): Result<Reply, Context>
     ptbAudit(...args: Arg[]): Result<string, Context>
     ptbReseal(...args: Arg[]): Result<number, Context>
     ptbUnlock(...args: Arg[]): Result<number, Context>
@@ -59,7 +60,7 @@ declare module 'ioredis' {
 /** Registers the scripts on a connection (idempotent). */
 export function defineScripts (redis: RedisClient): void {
   if (typeof (redis as Partial<RedisClient>).ptbServe === 'function') return
-  for (const [name, c] of Object.entries(COMMANDS)) redis.defineCommand(name, { numberOfKeys: c.keys, lua: LUA[c.file] })
+  for (const { name, ...command } of LUA) redis.defineCommand(name, command)
 }
 
 /** serve.lua's keys and arguments, in its order. */
@@ -163,4 +164,83 @@ export function auditArgs (stream: string, a: {
   detail: string
 }): Arg[] {
   return [stream, a.maxlen, a.now, a.action, a.client, a.server, a.tokenId, a.fingerprint, a.requestId, a.ip, a.detail]
+}
+
+/**
+ * A script answered with fewer fields than its caller reads: the script and this module are out
+ * of step (a stale script cached under the same SHA cannot happen, a hand-edited one can). The
+ * message names the script and the kind of reply only, never the fields (they include sealed
+ * tokens).
+ */
+export class MalformedReplyError extends Error {
+  constructor (script: string, why: string) {
+    super(`${script} replied ${why}`)
+    this.name = 'MalformedReplyError'
+  }
+}
+
+type Tuple<N extends number, R extends Cell[] = []> = R['length'] extends N ? R : Tuple<N, [...R, Cell]>
+
+/** The first `n` fields of a script's reply, or a MalformedReplyError when it has fewer. */
+function fields<N extends number> (script: string, reply: readonly Cell[], n: N): Tuple<N> {
+  if (reply.length < n) throw new MalformedReplyError(script, `'${String(reply[0] ?? '')}' with ${reply.length} fields, expected at least ${n}`)
+  return reply.slice(0, n) as Tuple<N>
+}
+
+/** serve.lua's reply (see its Output): every kind carries the client's rate-limit window. */
+export type ServeReply = { count: number, ttlMs: number } & (
+  | { kind: 'limited' }
+  | { kind: 'miss', reason: string }
+  | { kind: 'foreign', tokenId: string }
+  | { kind: 'unstamped', tokenId: string, enc: string }
+  | { kind: 'hit', tokenId: string, enc: string, issuedAt: number, expiresAt: number, renewAt: number, mid: string, meta: string, kid: string }
+)
+
+export function readServeReply (reply: readonly Cell[]): ServeReply {
+  const [kind, count, ttl] = fields('serve.lua', reply, 3)
+  const rate = { count: Number(count), ttlMs: Number(ttl) }
+  switch (kind) {
+    case 'limited': return { kind, ...rate }
+    case 'miss': {
+      const [, , , reason] = fields('serve.lua', reply, 4)
+      return { kind, ...rate, reason: String(reason) }
+    }
+    case 'foreign': {
+      const [, , , id] = fields('serve.lua', reply, 4)
+      return { kind, ...rate, tokenId: String(id) }
+    }
+    case 'unstamped': {
+      const [, , , id, enc] = fields('serve.lua', reply, 5)
+      return { kind, ...rate, tokenId: String(id), enc: String(enc) }
+    }
+    case 'hit': {
+      const [, , , id, enc, issuedAt, expiresAt, renewAt, mid, meta, kid] = fields('serve.lua', reply, 11)
+      return {
+        kind,
+        ...rate,
+        tokenId: String(id),
+        enc: String(enc),
+        issuedAt: Number(issuedAt),
+        expiresAt: Number(expiresAt),
+        renewAt: Number(renewAt),
+        mid: String(mid ?? ''),
+        meta: String(meta ?? ''),
+        kid: String(kid),
+      }
+    }
+    default: throw new MalformedReplyError('serve.lua', `an unknown kind '${String(kind)}'`)
+  }
+}
+
+/** store.lua's reply: stored (with the id it replaced, if any) or a conflict. */
+export function readStoreReply (reply: readonly Cell[]): { ok: boolean, other: string | undefined } {
+  const [kind, other] = fields('store.lua', reply, 2)
+  if (kind !== 'ok' && kind !== 'conflict') throw new MalformedReplyError('store.lua', `an unknown kind '${String(kind)}'`)
+  return { ok: kind === 'ok', other: other === '' || other === null ? undefined : String(other) }
+}
+
+/** retire.lua's reply: how many tokens it retired and the latest expiry among them. */
+export function readRetireReply (reply: readonly Cell[]): { count: number, latestExpiresAt: number } {
+  const [count, latest] = fields('retire.lua', reply, 2)
+  return { count: Number(count), latestExpiresAt: Number(latest) }
 }

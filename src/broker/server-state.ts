@@ -29,8 +29,10 @@ export const LAST_VULNERABLE_VERSION = '1.42.2.10156'
 
 /** Compares dotted PMS versions numerically, ignoring the `-<hash>` build suffix. */
 export function compareVersions (a: string, b: string): number {
-  const pa = a.split('-')[0].split('.').map(Number)
-  const pb = b.split('-')[0].split('.').map(Number)
+  const [va = ''] = a.split('-')
+  const [vb = ''] = b.split('-')
+  const pa = va.split('.').map(Number)
+  const pb = vb.split('.').map(Number)
   for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
     const d = (pa[i] || 0) - (pb[i] || 0)
     if (d !== 0) return Math.sign(d)

@@ -4,7 +4,7 @@ import { newTokenId, type SealBinding } from './crypto.ts'
 import { type RedisContext, STORE_TIMEOUT_MS } from './keys.ts'
 import { tokenReason } from './push-log.ts'
 import type { Counter } from './rate-limiter.ts'
-import { defineScripts, retireArgs, serveArgs, storeArgs } from './scripts.ts'
+import { defineScripts, readRetireReply, readServeReply, readStoreReply, retireArgs, serveArgs, storeArgs } from './scripts.ts'
 import type { Sealer } from './sealer.ts'
 import { type CurrentToken, type NewToken, type RetireSelector, type ServedToken, slotKey, type TokenRecord, type TokenState } from './tokens.ts'
 
@@ -75,7 +75,7 @@ export class TokenStore {
     const action = target === undefined ? 'token.issue' : 'source.connect'
     // The first serve of a fresh mint writes a security event: on the connection that WAITs for it.
     const conn = source === 'upstream' ? this.#audit.durable : this.#rc.redis
-    const r = await this.#hot.run(() => conn.ptbServe(...serveArgs(keys, {
+    const reply = await this.#hot.run(() => conn.ptbServe(...serveArgs(keys, {
       slot,
       server,
       client,
@@ -92,22 +92,22 @@ export class TokenStore {
       limitWindowMs: limit?.windowMs ?? 0,
       via: ctx.via ?? '',
     })))
-    const rate = { count: Number(r[1]), ttlMs: Number(r[2]) }
-    if (r[0] === 'limited') return { limited: true, ...rate }
-    const v = r.slice(3)
-    if (r[0] === 'miss') {
-      if (v[0] === 'mismatch') this.#audit.written('token.mismatch')
+    const r = readServeReply(reply)
+    const rate = { count: r.count, ttlMs: r.ttlMs }
+    if (r.kind === 'limited') return { limited: true, ...rate }
+    if (r.kind === 'miss') {
+      if (r.reason === 'mismatch') this.#audit.written('token.mismatch')
       return { limited: false, ...rate }
     }
     const binding = { client, server, slot }
-    if (r[0] === 'foreign') {
-      await this.#undecryptable(String(v[0]), server, 'sealed under another BROKER_SECRET')
+    if (r.kind === 'foreign') {
+      await this.#undecryptable(r.tokenId, server, 'sealed under another BROKER_SECRET')
       return { limited: false, ...rate, invalidated: true }
     }
-    if (r[0] === 'unstamped') {
+    if (r.kind === 'unstamped') {
       // Sealed before records carried a key id: open it here, and stamp it when it opens.
-      const tokenId = String(v[0])
-      const opened = this.#sealer.open(String(v[1]), { tokenId, ...binding })
+      const { tokenId } = r
+      const opened = this.#sealer.open(r.enc, { tokenId, ...binding })
       if (opened === undefined) {
         await this.#undecryptable(tokenId, server, 'cannot be opened')
         return { limited: false, ...rate, invalidated: true }
@@ -115,10 +115,8 @@ export class TokenStore {
       await this.#rc.call(() => this.#rc.redis.hsetnx(keys.token(tokenId), 'kid', opened.kid))
       return { token: await this.serve(client, server, source, ctx, target), limited: false, ...rate }
     }
-    if (r[0] !== 'hit') return { limited: false, ...rate }
-    const tokenId = String(v[0])
-    const kid = String(v[7])
-    const token = this.#sealer.open(String(v[1]), { tokenId, ...binding }, kid)?.token
+    const { tokenId, kid } = r
+    const token = this.#sealer.open(r.enc, { tokenId, ...binding }, kid)?.token
     if (token === undefined) {
       // Same key id but the ciphertext does not authenticate: altered in Redis. The serve event
       // is already written; the invalidation that follows it in the trail says why nobody got it.
@@ -128,10 +126,9 @@ export class TokenStore {
     this.#audit.written(action)
     // The first serve of a fresh mint is a security event (cache hits are not, and never wait).
     if (source === 'upstream') await this.#audit.replicated(action)
-    if (kid !== this.#sealer.keyId) this.#reseal(tokenId, kid, String(v[1]), token, { tokenId, ...binding })
-    const [, , issuedAt, expiresAt, renewAt, mid, meta] = v
+    if (kid !== this.#sealer.keyId) this.#reseal(tokenId, kid, r.enc, token, { tokenId, ...binding })
     return {
-      token: { tokenId, token, issuedAt: Number(issuedAt), expiresAt: Number(expiresAt), renewAt: Number(renewAt), machineIdentifier: String(mid ?? ''), meta: String(meta ?? '') },
+      token: { tokenId, token, issuedAt: r.issuedAt, expiresAt: r.expiresAt, renewAt: r.renewAt, machineIdentifier: r.mid, meta: r.meta },
       limited: false,
       ...rate,
     }
@@ -186,13 +183,13 @@ export class TokenStore {
       retentionMs: this.#retentionMs,
       pushReason: input.reason ?? tokenReason(input.audit),
     })
-    const r = await this.#rc.call(() => this.#audit.durable.ptbStore(...args))
-    if (r[0] !== 'ok') return undefined
+    const r = readStoreReply(await this.#rc.call(() => this.#audit.durable.ptbStore(...args)))
+    if (!r.ok) return undefined
     if (input.audit !== undefined) {
       this.#audit.written(input.audit.action)
       await this.#audit.replicated(input.audit.action)
     }
-    return { tokenId, previous: r[1] === '' ? undefined : String(r[1]), renewAt, expiresAt }
+    return { tokenId, previous: r.other, renewAt, expiresAt }
   }
 
   async get (tokenId: string): Promise<TokenRecord | undefined> {
@@ -256,12 +253,12 @@ export class TokenStore {
       ip: ctx.ip,
       detail: JSON.stringify(detail),
     })
-    const [count, latest] = (await this.#rc.call(() => this.#audit.durable.ptbRetire(...args))).map(Number)
+    const { count, latestExpiresAt } = readRetireReply(await this.#rc.call(() => this.#audit.durable.ptbRetire(...args)))
     if (count > 0) {
       this.#audit.written(action, count)
       await this.#audit.replicated(action)
     }
-    return { count, latestExpiresAt: latest }
+    return { count, latestExpiresAt }
   }
 
   /** Clients that asked for a token of `server` within `windowMs` (the "active" ones). */

@@ -18,7 +18,9 @@ export class WindowCounters {
     const replies = await this.redis.multi().set(key, '0', 'PX', windowMs, 'NX').incr(key).pttl(key).exec()
     if (replies === null) throw new Error('rate-limit transaction aborted')
     for (const [err] of replies) if (err !== null) throw err
-    const ttl = Number(replies[2][1])
-    return { current: Number(replies[1][1]), ttl: ttl > 0 ? ttl : windowMs }
+    const [, counted, left] = replies
+    if (counted === undefined || left === undefined) throw new Error(`rate-limit transaction returned ${replies.length} replies, expected 3`)
+    const ttl = Number(left[1])
+    return { current: Number(counted[1]), ttl: ttl > 0 ? ttl : windowMs }
   }
 }

@@ -194,8 +194,8 @@ async function api (c: Conn, method: string, path: string, body?: unknown): Prom
 /** Renders rows as an aligned text table. */
 export function table (headers: string[], rows: Array<Array<string | number | null | undefined>>): string {
   const cells = [headers, ...rows.map((r) => r.map((v) => (v === null || v === undefined ? '-' : String(v))))]
-  const widths = headers.map((_, i) => Math.max(...cells.map((r) => r[i].length)))
-  return cells.map((r) => r.map((v, i) => v.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n'
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => r[i]?.length ?? 0)))
+  return cells.map((r) => r.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n') + '\n'
 }
 
 /**
@@ -214,11 +214,11 @@ export class Columns {
 
   render (rows: Array<Array<string | number | null | undefined>>): string {
     const cells = rows.map((r) => r.map((v) => (v === null || v === undefined ? '-' : String(v))))
-    const widths = this.#widths.map((w, i) => Math.max(w, ...cells.map((r) => r[i].length)))
+    const widths = this.#widths.map((w, i) => Math.max(w, ...cells.map((r) => r[i]?.length ?? 0)))
     // The last column is not padded: only a wider earlier column moves anything.
     const grew = widths.some((w, i) => i < widths.length - 1 && w !== this.#widths[i])
     this.#widths = widths
-    const line = (r: string[]): string => r.map((v, i) => v.padEnd(widths[i])).join('  ').trimEnd()
+    const line = (r: string[]): string => r.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd()
     let out = ''
     if (!this.#headerShown || grew) out += line(this.#headers) + '\n'
     this.#headerShown = true
@@ -300,7 +300,7 @@ async function audit (argv: string[], io: OpsIo): Promise<number> {
   const shown = [...page.events].reverse()
   print(shown)
   if (values.follow !== true) return EXIT.ok
-  let last = shown.length > 0 ? shown[shown.length - 1].id : undefined
+  let last = shown.at(-1)?.id
   while (io.signal?.aborted !== true) {
     await new Promise((resolve) => setTimeout(resolve, io.followIntervalMs ?? 2000))
     if (io.signal !== undefined && io.signal.aborted) break
@@ -312,9 +312,10 @@ async function audit (argv: string[], io: OpsIo): Promise<number> {
       fresh.push(e)
     }
     fresh.reverse()
-    if (fresh.length > 0) {
+    const newest = fresh.at(-1)
+    if (newest !== undefined) {
       print(fresh)
-      last = fresh[fresh.length - 1].id
+      last = newest.id
     }
   }
   return EXIT.ok
@@ -462,9 +463,9 @@ async function proxyKeyList (argv: string[], io: OpsIo): Promise<number> {
 
 async function proxyKeyRevoke (argv: string[], io: OpsIo): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { ...COMMON, reason: { type: 'string' } } })
-  if (positionals.length !== 1) throw new UsageError('give exactly one key ID: ptb proxy-key revoke ID')
+  const [id, ...extra] = positionals
+  if (id === undefined || extra.length > 0) throw new UsageError('give exactly one key ID: ptb proxy-key revoke ID')
   // A whole key pasted by mistake is refused here, before it is sent anywhere or echoed back.
-  const id = positionals[0]
   if (id.startsWith('pbk_') && id.length !== 12) throw new UsageError('give the key\'s id (as `ptb proxy-key list` shows it), not the key itself')
   checkRequest(ProxyKeyParamsSchema, { id })
   const query: Record<string, unknown> = values.reason === undefined ? {} : { reason: values.reason }
@@ -514,7 +515,7 @@ async function clientAdd (argv: string[], io: OpsIo): Promise<number> {
 
 /** The three `proxy-key` subcommands' usage, for `ptb proxy-key --help` and a missing subcommand. */
 export function proxyKeyUsage (): string {
-  return ['proxy-key create', 'proxy-key list', 'proxy-key revoke'].map((n) => OPS_COMMAND_USAGE[n].replace(CONN_HELP, '')).join('\n') + CONN_HELP
+  return ['proxy-key create', 'proxy-key list', 'proxy-key revoke'].map((n) => (OPS_COMMAND_USAGE[n] ?? n).replace(CONN_HELP, '')).join('\n') + CONN_HELP
 }
 
 export const OPS_USAGE = `Ops commands (talk to a running broker; PTB_URL, PTB_SECRET or PTB_SECRET_FILE):
@@ -547,7 +548,7 @@ export async function runOpsCommand (argv: string[], io: OpsIo): Promise<number 
       return err.exit
     }
     if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
-      io.stderr.write(`ptb: ${(err as Error).message}\n\nUsage: ${OPS_COMMAND_USAGE[name] ?? (cmd === 'proxy-key' ? proxyKeyUsage() : OPS_USAGE)}`)
+      io.stderr.write(`ptb: ${(err as Error).message}\n\nUsage: ${(name === undefined ? undefined : OPS_COMMAND_USAGE[name]) ?? (cmd === 'proxy-key' ? proxyKeyUsage() : OPS_USAGE)}`)
       return EXIT.usage
     }
     throw err

@@ -57,7 +57,8 @@ export function parseDuration (s: string): number {
   const text = s.trim()
   if (!/^(\d+(ms|s|m|h|d))+$/.test(text)) throw new Error(`"${s}" is not a duration (use e.g. 48h, 30m, 15s, 500ms)`)
   let total = 0
-  for (const m of text.matchAll(/(\d+)(ms|s|m|h|d)/g)) total += Number(m[1]) * UNITS[m[2]]
+  // The pattern admits only UNITS' units; were one missing, NaN fails the check below.
+  for (const [, count, unit = ''] of text.matchAll(/(\d+)(ms|s|m|h|d)/g)) total += Number(count) * (UNITS[unit] ?? Number.NaN)
   if (total <= 0 || !Number.isSafeInteger(total)) throw new Error(`"${s}" must be a positive duration`)
   return total
 }

@@ -57,10 +57,11 @@ function plexUrlServer (env: Env, fromFile: ServerConfig[]): ServerConfig | unde
     return undefined
   }
   if (!/^https?:\/\/[^/?#@]+/.test(plexUrl)) env.problem('PLEX_URL: must be an http(s) URL without credentials')
-  else if (given.length !== 1) env.problem(`PLEX_URL: give exactly one of ${PLEX_TOKEN_VARIABLES.join(', ')} with it`)
+  else if (given.length !== 1 || given[0] === undefined) env.problem(`PLEX_URL: give exactly one of ${PLEX_TOKEN_VARIABLES.join(', ')} with it`)
   else if (fromFile.some((s) => s.name === 'default')) env.problem('PLEX_URL: defines the server "default", which BROKER_CONFIG defines too')
   else {
-    const token = adminToken(env, given[0], { token: env.get('PLEX_TOKEN'), tokenFile: env.get('PLEX_TOKEN_FILE'), preferencesPath: env.get('PLEX_PREFERENCES_PATH') })
+    const [variable] = given
+    const token = adminToken(env, variable, { token: env.get('PLEX_TOKEN'), tokenFile: env.get('PLEX_TOKEN_FILE'), preferencesPath: env.get('PLEX_PREFERENCES_PATH') })
     if (token !== undefined) return server('default', plexUrl, token)
   }
   return undefined
@@ -114,10 +115,14 @@ export function readProxyPorts (env: Env, fileLabel: string, servers: readonly S
     const port = Number(raw)
     if (!/^\d+$/.test(raw) || port < 1 || port > 65535) env.problem(`PROXY_PORT: must be an integer from 1 to 65535, got "${raw}"`)
     else if (servers.length > 1) env.problem(`PROXY_PORT: is for a single server; ${servers.length} are configured, so give each its proxy.port in BROKER_CONFIG`)
-    else if (servers.length === 1 && servers[0].proxy !== undefined) env.problem(`PROXY_PORT: server "${servers[0].name}" has a proxy.port in BROKER_CONFIG too; give it in one place`)
-    else if (servers.length === 1) {
-      out = [{ ...servers[0], proxy: { port } }]
-      fromEnv = servers[0].name
+    else {
+      // At most one server here.
+      const [only] = servers
+      if (only?.proxy !== undefined) env.problem(`PROXY_PORT: server "${only.name}" has a proxy.port in BROKER_CONFIG too; give it in one place`)
+      else if (only !== undefined) {
+        out = [{ ...only, proxy: { port } }]
+        fromEnv = only.name
+      }
     }
   }
   const used = new Map<number, string>()

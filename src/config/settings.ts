@@ -45,8 +45,9 @@ function hostPorts (env: Env, name: string): HostPort[] {
   for (const item of (env.get(name) ?? '').split(',').map((x) => x.trim()).filter((x) => x !== '')) {
     const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(item)
     const port = Number(m?.[3])
-    if (m === null || port < 1 || port > 65535) env.problem(`${name}: "${item}" is not host:port`)
-    else out.push({ host: m[1] ?? m[2], port })
+    const host = m?.[1] ?? m?.[2]
+    if (host === undefined || port < 1 || port > 65535) env.problem(`${name}: "${item}" is not host:port`)
+    else out.push({ host, port })
   }
   return out
 }
@@ -173,7 +174,8 @@ export function readDefaultRateLimit (env: Env): RateLimitConfig {
   const rl = /^(\d+)\/(.+)$/.exec(env.dflt('RATE_LIMIT_DEFAULT'))
   try {
     if (rl === null) throw new Error('use <max>/<duration>, e.g. 600/1m')
-    return { max: Number(rl[1]), timeWindowMs: parseDuration(rl[2]) }
+    const [, max, window = ''] = rl
+    return { max: Number(max), timeWindowMs: parseDuration(window) }
   } catch (err) {
     env.problem(`RATE_LIMIT_DEFAULT: ${(err as Error).message}`)
     return { max: 600, timeWindowMs: 60_000 }
@@ -261,13 +263,14 @@ const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal'])
 /** Why a TRUST_PROXY entry is not an address, a CIDR or one of proxy-addr's names, or undefined. */
 function trustedProxyProblem (entry: string): string | undefined {
   if (PROXY_NAMES.has(entry) || isIP(entry) !== 0) return undefined
-  const m = /^([^/]+)\/(\d{1,3})$/.exec(entry)
-  const kind = m === null ? 0 : isIP(m[1])
-  if (m === null || kind === 0) return 'is not an IP address, a CIDR (address/prefix length), loopback, linklocal or uniquelocal'
-  const bits = Number(m[2])
+  // No match leaves addr empty, which isIP rejects like any other non-address.
+  const [, addr = '', len] = /^([^/]+)\/(\d{1,3})$/.exec(entry) ?? []
+  const kind = isIP(addr)
+  if (kind === 0) return 'is not an IP address, a CIDR (address/prefix length), loopback, linklocal or uniquelocal'
+  const bits = Number(len)
   if (bits > (kind === 4 ? 32 : 128)) return `has a prefix length over ${kind === 4 ? 32 : 128}`
   if (bits === 0) return 'trusts every address, which is what TRUST_PROXY=true would do (refused); list the proxies\' own networks'
-  if (kind === 6 && bits < 104 && mappedV4(m[1])) {
+  if (kind === 6 && bits < 104 && mappedV4(addr)) {
     return 'is an IPv4-mapped range wider than /104 (an IPv4 /8): no proxy network is that wide; list the proxies\' own networks in IPv4'
   }
   return undefined
@@ -318,7 +321,7 @@ function trustedProxyCoverageProblem (entries: string[]): string | undefined {
   const v4: Array<[bigint, bigint]> = []
   const v6: Array<[bigint, bigint]> = []
   for (const entry of entries.flatMap((e) => NAMED_RANGES[e] ?? [e])) {
-    const [addr, len] = entry.split('/')
+    const [addr = '', len] = entry.split('/')
     const kind = isIP(addr)
     const bits = kind === 4 ? 32 : 128
     const prefix = len === undefined ? bits : Number(len)

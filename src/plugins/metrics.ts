@@ -31,7 +31,8 @@ export function loopbackHostHeader (host: string | undefined): boolean {
   if (host === undefined) return false
   const m = /^(\[[^\]]*\]|[^:]+)(?::\d{1,5})?$/.exec(host.trim().toLowerCase())
   if (m === null) return false
-  const name = m[1].replace(/^\[(.*)\]$/, '$1')
+  const [, hostname = ''] = m
+  const name = hostname.replace(/^\[(.*)\]$/, '$1')
   return name === 'localhost' || name === '::1' || (isIP(name) === 4 && name.startsWith('127.'))
 }
 

@@ -90,7 +90,7 @@ export class ProxyGate {
     let pmsPath = rawPath
     const m = PMS_PREFIX.exec(rawPath)
     if (m !== null) {
-      const named = this.#o.servers.get(decodeURIComponent(m[1]))
+      const named = this.#o.servers.get(decodeURIComponent(m[1] ?? ''))
       if (named === undefined) return { ok: false, status: 404, code: 'NOT_FOUND', message: 'No PMS server with this name.', decision: 'not_found' }
       server = named
       prefix = m[0]

@@ -56,7 +56,7 @@ export class SessionCredentials {
     const m = CREDENTIAL.exec(credential)
     const prefix = sessionPrefix(path)
     if (m === null || prefix === undefined) return undefined
-    const [, keyId, exp, mac] = m
+    const [, keyId = '', exp = '', mac = ''] = m
     const expected = this.#mac(keyId, server, prefix, exp)
     const given = Buffer.from(mac, 'base64url')
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
@@ -114,7 +114,7 @@ export function signMpd (text: string, manifestPath: string, sign: (prefix: stri
 }
 
 export function manifestKind (contentType: string | undefined, path: string): 'm3u8' | 'mpd' | undefined {
-  const t = (contentType ?? '').split(';')[0].trim().toLowerCase()
+  const t = ((contentType ?? '').split(';')[0] ?? '').trim().toLowerCase()
   if (t === 'application/vnd.apple.mpegurl' || t === 'application/x-mpegurl' || t === 'audio/mpegurl' || path.endsWith('.m3u8')) return 'm3u8'
   if (t === 'application/dash+xml' || path.endsWith('.mpd')) return 'mpd'
   return undefined

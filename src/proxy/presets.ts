@@ -23,6 +23,7 @@ export interface PresetSpec {
 /** `'GET /a'`, `'GET,PUT /a'`, `'* /a'` → a rule. */
 function r (text: string, query?: readonly string[]): RuleSpec {
   const [methods, path] = text.split(' ')
+  if (methods === undefined || path === undefined) throw new Error(`preset rule "${text}" is not "<methods> <path>"`)
   return { methods: methods === '*' ? '*' : methods.split(','), path, ...(query === undefined ? {} : { query: { keys: query } }) }
 }
 

@@ -58,8 +58,8 @@ export type ProxyKeyCheck = { ok: true, record: ProxyKeyRecord } | { ok: false, 
  * included, so such a value is refused instead of being passed on.
  */
 export function parseProxyKey (value: string): { id: string, secret: string } | undefined {
-  const m = KEY_PATTERN.exec(value)
-  return m === null ? undefined : { id: m[1], secret: m[2] }
+  const [, id, secret] = KEY_PATTERN.exec(value) ?? []
+  return id === undefined || secret === undefined ? undefined : { id, secret }
 }
 
 export function isProxyKeyId (id: string): boolean {
@@ -87,10 +87,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('HSETNX', KEYS[1], 'revokedAt', ARGV[1])
 `
 
-function recordOf (id: string, h: Record<string, string>): ProxyKeyRecord {
+function recordOf (id: string, client: string, h: Record<string, string>): ProxyKeyRecord {
   return {
     id,
-    client: h.client,
+    client,
     server: h.server === '' || h.server === undefined ? null : h.server,
     label: h.label ?? '',
     createdAt: Number(h.createdAt),
@@ -166,7 +166,7 @@ export class ProxyKeys {
   async get (id: string): Promise<ProxyKeyRecord | undefined> {
     if (!isProxyKeyId(id)) return undefined
     const h = await this.#rc.call(() => this.#rc.redis.hgetall(this.#rc.keys.proxyKey(id)))
-    return h.client === undefined ? undefined : recordOf(id, h)
+    return h.client === undefined ? undefined : recordOf(id, h.client, h)
   }
 
   /** Every key (or one client's), oldest first, revoked and expired ones included. */
@@ -179,8 +179,10 @@ export class ProxyKeys {
     for (const id of ids) pipeline.hgetall(keys.proxyKey(id))
     const replies = await this.#rc.call(async () => await pipeline.exec()) ?? []
     const out: ProxyKeyRecord[] = []
-    for (const [i, [err, h]] of replies.entries()) {
-      if (err === null && typeof h === 'object' && h !== null && (h as Record<string, string>).client !== undefined) out.push(recordOf(ids[i], h as Record<string, string>))
+    for (const [i, id] of ids.entries()) {
+      const [err, h] = replies[i] ?? [null, null]
+      const fields = (err === null && typeof h === 'object' && h !== null ? h : {}) as Record<string, string>
+      if (fields.client !== undefined) out.push(recordOf(id, fields.client, fields))
     }
     return out
   }
@@ -217,7 +219,8 @@ export class ProxyKeys {
     for (const [i, id] of ids.entries()) {
       const [err, v] = replies[i] ?? [new Error('no reply'), null]
       if (err !== null) throw err
-      const [client, server, expiresAt, revokedAt] = v as Array<string | null>
+      // HMGET answers one value (or nil) per field asked for: four here.
+      const [client, server, expiresAt, revokedAt] = v as [string | null, string | null, string | null, string | null]
       if (client === null || revokedAt !== null || (expiresAt !== null && expiresAt !== '' && Number(expiresAt) <= now)) out.add(id)
       else if (this.orphaned({ client, server: server === null || server === '' ? null : server }) !== null) out.add(id)
     }
@@ -253,6 +256,6 @@ export class ProxyKeys {
     }
     const stored = Buffer.from(h.digest, 'hex')
     if (stored.length !== presentedDigest.length || !timingSafeEqual(stored, presentedDigest)) return { ok: false, reason: 'mismatch' }
-    return this.#judge(recordOf(parsed.id, h), opts.server)
+    return this.#judge(recordOf(parsed.id, h.client, h), opts.server)
   }
 }

@@ -10,7 +10,7 @@ import { Transform, type TransformCallback } from 'node:stream'
 /** Content types whose bodies are text a credential could be written into (scanned by `LeakScrubber`). */
 export function isScannableType (contentType: string | undefined): boolean {
   if (contentType === undefined) return false
-  const t = contentType.split(';')[0].trim().toLowerCase()
+  const t = (contentType.split(';')[0] ?? '').trim().toLowerCase()
   return t.startsWith('text/') || t.endsWith('+xml') || t.endsWith('+json') || t === 'application/xml' || t === 'application/json' ||
     t === 'application/javascript' || t === 'application/x-javascript' ||
     t === 'application/vnd.apple.mpegurl' || t === 'application/x-mpegurl' || t === 'audio/mpegurl' || t === 'audio/x-mpegurl' ||
@@ -18,7 +18,7 @@ export function isScannableType (contentType: string | undefined): boolean {
 }
 
 export function isJsonType (contentType: string | undefined): boolean {
-  const t = (contentType ?? '').split(';')[0].trim().toLowerCase()
+  const t = ((contentType ?? '').split(';')[0] ?? '').trim().toLowerCase()
   return t === 'application/json' || t.endsWith('+json')
 }
 
@@ -133,7 +133,7 @@ export class LeakScrubber extends Transform {
     // completes: hold back that run, never more. An event feed's events end with a newline, so
     // each one passes at once instead of waiting for the next.
     let run = 0
-    while (run < this.#keep && run < buf.length && this.#inSecret[buf[buf.length - 1 - run]] === 1) run++
+    while (run < this.#keep && run < buf.length && this.#inSecret[buf[buf.length - 1 - run]!] === 1) run++
     const cut = buf.length - run
     this.#tail = buf.subarray(cut)
     cb(null, cut > 0 ? buf.subarray(0, cut) : undefined)

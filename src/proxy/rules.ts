@@ -162,7 +162,7 @@ export function compileGlob (source: string, opts: { caseInsensitive?: boolean }
   if (wildcards > MAX_WILDCARDS) return { problem: `has more than ${MAX_WILDCARDS} wildcards` }
   const first = tokens[0]
   const prefix = first?.t === 'lit' ? first.s : ''
-  return { glob: { source, prefix, exact: tokens.length === 1 && first.t === 'lit', caseInsensitive: ci, tokens } }
+  return { glob: { source, prefix, exact: tokens.length === 1 && first?.t === 'lit', caseInsensitive: ci, tokens } }
 }
 
 /**
@@ -178,7 +178,7 @@ export function globMatches (glob: Glob, path: string): boolean {
   let next = new Uint8Array(n + 1)
   next[n] = 1
   for (let ti = glob.tokens.length - 1; ti >= 0; ti--) {
-    const tok = glob.tokens[ti]
+    const tok = glob.tokens[ti]! // ti counts down from the last index
     const cur = new Uint8Array(n + 1)
     switch (tok.t) {
       case 'lit':

@@ -372,8 +372,9 @@ function onDeck (): Node {
  */
 function metadata (ids: string): Node | undefined {
   const items = ids.split(',').map((id) => BY_KEY.get(id.trim())).filter((i) => i !== undefined)
-  if (items.length === 0) return undefined
-  const s = SECTIONS.find((x) => x.id === items[0].sectionId) as Section
+  const [first] = items
+  if (first === undefined) return undefined
+  const s = SECTIONS.find((x) => x.id === first.sectionId) as Section
   return container({ size: items.length, ...sectionAttrs(s, {}) }, items.map((i) => itemNode(i)))
 }
 
@@ -573,7 +574,8 @@ function intParam (raw: string | null | undefined): number | undefined | null {
 }
 
 /** A path segment without its %-escapes; undefined when they are malformed. */
-function decodePart (raw: string): string | undefined {
+function decodePart (raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined
   try {
     return decodeURIComponent(raw)
   } catch {

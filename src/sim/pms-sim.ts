@@ -256,7 +256,12 @@ export class PmsSimulator {
   }
 
   get port (): number { return this.#port }
-  get adminToken (): string { return this.#adminTokens[0] }
+  get adminToken (): string {
+    const [current] = this.#adminTokens
+    if (current === undefined) throw new Error('the simulator has no admin token: setAdminTokens was given none')
+    return current
+  }
+
   get machineIdentifier (): string { return this.#machineIdentifier }
   get version (): string { return this.#version }
   get claimed (): boolean { return this.#claimed }
@@ -486,7 +491,9 @@ export class PmsSimulator {
       this.counters.maxInFlight = Math.max(this.counters.maxInFlight, this.counters.inFlight)
       res.once('close', () => {
         this.counters.inFlight--
-        if (--this.counters.inFlightByPath[path] === 0) delete this.counters.inFlightByPath[path]
+        const left = (this.counters.inFlightByPath[path] ?? 1) - 1
+        if (left === 0) delete this.counters.inFlightByPath[path]
+        else this.counters.inFlightByPath[path] = left
       })
     }
 
@@ -616,8 +623,9 @@ export class PmsSimulator {
     const method = req.method ?? 'GET'
     if (method !== 'GET' && method !== 'HEAD') return this.#html(res, 405)
     const m = /^\/library\/parts\/(\d+)\/\d+\/file\.\w+$/.exec(path)
-    const size = m === null ? undefined : this.#partSizes.get(m[1]) ?? library.partSize(Number(m[1]))
-    if (m === null || size === undefined) return this.#html(res, 404)
+    const [, part] = m ?? []
+    const size = part === undefined ? undefined : this.#partSizes.get(part) ?? library.partSize(Number(part))
+    if (size === undefined) return this.#html(res, 404)
     const range = parseRange(headerValue(req.headers.range), size)
     const base = { ...PMS_HEADERS, 'Accept-Ranges': 'bytes', 'Content-Type': 'video/mp4' }
     if (range === 'unsatisfiable') {
@@ -635,7 +643,7 @@ export class PmsSimulator {
       res.end()
       return
     }
-    const body = mediaBytes(Number(m[1]), start, end)
+    const body = mediaBytes(Number(part), start, end)
     body.pipe(res)
     res.once('close', () => body.destroy())
   }
@@ -886,9 +894,10 @@ function randomPlexToken (): string {
  * for the broker, so it must not share the broker's bugs.
  */
 function versionAtLeast (version: string, min: number[]): boolean {
-  const parts = version.split('-')[0].split('.').map((p) => Number.parseInt(p, 10) || 0)
-  for (let i = 0; i < min.length; i++) {
-    const d = (parts[i] ?? 0) - min[i]
+  const [release = ''] = version.split('-')
+  const parts = release.split('.').map((p) => Number.parseInt(p, 10) || 0)
+  for (const [i, want] of min.entries()) {
+    const d = (parts[i] ?? 0) - want
     if (d !== 0) return d > 0
   }
   return true

@@ -103,7 +103,7 @@ t.test('the base images: official, or stand-ins built from Debian', async (t) =>
   const out = await timed('base images', () => must('sh', ['docker/base-images.sh'], { timeoutMs: 1_200_000 }))
   for (const line of out.trim().split('\n')) {
     const m = /^([A-Z_]+)=(.+)$/.exec(line)
-    if (m !== null) images[m[1]] = m[2]
+    if (m?.[1] !== undefined && m[2] !== undefined) images[m[1]] = m[2]
   }
   t.same(Object.keys(images).sort(), ['NODE_IMAGE', 'PROMETHEUS_IMAGE', 'REDIS_IMAGE'], 'one name each')
   for (const name of Object.values(images)) t.equal((await run('docker', ['image', 'inspect', name])).code, 0, `${name} is on the engine`)
@@ -137,8 +137,8 @@ t.test('the default profile: a token with the README\'s curl, /metrics with its 
   Object.assign(env, images, { PTB_IMAGE: broker, PTB_SIM_IMAGE: sim, PTB_SECRETS_DIR: secretsDir },
     Object.fromEntries(Object.entries(ports).map(([k, v]) => [k, String(v)])))
   const printed = await must('sh', ['docker/init-secrets.sh'], { env })
-  const thumbnailer = /^\s*thumbnailer\s+(ptb_\S+)$/m.exec(printed)![1]
-  const ops = /^\s*ops\s+(ptb_\S+)$/m.exec(printed)![1]
+  const thumbnailer = /^\s*thumbnailer\s+(ptb_\S+)$/m.exec(printed)![1]!
+  const ops = /^\s*ops\s+(ptb_\S+)$/m.exec(printed)![1]!
   thumbnailerSecret = thumbnailer
   project = id
   // `up` waits for Redis and the simulator to be healthy (depends_on); the broker is ready when

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { deleteKeys, monitorRedis, REDIS_URL, startSim, uniquePrefix, until } from '../helper.ts'
-import { baseEnv, getToken, startBroker } from '../process-helper.ts'
+import { baseEnv, getToken, startBroker, type TokenBody } from '../process-helper.ts'
 
 // A broker killed with SIGKILL in the middle of its work loses nothing: another instance finishes
 // the job, every token handed out stays audited, and no dead token is served afterwards.
@@ -29,7 +29,7 @@ t.test('SIGKILL during a rotation: the other instance completes it, exactly once
   await one.exited
   sim.setFault({})
   const three = await startBroker(t, env)
-  let now: { status: number, body: Record<string, string> } = first
+  let now: { status: number, body: TokenBody } = first
   t.ok(await until(30_000, async () => {
     now = await getToken(two.url, secret)
     return now.body.tokenId !== first.body.tokenId
@@ -47,7 +47,7 @@ t.test('SIGKILL while a revoke of many tokens runs: it completes in Redis, audit
   const prefix = uniquePrefix('kill')
   t.teardown(() => deleteKeys(prefix))
   const secrets = Array.from({ length: 40 }, () => `s_${randomBytes(16).toString('hex')}`)
-  const env = baseEnv(t, sim, prefix, secrets[0], { BROKER_ROLE: 'api' }, secrets)
+  const env = baseEnv(t, sim, prefix, secrets[0]!, { BROKER_ROLE: 'api' }, secrets)
   const one = await startBroker(t, env)
   const tokens = await Promise.all(secrets.map((s) => getToken(one.url, s)))
   t.ok(tokens.every((r) => r.status === 200), `${tokens.length} tokens issued`)
@@ -85,9 +85,9 @@ t.test('SIGKILL while a revoke of many tokens runs: it completes in Redis, audit
     body: JSON.stringify({ all: true, reason: 'kill test, again' }),
   })
   t.equal((await again.json() as { revoked: number }).revoked, 0, 'repeating the revoke changes nothing')
-  const after = await getToken(two.url, secrets[1])
+  const after = await getToken(two.url, secrets[1]!)
   t.equal(after.status, 200)
-  t.not(after.body.tokenId, tokens[1].body.tokenId, 'a revoked token is never served again')
+  t.not(after.body.tokenId, tokens[1]!.body.tokenId, 'a revoked token is never served again')
   t.ok(sim.isTokenValid(after.body.token))
 })
 
@@ -96,7 +96,7 @@ t.test('two instances, one killed mid-restart-recovery: the other finishes re-mi
   const prefix = uniquePrefix('kill')
   t.teardown(() => deleteKeys(prefix))
   const secrets = Array.from({ length: 8 }, () => `s_${randomBytes(16).toString('hex')}`)
-  const env = baseEnv(t, sim, prefix, secrets[0], { BROKER_ROLE: 'all', PLEX_PROBE_INTERVAL: '1s', PLEX_CONCURRENCY: '1' }, secrets)
+  const env = baseEnv(t, sim, prefix, secrets[0]!, { BROKER_ROLE: 'all', PLEX_PROBE_INTERVAL: '1s', PLEX_CONCURRENCY: '1' }, secrets)
   const one = await startBroker(t, env)
   const two = await startBroker(t, env)
   const before = await Promise.all(secrets.map((s) => getToken(two.url, s)))

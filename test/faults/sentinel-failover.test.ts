@@ -107,11 +107,11 @@ t.test('SIGKILL of the Sentinel primary under load: fast 503s, then served from 
   // Background work resumed on the new primary: probes, a manual rotation run by the workers, the sweep's schedulers.
   const probed = (await app.broker.states.get('default')).lastProbeAt ?? 0
   t.ok(await until(10_000, async () => ((await app.broker.states.get('default')).lastProbeAt ?? 0) > Math.max(probed, promotedAt)), 'probes continue')
-  const before = await issue(app, clients[0])
+  const before = await issue(app, clients[0]!)
   const rotate = await app.inject({ method: 'POST', url: '/v1/servers/default/rotate', headers: ops.auth })
   t.equal(rotate.statusCode, 202, rotate.body)
-  t.ok(await until(15_000, async () => (await issue(app, clients[0])).tokenId !== before.tokenId), 'a rotation ran on the workers')
-  const rotated = await issue(app, clients[0])
+  t.ok(await until(15_000, async () => (await issue(app, clients[0]!)).tokenId !== before.tokenId), 'a rotation ran on the workers')
+  const rotated = await issue(app, clients[0]!)
   t.ok(sim.isTokenValid(rotated.token!), 'the rotated token is valid at PMS')
   const schedulers = (await app.broker.queues.schedulers()).map((s) => s.key).sort()
   t.same(schedulers, [...new Set(schedulers)], 'no duplicated scheduler')
@@ -136,7 +136,7 @@ t.test('a manual failover (the primary demoted while connected): READONLY and +s
   })
   const app = await buildTestApp(t, config, { defaultMetrics: false })
   t.equal((await issue(app, a)).status, 200)
-  const admin = group.sentinels[0].client({ enableReadyCheck: false })
+  const admin = group.sentinels[0]!.client({ enableReadyCheck: false })
   t.teardown(() => admin.disconnect())
   const startedAt = Date.now()
   await admin.call('SENTINEL', 'FAILOVER', group.name)

@@ -42,7 +42,7 @@ t.test('plexjs lists, looks up and searches with a broker-issued token; 401 afte
   const items = movies.mediaContainerWithMetadata?.mediaContainer?.metadata ?? []
   t.same(items.map((m) => m.title), ['Nosferatu', 'The General', 'Night of the Living Dead'])
   t.match(items[0], { ratingKey: '1001', type: 'movie', year: 1922, duration: 5640000, media: [{ id: 1, part: [{ id: 1, file: /Nosferatu/ }] }], genre: [{ tag: 'Horror' }] })
-  t.match(items[0].additionalProperties, { librarySectionID: 1 }, 'attributes the spec leaves open are kept')
+  t.match(items[0]!.additionalProperties, { librarySectionID: 1 }, 'attributes the spec leaves open are kept')
 
   const shows = await plex.content.listContent({ sectionId: '2' })
   t.match(shows.mediaContainerWithMetadata?.mediaContainer?.metadata, [{ ratingKey: '2001', type: 'show', leafCount: 2, additionalProperties: { childCount: 1 } }])
@@ -74,7 +74,7 @@ t.test('plexjs lists, looks up and searches with a broker-issued token; 401 afte
   const found = await plex.search.searchHubs({ query: 'night' })
   const hubs = found.object?.mediaContainer?.hub ?? []
   t.same(hubs.map((h) => [h.type, h.size]), [['movie', 1], ['show', 0], ['episode', 0]])
-  t.match(hubs[0].metadata, [{ ratingKey: '1003', title: 'Night of the Living Dead' }])
+  t.match(hubs[0]!.metadata, [{ ratingKey: '1003', title: 'Night of the Living Dead' }])
   const limited = await plex.search.searchHubs({ query: 'the', limit: 1, sectionId: 1 })
   t.match(limited.object?.mediaContainer?.hub?.[0], { size: 1, more: true })
 
