@@ -38,6 +38,12 @@ async function waitUp (url: string, headers: Record<string, string> = {}): Promi
   throw new Error(`${url} never came up`)
 }
 
+/** CPU time (user + system) a process has used, in ms. */
+function cpuMs (pid: number): number {
+  const f = (readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1] ?? '').split(' ')
+  return (Number(f[11]) + Number(f[12])) * 10
+}
+
 function rssMb (pid: number): number {
   return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024
 }
@@ -135,9 +141,13 @@ export async function proxyBench (log: Log): Promise<void> {
     log()
     for (const [u, t] of [[simUrl, adminToken], [bareUrl, 'x'], [brokerUrl, key]] as const) wrkGet(`${u}${small}`, t, 2, 50)
     const direct = wrkGet(`${simUrl}${small}`, adminToken, DURATION, 50)
+    const bareCpu0 = cpuMs(bare.pid!)
     const bareR = wrkGet(`${bareUrl}${small}`, 'ignored', DURATION, 50)
+    const bareCpu = (cpuMs(bare.pid!) - bareCpu0) / Math.max(1, bareR.requests)
     const before = await redisCalls(redis)
+    const brokerCpu0 = cpuMs(broker.pid!)
     const brokerR = wrkGet(`${brokerUrl}${small}`, key, DURATION, 50)
+    const brokerCpu = (cpuMs(broker.pid!) - brokerCpu0) / Math.max(1, brokerR.requests)
     const after = await redisCalls(redis)
     log('| target | req/s | p50 ms | p99 ms | non-2xx | socket errors |')
     log('|---|---:|---:|---:|---:|---:|')
@@ -146,7 +156,8 @@ export async function proxyBench (log: Log): Promise<void> {
     }
     log()
     log(`Broker vs bare proxy: ${fmt((brokerR.rps / bareR.rps) * 100)} % of its throughput; added latency over direct p50 ${fmt(brokerR.p50 - direct.p50, 2)} ms, p99 ${fmt(brokerR.p99 - direct.p99, 2)} ms; over the bare proxy p50 ${fmt(brokerR.p50 - bareR.p50, 2)} ms, p99 ${fmt(brokerR.p99 - bareR.p99, 2)} ms.`)
-    log(`Redis commands per proxied request: ${fmt((after - before) / Math.max(1, brokerR.requests), 2)} (INFO commandstats delta over ${fmt(brokerR.requests)} requests; by design HGETALL of the key + EVALSHA of the serve script, whose inner commands Redis counts too).`)
+    log(`CPU per request (user + system, /proc): bare proxy ${fmt(bareCpu, 3)} ms, broker ${fmt(brokerCpu, 3)} ms (less sensitive to other load on the machine than req/s).`)
+    log(`Redis commands per proxied request: ${fmt((after - before) / Math.max(1, brokerR.requests), 2)} (INFO commandstats delta over ${fmt(brokerR.requests)} requests; by design EVALSHA of the serve script, whose inner commands Redis counts too, and HGETALL of the key when the local view of keys does not have it).`)
     log()
 
     const part = '/library/parts/1/1700000000/file.mp4'

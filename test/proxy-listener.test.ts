@@ -281,6 +281,14 @@ t.test('hygiene: no key, transient or admin token in logs, audit events or answe
     }
     t.notOk(/pbk_[A-Za-z0-9_-]{12}\.[A-Za-z0-9_-]{10}/.test(text) && what !== 'answers', `${what}: no proxy key secret`)
   }
+  // One access line per request, with the broker's request id the caller got as X-Request-Id.
+  const access = s.app.logs.records().filter((l) => l.msg === 'proxy request')
+  // (The target Fastify's router cannot decode, /%zz, is answered before any hook runs.)
+  t.equal(access.length, 7, 'one access line per request')
+  const listed = access.find((l) => l.path === '/library/sections/1/all')
+  t.match(listed, { client: 'reader', server: 'default', method: 'GET', decision: 'allow', statusCode: 200, level: 30 })
+  t.ok(answers.some((h) => h.includes(`"x-request-id":"${String(listed?.reqId)}"`)), 'the access line carries the request id of the answer')
+  t.match(access.find((l) => l.statusCode === 401), { decision: 'unauthenticated', path: undefined })
   const metrics = await s.app.broker.metrics.registry.metrics()
   t.match(metrics, /ptb_proxy_requests_total\{client="reader",server="default",decision="allow",status_class="2xx"\} 2/)
   t.match(metrics, /ptb_proxy_requests_total\{client="reader",server="default",decision="deny",status_class="4xx"\} 1/)

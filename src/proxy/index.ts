@@ -5,7 +5,9 @@ import { HTTP_TIMEOUTS, type HttpTimeouts } from '../http-server.ts'
 import { describe } from '../errors.ts'
 import type { Services } from '../services.ts'
 import { AuditSampler } from './audit-sampler.ts'
+import { createRedis, type RedisClient } from '../redis.ts'
 import { ProxyGate } from './gate.ts'
+import { ProxyKeyCache } from './key-cache.ts'
 import { buildProxyListener } from './listener.ts'
 import { SessionCredentials } from './media-urls.ts'
 import { OpenResponses } from './open-responses.ts'
@@ -22,6 +24,11 @@ export interface ProxyOptions {
   /** The audit sampler's window (default 60 s). */
   auditWindowMs?: number
   authFailures?: { max: number, timeWindowMs: number }
+  /**
+   * The local view of proxy keys (key-cache.ts): on by default; `false` reads every key from
+   * Redis. `connect` opens the reader's connection (tests), `freshMs` and `blockMs` as there.
+   */
+  keyCache?: false | { connect?: () => RedisClient, freshMs?: number, blockMs?: number }
 }
 
 /**
@@ -35,6 +42,8 @@ export class PmsProxy {
   readonly open: OpenResponses
   readonly metrics: ProxyMetrics
   readonly sessions: SessionCredentials
+  /** The local view of proxy keys; undefined when turned off. */
+  readonly keyCache: ProxyKeyCache | undefined
   readonly #pools = new Map<string, UpstreamPools>()
   readonly #sampler: AuditSampler
   readonly #services: Services
@@ -42,7 +51,20 @@ export class PmsProxy {
   private constructor (services: Services, opts: ProxyOptions) {
     this.#services = services
     const { logger, auditWriter } = services
-    this.keys = services.proxyKeys
+    const hasListener = [...services.servers.values()].some((s) => s.proxy !== undefined)
+    const cacheOpts = opts.keyCache
+    this.keyCache = cacheOpts === false || !hasListener
+      ? undefined
+      : new ProxyKeyCache({
+        rc: services.rc,
+        // The reader's XREAD blocks: a connection of its own, like the push channel's reader.
+        connect: cacheOpts?.connect ?? (() => createRedis(services.config, 'push', logger)),
+        logger,
+        freshMs: cacheOpts?.freshMs,
+        blockMs: cacheOpts?.blockMs,
+      })
+    this.keyCache?.start()
+    this.keys = new ProxyKeys(services.rc, services.config, this.keyCache)
     this.metrics = services.metrics.proxy
     this.sessions = new SessionCredentials(services.config.brokerSecret, services.rc.now)
     this.open = new OpenResponses({
@@ -104,6 +126,7 @@ export class PmsProxy {
   async close (): Promise<void> {
     this.open.close()
     await Promise.all([...this.listeners.values()].map(async (app) => { await app.close() }))
+    await this.keyCache?.close()
     this.#sampler.flush()
     await Promise.all([...this.#pools.values()].map(async (p) => { await p.close() }))
   }

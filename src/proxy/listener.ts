@@ -16,7 +16,7 @@ import { manifestKind, type SessionCredentials, signM3u8, signMpd } from './medi
 import type { OpenResponses } from './open-responses.ts'
 import { type ProxyMetrics, statusClass } from './proxy-metrics.ts'
 import { DROPPED_REQUEST_HEADERS } from './request-rewrite.ts'
-import { isScannableType, LeakScrubber, MAX_FILTERED_BODY, removeAttributes, rewriteLocation, scrubBuffer } from './response-rewrite.ts'
+import { isScannableType, LeakScrubber, MAX_FILTERED_BODY, removeAttributes, rewriteLocation, scrubBuffer, scrubPlan, secretBuffers } from './response-rewrite.ts'
 import { responseAttributesToRemove } from './rules.ts'
 import { forwardContext, poolFor, type UpstreamPools, upstreamRouter } from './upstream.ts'
 import { attachWebsockets } from './websocket.ts'
@@ -64,6 +64,15 @@ function createProxyServer (handler: (req: IncomingMessage, res: ServerResponse)
   return server
 }
 
+const ORIGINS = new WeakMap<ServerConfig, string>()
+
+/** A server's origin (scheme, host, port), parsed once. */
+function originOf (server: ServerConfig): string {
+  let origin = ORIGINS.get(server)
+  if (origin === undefined) ORIGINS.set(server, origin = new URL(server.url).origin)
+  return origin
+}
+
 /** Whether a request carries a body (a 401 is retried only without one: the body is gone). */
 function hasBody (headers: IncomingHttpHeaders): boolean {
   return headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0')
@@ -106,6 +115,11 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
     return p
   }
 
+  // The access line: one per request, built without the logger's redaction pass and without
+  // Fastify's per-request child logger (the redaction walks every field against its wildcard
+  // paths, a measurable share of a proxied request's CPU). Every field here is a configuration
+  // name, an id, a number or the canonical path without its query, never a credential.
+  const access = logger.child({}, { redact: [] })
   const log = (request: FastifyRequest, reply: FastifyReply): void => {
     const a = request.proxied
     const r = request.proxyRefusal
@@ -113,7 +127,9 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
     const client = a?.client.id ?? r?.client ?? ''
     const srv = a?.server.name ?? r?.server ?? server.name
     metrics.requests.inc({ client, server: srv, decision, status_class: statusClass(reply.statusCode) })
-    request.log.info({
+    if (!access.isLevelEnabled('info')) return
+    access.info({
+      reqId: request.id,
       client: client === '' ? undefined : client,
       keyId: a?.keyId,
       server: srv,
@@ -125,7 +141,10 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
       durationMs: Math.round(reply.elapsedTime * 1000) / 1000,
     }, 'proxy request')
   }
-  app.addHook('onResponse', async (request, reply) => { log(request, reply) })
+  app.addHook('onResponse', (request, reply, done) => {
+    log(request, reply)
+    done()
+  })
 
   const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
     const admitted = await gate.admit({ method: request.method, url: request.raw.url ?? '/', header: request.headers['x-plex-token'], ip: request.ip })
@@ -146,21 +165,20 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
     const pool = poolFor(a.path)
     const abort = new AbortController()
     const started = performance.now()
-    // The caller hung up before the answer ended: PMS stops working for nobody.
-    const onClose = (): void => { if (!reply.raw.writableFinished) abort.abort() }
-    reply.raw.once('close', onClose)
     const unregister = open.add({ keyId: a.keyId, end: () => { abort.abort(); reply.raw.destroy() } })
-    reply.raw.once('close', unregister)
     const socket = reply.raw.socket
     const written = socket?.bytesWritten ?? 0
-    reply.raw.once('close', () => {
+    // One listener for everything that happens when the answer is over (or the caller gone).
+    const onClose = (): void => {
+      // The caller hung up before the answer ended: PMS stops working for nobody.
+      if (!reply.raw.writableFinished) abort.abort()
+      unregister()
       if (socket !== null && socket !== undefined) metrics.bytes.inc({ server: a.server.name, direction: 'downstream' }, Math.max(0, socket.bytesWritten - written))
       const length = Number(request.headers['content-length'])
       if (Number.isFinite(length) && length > 0) metrics.bytes.inc({ server: a.server.name, direction: 'upstream' }, length)
-    })
+    }
+    reply.raw.once('close', onClose)
     const secrets = [issued.token, a.server.adminToken]
-    const pmsOrigin = new URL(a.server.url).origin
-    const proxyOrigin = `${request.protocol}://${request.host}`
     const target = encodeCanonicalPath(a.path)
 
     return forwardContext.run({ pools, kind: pool, signal: abort.signal }, () => reply.from(target, {
@@ -181,18 +199,16 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
         for (const [name, value] of Object.entries(out)) {
           if (value === undefined) continue
           if (name === 'location' && typeof value === 'string') {
-            out[name] = rewriteLocation(value, { pmsOrigin, proxyOrigin, prefix: a.prefix })
+            out[name] = rewriteLocation(value, { pmsOrigin: originOf(a.server), proxyOrigin: `${request.protocol}://${request.host}`, prefix: a.prefix })
             continue
           }
-          // Last line of defence on headers: a credential in any other header is blanked.
-          const values = Array.isArray(value) ? value : [String(value)]
-          const cleaned = values.map((v) => {
-            const b = Buffer.from(v)
-            const n = scrubBuffer(b, secrets.map((s) => Buffer.from(s)))
-            if (n > 0) leak(a, n)
-            return n > 0 ? b.toString() : v
-          })
-          out[name] = Array.isArray(value) ? cleaned : cleaned[0]
+          // Last line of defence on headers: a credential in any other header is blanked. A string
+          // search first: the secrets are found in the text exactly when they are in its bytes.
+          if (Array.isArray(value)) {
+            out[name] = value.map((v) => scrubHeader(a, v, secrets))
+          } else {
+            out[name] = scrubHeader(a, String(value), secrets)
+          }
         }
         return out as never
       },
@@ -259,7 +275,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
               text = manifest === 'm3u8' ? signM3u8(text, a.path, sign) : signMpd(text, a.path, sign)
             }
             const out = Buffer.from(text)
-            const found = scrubBuffer(out, secrets.map((s) => Buffer.from(s)))
+            const found = scrubBuffer(out, secretBuffers(secrets))
             if (found > 0) leak(a, found)
             rep.removeHeader('content-range')
             rep.header('content-length', String(out.length))
@@ -268,7 +284,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
           return
         }
         if (scannable) {
-          const scrubber = new LeakScrubber(secrets, (n) => leak(a, n))
+          const scrubber = new LeakScrubber(scrubPlan(secrets), (n) => leak(a, n))
           stream.pipe(scrubber)
           scrubber.on('error', () => stream.destroy())
           rep.send(scrubber)
@@ -277,6 +293,14 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
         rep.send(res.stream)
       },
     }))
+  }
+
+  function scrubHeader (a: Admitted, v: string, secrets: readonly string[]): string {
+    if (!secrets.some((s) => s !== '' && v.includes(s))) return v
+    const b = Buffer.from(v)
+    const n = scrubBuffer(b, secretBuffers(secrets))
+    if (n > 0) leak(a, n)
+    return b.toString()
   }
 
   function leak (a: Admitted, n: number): void {

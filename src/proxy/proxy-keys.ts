@@ -4,6 +4,8 @@ import { canUseServer } from '../broker/policy.ts'
 import type { ClientConfig, Config } from '../config/index.ts'
 import { isName } from '../config/names.ts'
 import { badRequest } from '../errors.ts'
+import { PUSH_MAXLEN } from '../broker/push-log.ts'
+import { PROXY_KEY_ENTRY_TYPE, type ProxyKeyCache } from './key-cache.ts'
 
 /**
  * Proxy keys (docs/proxy.md, *Proxy keys*): the credential a tool presents to the PMS proxy where
@@ -16,8 +18,9 @@ import { badRequest } from '../errors.ts'
  * to BROKER_SECRET would, on the other hand, lock out every proxy key when that secret is rotated.
  * Client secrets are stored the same way for the same reason.
  *
- * Every check reads the record from Redis (one HGETALL): a revocation or expiry made by any
- * instance counts on the very next request, with no cache to go stale.
+ * Every check reads the record from Redis (one HGETALL), or, on the proxy's hot path, from a local
+ * view kept current by the change log (key-cache.ts): a revocation writes its change-log entry in
+ * the same script, and a view whose reader is behind is not used.
  */
 
 export const PROXY_KEY_PREFIX = 'pbk_'
@@ -81,10 +84,14 @@ redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
 return 1
 `
 
-// revokedAt is absent until revoked, so HSETNX keeps the first revocation time.
+// revokedAt is absent until revoked, so HSETNX keeps the first revocation time. The change-log
+// entry is written in the same step, so every instance's local view of the key (key-cache.ts)
+// drops it as soon as the revocation exists.
 const REVOKE = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-return redis.call('HSETNX', KEYS[1], 'revokedAt', ARGV[1])
+local r = redis.call('HSETNX', KEYS[1], 'revokedAt', ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', ARGV[3], 'id', ARGV[4])
+return r
 `
 
 function recordOf (id: string, client: string, h: Record<string, string>): ProxyKeyRecord {
@@ -103,13 +110,15 @@ export class ProxyKeys {
   readonly #rc: RedisContext
   readonly #clients: ReadonlyMap<string, Pick<ClientConfig, 'servers' | 'proxy'>> | undefined
   readonly #servers: ReadonlySet<string> | undefined
+  readonly #cache: ProxyKeyCache | undefined
 
   /**
    * `config`: the clients and servers keys are checked against (the broker always passes its own);
-   * without it, no key is ever orphaned.
+   * without it, no key is ever orphaned. `cache`: the proxy's local view of records (key-cache.ts).
    */
-  constructor (rc: RedisContext, config?: Pick<Config, 'clients' | 'servers'>) {
+  constructor (rc: RedisContext, config?: Pick<Config, 'clients' | 'servers'>, cache?: ProxyKeyCache) {
     this.#rc = rc
+    this.#cache = cache
     if (config !== undefined) {
       this.#clients = new Map(config.clients.map((c) => [c.id, c]))
       this.#servers = new Set(config.servers.map((s) => s.name))
@@ -190,7 +199,9 @@ export class ProxyKeys {
   /** Revokes a key; the record stays, for listings and the audit trail. */
   async revoke (id: string): Promise<'revoked' | 'already-revoked' | 'not-found'> {
     if (!isProxyKeyId(id)) return 'not-found'
-    const r = await this.#rc.call(() => this.#rc.redis.eval(REVOKE, 1, this.#rc.keys.proxyKey(id), String(this.#rc.now())))
+    const { keys, redis } = this.#rc
+    const r = await this.#rc.call(() => redis.eval(REVOKE, 2, keys.proxyKey(id), keys.push, String(this.#rc.now()), String(PUSH_MAXLEN), PROXY_KEY_ENTRY_TYPE, id))
+    this.#cache?.forget(id)
     return r === 1 ? 'revoked' : r === 0 ? 'already-revoked' : 'not-found'
   }
 
@@ -200,8 +211,23 @@ export class ProxyKeys {
    * they last: revocation, expiry and the server binding, one Redis read.
    */
   async check (id: string, opts: { server?: string } = {}): Promise<ProxyKeyCheck> {
-    const record = await this.get(id)
-    return record === undefined ? { ok: false, reason: 'unknown' } : this.#judge(record, opts.server)
+    if (!isProxyKeyId(id)) return { ok: false, reason: 'unknown' }
+    const h = await this.#read(id)
+    return h.client === undefined ? { ok: false, reason: 'unknown' } : this.#judge(recordOf(id, h.client, h), opts.server)
+  }
+
+  /**
+   * A key's stored fields for a request's check: from the local view when it has them and may be
+   * used, else from Redis (one HGETALL), kept in the view when the key is usable.
+   */
+  async #read (id: string): Promise<Record<string, string>> {
+    const cache = this.#cache
+    const cached = cache?.get(id)
+    if (cached !== undefined) return cached
+    const generation = cache?.generation ?? 0
+    const h = await this.#rc.call(() => this.#rc.redis.hgetall(this.#rc.keys.proxyKey(id)))
+    if (cache !== undefined && h.client !== undefined && h.digest !== undefined && h.revokedAt === undefined) cache.set(id, h, generation)
+    return h
   }
 
   /**
@@ -248,7 +274,7 @@ export class ProxyKeys {
   async verify (presented: string, opts: { server?: string } = {}): Promise<ProxyKeyCheck> {
     const parsed = parseProxyKey(presented)
     if (parsed === undefined) return { ok: false, reason: 'malformed' }
-    const h = await this.#rc.call(() => this.#rc.redis.hgetall(this.#rc.keys.proxyKey(parsed.id)))
+    const h = await this.#read(parsed.id)
     const presentedDigest = digestOf(parsed.secret)
     if (h.client === undefined || h.digest === undefined) {
       timingSafeEqual(presentedDigest, NO_DIGEST)

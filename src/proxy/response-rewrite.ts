@@ -102,6 +102,46 @@ export function scrubBuffer (buf: Buffer, secrets: readonly Buffer[]): number {
 }
 
 /**
+ * What a scan for a set of secrets needs, computed once per set (the same live token and admin
+ * token serve many requests): the secrets as bytes, the longest run to hold back, and which bytes
+ * occur in some secret.
+ */
+export class ScrubPlan {
+  readonly secrets: readonly Buffer[]
+  readonly keep: number
+  /** Bytes that occur in some secret: a secret cannot span any other byte. */
+  readonly inSecret = new Uint8Array(256)
+
+  constructor (secrets: readonly string[]) {
+    this.secrets = [...new Set(secrets.filter((s) => s.length > 0))].map((s) => Buffer.from(s))
+    this.keep = Math.max(0, ...this.secrets.map((s) => s.length)) - 1
+    for (const s of this.secrets) for (const b of s) this.inSecret[b] = 1
+  }
+}
+
+// A few sets at a time: a server's admin token with its clients' live tokens. Cleared when full
+// (rotations leave old sets behind), so it never grows without bound.
+const PLANS = new Map<string, ScrubPlan>()
+const MAX_PLANS = 256
+
+/** The plan for a set of secrets, from a small cache. */
+export function scrubPlan (secrets: readonly string[]): ScrubPlan {
+  const key = secrets.join('\u0000')
+  let plan = PLANS.get(key)
+  if (plan === undefined) {
+    if (PLANS.size >= MAX_PLANS) PLANS.clear()
+    plan = new ScrubPlan(secrets)
+    PLANS.set(key, plan)
+  }
+  return plan
+}
+
+/** The secrets as bytes, for `scrubBuffer` (from the same cache as `scrubPlan`). */
+export function secretBuffers (secrets: readonly string[]): readonly Buffer[] {
+  return scrubPlan(secrets).secrets
+}
+
+/**
  * The last line of defence on text answers: a stream that replaces every occurrence of the given
  * secrets (the live transient token and the admin token) by as many `X`s, so the body keeps its
  * length (`Content-Length` and byte ranges stay true) while the secret is gone. It holds back the
@@ -109,31 +149,26 @@ export function scrubBuffer (buf: Buffer, secrets: readonly Buffer[]): number {
  * never buffers more than that: the answer streams as it comes, with backpressure.
  */
 export class LeakScrubber extends Transform {
-  readonly #secrets: Buffer[]
-  readonly #keep: number
+  readonly #plan: ScrubPlan
   #tail: Buffer = Buffer.alloc(0)
   readonly #onFound: (n: number) => void
 
-  /** Bytes that occur in some secret: a secret cannot span any other byte. */
-  readonly #inSecret = new Uint8Array(256)
-
-  constructor (secrets: readonly string[], onFound: (n: number) => void) {
+  constructor (secrets: readonly string[] | ScrubPlan, onFound: (n: number) => void) {
     super()
-    this.#secrets = [...new Set(secrets.filter((s) => s.length > 0))].map((s) => Buffer.from(s))
-    this.#keep = Math.max(0, ...this.#secrets.map((s) => s.length)) - 1
-    for (const s of this.#secrets) for (const b of s) this.#inSecret[b] = 1
+    this.#plan = secrets instanceof ScrubPlan ? secrets : new ScrubPlan(secrets)
     this.#onFound = onFound
   }
 
   override _transform (chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     const buf = this.#tail.length === 0 ? Buffer.from(chunk) : Buffer.concat([this.#tail, chunk])
-    const found = scrubBuffer(buf, this.#secrets)
+    const { secrets, keep, inSecret } = this.#plan
+    const found = scrubBuffer(buf, secrets)
     if (found > 0) this.#onFound(found)
     // Only a run of secret bytes at the very end can be the start of a secret the next chunk
     // completes: hold back that run, never more. An event feed's events end with a newline, so
     // each one passes at once instead of waiting for the next.
     let run = 0
-    while (run < this.#keep && run < buf.length && this.#inSecret[buf[buf.length - 1 - run]!] === 1) run++
+    while (run < keep && run < buf.length && inSecret[buf[buf.length - 1 - run]!] === 1) run++
     const cut = buf.length - run
     this.#tail = buf.subarray(cut)
     cb(null, cut > 0 ? buf.subarray(0, cut) : undefined)
