@@ -53,11 +53,29 @@ export interface ServerProbeOptions {
  * answers again is checked by the canary too: a network blip must not throw away every token,
  * but when there is no canary to tell, it is treated as a restart, the safe side.
  */
+/** How long a probe's lock lasts when its holder cannot release it (a broker killed mid-probe). */
+const PROBE_LOCK_TTL_MS = 30_000
+
 export class ServerProbe {
   readonly #o: ServerProbeOptions
 
   constructor (opts: ServerProbeOptions) {
     this.#o = opts
+  }
+
+  /**
+   * A probe that ended while Redis was unreachable could not release its lock, and a Redis that
+   * comes back with its data (AOF) would keep that lock for its whole 30 s: no probe, so no
+   * restart detection, for half a minute after the outage. Retry the release until Redis answers
+   * (only the owner's own lock is deleted), giving up when the lock would have expired anyway.
+   */
+  #releaseLater (key: string, owner: string): void {
+    const until = Date.now() + PROBE_LOCK_TTL_MS
+    const retry = (): void => {
+      if (Date.now() >= until) return
+      this.#o.locks.release(key, owner).catch(() => { setTimeout(retry, 250).unref() })
+    }
+    setTimeout(retry, 250).unref()
   }
 
   /**
@@ -69,16 +87,16 @@ export class ServerProbe {
     const { locks } = this.#o
     const lockKey = this.#o.rc.keys.probeLock(server.name)
     const deadline = Date.now() + 3000
-    let owner = await locks.acquire(lockKey, 30_000)
+    let owner = await locks.acquire(lockKey, PROBE_LOCK_TTL_MS)
     while (owner === undefined && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 50))
-      owner = await locks.acquire(lockKey, 30_000)
+      owner = await locks.acquire(lockKey, PROBE_LOCK_TTL_MS)
     }
     if (owner === undefined) return { state: 'busy', restart: [] }
     try {
       return await this.#probe(server)
     } finally {
-      await locks.release(lockKey, owner).catch(() => {})
+      await locks.release(lockKey, owner).catch(() => { this.#releaseLater(lockKey, owner) })
     }
   }
 
