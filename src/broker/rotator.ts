@@ -8,12 +8,8 @@ import type { ServerStates } from './server-state.ts'
 import type { TokenStore } from './token-store.ts'
 import { parseSlot } from './tokens.ts'
 
-/**
- * Why a token is replaced before its time: the sweep found it due (`scheduled`), PMS restarted
- * (`restart`, a re-mint), PMS rejected it (`rejected`), or ops asked (`manual`). Rotation jobs
- * carry all but `restart` (a restart re-mint is a job of its own).
- */
-export type RotationReason = 'scheduled' | 'restart' | 'rejected' | 'manual'
+import type { RotationReason } from '../jobs/queues.ts'
+export type { RotationReason }
 
 export type RotationOutcome = 'rotated' | 'gone' | 'superseded' | 'idle' | 'unknown_server' | 'conflict'
 

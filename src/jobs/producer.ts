@@ -1,12 +1,10 @@
 import type { Queue } from 'bullmq'
 import {
-  ADMIN_CHECK_EVERY_MS, ADMIN_SCHEDULER_ID, probeSchedulerId, type Queues, remintJobId, rotateJobId, SWEEP_SCHEDULER_ID,
+  ADMIN_CHECK_EVERY_MS, ADMIN_SCHEDULER_ID, probeSchedulerId, type Queues, remintJobId, type RotateReason, rotateJobId, SWEEP_SCHEDULER_ID,
 } from './queues.ts'
-import type { RotationReason } from '../broker/rotator.ts'
 
 export type ProbeTrigger = 'eventsource' | 'rejection' | 'manual'
-/** A rotation job's reason: a restart re-mints instead (`remint`). */
-export type RotateReason = Exclude<RotationReason, 'restart'>
+export type { RotateReason }
 
 export interface ScheduleWanted {
   servers: Iterable<string>

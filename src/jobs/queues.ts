@@ -1,5 +1,14 @@
 import { type ConnectionOptions, Queue, type JobSchedulerJson, type JobsOptions } from 'bullmq'
-import type { RotateReason } from './producer.ts'
+
+/**
+ * Why a token is replaced before its time: the sweep found it due (`scheduled`), PMS restarted
+ * (`restart`, a re-mint), PMS rejected it (`rejected`), or ops asked (`manual`). Rotation jobs
+ * carry all but `restart` (a restart re-mint is a job of its own).
+ */
+export type RotationReason = 'scheduled' | 'restart' | 'rejected' | 'manual'
+
+/** A rotation job's reason: a restart re-mints instead (`remint`). */
+export type RotateReason = Exclude<RotationReason, 'restart'>
 
 /**
  * Queue and job names, each queue named by what it carries. BullMQ ids must not contain `:` and

@@ -9,34 +9,24 @@ import type { HttpTimeouts } from '../http-server.ts'
 import { describe } from '../errors.ts'
 import errorHandler, { sendError } from '../plugins/error-handler.ts'
 import requestIdentity, { requestContext } from '../plugins/request-identity.ts'
-import type { Services } from '../services.ts'
 import { encodeCanonicalPath } from './canonical-path.ts'
-import type { Admitted, ProxyGate, Refused } from './gate.ts'
-import { manifestKind, type SessionCredentials, signM3u8, signMpd } from './media-urls.ts'
-import type { OpenResponses } from './open-responses.ts'
-import { type ProxyMetrics, statusClass } from './proxy-metrics.ts'
+import type { Admitted, Refused } from './gate.ts'
+import { manifestKind, signM3u8, signMpd } from './media-urls.ts'
+import { statusClass } from './proxy-metrics.ts'
 import { DROPPED_REQUEST_HEADERS } from './request-rewrite.ts'
 import { isScannableType, LeakScrubber, MAX_FILTERED_BODY, removeAttributes, rewriteLocation, scrubBuffer, scrubPlan, secretBuffers } from './response-rewrite.ts'
 import { responseAttributesToRemove } from './rules.ts'
 import { forwardContext, poolFor, type UpstreamPools, upstreamRouter } from './upstream.ts'
+import type { ProxyListenerDeps } from './listener-deps.ts'
 import { attachWebsockets } from './websocket.ts'
+
+export type { ProxyListenerDeps }
 
 /**
  * One proxy listener: a Fastify instance of its own on a server's proxy port, mirroring that
  * PMS's paths at its root (and every server's under `/pms/<server>/…`). The broker's API is not
  * served here, and nothing of PMS is served on the API's port.
  */
-
-export interface ProxyListenerDeps {
-  services: Services
-  gate: ProxyGate
-  /** Upstream pools by server name. */
-  pools: ReadonlyMap<string, UpstreamPools>
-  sessions: SessionCredentials
-  open: OpenResponses
-  metrics: ProxyMetrics
-  timeouts: HttpTimeouts
-}
 
 declare module 'fastify' {
   interface FastifyRequest {

@@ -10,7 +10,7 @@ import type { ServerConfig } from '../config/index.ts'
 import { clientAddress } from '../plugins/request-identity.ts'
 import { encodeCanonicalPath } from './canonical-path.ts'
 import type { Admitted } from './gate.ts'
-import type { ProxyListenerDeps } from './listener.ts'
+import type { ProxyListenerDeps } from './listener-deps.ts'
 import { scrubBuffer } from './response-rewrite.ts'
 
 /**
