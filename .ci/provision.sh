@@ -108,7 +108,9 @@ apt_install() {
 
 ensure_docker() {
   local missing=()
-  command -v docker >/dev/null || missing+=(docker.io)
+  # A machine may ship a bare Docker client (seen: /usr/local/bin/docker 28.x) with no engine:
+  # the engine is what the test needs, so look for dockerd, not the client.
+  { command -v docker >/dev/null && command -v dockerd >/dev/null; } || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} from Debian (the container test)"
