@@ -274,6 +274,21 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
           return
         }
         if (scannable) {
+          // A small answer of known length (most API answers) is scanned in one piece: cheaper than
+          // a scanning stream per request. Anything else (feeds, big or unknown lengths) streams.
+          const length = Number(res.headers['content-length'])
+          if (req.method !== 'HEAD' && Number.isInteger(length) && length > 0 && length <= SMALL_ANSWER) {
+            collect(stream, SMALL_ANSWER, (body) => {
+              if (body === undefined) {
+                rep.raw.destroy()
+                return
+              }
+              const found = scrubBuffer(body, secretBuffers(secrets))
+              if (found > 0) leak(a, found)
+              rep.send(body)
+            })
+            return
+          }
           const scrubber = new LeakScrubber(scrubPlan(secrets), (n) => leak(a, n))
           stream.pipe(scrubber)
           scrubber.on('error', () => stream.destroy())
@@ -303,6 +318,33 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   app.all('/*', handler)
   attachWebsockets(app, { ...deps, logger, server })
   return app
+}
+
+/** Answers this small (with a known length) are scanned in one piece rather than streamed. */
+const SMALL_ANSWER = 64 * 1024
+
+/** Collects a stream's chunks (at most `max` bytes, else undefined) and calls back once. */
+function collect (stream: NodeJS.ReadableStream & { destroy: () => void }, max: number, done: (body: Buffer | undefined) => void): void {
+  const chunks: Buffer[] = []
+  let size = 0
+  let finished = false
+  const finish = (body: Buffer | undefined): void => {
+    if (finished) return
+    finished = true
+    done(body)
+  }
+  stream.on('data', (chunk: Buffer) => {
+    size += chunk.length
+    if (size > max) {
+      stream.destroy()
+      finish(undefined)
+      return
+    }
+    chunks.push(chunk)
+  })
+  stream.once('end', () => { finish(chunks.length === 1 ? Buffer.from(chunks[0]!) : Buffer.concat(chunks)) })
+  stream.once('error', () => { finish(undefined) })
+  stream.once('close', () => { finish(undefined) })
 }
 
 /** Reads a stream to its end into memory, at most `max` bytes; undefined beyond. */
