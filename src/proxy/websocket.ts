@@ -52,7 +52,6 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
   const { services, gate, metrics, open, logger } = deps
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, maxPayload: 1024 * 1024 })
   const trust = services.config.trustProxy.length === 0 ? () => false : proxyAddr.compile([...services.config.trustProxy])
-  const sockets = new Set<WebSocket>()
 
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => {})
@@ -62,10 +61,8 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       if (!socket.destroyed) rawError(socket, e.statusCode ?? 502, e.code ?? 'UPSTREAM_UNAVAILABLE', e.statusCode !== undefined ? e.message ?? '' : 'PMS did not accept the websocket.', e.retryAfter)
     })
   })
-  // Shutdown: open sockets are told to reconnect (to another instance).
-  app.addHook('preClose', async () => {
-    for (const ws of sockets) ws.close(1012, 'broker restarting')
-  })
+  // Shutdown: open sockets are told to reconnect (to another instance) when the proxy ends every
+  // open answer (`open.close()`, proxy/index.ts), before this listener closes.
 
   async function handle (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const ip = clientAddress(proxyAddr(req, trust), req.socket.remoteAddress)
@@ -119,14 +116,12 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
   }
 
   function pipe (client: WebSocket, up: WebSocket, a: Admitted, issued: IssueResult): void {
-    sockets.add(client)
     metrics.websockets.inc({ server: a.server.name })
     const secrets = [Buffer.from(issued.token), Buffer.from(a.server.adminToken)]
     let done = false
     const finish = (): void => {
       if (done) return
       done = true
-      sockets.delete(client)
       unregister()
       metrics.websockets.dec({ server: a.server.name })
     }
