@@ -40,6 +40,7 @@ const COMMANDS = {
   ptbReseal: { file: 'reseal.lua', keys: 1 },
   ptbUnlock: { file: 'unlock.lua', keys: 1 },
   ptbRenewLock: { file: 'renew-lock.lua', keys: 1 },
+  ptbLease: { file: 'lease.lua', keys: 1 },
 } as const
 
 const LUA = Object.entries(COMMANDS).map(([name, c]) => ({ name, numberOfKeys: c.keys, lua: load(c.file) }))
@@ -54,6 +55,7 @@ declare module 'ioredis' {
     ptbReseal(...args: Arg[]): Result<number, Context>
     ptbUnlock(...args: Arg[]): Result<number, Context>
     ptbRenewLock(...args: Arg[]): Result<number, Context>
+    ptbLease(...args: Arg[]): Result<[number, number], Context>
   }
 }
 
