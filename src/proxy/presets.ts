@@ -114,7 +114,7 @@ export const PRESETS = {
     ],
   },
   'metadata-editor': {
-    summary: 'Kometa: read, plus metadata edits, collections, playlists, poster/art/theme uploads and its two server settings.',
+    summary: 'Kometa: read, plus metadata edits, collections, playlists, poster/art/theme uploads and its two server settings. Uploads by URL (`?url=https://image.tmdb.org/…`) also need the image hosts in the client\'s `allowUrlHosts`.',
     includes: ['read'],
     allow: [
       r('PUT /library/sections/*/all'),
