@@ -20,6 +20,7 @@ import { TokenFileWatcher } from './broker/token-files.ts'
 import { TokenStore } from './broker/token-store.ts'
 import { RateLimiter } from './broker/rate-limiter.ts'
 import { RefusalTrail } from './broker/refusal-trail.ts'
+import { StreamLeases } from './broker/stream-leases.ts'
 import { WindowCounters } from './broker/window-counters.ts'
 import { JobProducer } from './jobs/producer.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
@@ -50,6 +51,8 @@ export interface ServiceOverrides {
    * (tests), `freshMs` and `blockMs` as there.
    */
   proxyKeyCache?: false | { connect?: () => RedisClient, freshMs?: number, blockMs?: number }
+  /** How long a lease of a concurrency limit lives unrenewed (broker/stream-leases.ts; default 30 s). */
+  leaseMs?: number
 }
 
 /** The Redis connections of one instance, one per role (redis.ts). */
@@ -217,7 +220,9 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const audit = new AuditLog(rc, { metrics, logger })
   const readiness = new Readiness({ ...rc, target: config })
   const refusals = new RefusalTrail({ audit: auditWriter, logger, windowMs: overrides.refusalWindowMs })
-  const limiter = new RateLimiter({ counters: new WindowCounters(connections.ratelimit), keys, clientDefault: config.defaultRateLimit, metrics, logger })
+  const limiter = new RateLimiter({
+    counters: new WindowCounters(connections.ratelimit), leases: new StreamLeases(connections.ratelimit, { leaseMs: overrides.leaseMs }), keys, clientDefault: config.defaultRateLimit, metrics, logger,
+  })
   const push = new PushHub({ rc, target: config, logger, limiter, maxPerClient: config.streamMaxPerClient, maxTotal: config.streamMaxTotal })
   const watcher = new TokenFileWatcher(servers, logger, adminHealth)
   const worker = connections.worker

@@ -307,3 +307,14 @@ export const AUDIT_EVENT = new RedisScript('scripts/audit-event.lua', { keys: 1,
 export const RESEAL = new RedisScript('scripts/reseal.lua', { keys: 1, args: resealArgs, reply: readDone })
 export const UNLOCK = new RedisScript('scripts/unlock.lua', { keys: 1, args: unlockArgs, reply: readDone })
 export const RENEW_LOCK = new RedisScript('scripts/renew-lock.lua', { keys: 1, args: renewLockArgs, reply: readDone })
+
+/** A lease of a concurrency limit (stream-leases.ts): `{taken, count}`. */
+export interface LeaseInput { key: string, now: number, expiry: number, member: string, max: number, ttlMs: number }
+function leaseArgs (i: LeaseInput): Arg[] {
+  return [i.key, i.now, i.expiry, i.member, i.max, i.ttlMs]
+}
+function readLeaseReply (raw: unknown): { taken: boolean, count: number } {
+  const r = raw as unknown[]
+  return { taken: Number(r[0]) === 1, count: Number(r[1]) }
+}
+export const LEASE = new RedisScript('scripts/lease.lua', { keys: 1, args: leaseArgs, reply: readLeaseReply })

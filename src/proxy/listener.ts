@@ -10,7 +10,8 @@ import { describe } from '../errors.ts'
 import errorHandler, { sendError } from '../plugins/error-handler.ts'
 import requestIdentity, { requestContext } from '../plugins/request-identity.ts'
 import { encodeCanonicalPath } from './canonical-path.ts'
-import type { Admitted, Refused } from './gate.ts'
+import { attachCors, isPreflight } from './cors.ts'
+import { type Admitted, isLongAnswer, type Refused } from './gate.ts'
 import { manifestKind, signM3u8, signMpd } from './media-urls.ts'
 import { statusClass } from './proxy-metrics.ts'
 import { DROPPED_REQUEST_HEADERS } from './request-rewrite.ts'
@@ -91,6 +92,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
   await app.register(requestIdentity)
   await app.register(errorHandler, {})
+  attachCors(app, server.proxy?.corsOrigins ?? config.proxyCorsOrigins)
   await app.register(replyFrom, {
     // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream.ts).
     undici: upstreamRouter as never,
@@ -113,7 +115,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   const log = (request: FastifyRequest, reply: FastifyReply): void => {
     const a = request.proxied
     const r = request.proxyRefusal
-    const decision = r !== undefined ? r.decision : a === undefined ? 'error' : a.shadowed ? 'shadow' : 'allow'
+    const decision = r !== undefined ? r.decision : a === undefined ? (isPreflight(request) ? 'preflight' : 'error') : a.shadowed ? 'shadow' : 'allow'
     const client = a?.client.id ?? r?.client ?? ''
     const srv = a?.server.name ?? r?.server ?? server.name
     metrics.requests.inc({ client, server: srv, decision, status_class: statusClass(reply.statusCode) })
@@ -146,8 +148,15 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
     }
     request.proxied = admitted
     const ctx = { ...requestContext(request), via: 'proxy' as const }
-    const issued = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
-    return forward(request, reply, admitted, issued, false)
+    // The key's limits are counted with the token's serve (gate.ts `issue`).
+    const got = await gate.issue(admitted, isLongAnswer(admitted.path), async (meter) => await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter }))
+    if (!got.ok) {
+      request.proxyRefusal = got
+      if (hasBody(request.headers)) reply.header('connection', 'close')
+      return sendError(reply, request, got.status, got.code, got.message, got.retryAfter)
+    }
+    reply.raw.once('close', got.release)
+    return forward(request, reply, admitted, got.issued, false)
   }
 
   function forward (request: FastifyRequest, reply: FastifyReply, a: Admitted, issued: IssueResult, retried: boolean): FastifyReply {

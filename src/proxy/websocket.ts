@@ -77,7 +77,15 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       return
     }
     const ctx = { requestId: randomUUID(), ip, via: 'proxy' as const }
-    let issued = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
+    // A websocket is a long answer: it holds one of the key's open streams while it lives.
+    const got = await gate.issue(admitted, true, async (meter) => await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter }))
+    if (!got.ok) {
+      metrics.requests.inc({ client: got.client ?? '', server: got.server ?? deps.server.name, decision: got.decision, status_class: '4xx' })
+      rawError(socket, got.status, got.code, got.message, got.retryAfter)
+      return
+    }
+    socket.once('close', got.release)
+    let issued = got.issued
     let upstream = await connect(req, admitted, issued, ip)
     if (upstream === 401) {
       // PMS refused the token (it restarted): the same check as any report, then one more try.
