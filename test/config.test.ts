@@ -44,7 +44,7 @@ t.test('defaults', async (t) => {
     streamMaxPerClient: 16,
     streamMaxTotal: 1000,
     streamHeartbeatMs: 15_000,
-    proxyKeyLimits: { requestsPerMinute: 3000, openStreams: 32 },
+    proxyKeyLimits: { requestsPerMinute: 0, openStreams: 32 },
     proxyCorsOrigins: [],
     trustProxy: [],
     defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
