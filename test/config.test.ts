@@ -44,7 +44,7 @@ t.test('defaults', async (t) => {
     streamMaxPerClient: 16,
     streamMaxTotal: 1000,
     streamHeartbeatMs: 15_000,
-    proxyKeyLimits: { requestsPerMinute: 0, openStreams: 32 },
+    proxyKeyLimits: { requestsPerMinute: 0, openStreams: 0 },
     proxyCorsOrigins: [],
     trustProxy: [],
     defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
@@ -325,7 +325,7 @@ t.test('config file: per-key limits and allowUrlHosts per client; PROXY_KEY_* de
   const c = loadConfig({ ...BASE, BROKER_CONFIG: path, PROXY_KEY_REQUESTS_PER_MINUTE: '900' })
   t.same(c.clients[0]!.proxy?.allowUrlHosts, ['image.tmdb.org', '*.fanart.tv'], 'lowercased')
   t.same(c.clients[0]!.proxy?.limits, { requestsPerMinute: 900, openStreams: 4 }, 'the file\'s limit, the environment\'s default for the other')
-  t.same(c.clients[1]!.proxy?.limits, { requestsPerMinute: 900, openStreams: 32 })
+  t.same(c.clients[1]!.proxy?.limits, { requestsPerMinute: 900, openStreams: 0 })
   t.same(c.clients[1]!.proxy?.allowUrlHosts, [])
 
   const bad = problems({
@@ -339,7 +339,9 @@ t.test('config file: per-key limits and allowUrlHosts per client; PROXY_KEY_* de
   t.match(bad[4], /allowUrlHosts\[4\]: "localhost"/)
   t.match(bad[5], /allowUrlHosts\[5\]: must be a host name/)
   t.equal(bad.length, 6)
-  t.match(problems({ ...BASE, BROKER_CONFIG: file(client('x', 5, '    proxy: { preset: read, limits: { openStreams: 0 } }\n')) }).join(), /clients\[0\]\.proxy\.limits\.openStreams/)
+  t.match(problems({ ...BASE, BROKER_CONFIG: file(client('x', 5, '    proxy: { preset: read, limits: { openStreams: -1 } }\n')) }).join(), /clients\[0\]\.proxy\.limits\.openStreams/)
+  t.same(loadConfig({ ...BASE, BROKER_CONFIG: file(client('x', 6, '    proxy: { preset: read, limits: { openStreams: 0, requestsPerMinute: 0 } }\n')) }).clients[0]!.proxy?.limits,
+    { requestsPerMinute: 0, openStreams: 0 }, '0: no limit')
   t.match(problems({ ...BASE, PROXY_KEY_OPEN_STREAMS: 'many' }).join(), /PROXY_KEY_OPEN_STREAMS: must be an integer/)
 })
 

@@ -125,3 +125,19 @@ t.test('leases lapse when their instance dies, and are renewed while it lives', 
   living.leases.stop()
   t.ok(await conns[1]!.pttl(keys.rateLimit('proxy_key_streams', 'k1')) <= 600, 'the set itself expires with its leases')
 })
+
+t.test('without configured limits a key is never throttled: 40 downloads at once and 300 requests pass', async (t) => {
+  const s = await proxySetup(t, [proxyClient('family', { preset: 'stream', allow: [{ methods: ['GET'], path: '/library/sections' }] })])
+  const { key } = await s.key('family')
+  const downloads = await Promise.all(Array.from({ length: 40 }, async () => {
+    const r = await request(`${s.base}${PART}`, { headers: { 'x-plex-token': key, range: 'bytes=0-1023' } })
+    await r.body.arrayBuffer()
+    return r.statusCode
+  }))
+  t.same([...new Set(downloads)], [206], '40 concurrent media answers, none refused')
+  const statuses = new Set<number>()
+  for (let i = 0; i < 300; i++) statuses.add((await s.raw('GET', '/library/sections', { 'x-plex-token': key })).status)
+  t.same([...statuses], [200], '300 requests in a row, none refused')
+  const limited = (await s.app.broker.metrics.rateLimited.get()).values.filter((v) => String(v.labels.limit).startsWith('proxy_key'))
+  t.same(limited.map((v) => v.value).filter((v) => v > 0), [], 'nothing counted as throttled')
+})

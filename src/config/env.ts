@@ -27,7 +27,7 @@ export const ENV_VARIABLES: ReadonlyArray<{ name: string, default?: string, desc
   { name: 'PLEX_PREFERENCES_PATH', description: 'PMS Preferences.xml whose PlexOnlineToken is the admin token (watched for changes)' },
   { name: 'PROXY_PORT', description: 'PMS proxy port of the only server (PLEX_URL\'s, or the config file\'s one server); with several servers give each its proxy.port in BROKER_CONFIG.' },
   { name: 'PROXY_KEY_REQUESTS_PER_MINUTE', default: '0', description: 'PMS proxy: requests per proxy key and minute, for clients without proxy.limits.requestsPerMinute; beyond it 429. 0: no limit (the default: tools differ by orders of magnitude)' },
-  { name: 'PROXY_KEY_OPEN_STREAMS', default: '32', description: 'PMS proxy: long answers (media, event feeds, websockets) open at once per proxy key across instances, for clients without proxy.limits.openStreams; beyond it 429' },
+  { name: 'PROXY_KEY_OPEN_STREAMS', default: '0', description: 'PMS proxy: long answers (media, event feeds, websockets) open at once per proxy key across instances, for clients without proxy.limits.openStreams; beyond it 429. 0: no limit (the default)' },
   { name: 'PROXY_CORS_ORIGINS', description: 'PMS proxy: browser origins (e.g. https://dash.example.com) allowed to call the proxy listeners, comma-separated, for servers without proxy.corsOrigins. Default: none' },
   { name: 'BROKER_SECRET', description: 'Base64 key material, 32 bytes or more: encryption at rest and audit fingerprints. Required unless BROKER_DEMO=1' },
   { name: 'BROKER_SECRET_FILE', description: 'File holding BROKER_SECRET (Docker/Kubernetes secrets)' },

@@ -44,7 +44,7 @@ const ClientEntry = Type.Object({
     allowUrlHosts: Type.Optional(Type.Array(Type.Unknown())),
     limits: Type.Optional(Type.Object({
       requestsPerMinute: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })),
-      openStreams: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+      openStreams: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000 })),
     }, { additionalProperties: false })),
   }, { additionalProperties: false })),
 }, { additionalProperties: false })

@@ -233,7 +233,7 @@ export function readProxyDefaults (env: Env): { proxyKeyLimits: { requestsPerMin
   return {
     proxyKeyLimits: {
       requestsPerMinute: env.integer('PROXY_KEY_REQUESTS_PER_MINUTE', 0, 1_000_000),
-      openStreams: env.integer('PROXY_KEY_OPEN_STREAMS', 1, 100_000),
+      openStreams: env.integer('PROXY_KEY_OPEN_STREAMS', 0, 100_000),
     },
     proxyCorsOrigins: origins,
   }

@@ -229,7 +229,7 @@ export class ProxyGate {
   async issue (a: Admitted, long: boolean, issue: (meter: Meter) => Promise<IssueResult>): Promise<Issued | Refused> {
     const { limiter } = this.#o
     const meter = limiter.meterOf(limiter.proxyKey(a.keyId, a.policy.limits.requestsPerMinute))
-    const leasing = long ? limiter.lease(limiter.proxyKeyStreams(a.keyId, a.policy.limits.openStreams)) : undefined
+    const leasing = long && a.policy.limits.openStreams > 0 ? limiter.lease(limiter.proxyKeyStreams(a.keyId, a.policy.limits.openStreams)) : undefined
     let issued: IssueResult
     try {
       issued = await issue(meter)

@@ -104,19 +104,18 @@ export interface ProxyPolicy {
 export interface ProxyKeyLimits {
   /** Requests per key and minute; beyond: 429. 0: not limited. */
   requestsPerMinute: number
-  /** Long answers (media, event feeds, websockets) open at once per key, across instances; beyond: 429. */
+  /** Long answers (media, event feeds, websockets) open at once per key, across instances; beyond: 429. 0: not limited. */
   openStreams: number
 }
 
 /**
- * The defaults of the per-key limits (docs/proxy.md, *Per-key limits*). Open streams: far above
- * what a tool holds (a player keeps a few segment requests and an event feed open), low enough
- * that a runaway script or a leaked key cannot tie up PMS's transcoder and disk. Requests: not
- * limited unless configured, because tools differ by orders of magnitude (Tautulli polls every
- * few seconds; Kometa, one call after another, makes thousands a minute) and any one default
- * would either lock out a legitimate tool or limit nothing.
+ * The defaults of the per-key limits (docs/proxy.md, *Per-key limits*): none. Tools differ by
+ * orders of magnitude (Tautulli polls every few seconds; Kometa, one call after another, makes
+ * thousands a minute; a download manager or a family's players hold dozens of media answers at
+ * once through one key), so any one default would either lock out a legitimate tool or limit
+ * nothing. Ops set them per client from what the tool does.
  */
-export const DEFAULT_KEY_LIMITS: ProxyKeyLimits = { requestsPerMinute: 0, openStreams: 32 }
+export const DEFAULT_KEY_LIMITS: ProxyKeyLimits = { requestsPerMinute: 0, openStreams: 0 }
 
 export const MAX_PATTERN_LENGTH = 512
 const MAX_WILDCARDS = 8
