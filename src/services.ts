@@ -28,6 +28,7 @@ import { loggerOptions } from './logger.ts'
 import { Metrics } from './metrics.ts'
 import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
+import { PmsUpstream } from './plex/upstream.ts'
 import { ProxyKeys } from './proxy/proxy-keys.ts'
 import { createRedis, type RedisClient } from './redis.ts'
 
@@ -85,6 +86,8 @@ export interface Services {
   /** Writes the audit events that are not part of a token script, and makes security events durable. */
   auditWriter: AuditWriter
   store: TokenStore
+  /** Every connection to PMS, per origin (plex/upstream.ts): the PMS client's admin pool, the proxy's api and media pools. */
+  upstream: PmsUpstream
   plex: PlexClient
   /** Absent with PLEX_TV_URL=off. */
   plexTv?: PlexTv
@@ -171,12 +174,9 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     recordTtlMs: config.tokenLifetimeMs,
     onUndecryptable: undecryptableReporter(metrics, logger),
   })
-  const plex = new PlexClient({
-    clientIdentifier,
-    timeoutMs: config.plexTimeoutMs,
-    concurrency: config.plexConcurrency,
-    onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
-  })
+  const plexLimits = { timeoutMs: config.plexTimeoutMs, concurrency: config.plexConcurrency }
+  const upstream = new PmsUpstream(PlexClient.upstreamOptions(plexLimits))
+  const plex = new PlexClient({ clientIdentifier, ...plexLimits, upstream, metrics })
   const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
   const states = new ServerStates(rc, plex)
   const queues = createQueues(connections.queue, keys.queuePrefix)
@@ -230,7 +230,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       concurrency: config.plexConcurrency,
     })
   const proxyKeys = new ProxyKeys(rc, config)
-  const parts = { config, logger, metrics, servers, keys, rc, connections, clock, sealer, locks, auditWriter, store, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, proxyKeys, events, runner }
+  const parts = { config, logger, metrics, servers, keys, rc, connections, clock, sealer, locks, auditWriter, store, upstream, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, proxyKeys, events, runner }
   return {
     ...parts,
     start: async () => {
@@ -277,6 +277,8 @@ async function closeServices (s: Omit<Services, 'start' | 'close'>): Promise<voi
   await s.plexTv?.close()
   await s.queues.close()
   await s.plex.close()
+  // The proxy's listeners closed before the services (app.ts), so no answer is still using these.
+  await s.upstream.close()
   const c = s.connections
   for (const r of [c.worker, c.queue, c.audit, c.ratelimit, c.cache]) {
     await r?.quit().catch(() => r.disconnect())

@@ -16,7 +16,8 @@ import { statusClass } from './proxy-metrics.ts'
 import { DROPPED_REQUEST_HEADERS } from './request-rewrite.ts'
 import { isScannableType, LeakScrubber, MAX_FILTERED_BODY, removeAttributes, rewriteLocation, scrubBuffer, scrubPlan, secretBuffers } from './response-rewrite.ts'
 import { responseAttributesToRemove } from './rules.ts'
-import { forwardContext, poolFor, type UpstreamPools, upstreamRouter } from './upstream.ts'
+import { poolFor, type UpstreamPools } from '../plex/upstream.ts'
+import { forwardContext, upstreamRouter } from './upstream-router.ts'
 import type { ProxyListenerDeps } from './listener-deps.ts'
 import { attachWebsockets } from './websocket.ts'
 
@@ -92,7 +93,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   await app.register(requestIdentity)
   await app.register(errorHandler, {})
   await app.register(replyFrom, {
-    // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream.ts).
+    // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream-router.ts).
     undici: upstreamRouter as never,
     // PMS GETs have side effects: nothing is retried, neither on a socket error nor on a 503.
     retryMethods: [],
