@@ -18,6 +18,7 @@ import { Sealer } from './broker/sealer.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { TokenFileWatcher } from './broker/token-files.ts'
 import { TokenStore } from './broker/token-store.ts'
+import { UndecryptableTokens } from './broker/undecryptable.ts'
 import { RateLimiter } from './broker/rate-limiter.ts'
 import { RefusalTrail } from './broker/refusal-trail.ts'
 import { WindowCounters } from './broker/window-counters.ts'
@@ -172,7 +173,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     audit: auditWriter,
     auditRetentionMs: config.auditRetentionMs,
     recordTtlMs: config.tokenLifetimeMs,
-    onUndecryptable: undecryptableReporter(metrics, logger),
+    undecryptable: new UndecryptableTokens(metrics, logger),
   })
   const plexLimits = { timeoutMs: config.plexTimeoutMs, concurrency: config.plexConcurrency }
   const upstream = new PmsUpstream(PlexClient.upstreamOptions(plexLimits))
@@ -250,18 +251,6 @@ function createConnections (config: Readonly<Config>, logger: Logger): Connectio
     queue: createRedis(config, 'queue', logger),
     worker: config.role === 'api' ? undefined : createRedis(config, 'worker', logger),
     audit: config.redisWaitReplicas === 0 ? undefined : createRedis(config, 'audit', logger, { commandTimeout: 750 + 2 * config.redisWaitTimeoutMs }),
-  }
-}
-
-/** Undecryptable tokens are counted per server; the first of each server is also logged. */
-function undecryptableReporter (metrics: Metrics, logger: Logger): (server: string) => void {
-  const warned = new Set<string>()
-  return (server) => {
-    metrics.undecryptable.inc({ server })
-    if (warned.has(server)) return
-    warned.add(server)
-    logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
-      'each is invalidated and re-minted on its next request')
   }
 }
 
