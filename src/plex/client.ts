@@ -1,6 +1,6 @@
 import { errors as undiciErrors, request } from 'undici'
 import type { ServerConfig } from '../config/index.ts'
-import type { Metrics } from '../metrics.ts'
+import type { Histogram } from '@prometheus-io/client'
 import { MAX_BODY_BYTES, readCapped } from './body.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { parsePlex } from './parse.ts'
@@ -66,8 +66,12 @@ export interface PlexClientOptions {
    * origin's `admin` pool. Without it the client opens (and closes) connections of its own.
    */
   upstream?: PmsUpstream
-  /** Where each call's duration and outcome are recorded (`ptb_upstream_request_duration_seconds`). */
-  metrics?: Pick<Metrics, 'upstreamDuration'>
+  /**
+   * Where each call's duration and outcome are recorded: the instance's `Metrics`
+   * (`ptb_upstream_request_duration_seconds`). Typed by the histogram alone, so this layer does not
+   * import the metric registry (which imports the proxy's metrics, above this layer).
+   */
+  metrics?: { upstreamDuration: Histogram<'server' | 'endpoint' | 'outcome'> }
   /** Largest answer body, and largest event of the event stream, in bytes. Default {@link MAX_BODY_BYTES} (1 MiB). */
   maxBodyBytes?: number
 }
