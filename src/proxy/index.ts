@@ -5,14 +5,12 @@ import { HTTP_TIMEOUTS, type HttpTimeouts } from '../http-server.ts'
 import { describe } from '../errors.ts'
 import type { Services } from '../services.ts'
 import { AuditSampler } from './audit-sampler.ts'
-import { createRedis, type RedisClient } from '../redis.ts'
 import { ProxyGate } from './gate.ts'
-import { ProxyKeyCache } from './key-cache.ts'
 import { buildProxyListener } from './listener.ts'
 import { SessionCredentials } from './media-urls.ts'
 import { OpenResponses } from './open-responses.ts'
 import type { ProxyMetrics } from './proxy-metrics.ts'
-import { ProxyKeys } from './proxy-keys.ts'
+import type { ProxyKeys } from './proxy-keys.ts'
 import type { UpstreamPools } from '../plex/upstream.ts'
 
 export interface ProxyOptions {
@@ -23,11 +21,6 @@ export interface ProxyOptions {
   /** The audit sampler's window (default 60 s). */
   auditWindowMs?: number
   authFailures?: { max: number, timeWindowMs: number }
-  /**
-   * The local view of proxy keys (key-cache.ts): on by default; `false` reads every key from
-   * Redis. `connect` opens the reader's connection (tests), `freshMs` and `blockMs` as there.
-   */
-  keyCache?: false | { connect?: () => RedisClient, freshMs?: number, blockMs?: number }
 }
 
 /**
@@ -37,12 +30,11 @@ export interface ProxyOptions {
  */
 export class PmsProxy {
   readonly listeners = new Map<string, FastifyInstance>()
+  /** The service graph's proxy keys (services.ts), shared with the key routes. */
   readonly keys: ProxyKeys
   readonly open: OpenResponses
   readonly metrics: ProxyMetrics
   readonly sessions: SessionCredentials
-  /** The local view of proxy keys; undefined when turned off. */
-  readonly keyCache: ProxyKeyCache | undefined
   readonly #pools = new Map<string, UpstreamPools>()
   readonly #sampler: AuditSampler
   readonly #services: Services
@@ -50,20 +42,7 @@ export class PmsProxy {
   private constructor (services: Services, opts: ProxyOptions) {
     this.#services = services
     const { logger, auditWriter } = services
-    const hasListener = [...services.servers.values()].some((s) => s.proxy !== undefined)
-    const cacheOpts = opts.keyCache
-    this.keyCache = cacheOpts === false || !hasListener
-      ? undefined
-      : new ProxyKeyCache({
-        rc: services.rc,
-        // The reader's XREAD blocks: a connection of its own, like the push channel's reader.
-        connect: cacheOpts?.connect ?? (() => createRedis(services.config, 'push', logger)),
-        logger,
-        freshMs: cacheOpts?.freshMs,
-        blockMs: cacheOpts?.blockMs,
-      })
-    this.keyCache?.start()
-    this.keys = new ProxyKeys(services.rc, services.config, this.keyCache)
+    this.keys = services.proxyKeys
     this.metrics = services.metrics.proxy
     this.sessions = new SessionCredentials(services.config.brokerSecret, services.rc.now)
     this.open = new OpenResponses({
@@ -126,7 +105,6 @@ export class PmsProxy {
   async close (): Promise<void> {
     this.open.close()
     await Promise.all([...this.listeners.values()].map(async (app) => { await app.close() }))
-    await this.keyCache?.close()
     this.#sampler.flush()
   }
 }

@@ -11,7 +11,8 @@ import { describe } from '../errors.ts'
 import errorHandler, { sendError } from '../plugins/error-handler.ts'
 import requestIdentity, { requestContext } from '../plugins/request-identity.ts'
 import { encodeCanonicalPath } from './canonical-path.ts'
-import type { Admitted, Refused } from './gate.ts'
+import { attachCors, isPreflight } from './cors.ts'
+import { type Admitted, isLongAnswer, type Refused } from './gate.ts'
 import { manifestKind, signM3u8, signMpd } from './media-urls.ts'
 import { statusClass } from './proxy-metrics.ts'
 import { DROPPED_REQUEST_HEADERS } from './request-rewrite.ts'
@@ -93,6 +94,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
   await app.register(requestIdentity)
   await app.register(errorHandler, {})
+  attachCors(app, server.proxy?.corsOrigins ?? config.proxyCorsOrigins)
   await app.register(replyFrom, {
     // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream-router.ts).
     undici: upstreamRouter as never,
@@ -115,7 +117,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   const log = (request: FastifyRequest, reply: FastifyReply): void => {
     const a = request.proxied
     const r = request.proxyRefusal
-    const decision = r !== undefined ? r.decision : a === undefined ? 'error' : a.shadowed ? 'shadow' : 'allow'
+    const decision = r !== undefined ? r.decision : a === undefined ? (isPreflight(request) ? 'preflight' : 'error') : a.shadowed ? 'shadow' : 'allow'
     const client = a?.client.id ?? r?.client ?? ''
     const srv = a?.server.name ?? r?.server ?? server.name
     metrics.requests.inc({ client, server: srv, decision, status_class: statusClass(reply.statusCode) })
@@ -148,8 +150,15 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
     }
     request.proxied = admitted
     const ctx = { ...requestContext(request), via: 'proxy' as const }
-    const issued = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
-    return forward(request, reply, admitted, issued, false)
+    // The key's limits are counted with the token's serve (gate.ts `issue`).
+    const got = await gate.issue(admitted, isLongAnswer(admitted.path), async (meter) => await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter }))
+    if (!got.ok) {
+      request.proxyRefusal = got
+      if (hasBody(request.headers)) reply.header('connection', 'close')
+      return sendError(reply, request, got.status, got.code, got.message, got.retryAfter)
+    }
+    reply.raw.once('close', got.release)
+    return forward(request, reply, admitted, got.issued, false)
   }
 
   function forward (request: FastifyRequest, reply: FastifyReply, a: Admitted, issued: IssueResult, retried: boolean): FastifyReply {
@@ -276,6 +285,21 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
           return
         }
         if (scannable) {
+          // A small answer of known length (most API answers) is scanned in one piece: cheaper than
+          // a scanning stream per request. Anything else (feeds, big or unknown lengths) streams.
+          const length = Number(res.headers['content-length'])
+          if (req.method !== 'HEAD' && Number.isInteger(length) && length > 0 && length <= SMALL_ANSWER) {
+            collect(stream, SMALL_ANSWER, (body) => {
+              if (body === undefined) {
+                rep.raw.destroy()
+                return
+              }
+              const found = scrubBuffer(body, secretBuffers(secrets))
+              if (found > 0) leak(a, found)
+              rep.send(body)
+            })
+            return
+          }
           const scrubber = new LeakScrubber(scrubPlan(secrets), (n) => leak(a, n))
           stream.pipe(scrubber)
           scrubber.on('error', () => stream.destroy())
@@ -305,6 +329,33 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   app.all('/*', handler)
   attachWebsockets(app, { ...deps, logger, server })
   return app
+}
+
+/** Answers this small (with a known length) are scanned in one piece rather than streamed. */
+const SMALL_ANSWER = 64 * 1024
+
+/** Collects a stream's chunks (at most `max` bytes, else undefined) and calls back once. */
+function collect (stream: NodeJS.ReadableStream & { destroy: () => void }, max: number, done: (body: Buffer | undefined) => void): void {
+  const chunks: Buffer[] = []
+  let size = 0
+  let finished = false
+  const finish = (body: Buffer | undefined): void => {
+    if (finished) return
+    finished = true
+    done(body)
+  }
+  stream.on('data', (chunk: Buffer) => {
+    size += chunk.length
+    if (size > max) {
+      stream.destroy()
+      finish(undefined)
+      return
+    }
+    chunks.push(chunk)
+  })
+  stream.once('end', () => { finish(chunks.length === 1 ? Buffer.from(chunks[0]!) : Buffer.concat(chunks)) })
+  stream.once('error', () => { finish(undefined) })
+  stream.once('close', () => { finish(undefined) })
 }
 
 /** Reads a stream to its end into memory, at most `max` bytes; undefined beyond. */

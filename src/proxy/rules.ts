@@ -92,7 +92,28 @@ export interface ProxyPolicy {
   deny: readonly CompiledRule[]
   allow: readonly CompiledRule[]
   responseFilters: readonly ResponseFilter[]
+  /**
+   * Hosts a nested `url=` may name besides PMS itself (`allowUrlHosts`, docs/proxy.md *Nested
+   * URLs*): exact host names, lowercased, or `*.` and a domain for its subdomains.
+   */
+  allowUrlHosts: readonly string[]
+  /** Each proxy key's limits (`proxy.limits`, else PROXY_KEY_REQUESTS_PER_MINUTE and PROXY_KEY_OPEN_STREAMS). */
+  limits: ProxyKeyLimits
 }
+
+export interface ProxyKeyLimits {
+  /** Requests per key and minute; beyond: 429. */
+  requestsPerMinute: number
+  /** Long answers (media, event feeds, websockets) open at once per key, across instances; beyond: 429. */
+  openStreams: number
+}
+
+/**
+ * The defaults of the per-key limits (docs/proxy.md, *Per-key limits*): far above what a tool does
+ * (Tautulli polls every few seconds, a player keeps a few segment requests open), low enough that
+ * a runaway script or a leaked key cannot monopolise PMS.
+ */
+export const DEFAULT_KEY_LIMITS: ProxyKeyLimits = { requestsPerMinute: 3000, openStreams: 32 }
 
 export const MAX_PATTERN_LENGTH = 512
 const MAX_WILDCARDS = 8

@@ -53,7 +53,6 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
   const { services, gate, metrics, open, logger } = deps
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, maxPayload: 1024 * 1024 })
   const trust = services.config.trustProxy.length === 0 ? () => false : proxyAddr.compile([...services.config.trustProxy])
-  const sockets = new Set<WebSocket>()
 
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => {})
@@ -63,10 +62,8 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       if (!socket.destroyed) rawError(socket, e.statusCode ?? 502, e.code ?? 'UPSTREAM_UNAVAILABLE', e.statusCode !== undefined ? e.message ?? '' : 'PMS did not accept the websocket.', e.retryAfter)
     })
   })
-  // Shutdown: open sockets are told to reconnect (to another instance).
-  app.addHook('preClose', async () => {
-    for (const ws of sockets) ws.close(1012, 'broker restarting')
-  })
+  // Shutdown: open sockets are told to reconnect (to another instance) when the proxy ends every
+  // open answer (`open.close()`, proxy/index.ts), before this listener closes.
 
   async function handle (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const ip = clientAddress(proxyAddr(req, trust), req.socket.remoteAddress)
@@ -81,11 +78,18 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       return
     }
     const ctx = { requestId: randomUUID(), ip, via: 'proxy' as const }
-    const first = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
+    // A websocket is a long answer: it holds one of the key's open streams while it lives.
+    const got = await gate.issue(admitted, true, async (meter) => await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter }))
+    if (!got.ok) {
+      metrics.requests.inc({ client: got.client ?? '', server: got.server ?? deps.server.name, decision: got.decision, status_class: '4xx' })
+      rawError(socket, got.status, got.code, got.message, got.retryAfter)
+      return
+    }
+    socket.once('close', got.release)
     // PMS refused the token (it restarted): report it, and one more try with a fresh one
     // (broker/fresh-token-retry.ts); an upgrade has no body, so it is always replayable.
     const { answer: upstream, token: issued, after } = await sendWithFreshToken(services.rejection,
-      { client: admitted.client.id, server: admitted.server, ctx, replayable: true }, first,
+      { client: admitted.client.id, server: admitted.server, ctx, replayable: true }, got.issued,
       async (token) => await connect(req, admitted, token, ip), (answer) => typeof answer === 'number' ? answer : 101)
     if (typeof upstream === 'number') {
       if (upstream === 401) rawError(socket, 401, 'UNAUTHENTICATED', answer401(admitted.server.name, after))
@@ -119,14 +123,12 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
   }
 
   function pipe (client: WebSocket, up: WebSocket, a: Admitted, issued: IssueResult): void {
-    sockets.add(client)
     metrics.websockets.inc({ server: a.server.name })
     const secrets = [Buffer.from(issued.token), Buffer.from(a.server.adminToken)]
     let done = false
     const finish = (): void => {
       if (done) return
       done = true
-      sockets.delete(client)
       unregister()
       metrics.websockets.dec({ server: a.server.name })
     }
