@@ -18,6 +18,7 @@ import { Sealer } from './broker/sealer.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { TokenFileWatcher } from './broker/token-files.ts'
 import { TokenStore } from './broker/token-store.ts'
+import { UndecryptableTokens } from './broker/undecryptable.ts'
 import { RateLimiter } from './broker/rate-limiter.ts'
 import { RefusalTrail } from './broker/refusal-trail.ts'
 import { StreamLeases } from './broker/stream-leases.ts'
@@ -29,6 +30,7 @@ import { loggerOptions } from './logger.ts'
 import { Metrics } from './metrics.ts'
 import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
+import { PmsUpstream } from './plex/upstream.ts'
 import { ProxyKeyCache } from './proxy/key-cache.ts'
 import { ProxyKeys } from './proxy/proxy-keys.ts'
 import { createRedis, type RedisClient } from './redis.ts'
@@ -95,6 +97,8 @@ export interface Services {
   /** Writes the audit events that are not part of a token script, and makes security events durable. */
   auditWriter: AuditWriter
   store: TokenStore
+  /** Every connection to PMS, per origin (plex/upstream.ts): the PMS client's admin pool, the proxy's api and media pools. */
+  upstream: PmsUpstream
   plex: PlexClient
   /** Absent with PLEX_TV_URL=off. */
   plexTv?: PlexTv
@@ -185,14 +189,11 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     audit: auditWriter,
     auditRetentionMs: config.auditRetentionMs,
     recordTtlMs: config.tokenLifetimeMs,
-    onUndecryptable: undecryptableReporter(metrics, logger),
+    undecryptable: new UndecryptableTokens(metrics, logger),
   })
-  const plex = new PlexClient({
-    clientIdentifier,
-    timeoutMs: config.plexTimeoutMs,
-    concurrency: config.plexConcurrency,
-    onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
-  })
+  const plexLimits = { timeoutMs: config.plexTimeoutMs, concurrency: config.plexConcurrency }
+  const upstream = new PmsUpstream(PlexClient.upstreamOptions(plexLimits))
+  const plex = new PlexClient({ clientIdentifier, ...plexLimits, upstream, metrics })
   const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
   const states = new ServerStates(rc, plex)
   const queues = createQueues(connections.queue, keys.queuePrefix)
@@ -260,7 +261,7 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     })
   proxyKeyCache?.start()
   const proxyKeys = new ProxyKeys(rc, config, proxyKeyCache)
-  const parts = { config, logger, metrics, servers, keys, rc, connections, clock, sealer, locks, auditWriter, store, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, proxyKeys, proxyKeyCache, events, runner }
+  const parts = { config, logger, metrics, servers, keys, rc, connections, clock, sealer, locks, auditWriter, store, upstream, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, proxyKeys, proxyKeyCache, events, runner }
   return {
     ...parts,
     start: async () => {
@@ -283,18 +284,6 @@ function createConnections (config: Readonly<Config>, logger: Logger): Connectio
   }
 }
 
-/** Undecryptable tokens are counted per server; the first of each server is also logged. */
-function undecryptableReporter (metrics: Metrics, logger: Logger): (server: string) => void {
-  const warned = new Set<string>()
-  return (server) => {
-    metrics.undecryptable.inc({ server })
-    if (warned.has(server)) return
-    warned.add(server)
-    logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
-      'each is invalidated and re-minted on its next request')
-  }
-}
-
 /** Stops everything in reverse order of construction: workers first (they finish or leave in-flight jobs), then the clients, then the connections they use. */
 async function closeServices (s: Omit<Services, 'start' | 'close'>): Promise<void> {
   s.watcher.stop()
@@ -308,6 +297,8 @@ async function closeServices (s: Omit<Services, 'start' | 'close'>): Promise<voi
   await s.plexTv?.close()
   await s.queues.close()
   await s.plex.close()
+  // The proxy's listeners closed before the services (app.ts), so no answer is still using these.
+  await s.upstream.close()
   const c = s.connections
   for (const r of [c.worker, c.queue, c.audit, c.ratelimit, c.cache]) {
     await r?.quit().catch(() => r.disconnect())

@@ -6,6 +6,7 @@ import { tokenReason } from './push-log.ts'
 import type { Counter } from './rate-limiter.ts'
 import { PEEK, RESEAL, RETIRE, SERVE, STORE } from './scripts.ts'
 import type { Sealer } from './sealer.ts'
+import type { UndecryptableTokens } from './undecryptable.ts'
 import { type CurrentToken, type NewToken, type RetireSelector, type ServedToken, slotKey, type TokenRecord, type TokenState } from './tokens.ts'
 
 export interface TokenStoreOptions {
@@ -22,10 +23,10 @@ export interface TokenStoreOptions {
   /** Upper bound of a serve (a coarse deadline, see #hot). Default keys.ts STORE_TIMEOUT_MS. */
   timeoutMs?: number
   /**
-   * Called when a stored token cannot be opened (sealed under another BROKER_SECRET, or corrupt);
-   * the token has already been invalidated with reason `undecryptable` (metrics, a log line).
+   * Told when a stored token cannot be opened (sealed under another BROKER_SECRET, or corrupt),
+   * after the token was invalidated with reason `undecryptable` (a metric, a log line).
    */
-  onUndecryptable?: (server: string, tokenId: string) => void
+  undecryptable?: UndecryptableTokens
 }
 
 /**
@@ -41,7 +42,7 @@ export class TokenStore {
   readonly #retentionMs: number
   /** The hot call's deadline, without a timer per call (a timer cost 1.5 % of the profile; redis.ts CoarseDeadline). */
   readonly #hot: CoarseDeadline
-  readonly #onUndecryptable: (server: string, tokenId: string) => void
+  readonly #undecryptableTokens: UndecryptableTokens | undefined
 
   constructor (opts: TokenStoreOptions) {
     this.#rc = opts.rc
@@ -50,7 +51,7 @@ export class TokenStore {
     this.#recordTtlMs = opts.recordTtlMs
     this.#retentionMs = opts.auditRetentionMs ?? 30 * 86_400_000
     this.#hot = new CoarseDeadline(opts.timeoutMs ?? STORE_TIMEOUT_MS)
-    this.#onUndecryptable = opts.onUndecryptable ?? (() => {})
+    this.#undecryptableTokens = opts.undecryptable
   }
 
   /**
@@ -147,7 +148,7 @@ export class TokenStore {
   /** Takes a token that cannot be opened out of service, so the next request mints a fresh one. */
   async #undecryptable (tokenId: string, server: string, why: string): Promise<void> {
     await this.retire({ tokenId }, 'invalidated', 'token.invalidate', { reason: 'undecryptable', why })
-    this.#onUndecryptable(server, tokenId)
+    this.#undecryptableTokens?.report(server)
   }
 
   /** Id of the live current token of (client, server), without auditing or touching activity. */

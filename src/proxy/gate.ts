@@ -12,7 +12,7 @@ import type { ProxyMetrics } from './proxy-metrics.ts'
 import { PROXY_KEY_PREFIX, type ProxyKeyCheck, type ProxyKeys } from './proxy-keys.ts'
 import { extractCredential, queryKeys } from './request-rewrite.ts'
 import { type Decision, evaluate, type ProxyPolicy, stripLogFilter } from './rules.ts'
-import { poolFor } from './upstream.ts'
+import { poolFor } from '../plex/upstream.ts'
 
 /**
  * The proxy's decision for one request, HTTP or websocket upgrade alike (docs/proxy.md, *How a

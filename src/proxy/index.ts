@@ -11,12 +11,11 @@ import { SessionCredentials } from './media-urls.ts'
 import { OpenResponses } from './open-responses.ts'
 import type { ProxyMetrics } from './proxy-metrics.ts'
 import type { ProxyKeys } from './proxy-keys.ts'
-import { UpstreamPools, type UpstreamOptions } from './upstream.ts'
+import type { UpstreamPools } from '../plex/upstream.ts'
 
 export interface ProxyOptions {
   /** Timeouts of the listeners (tests shorten them); defaults as the API's. */
   timeouts?: Partial<HttpTimeouts>
-  upstream?: UpstreamOptions
   /** How often open answers' keys are checked (default 500 ms). */
   recheckIntervalMs?: number
   /** The audit sampler's window (default 60 s). */
@@ -26,7 +25,7 @@ export interface ProxyOptions {
 
 /**
  * The PMS proxy of one broker instance: a listener per server with a proxy port (docs/proxy.md),
- * the upstream pools, the revocation watcher of open answers, the audit sampler and the metrics.
+ * the upstream pools by server, the revocation watcher of open answers, the audit sampler and the metrics.
  * Built with the app (app.ts), listening when the API does (server.ts), closed before the services.
  */
 export class PmsProxy {
@@ -59,7 +58,8 @@ export class PmsProxy {
           .catch((err: unknown) => logger.warn({ err: describe(err) }, 'proxy audit write failed'))
       },
     })
-    for (const s of services.servers.values()) this.#pools.set(s.name, new UpstreamPools(s.url, opts.upstream))
+    // The connections are the services' (shared with the PMS client, closed with the services).
+    for (const s of services.servers.values()) this.#pools.set(s.name, services.upstream.pools(s.url))
   }
 
   static async create (services: Services, opts: ProxyOptions = {}): Promise<PmsProxy> {
@@ -101,11 +101,10 @@ export class PmsProxy {
     return typeof address === 'object' && address !== null ? (address as AddressInfo).port : 0
   }
 
-  /** Stops the listeners (open answers end), the watcher and the pools; flushes the audit sampler. */
+  /** Stops the listeners (open answers end) and the watcher; flushes the audit sampler. The pools close with the services. */
   async close (): Promise<void> {
     this.open.close()
     await Promise.all([...this.listeners.values()].map(async (app) => { await app.close() }))
     this.#sampler.flush()
-    await Promise.all([...this.#pools.values()].map(async (p) => { await p.close() }))
   }
 }

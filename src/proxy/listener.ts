@@ -3,6 +3,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from 'fastify'
 import replyFrom from '@fastify/reply-from'
 import type { Logger } from 'pino'
+import { afterRejection, answer401 } from '../broker/fresh-token-retry.ts'
 import type { IssueResult } from '../broker/issuer.ts'
 import type { ServerConfig } from '../config/index.ts'
 import type { HttpTimeouts } from '../http-server.ts'
@@ -17,7 +18,8 @@ import { statusClass } from './proxy-metrics.ts'
 import { DROPPED_REQUEST_HEADERS } from './request-rewrite.ts'
 import { isScannableType, LeakScrubber, MAX_FILTERED_BODY, removeAttributes, rewriteLocation, scrubBuffer, scrubPlan, secretBuffers } from './response-rewrite.ts'
 import { responseAttributesToRemove } from './rules.ts'
-import { forwardContext, poolFor, type UpstreamPools, upstreamRouter } from './upstream.ts'
+import { poolFor, type UpstreamPools } from '../plex/upstream.ts'
+import { forwardContext, upstreamRouter } from './upstream-router.ts'
 import type { ProxyListenerDeps } from './listener-deps.ts'
 import { attachWebsockets } from './websocket.ts'
 
@@ -94,7 +96,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   await app.register(errorHandler, {})
   attachCors(app, server.proxy?.corsOrigins ?? config.proxyCorsOrigins)
   await app.register(replyFrom, {
-    // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream.ts).
+    // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream-router.ts).
     undici: upstreamRouter as never,
     // PMS GETs have side effects: nothing is retried, neither on a socket error nor on a 503.
     retryMethods: [],
@@ -227,16 +229,16 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
         if (res.statusCode === 401) {
           stream.resume()
           for (const name of Object.keys(res.headers)) rep.removeHeader(name)
-          // PMS refused the broker's token: the same check as a client's report (rejection-check.ts).
-          const mayRetry = !retried && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers)
+          // PMS refused the broker's token: report it, and one retry with a fresh token
+          // (broker/fresh-token-retry.ts). The body streamed to PMS is gone: only a GET or HEAD
+          // without one is replayable, and a write is never sent twice on the caller's behalf.
+          const replayable = (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers)
           reply.raw.off('close', onClose)
           unregister()
-          void services.rejection.report(a.client.id, a.server, issued.tokenId, { ...requestContext(req), via: 'proxy' }).then((fresh) => {
-            if (mayRetry) {
-              forward(req, rep, a, fresh, true)
-            } else {
-              sendError(rep, req, 401, 'UNAUTHENTICATED', `PMS "${a.server.name}" rejected the broker's token for this request; it has been checked and replaced: retry.`)
-            }
+          const ctx = { ...requestContext(req), via: 'proxy' as const }
+          void afterRejection(services.rejection, { client: a.client.id, server: a.server, ctx, used: issued, replayable, retried }).then((after) => {
+            if (after.retry) forward(req, rep, a, after.token, true)
+            else sendError(rep, req, 401, 'UNAUTHENTICATED', answer401(a.server.name, after))
           }, (err: unknown) => {
             const e = err as { statusCode?: number, code?: string, message?: string }
             sendError(rep, req, e.statusCode ?? 502, e.code ?? 'UPSTREAM_UNAVAILABLE', e.statusCode !== undefined ? e.message ?? '' : `PMS "${a.server.name}" is unavailable.`)

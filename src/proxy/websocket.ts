@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { randomUUID } from 'node:crypto'
 import { WebSocket, WebSocketServer, type RawData } from 'ws'
+import { answer401, sendWithFreshToken } from '../broker/fresh-token-retry.ts'
 import type { IssueResult } from '../broker/issuer.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { clientAddress } from '../plugins/request-identity.ts'
@@ -19,7 +20,7 @@ import { scrubBuffer } from './response-rewrite.ts'
  * checked at the upgrade (a refusal is a plain HTTP answer, never a socket that opens and
  * closes); the `log` filter is removed by the gate; the upstream socket is opened with the
  * client's transient token before the caller's is accepted, so a PMS 401 is answered as one (after
- * one re-mint, as for HTTP). Frames pass both ways; text frames are checked for credentials.
+ * the report and one retry with a fresh token, as for HTTP: broker/fresh-token-retry.ts). Frames pass both ways; text frames are checked for credentials.
  *
  * When PMS goes away (a restart drops every socket without a close frame), the caller's socket is
  * closed with 1012 ("service restart"), which clients treat as "reconnect": their next upgrade
@@ -85,16 +86,14 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       return
     }
     socket.once('close', got.release)
-    let issued = got.issued
-    let upstream = await connect(req, admitted, issued, ip)
-    if (upstream === 401) {
-      // PMS refused the token (it restarted): the same check as any report, then one more try.
-      issued = await services.rejection.report(admitted.client.id, admitted.server, issued.tokenId, ctx)
-      upstream = await connect(req, admitted, issued, ip)
-    }
+    // PMS refused the token (it restarted): report it, and one more try with a fresh one
+    // (broker/fresh-token-retry.ts); an upgrade has no body, so it is always replayable.
+    const { answer: upstream, token: issued, after } = await sendWithFreshToken(services.rejection,
+      { client: admitted.client.id, server: admitted.server, ctx, replayable: true }, got.issued,
+      async (token) => await connect(req, admitted, token, ip), (answer) => typeof answer === 'number' ? answer : 101)
     if (typeof upstream === 'number') {
-      rawError(socket, upstream === 401 ? 401 : 502, upstream === 401 ? 'UNAUTHENTICATED' : 'UPSTREAM_UNAVAILABLE',
-        upstream === 401 ? `PMS "${admitted.server.name}" rejected the broker's token; retry.` : `PMS "${admitted.server.name}" did not accept the websocket.`)
+      if (upstream === 401) rawError(socket, 401, 'UNAUTHENTICATED', answer401(admitted.server.name, after))
+      else rawError(socket, 502, 'UPSTREAM_UNAVAILABLE', `PMS "${admitted.server.name}" did not accept the websocket.`)
       return
     }
     const up = upstream
