@@ -35,7 +35,8 @@ t.test("the broker's own PMS calls do not queue behind proxied traffic on the sa
   t.equal(plex.breakerState('fx'), 'closed')
   t.equal(upstream.pools(url), upstream.pools(`${url}/`), 'one set of pools per origin, whatever the path')
   for (const end of held.splice(0)) end()
-  await new Promise((resolve) => setTimeout(resolve, 20))
+  // The third call gets a connection once one is free: wait for PMS to hold it, then answer it.
+  while (held.length === 0) await new Promise((resolve) => setTimeout(resolve, 10))
   for (const end of held.splice(0)) end()
   t.same(await Promise.all(proxied), ['late', 'late', 'late'], 'the proxied calls were served in turn')
 })
