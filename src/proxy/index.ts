@@ -12,6 +12,7 @@ import { OpenResponses } from './open-responses.ts'
 import type { ProxyMetrics } from './proxy-metrics.ts'
 import type { ProxyKeys } from './proxy-keys.ts'
 import type { UpstreamPools } from '../plex/upstream.ts'
+import { ProxyTokenView } from './token-view.ts'
 
 export interface ProxyOptions {
   /** Timeouts of the listeners (tests shorten them); defaults as the API's. */
@@ -21,6 +22,8 @@ export interface ProxyOptions {
   /** The audit sampler's window (default 60 s). */
   auditWindowMs?: number
   authFailures?: { max: number, timeWindowMs: number }
+  /** Longest a token is used from the local view (default 1 s; token-view.ts). */
+  tokenMaxAgeMs?: number
 }
 
 /**
@@ -32,6 +35,8 @@ export class PmsProxy {
   readonly listeners = new Map<string, FastifyInstance>()
   /** The service graph's proxy keys (services.ts), shared with the key routes. */
   readonly keys: ProxyKeys
+  /** The local view of the clients' live tokens (follows the key view's change-log reader). */
+  readonly tokens: ProxyTokenView
   readonly open: OpenResponses
   readonly metrics: ProxyMetrics
   readonly sessions: SessionCredentials
@@ -43,6 +48,7 @@ export class PmsProxy {
     this.#services = services
     const { logger, auditWriter } = services
     this.keys = services.proxyKeys
+    this.tokens = new ProxyTokenView({ issuer: services.issuer, keyCache: services.proxyKeyCache, now: services.rc.now, maxAgeMs: opts.tokenMaxAgeMs })
     this.metrics = services.metrics.proxy
     this.sessions = new SessionCredentials(services.config.brokerSecret, services.rc.now)
     this.open = new OpenResponses({
@@ -80,7 +86,7 @@ export class PmsProxy {
         authFailures: opts.authFailures,
       })
       proxy.listeners.set(server.name, await buildProxyListener({
-        services, gate, pools: proxy.#pools, sessions: proxy.sessions, open: proxy.open, metrics: proxy.metrics, timeouts,
+        services, gate, pools: proxy.#pools, sessions: proxy.sessions, tokens: proxy.tokens, open: proxy.open, metrics: proxy.metrics, timeouts,
       }, server))
     }
     return proxy

@@ -55,6 +55,7 @@ export class ProxyKeyCache {
   #loop: Promise<void> | undefined
   #closed = false
   #wasFresh = false
+  readonly #subscribers: Array<(type: string, fields: string[]) => void> = []
 
   constructor (opts: KeyCacheOptions) {
     this.#o = opts
@@ -85,6 +86,15 @@ export class ProxyKeyCache {
     if (!this.#fresh() || generation !== this.#generation) return
     if (this.#entries.size >= (this.#o.maxEntries ?? 10_000)) this.#entries.clear()
     this.#entries.set(id, record)
+  }
+
+  /**
+   * Calls `fn` with every change-log entry the reader sees (its `type` and raw fields), before the
+   * round that brought it is confirmed: the proxy's view of tokens (token-view.ts) follows the
+   * same reader, so one XREAD per instance keeps both current.
+   */
+  onEntry (fn: (type: string, fields: string[]) => void): void {
+    this.#subscribers.push(fn)
   }
 
   /** Drops a record at once (a revocation made through this instance). */
@@ -138,8 +148,12 @@ export class ProxyKeyCache {
           for (const [id, fields] of entries) {
             position = id
             n++
-            const key = proxyKeyOf(fields)
-            if (key !== undefined) this.forget(key)
+            const type = typeOf(fields)
+            if (type === PROXY_KEY_ENTRY_TYPE) {
+              const key = proxyKeyOf(fields)
+              if (key !== undefined) this.forget(key)
+            }
+            for (const fn of this.#subscribers) fn(type ?? '', fields)
           }
         }
         // A full batch may have left entries written before `sent` unread: not a confirmed round.
@@ -173,4 +187,10 @@ function proxyKeyOf (fields: string[]): string | undefined {
     else if (fields[i] === 'id') id = fields[i + 1]
   }
   return type === PROXY_KEY_ENTRY_TYPE ? id : undefined
+}
+
+/** The `type` field of a change-log entry. */
+function typeOf (fields: string[]): string | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === 'type') return fields[i + 1]
+  return undefined
 }

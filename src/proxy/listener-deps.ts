@@ -5,6 +5,7 @@ import type { SessionCredentials } from './media-urls.ts'
 import type { OpenResponses } from './open-responses.ts'
 import type { ProxyMetrics } from './proxy-metrics.ts'
 import type { UpstreamPools } from '../plex/upstream.ts'
+import type { ProxyTokenView } from './token-view.ts'
 
 /** What a proxy listener and its websocket handling share (listener.ts, websocket.ts). */
 export interface ProxyListenerDeps {
@@ -13,6 +14,8 @@ export interface ProxyListenerDeps {
   /** Upstream pools by server name (the services' `upstream`, src/plex/upstream.ts). */
   pools: ReadonlyMap<string, UpstreamPools>
   sessions: SessionCredentials
+  /** The clients' live tokens, from the local view when it may be used (token-view.ts). */
+  tokens: ProxyTokenView
   open: OpenResponses
   metrics: ProxyMetrics
   timeouts: HttpTimeouts

@@ -150,8 +150,12 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
     }
     request.proxied = admitted
     const ctx = { ...requestContext(request), via: 'proxy' as const }
-    // The key's limits are counted with the token's serve (gate.ts `issue`).
-    const got = await gate.issue(admitted, isLongAnswer(admitted.path), async (meter) => await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter }))
+    // The key's limits are counted with the token's serve (gate.ts `issue`); a key without a
+    // request limit takes its token from the local view (token-view.ts).
+    const counted = admitted.policy.limits.requestsPerMinute > 0
+    const got = await gate.issue(admitted, isLongAnswer(admitted.path), async (meter) => counted
+      ? await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter })
+      : await deps.tokens.issue(admitted.client.id, admitted.server, ctx))
     if (!got.ok) {
       request.proxyRefusal = got
       if (hasBody(request.headers)) reply.header('connection', 'close')
@@ -235,6 +239,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
           const replayable = (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers)
           reply.raw.off('close', onClose)
           unregister()
+          deps.tokens.forget(a.client.id, a.server.name)
           const ctx = { ...requestContext(req), via: 'proxy' as const }
           void afterRejection(services.rejection, { client: a.client.id, server: a.server, ctx, used: issued, replayable, retried }).then((after) => {
             if (after.retry) forward(req, rep, a, after.token, true)
