@@ -71,7 +71,8 @@ COPY --from=build /app/dist ./dist
 RUN ln -s /app/dist/cli/ptb.js /usr/local/bin/ptb
 # The image's built-in unprivileged user.
 USER node
-EXPOSE 8080
+# The API; PROXY_PORT (docker-compose.yml: 32402) adds the PMS proxy's listener.
+EXPOSE 8080 32402
 # Liveness only (/healthz): a Redis outage must not get every broker restarted.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]

@@ -110,7 +110,9 @@ export async function proxyBench (log: Log): Promise<void> {
   ].join('\n') + '\n')
   const apiPort = await freePort()
   const proxyPort = await freePort()
-  const broker = spawnNode(['src/server.ts'], {
+  // BENCH_PROFILE_DIR=dir writes a V8 CPU profile of the broker process there (node --cpu-prof).
+  const profile = process.env.BENCH_PROFILE_DIR
+  const broker = spawnNode([...(profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`]), 'src/server.ts'], {
     REDIS_URL,
     REDIS_PREFIX: prefix,
     BROKER_SECRET: randomBytes(32).toString('base64'),
@@ -162,6 +164,8 @@ export async function proxyBench (log: Log): Promise<void> {
     log(`Redis commands per proxied request: ${fmt((after - before) / Math.max(1, brokerR.requests), 2)} (INFO commandstats delta over ${fmt(brokerR.requests)} requests; by design EVALSHA of the serve script, whose inner commands Redis counts too, and HGETALL of the key when the local view of keys does not have it).`)
     log()
 
+    // BENCH_PROXY_PARTS=small skips the large-body and memory parts (while iterating on the small-answer path).
+    if (process.env.BENCH_PROXY_PARTS === 'small') return
     const part = '/library/parts/1/1700000000/file.mp4'
     log('### Large body: one download of a 1 GiB media part, read to the end (median of 3)')
     log()

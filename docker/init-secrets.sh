@@ -17,7 +17,8 @@
 #   metrics-token            METRICS_TOKEN: the bearer token Prometheus sends to the broker's /metrics
 #
 # The client secrets (thumbnailer: token:issue on the default server; ops: revoke, audit,
-# servers, rotate) are printed once, on stdout, and stored nowhere: hand each to its service.
+# servers, rotate, proxy keys) are printed once, on stdout, and stored nowhere: hand each to its
+# service. A third client, homepage, uses the PMS proxy only, through a proxy key ops create.
 #
 # Permissions: DIR is 0700, so on the host only its owner reaches the files. The files themselves
 # are 0644: compose mounts them with their host owner and mode, and the containers read them as
@@ -75,6 +76,8 @@ if wanted metrics-token; then random_hex 32 | put metrics-token; note metrics-to
 if wanted broker.yaml; then
   thumbnailer=ptb_$(random_b64url)
   ops=ptb_$(random_b64url)
+  # homepage reaches PMS only through the proxy, with a proxy key: its API secret is thrown away.
+  homepage=ptb_$(random_b64url)
   put broker.yaml <<EOF
 # Broker config for docker-compose.yml, written by docker/init-secrets.sh.
 # The \`default\` server comes from PLEX_URL and PLEX_TOKEN_FILE in the compose file; add more
@@ -91,7 +94,15 @@ clients:
   - id: ops
     secretSha256: "$(sha256_hex "$ops")"
     servers: ["*"]
-    scopes: [token:revoke, audit:read, server:read, server:rotate]
+    scopes: [token:revoke, audit:read, server:read, server:rotate, proxy-key:manage]
+  # A dashboard (Homepage, Organizr) on the PMS proxy (PROXY_PORT in docker-compose.yml): ops give
+  # it a proxy key with \`ptb proxy-key create --client homepage\`. Proxy-only: nobody holds its
+  # API secret (a random one was digested and forgotten).
+  - id: homepage
+    secretSha256: "$(sha256_hex "$homepage")"
+    servers: [default]
+    scopes: [token:issue]
+    proxy: { preset: dashboard }
 EOF
   note broker.yaml made
   cat <<EOF

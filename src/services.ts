@@ -18,8 +18,10 @@ import { Sealer } from './broker/sealer.ts'
 import { ServerStates } from './broker/server-state.ts'
 import { TokenFileWatcher } from './broker/token-files.ts'
 import { TokenStore } from './broker/token-store.ts'
+import { UndecryptableTokens } from './broker/undecryptable.ts'
 import { RateLimiter } from './broker/rate-limiter.ts'
 import { RefusalTrail } from './broker/refusal-trail.ts'
+import { StreamLeases } from './broker/stream-leases.ts'
 import { WindowCounters } from './broker/window-counters.ts'
 import { JobProducer } from './jobs/producer.ts'
 import { createQueues, type Queues } from './jobs/queues.ts'
@@ -28,6 +30,8 @@ import { loggerOptions } from './logger.ts'
 import { Metrics } from './metrics.ts'
 import { PlexClient } from './plex/client.ts'
 import { PlexTv } from './plex/plextv.ts'
+import { PmsUpstream } from './plex/upstream.ts'
+import { ProxyKeyCache } from './proxy/key-cache.ts'
 import { ProxyKeys } from './proxy/proxy-keys.ts'
 import { createRedis, type RedisClient } from './redis.ts'
 
@@ -43,6 +47,14 @@ export interface ServiceOverrides {
   plexClientIdentifier?: string
   /** How long refusals of one client or address are counted into one audit event (default 1 minute). */
   refusalWindowMs?: number
+  /**
+   * The proxy's local view of proxy keys (proxy/key-cache.ts): on by default where a server has a
+   * proxy listener; `false` reads every key from Redis. `connect` opens the reader's connection
+   * (tests), `freshMs` and `blockMs` as there.
+   */
+  proxyKeyCache?: false | { connect?: () => RedisClient, freshMs?: number, blockMs?: number }
+  /** How long a lease of a concurrency limit lives unrenewed (broker/stream-leases.ts; default 30 s). */
+  leaseMs?: number
 }
 
 /** The Redis connections of one instance, one per role (redis.ts). */
@@ -85,6 +97,8 @@ export interface Services {
   /** Writes the audit events that are not part of a token script, and makes security events durable. */
   auditWriter: AuditWriter
   store: TokenStore
+  /** Every connection to PMS, per origin (plex/upstream.ts): the PMS client's admin pool, the proxy's api and media pools. */
+  upstream: PmsUpstream
   plex: PlexClient
   /** Absent with PLEX_TV_URL=off. */
   plexTv?: PlexTv
@@ -105,8 +119,14 @@ export interface Services {
   /** The push channel's registry of open streams and its reader of the shared change log (broker/push.ts). */
   push: PushHub
   watcher: TokenFileWatcher
-  /** Proxy keys (src/proxy/proxy-keys.ts), checked against this instance's configuration. */
+  /**
+   * Proxy keys (src/proxy/proxy-keys.ts), checked against this instance's configuration: the one
+   * instance the key routes and the PMS proxy share, so a revocation here drops the key from the
+   * local view at once.
+   */
   proxyKeys: ProxyKeys
+  /** The local view of proxy keys the proxy's checks read (proxy/key-cache.ts); undefined without a proxy listener or when turned off. */
+  proxyKeyCache: ProxyKeyCache | undefined
   /** The PMS event streams (a drop queues a probe); undefined when BROKER_ROLE is `api`. */
   events: PmsEventWatcher | undefined
   /** The background worker of this instance; undefined when BROKER_ROLE is `api`. */
@@ -169,14 +189,11 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
     audit: auditWriter,
     auditRetentionMs: config.auditRetentionMs,
     recordTtlMs: config.tokenLifetimeMs,
-    onUndecryptable: undecryptableReporter(metrics, logger),
+    undecryptable: new UndecryptableTokens(metrics, logger),
   })
-  const plex = new PlexClient({
-    clientIdentifier,
-    timeoutMs: config.plexTimeoutMs,
-    concurrency: config.plexConcurrency,
-    onCall: (e) => metrics.upstreamDuration.observe({ server: e.server, endpoint: e.endpoint, outcome: e.outcome }, e.durationMs / 1000),
-  })
+  const plexLimits = { timeoutMs: config.plexTimeoutMs, concurrency: config.plexConcurrency }
+  const upstream = new PmsUpstream(PlexClient.upstreamOptions(plexLimits))
+  const plex = new PlexClient({ clientIdentifier, ...plexLimits, upstream, metrics })
   const plexTv = config.plexTvUrl === undefined ? undefined : new PlexTv({ baseUrl: config.plexTvUrl, clientIdentifier, timeoutMs: config.plexTimeoutMs })
   const states = new ServerStates(rc, plex)
   const queues = createQueues(connections.queue, keys.queuePrefix)
@@ -204,7 +221,9 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
   const audit = new AuditLog(rc, { metrics, logger })
   const readiness = new Readiness({ ...rc, target: config })
   const refusals = new RefusalTrail({ audit: auditWriter, logger, windowMs: overrides.refusalWindowMs })
-  const limiter = new RateLimiter({ counters: new WindowCounters(connections.ratelimit), keys, clientDefault: config.defaultRateLimit, metrics, logger })
+  const limiter = new RateLimiter({
+    counters: new WindowCounters(connections.ratelimit), leases: new StreamLeases(connections.ratelimit, { leaseMs: overrides.leaseMs }), keys, clientDefault: config.defaultRateLimit, metrics, logger,
+  })
   const push = new PushHub({ rc, target: config, logger, limiter, maxPerClient: config.streamMaxPerClient, maxTotal: config.streamMaxTotal })
   const watcher = new TokenFileWatcher(servers, logger, adminHealth)
   const worker = connections.worker
@@ -229,8 +248,20 @@ export function createServices (config: Readonly<Config>, overrides: ServiceOver
       lockDurationMs: lockDuration(config.tokenRenewAfterMs),
       concurrency: config.plexConcurrency,
     })
-  const proxyKeys = new ProxyKeys(rc, config)
-  const parts = { config, logger, metrics, servers, keys, rc, connections, clock, sealer, locks, auditWriter, store, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, proxyKeys, events, runner }
+  const cacheOpts = overrides.proxyKeyCache
+  const proxyKeyCache = cacheOpts === false || !config.servers.some((s) => s.proxy !== undefined)
+    ? undefined
+    : new ProxyKeyCache({
+      rc,
+      // The reader's XREAD blocks: a connection of its own, like the push channel's reader.
+      connect: cacheOpts?.connect ?? (() => createRedis(config, 'push', logger)),
+      logger,
+      freshMs: cacheOpts?.freshMs,
+      blockMs: cacheOpts?.blockMs,
+    })
+  proxyKeyCache?.start()
+  const proxyKeys = new ProxyKeys(rc, config, proxyKeyCache)
+  const parts = { config, logger, metrics, servers, keys, rc, connections, clock, sealer, locks, auditWriter, store, upstream, plex, plexTv, states, adminHealth, issuer, rejection, queues, jobs, rotator, probe, audit, readiness, limiter, refusals, push, watcher, proxyKeys, proxyKeyCache, events, runner }
   return {
     ...parts,
     start: async () => {
@@ -253,18 +284,6 @@ function createConnections (config: Readonly<Config>, logger: Logger): Connectio
   }
 }
 
-/** Undecryptable tokens are counted per server; the first of each server is also logged. */
-function undecryptableReporter (metrics: Metrics, logger: Logger): (server: string) => void {
-  const warned = new Set<string>()
-  return (server) => {
-    metrics.undecryptable.inc({ server })
-    if (warned.has(server)) return
-    warned.add(server)
-    logger.warn({ server }, 'cached tokens cannot be opened (BROKER_SECRET changed, or the data was altered): ' +
-      'each is invalidated and re-minted on its next request')
-  }
-}
-
 /** Stops everything in reverse order of construction: workers first (they finish or leave in-flight jobs), then the clients, then the connections they use. */
 async function closeServices (s: Omit<Services, 'start' | 'close'>): Promise<void> {
   s.watcher.stop()
@@ -273,10 +292,13 @@ async function closeServices (s: Omit<Services, 'start' | 'close'>): Promise<voi
   await s.refusals.flush()
   // The streams themselves were ended by the route's preClose hook; this stops the reader.
   await s.push.close()
+  await s.proxyKeyCache?.close()
   await s.runner?.close()
   await s.plexTv?.close()
   await s.queues.close()
   await s.plex.close()
+  // The proxy's listeners closed before the services (app.ts), so no answer is still using these.
+  await s.upstream.close()
   const c = s.connections
   for (const r of [c.worker, c.queue, c.audit, c.ratelimit, c.cache]) {
     await r?.quit().catch(() => r.disconnect())

@@ -44,6 +44,8 @@ t.test('defaults', async (t) => {
     streamMaxPerClient: 16,
     streamMaxTotal: 1000,
     streamHeartbeatMs: 15_000,
+    proxyKeyLimits: { requestsPerMinute: 0, openStreams: 0 },
+    proxyCorsOrigins: [],
     trustProxy: [],
     defaultRateLimit: { max: 600, timeWindowMs: 60_000 },
     demo: false,
@@ -306,6 +308,59 @@ t.test('config file: proxy rules per client, compiled at load; every bad one nam
   t.equal(bad.length, 3, 'every problem at once')
   t.match(problems({ ...BASE, BROKER_CONFIG: file(client('x', 5, '    proxy: { preset: read, rules: [] }\n')) }).join(), /clients\[0\]\.proxy: must not have additional properties \(rules\)/)
   t.match(problems({ ...BASE, BROKER_CONFIG: file(client('x', 5, '    proxy: { preset: read, mode: audit }\n')) }).join(), /clients\[0\]\.proxy\.mode/)
+})
+
+t.test('config file: per-key limits and allowUrlHosts per client; PROXY_KEY_* defaults; bad hosts named', async (t) => {
+  const dir = t.testdir({})
+  const digest = (n: number): string => String(n).repeat(64).slice(0, 64)
+  const file = (clients: string): string => {
+    const path = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`)
+    writeFileSync(path, `clients:\n${clients}`)
+    return path
+  }
+  const client = (id: string, n: number, proxy: string): string =>
+    `  - id: ${id}\n    secretSha256: "${digest(n)}"\n    servers: [default]\n    scopes: [token:issue]\n${proxy}`
+  const path = file(client('kometa', 1, '    proxy:\n      preset: metadata-editor\n      allowUrlHosts: [Image.TMDB.org, "*.fanart.tv"]\n      limits: { openStreams: 4 }\n') +
+    client('tautulli', 2, '    proxy: { preset: monitor }\n'))
+  const c = loadConfig({ ...BASE, BROKER_CONFIG: path, PROXY_KEY_REQUESTS_PER_MINUTE: '900' })
+  t.same(c.clients[0]!.proxy?.allowUrlHosts, ['image.tmdb.org', '*.fanart.tv'], 'lowercased')
+  t.same(c.clients[0]!.proxy?.limits, { requestsPerMinute: 900, openStreams: 4 }, 'the file\'s limit, the environment\'s default for the other')
+  t.same(c.clients[1]!.proxy?.limits, { requestsPerMinute: 900, openStreams: 0 })
+  t.same(c.clients[1]!.proxy?.allowUrlHosts, [])
+
+  const bad = problems({
+    ...BASE,
+    BROKER_CONFIG: file(client('kometa', 3, '    proxy:\n      allowUrlHosts: ["https://image.tmdb.org", "*", "*.com", "tmdb.org:443", localhost, 7]\n')),
+  })
+  t.match(bad[0], /clients\[0\] "kometa": proxy\.allowUrlHosts\[0\]: "https:\/\/image\.tmdb\.org" is not a host name/)
+  t.match(bad[1], /allowUrlHosts\[1\]: "\*" is not a host name/)
+  t.match(bad[2], /allowUrlHosts\[2\]: "\*\.com" is not a host name/)
+  t.match(bad[3], /allowUrlHosts\[3\]/)
+  t.match(bad[4], /allowUrlHosts\[4\]: "localhost"/)
+  t.match(bad[5], /allowUrlHosts\[5\]: must be a host name/)
+  t.equal(bad.length, 6)
+  t.match(problems({ ...BASE, BROKER_CONFIG: file(client('x', 5, '    proxy: { preset: read, limits: { openStreams: -1 } }\n')) }).join(), /clients\[0\]\.proxy\.limits\.openStreams/)
+  t.same(loadConfig({ ...BASE, BROKER_CONFIG: file(client('x', 6, '    proxy: { preset: read, limits: { openStreams: 0, requestsPerMinute: 0 } }\n')) }).clients[0]!.proxy?.limits,
+    { requestsPerMinute: 0, openStreams: 0 }, '0: no limit')
+  t.match(problems({ ...BASE, PROXY_KEY_OPEN_STREAMS: 'many' }).join(), /PROXY_KEY_OPEN_STREAMS: must be an integer/)
+})
+
+t.test('CORS origins: PROXY_CORS_ORIGINS and proxy.corsOrigins per server; exact origins only, never *', async (t) => {
+  t.same(loadConfig({ ...BASE, PROXY_CORS_ORIGINS: 'https://dash.example.com, http://10.0.0.4:3000' }).proxyCorsOrigins, ['https://dash.example.com', 'http://10.0.0.4:3000'])
+  const bad = problems({ ...BASE, PROXY_CORS_ORIGINS: '*,https://dash.example.com/,dash.example.com,https://Dash.example.com' })
+  t.match(bad[0], /PROXY_CORS_ORIGINS: "\*": wildcards are refused/)
+  t.match(bad[1], /PROXY_CORS_ORIGINS: "https:\/\/dash\.example\.com\/" is not an origin as browsers send it/)
+  t.match(bad[2], /PROXY_CORS_ORIGINS: "dash\.example\.com" is not/)
+  t.match(bad[3], /PROXY_CORS_ORIGINS: "https:\/\/Dash\.example\.com" is not an origin as browsers send it/)
+  const dir = t.testdir({})
+  const path = join(dir, 'servers.yaml')
+  writeFileSync(path, 'servers:\n  - { name: attic, url: "http://10.0.0.5:32400", token: t, proxy: { port: 32401, corsOrigins: ["https://dash.example.com"] } }\n' +
+    '  - { name: den, url: "http://10.0.0.6:32400", token: u, proxy: { port: 32402, corsOrigins: ["https://*.example.com"] } }\n')
+  const p = problems({ BROKER_SECRET: SECRET, HOST: '127.0.0.1', BROKER_CONFIG: path })
+  t.equal(p.length, 1)
+  t.match(p[0], /servers\[1\] "den": proxy\.corsOrigins\[0\]: "https:\/\/\*\.example\.com": wildcards are refused/)
+  writeFileSync(path, 'servers:\n  - { name: attic, url: "http://10.0.0.5:32400", token: t, proxy: { port: 32401, corsOrigins: ["https://dash.example.com"] } }\n')
+  t.same(loadConfig({ BROKER_SECRET: SECRET, HOST: '127.0.0.1', BROKER_CONFIG: path }).servers[0]!.proxy, { port: 32401, corsOrigins: ['https://dash.example.com'] })
 })
 
 t.test('proxy ports: per server in the file or PROXY_PORT for one server; unique and not the API port', async (t) => {

@@ -1,6 +1,7 @@
 import { Client, request } from 'undici'
 import type { FastifyInstance } from 'fastify'
 import type { ProxyOptions } from '../src/proxy/index.ts'
+import type { ServiceOverrides } from '../src/services.ts'
 import { policyFrom, type ProxySpec } from '../src/proxy/presets.ts'
 import type { Config, ServerConfig } from '../src/config/index.ts'
 import type { PmsSimOptions, PmsSimulator } from '../src/sim/pms-sim.ts'
@@ -27,11 +28,11 @@ export interface ProxySetup {
   raw: (method: string, path: string, headers?: Record<string, string>) => Promise<{ status: number, headers: Record<string, string | string[] | undefined>, body: string }>
 }
 
-export async function proxySetup (t: T, clients: TestClient[], opts: { sim?: PmsSimOptions, proxy?: ProxyOptions, prefix?: string, config?: Partial<Config>, extraServers?: ServerConfig[] } = {}): Promise<ProxySetup> {
+export async function proxySetup (t: T, clients: TestClient[], opts: { sim?: PmsSimOptions, proxy?: ProxyOptions, proxyKeyCache?: ServiceOverrides['proxyKeyCache'], prefix?: string, config?: Partial<Config>, extraServers?: ServerConfig[] } = {}): Promise<ProxySetup> {
   const sim = await startSim(t, opts.sim)
   const server = { ...serverFor(sim), proxy: { port: 0 } }
   const config = testConfig(opts.prefix ?? uniquePrefix('pxy'), [server, ...(opts.extraServers ?? [])], clients, opts.config)
-  const app = await buildTestApp(t, config, { defaultMetrics: false, proxy: { recheckIntervalMs: 200, ...opts.proxy } })
+  const app = await buildTestApp(t, config, { defaultMetrics: false, proxyKeyCache: opts.proxyKeyCache, proxy: { recheckIntervalMs: 200, ...opts.proxy } })
   await app.ready()
   await app.proxy.listen('127.0.0.1', { default: 0 })
   const base = `http://127.0.0.1:${app.proxy.port('default')}`

@@ -29,7 +29,7 @@ t.test('a key revoked through another broker instance is refused on the next req
   const s = await proxySetup(t, [reader()])
   const { key, id } = await s.key('reader')
   const other = await buildTestApp(t, testConfig(s.config.redisPrefix, s.config.servers, [reader()], { brokerSecret: s.config.brokerSecret }), { defaultMetrics: false })
-  const cache = s.app.proxy.keyCache!
+  const cache = s.app.broker.proxyKeyCache!
   await cached(t, s.base, key, id, cache)
   t.equal((await get(`${s.base}/library/sections`, { 'x-plex-token': key })).status, 200, 'and served from it')
 
@@ -50,7 +50,7 @@ t.test('a cached key expires by the clock', async (t) => {
   const s = await proxySetup(t, [reader()])
   const expiresAt = Date.now() + 1500
   const { key, id } = await s.key('reader', { expiresAt })
-  await cached(t, s.base, key, id, s.app.proxy.keyCache!)
+  await cached(t, s.base, key, id, s.app.broker.proxyKeyCache!)
   await sleep(expiresAt - Date.now() + 50)
   t.equal((await get(`${s.base}/library/sections`, { 'x-plex-token': key })).status, 401, 'refused once expired')
 })
@@ -59,11 +59,11 @@ t.test('a stalled change-log reader fails closed: keys are read from Redis, so a
   // The reader's connection is one the test can cut: then the reader cannot read the change log.
   let readerConnection: Redis | undefined
   const s = await proxySetup(t, [reader()], {
-    proxy: { keyCache: { freshMs: 1000, connect: () => (readerConnection = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })) } },
+    proxyKeyCache: { freshMs: 1000, connect: () => (readerConnection = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 })) },
   })
   const { key, id } = await s.key('reader')
   const other = await buildTestApp(t, testConfig(s.config.redisPrefix, s.config.servers, [reader()], { brokerSecret: s.config.brokerSecret }), { defaultMetrics: false })
-  const cache = s.app.proxy.keyCache!
+  const cache = s.app.broker.proxyKeyCache!
   await cached(t, s.base, key, id, cache)
 
   readerConnection!.disconnect()

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { buildTestApp, makeClient, serverFor, startSim, testConfig, uniquePrefix } from './helper.ts'
+import { Redis } from 'ioredis'
 import { PrivateRedis } from './private-redis.ts'
 
 t.test('Redis stalled: 503 STORE_UNAVAILABLE within 2 s, not ready, then recovery by itself', async (t) => {
@@ -78,4 +79,30 @@ t.test('Redis down: 503 fast, recovery when it comes back (empty: the broker re-
   }
   t.equal(status, 200)
   t.equal(sim.counters.mints, 2, 'the empty Redis lost the token, so one new mint')
+})
+
+t.test('Redis forgot the scripts (SCRIPT FLUSH): the next call loads them again, then one EVALSHA per hit', async (t) => {
+  const redis = await PrivateRedis.start(t)
+  const sim = await startSim(t)
+  const a = makeClient('a')
+  const app = await buildTestApp(t, testConfig(uniquePrefix('noscript'), [serverFor(sim)], [a], { redisUrl: redis.url }))
+  const issue = async () => await app.inject({ method: 'POST', url: '/v1/tokens', headers: a.auth, payload: { server: 'default' } })
+  const first = await issue()
+  t.equal(first.statusCode, 200)
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.disconnect())
+  await admin.script('FLUSH')
+  const calls = async (cmd: string): Promise<number> => {
+    const m = new RegExp(`^cmdstat_${cmd}:calls=(\\d+)`, 'm').exec(await admin.info('commandstats'))
+    return Number(m?.[1] ?? 0)
+  }
+  const [eval0, evalsha0] = [await calls('eval'), await calls('evalsha')]
+  for (let i = 0; i < 3; i++) {
+    const r = await issue()
+    t.equal(r.statusCode, 200)
+    t.equal(r.json().tokenId, first.json().tokenId, 'the cached token, served')
+  }
+  t.equal(await calls('eval') - eval0, 1, 'the script was sent whole once')
+  t.equal(await calls('evalsha') - evalsha0, 3, 'every hit tried EVALSHA first (the first one answered NOSCRIPT)')
+  t.equal(sim.counters.mints, 1, 'no mint')
 })

@@ -2,7 +2,7 @@ import type { Logger } from 'pino'
 import type { Metrics } from '../metrics.ts'
 import { type RedisClient, waitForReplicas } from '../redis.ts'
 import type { RedisContext } from './keys.ts'
-import { auditArgs, defineScripts } from './scripts.ts'
+import { AUDIT_EVENT, type auditArgs } from './scripts.ts'
 
 /** Who asked: recorded on every audit event. */
 export interface RequestContext {
@@ -92,8 +92,6 @@ export class AuditWriter {
     this.#waitTimeoutMs = opts.waitTimeoutMs ?? 100
     this.#metrics = opts.metrics
     this.#logger = opts.logger
-    defineScripts(opts.rc.redis)
-    defineScripts(this.durable)
   }
 
   /** Counts events a script wrote (metrics). */
@@ -103,7 +101,7 @@ export class AuditWriter {
 
   /** Appends a security event not tied to handing out a token. Fails (STORE_UNAVAILABLE) when Redis does. */
   async write (e: AuditInput, ctx: RequestContext = SYSTEM_CONTEXT): Promise<string> {
-    const id = await this.#rc.call(() => this.durable.ptbAudit(...auditArgs(this.#rc.keys.audit, this.#event(e, ctx, 0))))
+    const id = await this.#rc.call(() => AUDIT_EVENT.evaluate(this.durable, this.#event(this.#rc.keys.audit, e, ctx, 0)))
     this.written(e.action)
     await this.replicated(e.action)
     return id
@@ -115,13 +113,14 @@ export class AuditWriter {
    * No WAIT: a refusal changed nothing a failover could lose.
    */
   async refusal (e: AuditInput, ctx: RequestContext): Promise<string> {
-    const id = await this.#rc.call(() => this.#rc.redis.ptbAudit(...auditArgs(this.#rc.keys.auditRefusals, this.#event(e, ctx, this.maxEvents))))
+    const id = await this.#rc.call(() => AUDIT_EVENT.evaluate(this.#rc.redis, this.#event(this.#rc.keys.auditRefusals, e, ctx, this.maxEvents)))
     this.written(e.action)
     return id
   }
 
-  #event (e: AuditInput, ctx: RequestContext, maxlen: number): Parameters<typeof auditArgs>[1] {
+  #event (stream: string, e: AuditInput, ctx: RequestContext, maxlen: number): Parameters<typeof auditArgs>[0] {
     return {
+      stream,
       maxlen,
       now: this.#rc.now(),
       action: e.action,

@@ -1,10 +1,20 @@
 import { type RedisClient, withDeadline } from '../redis.ts'
 
 /** The limits counted in Redis windows (broker/rate-limiter.ts names them all). */
-export type CountedLimit = 'client' | 'auth_failures' | 'not_found' | 'proxy_key_failures'
+export type CountedLimit = 'client' | 'auth_failures' | 'not_found' | 'proxy_key_failures' | 'proxy_key_requests'
+
+/** The limits counted as leases in Redis (broker/stream-leases.ts): concurrent things open. */
+export type LeasedLimit = 'proxy_key_streams'
 
 /** Key segments of the counted limits (the keys predate the names). */
-const RATE_LIMIT_SEGMENT: Record<CountedLimit, string> = { client: 'client', auth_failures: 'authfail', not_found: 'notfound', proxy_key_failures: 'proxyauthfail' }
+const RATE_LIMIT_SEGMENT: Record<CountedLimit | LeasedLimit, string> = {
+  client: 'client',
+  auth_failures: 'authfail',
+  not_found: 'notfound',
+  proxy_key_failures: 'proxyauthfail',
+  proxy_key_requests: 'proxykey',
+  proxy_key_streams: 'proxystreams',
+}
 
 /**
  * Every Redis key the broker uses is built here, under REDIS_PREFIX, so deployments and test
@@ -69,10 +79,11 @@ export interface Keys {
   probeLock: (server: string) => string
   /**
    * The counter of one named limit (broker/rate-limiter.ts) for one subject: `rl:client:<id>`,
-   * `rl:authfail:<address>`, `rl:notfound:<address>`. The serve script counts the client's key
-   * it is handed, so this is the only place a counter key is spelled.
+   * `rl:authfail:<address>`, `rl:notfound:<address>`, `rl:proxykey:<key id>`; and the sorted set
+   * of a leased limit, `rl:proxystreams:<key id>` (member → lease expiry, ms). The serve script
+   * counts the key it is handed, so this is the only place a counter key is spelled.
    */
-  rateLimit: (limit: CountedLimit, subject: string) => string
+  rateLimit: (limit: CountedLimit | LeasedLimit, subject: string) => string
   /** String written by /readyz to prove Redis accepts writes (expires after a minute). */
   readiness: string
   /** Lock key used to make scheduler setup safe when several instances boot at once. */

@@ -1,6 +1,6 @@
 import { newTokenId } from './crypto.ts'
 import type { RedisContext } from './keys.ts'
-import { defineScripts } from './scripts.ts'
+import { RENEW_LOCK, UNLOCK } from './scripts.ts'
 
 /**
  * Short-lived Redis locks (SET NX PX): the mint lock, the probe lock, the admin-token recheck's
@@ -12,7 +12,6 @@ export class Locks {
 
   constructor (rc: RedisContext) {
     this.#rc = rc
-    defineScripts(rc.redis)
   }
 
   /** Takes the lock for `ttlMs`; returns the owner string when taken, undefined when someone else holds it. */
@@ -24,11 +23,11 @@ export class Locks {
 
   /** Releases the lock if `owner` still holds it. */
   async release (key: string, owner: string): Promise<void> {
-    await this.#rc.call(() => this.#rc.redis.ptbUnlock(key, owner))
+    await this.#rc.call(() => UNLOCK.evaluate(this.#rc.redis, { key, owner }))
   }
 
   /** Resets the lock's expiry to `ttlMs` if `owner` still holds it; false when it was lost. */
   async renew (key: string, owner: string, ttlMs: number): Promise<boolean> {
-    return Number(await this.#rc.call(() => this.#rc.redis.ptbRenewLock(key, owner, ttlMs))) === 1
+    return await this.#rc.call(() => RENEW_LOCK.evaluate(this.#rc.redis, { key, owner, ttlMs }))
   }
 }

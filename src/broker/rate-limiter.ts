@@ -2,7 +2,8 @@ import type { Logger } from 'pino'
 import type { RateLimitConfig } from '../config/index.ts'
 import { BrokerError, describe } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
-import type { CountedLimit, Keys } from './keys.ts'
+import type { CountedLimit, Keys, LeasedLimit } from './keys.ts'
+import type { Lease, StreamLeases } from './stream-leases.ts'
 import type { WindowCounters } from './window-counters.ts'
 
 /**
@@ -19,16 +20,21 @@ import type { WindowCounters } from './window-counters.ts'
  * - `not_found`: requests to unknown routes per address and window.
  * - `proxy_key_failures`: missing or unusable proxy keys per address and window on the PMS proxy's
  *   listeners; like `auth_failures`, a valid key from the same address is never refused.
+ * - `proxy_key_requests`: requests per PMS proxy key and minute (the key's client's
+ *   `proxy.limits.requestsPerMinute`, else PROXY_KEY_REQUESTS_PER_MINUTE). Counted inside the serve
+ *   script, like `client`, so a proxied request stays one Redis round trip.
+ * - `proxy_key_streams`: long answers (media, event feeds, websockets) open at once per proxy key,
+ *   across instances: leases in Redis (broker/stream-leases.ts) that lapse when their instance dies.
  * - `streams`: open push streams per client and per instance, a concurrency cap counted in memory
  *   by the hub (broker/push.ts), reported here.
  *
  * A limit the counter cannot count (Redis too slow or down) fails open: issuing itself fails
  * closed with 503 then, so nothing is handed out unchecked.
  */
-export type LimitName = CountedLimit | 'streams'
+export type LimitName = CountedLimit | LeasedLimit | 'streams'
 
 /** The limits counted per client address. */
-export type AddressLimit = Exclude<CountedLimit, 'client'>
+export type AddressLimit = Exclude<CountedLimit, 'client' | 'proxy_key_requests'>
 
 /** `max` hits per `windowMs`. */
 export interface Window { max: number, windowMs: number }
@@ -37,6 +43,26 @@ export interface Window { max: number, windowMs: number }
 export interface Counter extends Window {
   limit: CountedLimit
   key: string
+}
+
+/** One subject's share of a leased limit: at most `max` leases at once in the set `key`. */
+export interface LeaseCounter {
+  limit: LeasedLimit
+  key: string
+  max: number
+}
+
+/** What asking for a lease found. */
+export interface LeaseCount {
+  limit: LeasedLimit
+  max: number
+  /** Leases held, this one included when taken (0 when Redis could not count). */
+  current: number
+  /** False when Redis did not answer: the limit failed open and nothing is held. */
+  counted: boolean
+  limited: boolean
+  /** Gives the lease back (idempotent; a no-op when none was taken). */
+  release: () => void
 }
 
 /** What counting one hit found. */
@@ -63,6 +89,8 @@ export interface RateLimiterOptions {
   notFound?: RateLimitConfig
   /** Failed proxy keys per address and window on the proxy listeners (default 20 per minute). */
   proxyKeyFailures?: RateLimitConfig
+  /** The leases of `proxy_key_streams`; without them that limit is not counted (fails open). */
+  leases?: StreamLeases
   /** Counts every request refused at a limit (`ptb_rate_limited_total`). */
   metrics?: Metrics
   /** Says when a counter Redis could not count (the limit failed open), at most once per limit and 10 s. */
@@ -74,7 +102,7 @@ const window = (c: RateLimitConfig): Window => ({ max: c.max, windowMs: c.timeWi
 export class RateLimiter {
   readonly #o: RateLimiterOptions
   readonly #windows: Record<AddressLimit, Window>
-  readonly #unavailableLogged = new Map<CountedLimit, number>()
+  readonly #unavailableLogged = new Map<LimitName, number>()
 
   constructor (opts: RateLimiterOptions) {
     this.#o = opts
@@ -93,6 +121,44 @@ export class RateLimiter {
   /** The counter of a per-address limit; `address` as the HTTP layer normalised it (IPv6 per /64). */
   address (limit: AddressLimit, address: string): Counter {
     return { limit, key: this.#o.keys.rateLimit(limit, address), ...this.#windows[limit] }
+  }
+
+  /** The counter of a proxy key's requests: `max` a minute. */
+  proxyKey (keyId: string, max: number): Counter {
+    return { limit: 'proxy_key_requests', key: this.#o.keys.rateLimit('proxy_key_requests', keyId), max, windowMs: 60_000 }
+  }
+
+  /** A proxy key's open long answers: at most `max` at once, across instances. */
+  proxyKeyStreams (keyId: string, max: number): LeaseCounter {
+    return { limit: 'proxy_key_streams', key: this.#o.keys.rateLimit('proxy_key_streams', keyId), max }
+  }
+
+  /** A meter for any counted limit, counted once (by the serve script when handed to the issuer). */
+  meterOf (counter: Counter): Meter {
+    return new Meter(this, counter)
+  }
+
+  /**
+   * Takes a lease of a leased limit; `release` gives it back when the thing ends. Fails open
+   * (`counted: false`, nothing held) when Redis does not answer, like the counted limits.
+   */
+  async lease (c: LeaseCounter): Promise<LeaseCount> {
+    const leases = this.#o.leases
+    const open = { limit: c.limit, max: c.max, current: 0, counted: false, limited: false, release: () => {} }
+    if (leases === undefined) return open
+    let got: { lease?: Lease, current: number }
+    try {
+      got = await leases.acquire(c.key, c.max)
+    } catch (err) {
+      this.#unavailable(c.limit, err)
+      return open
+    }
+    const lease = got.lease
+    if (lease === undefined) {
+      this.#o.metrics?.rateLimited.inc({ limit: c.limit })
+      return { ...open, current: got.current, counted: true, limited: true }
+    }
+    return { ...open, current: got.current, counted: true, release: () => { leases.release(lease) } }
   }
 
   /** A client's limit for one request: counted once, here or by the serve script. */
@@ -125,7 +191,7 @@ export class RateLimiter {
   }
 
   /** Fails open. A down Redis fails every request: one line per limit and 10 s is enough. */
-  #unavailable (limit: CountedLimit, err: unknown): void {
+  #unavailable (limit: LimitName, err: unknown): void {
     const now = Date.now()
     const quietUntil = (this.#unavailableLogged.get(limit) ?? 0) + 10_000
     if (quietUntil > now) return

@@ -1,14 +1,15 @@
+import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import type { Result } from 'ioredis'
 import type { RedisClient } from '../redis.ts'
 import type { Keys } from './keys.ts'
 import { PUSH_MAXLEN } from './push-log.ts'
 
 /**
- * The Lua scripts, one `.lua` file each under `scripts/` (each starts with its KEYS and ARGV),
- * read once when this module loads and registered per connection with `defineCommand`: ioredis
- * then sends EVALSHA, so the hot path (a cache hit) stays one round trip. A line
- * `--@include include/x.lua` is replaced by that file (the helpers several scripts share).
+ * The Lua scripts, one `.lua` file each under `scripts/` (each starts with its KEYS and ARGV), and
+ * one `RedisScript` constant per file below, which names the file, builds its KEYS and ARGV from
+ * named fields and reads its reply: a caller runs `SERVE.evaluate(conn, { …fields })`, and "go to definition" on
+ * `SERVE` lands on the line that names `scripts/serve.lua`. A line `--@include include/x.lua` is
+ * replaced by that file (the helpers several scripts share).
  *
  * Each runs atomically in one round trip. Scripts address token records by `tokPrefix .. id` (and
  * current pointers by `curPrefix ..`), keys they are not given as KEYS. On Redis Cluster that is
@@ -18,53 +19,71 @@ import { PUSH_MAXLEN } from './push-log.ts'
  *
  * The build copies the `.lua` files next to the compiled module (bin/copy-assets.js).
  */
-const DIR = new URL('./scripts/', import.meta.url)
+const HERE = new URL('./', import.meta.url)
 
-function load (name: string, seen: readonly string[] = []): string {
-  if (seen.includes(name)) throw new Error(`Lua include cycle: ${[...seen, name].join(' → ')}`)
-  const text = readFileSync(new URL(name, DIR), 'utf8')
-  return text.replace(/^--@include (\S+)[ \t]*$/gm, (_line, file: string) => load(file, [...seen, name]))
+/** The text of a script file, its includes expanded (their paths are relative to the including file). */
+function load (url: URL, seen: readonly string[] = []): string {
+  if (seen.includes(url.href)) throw new Error(`Lua include cycle: ${[...seen, url.href].join(' → ')}`)
+  const text = readFileSync(url, 'utf8')
+  return text.replace(/^--@include (\S+)[ \t]*$/gm, (_line, file: string) => load(new URL(file, url), [...seen, url.href]))
 }
 
 type Cell = string | number | null
-type Reply = Cell[]
 type Arg = string | number
 
-/** The commands `defineScripts` registers: name → script file and number of KEYS. */
-const COMMANDS = {
-  ptbServe: { file: 'serve.lua', keys: 5 },
-  ptbPeek: { file: 'peek.lua', keys: 1 },
-  ptbStore: { file: 'store.lua', keys: 8 },
-  ptbRetire: { file: 'retire.lua', keys: 3 },
-  ptbAudit: { file: 'audit-event.lua', keys: 1 },
-  ptbReseal: { file: 'reseal.lua', keys: 1 },
-  ptbUnlock: { file: 'unlock.lua', keys: 1 },
-  ptbRenewLock: { file: 'renew-lock.lua', keys: 1 },
-} as const
+/** Redis answered NOSCRIPT: it does not hold the script under that SHA (restart, failover, SCRIPT FLUSH). */
+function isNoScript (err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('NOSCRIPT')
+}
 
-const LUA = Object.entries(COMMANDS).map(([name, c]) => ({ name, numberOfKeys: c.keys, lua: load(c.file) }))
+/**
+ * One Lua script: its file, read once when this module loads, and its SHA; `In` are the named
+ * fields its caller passes, `Out` what its reply reads as. `evaluate` sends EVALSHA (one round trip);
+ * when Redis does not hold the script (NOSCRIPT) it sends EVAL, which runs it and loads it, so the
+ * next EVALSHA finds it.
+ */
+export class RedisScript<In, Out> {
+  /** The file, relative to this module (`scripts/serve.lua`). */
+  readonly file: string
+  readonly lua: string
+  readonly sha: string
+  readonly #keys: number
+  readonly #args: (input: In) => Arg[]
+  readonly #reply: (raw: unknown) => Out
 
-declare module 'ioredis' {
-  interface RedisCommander<Context> {
-    ptbServe(...args: Arg[]): Result<Reply, Context>
-    ptbPeek(...args: Arg[]): Result<string | null, Context>
-    ptbStore(...args: Arg[]): Result<Reply, Context>
-    ptbRetire(...args: Arg[]): Result<Reply, Context>
-    ptbAudit(...args: Arg[]): Result<string, Context>
-    ptbReseal(...args: Arg[]): Result<number, Context>
-    ptbUnlock(...args: Arg[]): Result<number, Context>
-    ptbRenewLock(...args: Arg[]): Result<number, Context>
+  constructor (file: string, spec: {
+    /** How many of the arguments are KEYS (the first ones). */
+    keys: number
+    /** The KEYS and ARGV, in the script's order. */
+    args: (input: In) => Arg[]
+    /** The reply, read. */
+    reply: (raw: unknown) => Out
+  }) {
+    this.file = file
+    this.lua = load(new URL(file, HERE))
+    this.sha = createHash('sha1').update(this.lua).digest('hex')
+    this.#keys = spec.keys
+    this.#args = spec.args
+    this.#reply = spec.reply
+  }
+
+  /** Runs the script on `conn` (routed by its first key on Cluster). */
+  async evaluate (conn: RedisClient, input: In): Promise<Out> {
+    const args = this.#args(input)
+    let raw: unknown
+    try {
+      raw = await conn.evalsha(this.sha, this.#keys, ...args)
+    } catch (err) {
+      if (!isNoScript(err)) throw err
+      raw = await conn.eval(this.lua, this.#keys, ...args)
+    }
+    return this.#reply(raw)
   }
 }
 
-/** Registers the scripts on a connection (idempotent). */
-export function defineScripts (redis: RedisClient): void {
-  if (typeof (redis as Partial<RedisClient>).ptbServe === 'function') return
-  for (const { name, ...command } of LUA) redis.defineCommand(name, command)
-}
-
 /** serve.lua's keys and arguments, in its order. */
-export function serveArgs (k: Keys, a: {
+export function serveArgs ({ keys: k, ...a }: {
+  keys: Keys
   slot: string
   server: string
   client: string
@@ -89,7 +108,8 @@ export function serveArgs (k: Keys, a: {
 }
 
 /** store.lua's keys and arguments, in its order. */
-export function storeArgs (k: Keys, a: {
+export function storeArgs ({ keys: k, ...a }: {
+  keys: Keys
   client: string
   server: string
   slot: string
@@ -128,7 +148,8 @@ export function storeArgs (k: Keys, a: {
 }
 
 /** retire.lua's keys and arguments, in its order. */
-export function retireArgs (k: Keys, a: {
+export function retireArgs ({ keys: k, ...a }: {
+  keys: Keys
   /** The ZSET of candidates ('index' mode). */
   index: string
   now: number
@@ -151,7 +172,9 @@ export function retireArgs (k: Keys, a: {
 }
 
 /** audit-event.lua's keys and arguments, in its order. */
-export function auditArgs (stream: string, a: {
+export function auditArgs ({ stream, ...a }: {
+  /** The stream to append to. */
+  stream: string
   maxlen: number
   now: number
   action: string
@@ -181,8 +204,9 @@ export class MalformedReplyError extends Error {
 
 type Tuple<N extends number, R extends Cell[] = []> = R['length'] extends N ? R : Tuple<N, [...R, Cell]>
 
-/** The first `n` fields of a script's reply, or a MalformedReplyError when it has fewer. */
-function fields<N extends number> (script: string, reply: readonly Cell[], n: N): Tuple<N> {
+/** The first `n` fields of a script's reply, or a MalformedReplyError when it is no list or a shorter one. */
+function fields<N extends number> (script: string, reply: unknown, n: N): Tuple<N> {
+  if (!Array.isArray(reply)) throw new MalformedReplyError(script, `a ${typeof reply}, expected a list`)
   if (reply.length < n) throw new MalformedReplyError(script, `'${String(reply[0] ?? '')}' with ${reply.length} fields, expected at least ${n}`)
   return reply.slice(0, n) as Tuple<N>
 }
@@ -196,7 +220,7 @@ export type ServeReply = { count: number, ttlMs: number } & (
   | { kind: 'hit', tokenId: string, enc: string, issuedAt: number, expiresAt: number, renewAt: number, mid: string, meta: string, kid: string }
 )
 
-export function readServeReply (reply: readonly Cell[]): ServeReply {
+export function readServeReply (reply: unknown): ServeReply {
   const [kind, count, ttl] = fields('serve.lua', reply, 3)
   const rate = { count: Number(count), ttlMs: Number(ttl) }
   switch (kind) {
@@ -233,14 +257,64 @@ export function readServeReply (reply: readonly Cell[]): ServeReply {
 }
 
 /** store.lua's reply: stored (with the id it replaced, if any) or a conflict. */
-export function readStoreReply (reply: readonly Cell[]): { ok: boolean, other: string | undefined } {
+export function readStoreReply (reply: unknown): { ok: boolean, other: string | undefined } {
   const [kind, other] = fields('store.lua', reply, 2)
   if (kind !== 'ok' && kind !== 'conflict') throw new MalformedReplyError('store.lua', `an unknown kind '${String(kind)}'`)
   return { ok: kind === 'ok', other: other === '' || other === null ? undefined : String(other) }
 }
 
 /** retire.lua's reply: how many tokens it retired and the latest expiry among them. */
-export function readRetireReply (reply: readonly Cell[]): { count: number, latestExpiresAt: number } {
+export function readRetireReply (reply: unknown): { count: number, latestExpiresAt: number } {
   const [count, latest] = fields('retire.lua', reply, 2)
   return { count: Number(count), latestExpiresAt: Number(latest) }
 }
+
+/** peek.lua's keys and arguments, in its order. */
+export function peekArgs ({ keys: k, ...a }: { keys: Keys, slot: string, server: string, now: number }): Arg[] {
+  return [k.current(a.slot, a.server), k.tokenPrefix, a.now]
+}
+
+/** reseal.lua's keys and arguments, in its order. */
+export function resealArgs ({ keys: k, ...a }: { keys: Keys, tokenId: string, oldKid: string, oldEnc: string, newKid: string, newEnc: string }): Arg[] {
+  return [k.token(a.tokenId), a.oldKid, a.oldEnc, a.newKid, a.newEnc]
+}
+
+/** unlock.lua's keys and arguments, in its order. */
+export function unlockArgs (a: { key: string, owner: string }): Arg[] {
+  return [a.key, a.owner]
+}
+
+/** renew-lock.lua's keys and arguments, in its order. */
+export function renewLockArgs (a: { key: string, owner: string, ttlMs: number }): Arg[] {
+  return [a.key, a.owner, a.ttlMs]
+}
+
+/** A reply of 1 or 0 (unlock, renew-lock, reseal): whether the script changed the key. */
+function readDone (reply: unknown): boolean {
+  return Number(reply) === 1
+}
+
+/** The scripts: one constant per file, each naming its file, its KEYS count, its arguments and its reply. */
+export const SERVE = new RedisScript('scripts/serve.lua', { keys: 5, args: serveArgs, reply: readServeReply })
+export const PEEK = new RedisScript('scripts/peek.lua', {
+  keys: 1,
+  args: peekArgs,
+  reply: (id): string | undefined => (id === null || id === undefined ? undefined : String(id)),
+})
+export const STORE = new RedisScript('scripts/store.lua', { keys: 8, args: storeArgs, reply: readStoreReply })
+export const RETIRE = new RedisScript('scripts/retire.lua', { keys: 3, args: retireArgs, reply: readRetireReply })
+export const AUDIT_EVENT = new RedisScript('scripts/audit-event.lua', { keys: 1, args: auditArgs, reply: (id): string => String(id) })
+export const RESEAL = new RedisScript('scripts/reseal.lua', { keys: 1, args: resealArgs, reply: readDone })
+export const UNLOCK = new RedisScript('scripts/unlock.lua', { keys: 1, args: unlockArgs, reply: readDone })
+export const RENEW_LOCK = new RedisScript('scripts/renew-lock.lua', { keys: 1, args: renewLockArgs, reply: readDone })
+
+/** A lease of a concurrency limit (stream-leases.ts): `{taken, count}`. */
+export interface LeaseInput { key: string, now: number, expiry: number, member: string, max: number, ttlMs: number }
+function leaseArgs (i: LeaseInput): Arg[] {
+  return [i.key, i.now, i.expiry, i.member, i.max, i.ttlMs]
+}
+function readLeaseReply (raw: unknown): { taken: boolean, count: number } {
+  const r = raw as unknown[]
+  return { taken: Number(r[0]) === 1, count: Number(r[1]) }
+}
+export const LEASE = new RedisScript('scripts/lease.lua', { keys: 1, args: leaseArgs, reply: readLeaseReply })

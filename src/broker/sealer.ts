@@ -5,11 +5,16 @@ import { type BrokerKeys, fingerprint, type KeyRing, open, seal, type SealBindin
  * secret, opened with whichever secret sealed them (by key id), and fingerprinted for the audit
  * trail. Redis only ever sees what this class produces.
  */
+/** Most opened tokens kept at once: far more than the live tokens one instance serves in a while. */
+const MAX_OPENED = 4096
+
 export class Sealer {
   readonly #ring: KeyRing
   readonly #current: BrokerKeys
   /** Every key id this broker can open, comma-separated (the serve script's test for foreign tokens). */
   readonly kids: string
+  /** Opened tokens by key id, binding and ciphertext (see `open`). */
+  readonly #opened = new Map<string, { token: string, kid: string }>()
 
   constructor (ring: KeyRing) {
     this.#ring = ring
@@ -31,6 +36,23 @@ export class Sealer {
    * carries no key id (sealed before key ids). `undefined` when none opens it.
    */
   open (sealed: string, binding: SealBinding, kid?: string): { token: string, kid: string } | undefined {
+    // A cache hit opens the same record again and again (every proxied request does): the same
+    // ciphertext, binding and key id always open to the same token, so the answer is kept. The
+    // memo holds what this process already holds while it serves the token, and is cleared when full.
+    const memoKey = kid === undefined ? undefined : `${kid}\u0000${binding.tokenId}\u0000${binding.client}\u0000${binding.server}\u0000${binding.slot}\u0000${sealed}`
+    if (memoKey !== undefined) {
+      const hit = this.#opened.get(memoKey)
+      if (hit !== undefined) return hit
+    }
+    const result = this.#open(sealed, binding, kid)
+    if (memoKey !== undefined && result !== undefined) {
+      if (this.#opened.size >= MAX_OPENED) this.#opened.clear()
+      this.#opened.set(memoKey, Object.freeze(result))
+    }
+    return result
+  }
+
+  #open (sealed: string, binding: SealBinding, kid?: string): { token: string, kid: string } | undefined {
     const keys = kid === undefined ? [...this.#ring.byId.values()] : [this.#ring.byId.get(kid)].filter((k) => k !== undefined)
     for (const k of keys) {
       try {

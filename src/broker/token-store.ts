@@ -4,8 +4,9 @@ import { newTokenId, type SealBinding } from './crypto.ts'
 import { type RedisContext, STORE_TIMEOUT_MS } from './keys.ts'
 import { tokenReason } from './push-log.ts'
 import type { Counter } from './rate-limiter.ts'
-import { defineScripts, readRetireReply, readServeReply, readStoreReply, retireArgs, serveArgs, storeArgs } from './scripts.ts'
+import { PEEK, RESEAL, RETIRE, SERVE, STORE } from './scripts.ts'
 import type { Sealer } from './sealer.ts'
+import type { UndecryptableTokens } from './undecryptable.ts'
 import { type CurrentToken, type NewToken, type RetireSelector, type ServedToken, slotKey, type TokenRecord, type TokenState } from './tokens.ts'
 
 export interface TokenStoreOptions {
@@ -22,15 +23,16 @@ export interface TokenStoreOptions {
   /** Upper bound of a serve (a coarse deadline, see #hot). Default keys.ts STORE_TIMEOUT_MS. */
   timeoutMs?: number
   /**
-   * Called when a stored token cannot be opened (sealed under another BROKER_SECRET, or corrupt);
-   * the token has already been invalidated with reason `undecryptable` (metrics, a log line).
+   * Told when a stored token cannot be opened (sealed under another BROKER_SECRET, or corrupt),
+   * after the token was invalidated with reason `undecryptable` (a metric, a log line).
    */
-  onUndecryptable?: (server: string, tokenId: string) => void
+  undecryptable?: UndecryptableTokens
 }
 
 /**
  * The encrypted token store: serves, stores, reads and retires tokens through the Lua scripts
- * (scripts/). Redis holds only sealed tokens and HMAC fingerprints (the Sealer makes them).
+ * (scripts.ts: SERVE, STORE, RETIRE, PEEK, RESEAL, each naming its `scripts/*.lua` file). Redis
+ * holds only sealed tokens and HMAC fingerprints (the Sealer makes them).
  */
 export class TokenStore {
   readonly #rc: RedisContext
@@ -40,7 +42,7 @@ export class TokenStore {
   readonly #retentionMs: number
   /** The hot call's deadline, without a timer per call (a timer cost 1.5 % of the profile; redis.ts CoarseDeadline). */
   readonly #hot: CoarseDeadline
-  readonly #onUndecryptable: (server: string, tokenId: string) => void
+  readonly #undecryptableTokens: UndecryptableTokens | undefined
 
   constructor (opts: TokenStoreOptions) {
     this.#rc = opts.rc
@@ -49,8 +51,7 @@ export class TokenStore {
     this.#recordTtlMs = opts.recordTtlMs
     this.#retentionMs = opts.auditRetentionMs ?? 30 * 86_400_000
     this.#hot = new CoarseDeadline(opts.timeoutMs ?? STORE_TIMEOUT_MS)
-    this.#onUndecryptable = opts.onUndecryptable ?? (() => {})
-    defineScripts(this.#rc.redis)
+    this.#undecryptableTokens = opts.undecryptable
   }
 
   /**
@@ -75,7 +76,8 @@ export class TokenStore {
     const action = target === undefined ? 'token.issue' : 'source.connect'
     // The first serve of a fresh mint writes a security event: on the connection that WAITs for it.
     const conn = source === 'upstream' ? this.#audit.durable : this.#rc.redis
-    const reply = await this.#hot.run(() => conn.ptbServe(...serveArgs(keys, {
+    const r = await this.#hot.run(() => SERVE.evaluate(conn, {
+      keys,
       slot,
       server,
       client,
@@ -91,8 +93,7 @@ export class TokenStore {
       limitMax: limit?.max ?? 0,
       limitWindowMs: limit?.windowMs ?? 0,
       via: ctx.via ?? '',
-    })))
-    const r = readServeReply(reply)
+    }))
     const rate = { count: r.count, ttlMs: r.ttlMs }
     if (r.kind === 'limited') return { limited: true, ...rate }
     if (r.kind === 'miss') {
@@ -141,20 +142,18 @@ export class TokenStore {
    */
   #reseal (tokenId: string, oldKid: string, oldEnc: string, token: string, binding: SealBinding): void {
     const enc = this.#sealer.seal(token, binding)
-    this.#rc.call(() => this.#rc.redis.ptbReseal(this.#rc.keys.token(tokenId), oldKid, oldEnc, this.#sealer.keyId, enc)).catch(() => {})
+    this.#rc.call(() => RESEAL.evaluate(this.#rc.redis, { keys: this.#rc.keys, tokenId, oldKid, oldEnc, newKid: this.#sealer.keyId, newEnc: enc })).catch(() => {})
   }
 
   /** Takes a token that cannot be opened out of service, so the next request mints a fresh one. */
   async #undecryptable (tokenId: string, server: string, why: string): Promise<void> {
     await this.retire({ tokenId }, 'invalidated', 'token.invalidate', { reason: 'undecryptable', why })
-    this.#onUndecryptable(server, tokenId)
+    this.#undecryptableTokens?.report(server)
   }
 
   /** Id of the live current token of (client, server), without auditing or touching activity. */
   async peek (client: string, server: string, target?: string): Promise<string | undefined> {
-    const { keys } = this.#rc
-    const id = await this.#rc.call(() => this.#rc.redis.ptbPeek(keys.current(slotKey(client, target), server), keys.tokenPrefix, this.#rc.now()))
-    return id ?? undefined
+    return await this.#rc.call(() => PEEK.evaluate(this.#rc.redis, { keys: this.#rc.keys, slot: slotKey(client, target), server, now: this.#rc.now() }))
   }
 
   /**
@@ -167,7 +166,8 @@ export class TokenStore {
     const renewAt = input.issuedAt + input.renewAfterMs
     const ctx = input.ctx ?? SYSTEM_CONTEXT
     const slot = slotKey(input.client, input.target)
-    const args = storeArgs(this.#rc.keys, {
+    const r = await this.#rc.call(() => STORE.evaluate(this.#audit.durable, {
+      keys: this.#rc.keys,
       ...input,
       slot,
       tokenId,
@@ -182,8 +182,7 @@ export class TokenStore {
       recordTtlMs: this.#recordTtlMs,
       retentionMs: this.#retentionMs,
       pushReason: input.reason ?? tokenReason(input.audit),
-    })
-    const r = readStoreReply(await this.#rc.call(() => this.#audit.durable.ptbStore(...args)))
+    }))
     if (!r.ok) return undefined
     if (input.audit !== undefined) {
       this.#audit.written(input.audit.action)
@@ -243,7 +242,8 @@ export class TokenStore {
         : 'server' in selector
           ? { mode: 'index' as const, index: keys.byServer(selector.server), tokenId: '', client: '', server: selector.server }
           : { mode: 'index' as const, index: keys.allTokens, tokenId: '', client: '', server: '' }
-    const args = retireArgs(keys, {
+    const { count, latestExpiresAt } = await this.#rc.call(() => RETIRE.evaluate(this.#audit.durable, {
+      keys,
       ...by,
       target: 'target' in selector ? selector.target ?? '' : '',
       now: this.#rc.now(),
@@ -252,8 +252,7 @@ export class TokenStore {
       requestId: requestIdField(ctx),
       ip: ctx.ip,
       detail: JSON.stringify(detail),
-    })
-    const { count, latestExpiresAt } = readRetireReply(await this.#rc.call(() => this.#audit.durable.ptbRetire(...args)))
+    }))
     if (count > 0) {
       this.#audit.written(action, count)
       await this.#audit.replicated(action)

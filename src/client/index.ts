@@ -203,6 +203,8 @@ export class TokenSource {
    * PMS did not answer at all (it is restarting), within the same `pmsRetries`. Redirects are
    * followed on `pmsUrl`'s origin only. Returns the last response, whatever its status; throws
    * `PmsUnavailableError` when PMS never answered, `PmsRedirectError` for a redirect elsewhere.
+   * The 401 handling keeps the contract of docs/architecture.md (*A 401 from PMS*), which the
+   * broker's proxy keeps too, by copy (this package imports no server code).
    */
   async fetchPms (path: string, init: RequestInit = {}): Promise<Response> {
     if (this.#pmsUrl === undefined) throw new TypeError('fetchPms needs `pmsUrl` in createTokenSource')

@@ -1,6 +1,7 @@
 import { policyFrom } from '../proxy/presets.ts'
 import { parseDuration, type Env } from './env.ts'
 import type { ConfigFile } from './file.ts'
+import type { ProxyKeyLimits } from '../proxy/rules.ts'
 import type { ClientConfig, RateLimitConfig, ServerConfig } from './types.ts'
 
 /**
@@ -9,7 +10,8 @@ import type { ClientConfig, RateLimitConfig, ServerConfig } from './types.ts'
  * client's `proxy` rules are compiled here, so an unknown preset or a malformed rule stops the
  * boot with the client's id and the rule's field in the message.
  */
-export function readClients (env: Env, file: ConfigFile, servers: readonly ServerConfig[], defaultRateLimit: RateLimitConfig): ClientConfig[] {
+export function readClients (env: Env, file: ConfigFile, servers: readonly ServerConfig[], defaultRateLimit: RateLimitConfig,
+  keyLimits: ProxyKeyLimits): ClientConfig[] {
   const names = new Set(servers.map((s) => s.name))
   const clients: ClientConfig[] = []
   const digests = new Set<string>()
@@ -25,7 +27,7 @@ export function readClients (env: Env, file: ConfigFile, servers: readonly Serve
     const sources = c.sources ?? []
     let proxy
     if (c.proxy !== undefined) {
-      const built = policyFrom(c.proxy)
+      const built = policyFrom(c.proxy, keyLimits)
       if ('problems' in built) for (const p of built.problems) env.problem(`${label} "${c.id}": ${p}`)
       else proxy = built.policy
     }

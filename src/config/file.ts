@@ -20,7 +20,11 @@ const ServerEntry = Type.Object({
   tokenFile: Type.Optional(Type.String({ minLength: 1 })),
   preferencesPath: Type.Optional(Type.String({ minLength: 1 })),
   /** The PMS proxy's listener for this server (docs/proxy.md). */
-  proxy: Type.Optional(Type.Object({ port: Type.Integer({ minimum: 1, maximum: 65535 }) }, { additionalProperties: false })),
+  proxy: Type.Optional(Type.Object({
+    port: Type.Integer({ minimum: 1, maximum: 65535 }),
+    /** Browser origins allowed to call this listener (CORS); checked by config/settings.ts corsOriginProblem. */
+    corsOrigins: Type.Optional(Type.Array(Type.String())),
+  }, { additionalProperties: false })),
 }, { additionalProperties: false })
 
 const ClientEntry = Type.Object({
@@ -37,6 +41,11 @@ const ClientEntry = Type.Object({
     allow: Type.Optional(Type.Array(Type.Unknown())),
     deny: Type.Optional(Type.Array(Type.Unknown())),
     mode: Type.Optional(Type.Union([Type.Literal('enforce'), Type.Literal('shadow')])),
+    allowUrlHosts: Type.Optional(Type.Array(Type.Unknown())),
+    limits: Type.Optional(Type.Object({
+      requestsPerMinute: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })),
+      openStreams: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000 })),
+    }, { additionalProperties: false })),
   }, { additionalProperties: false })),
 }, { additionalProperties: false })
 

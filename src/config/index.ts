@@ -4,7 +4,8 @@ import { Env, type ConfigIo } from './env.ts'
 import { loadConfigFile } from './file.ts'
 import { readProxyPorts, readServers } from './servers.ts'
 import {
-  readDefaultRateLimit, readLimits, readListen, readPlexTvUrl, readProcess, readRedis, readSecrets, readStreams, readTokenTiming, readTrustProxy,
+  readDefaultRateLimit, readLimits, readListen, readPlexTvUrl, readProcess, readProxyDefaults, readRedis, readSecrets, readStreams, readTokenTiming,
+  readTrustProxy,
 } from './settings.ts'
 import type { Config } from './types.ts'
 
@@ -41,7 +42,8 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
   const listen = readListen(env)
   const file = loadConfigFile(env)
   const servers = readServers(env, file)
-  const clients = readClients(env, file, servers, defaultRateLimit)
+  const proxyDefaults = readProxyDefaults(env)
+  const clients = readClients(env, file, servers, defaultRateLimit, proxyDefaults.proxyKeyLimits)
   const limits = readLimits(env)
   const proxied = readProxyPorts(env, file.label, servers, limits.port)
   const streams = readStreams(env)
@@ -54,6 +56,7 @@ export function loadConfig (vars: Record<string, string | undefined>, io: Config
     ...tokenTiming,
     ...limits,
     ...streams,
+    ...proxyDefaults,
     trustProxy,
     defaultRateLimit,
     ...(plexTvUrl === undefined ? {} : { plexTvUrl }),

@@ -1,5 +1,6 @@
 import { resolve } from 'node:path'
 import type { Env } from './env.ts'
+import { corsOriginProblem } from './settings.ts'
 import type { ConfigFile } from './file.ts'
 import type { ServerConfig } from './types.ts'
 
@@ -32,7 +33,13 @@ export function readServers (env: Env, file: ConfigFile): ServerConfig[] {
       tokenFile: s.tokenFile === undefined ? undefined : resolve(file.dir, s.tokenFile),
       preferencesPath: s.preferencesPath === undefined ? undefined : resolve(file.dir, s.preferencesPath),
     })
-    if (token !== undefined) servers.push({ ...server(s.name, s.url, token), ...(s.proxy === undefined ? {} : { proxy: { port: s.proxy.port } }) })
+    const cors = s.proxy?.corsOrigins
+    for (const [j, o] of (cors ?? []).entries()) {
+      const problem = corsOriginProblem(o)
+      if (problem !== undefined) env.problem(`${label} "${s.name}": proxy.corsOrigins[${j}]: ${problem}`)
+    }
+    const proxy = s.proxy === undefined ? undefined : { port: s.proxy.port, ...(cors === undefined ? {} : { corsOrigins: cors }) }
+    if (token !== undefined) servers.push({ ...server(s.name, s.url, token), ...(proxy === undefined ? {} : { proxy }) })
   }
 
   const shortcut = plexUrlServer(env, servers)

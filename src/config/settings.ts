@@ -223,6 +223,40 @@ export function readLimits (env: Env): {
   }
 }
 
+/** The PMS proxy's defaults: per-key limits (PROXY_KEY_*) and the browser origins of its listeners (PROXY_CORS_ORIGINS). */
+export function readProxyDefaults (env: Env): { proxyKeyLimits: { requestsPerMinute: number, openStreams: number }, proxyCorsOrigins: string[] } {
+  const origins = (env.get('PROXY_CORS_ORIGINS') ?? '').split(',').map((o) => o.trim()).filter((o) => o !== '')
+  for (const o of origins) {
+    const problem = corsOriginProblem(o)
+    if (problem !== undefined) env.problem(`PROXY_CORS_ORIGINS: ${problem}`)
+  }
+  return {
+    proxyKeyLimits: {
+      requestsPerMinute: env.integer('PROXY_KEY_REQUESTS_PER_MINUTE', 0, 1_000_000),
+      openStreams: env.integer('PROXY_KEY_OPEN_STREAMS', 0, 100_000),
+    },
+    proxyCorsOrigins: origins,
+  }
+}
+
+/**
+ * What is wrong with a CORS origin, or undefined: it must be exactly an origin as browsers send it
+ * (`https://dash.example.com`, `http://10.0.0.4:3000`): no path, no trailing slash, no wildcard.
+ * `*` is refused: the proxy answers with the caller's own origin, for listed origins only.
+ */
+export function corsOriginProblem (origin: string): string | undefined {
+  const shown = `"${origin.slice(0, 80)}"`
+  if (origin.includes('*')) return `${shown}: wildcards are refused; list each origin (scheme://host[:port])`
+  let u: URL
+  try {
+    u = new URL(origin)
+  } catch {
+    return `${shown} is not an origin (scheme://host[:port])`
+  }
+  if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.origin !== origin) return `${shown} is not an origin as browsers send it (scheme://host[:port], lowercase, no path or trailing /)`
+  return undefined
+}
+
 /** The push channel's limits and heartbeat (GET /v1/tokens/stream). */
 export function readStreams (env: Env): { streamMaxPerClient: number, streamMaxTotal: number, streamHeartbeatMs: number } {
   return {

@@ -1,4 +1,4 @@
-import type { ProxyPolicy } from '../proxy/rules.ts'
+import type { ProxyKeyLimits, ProxyPolicy } from '../proxy/rules.ts'
 
 /** The validated configuration's types, and the error that lists what is wrong with it. */
 
@@ -24,8 +24,11 @@ export interface ServerConfig {
   tokenSource: 'token' | 'tokenFile' | 'preferencesPath'
   /** The file the token was read from (tokenFile, preferencesPath), watched for changes. */
   tokenPath?: string
-  /** The PMS proxy's listener for this server (`proxy.port`, or PROXY_PORT for a single server). */
-  proxy?: { port: number }
+  /**
+   * The PMS proxy's listener for this server (`proxy.port`, or PROXY_PORT for a single server);
+   * `corsOrigins`: the browser origins it answers (else PROXY_CORS_ORIGINS).
+   */
+  proxy?: { port: number, corsOrigins?: readonly string[] }
 }
 
 export interface ClientConfig {
@@ -123,6 +126,10 @@ export interface Config {
   demo: boolean
   /** plex.tv base URL, for admin token checks (PLEX_TV_URL); absent when PLEX_TV_URL=off. */
   plexTvUrl?: string
+  /** PROXY_KEY_REQUESTS_PER_MINUTE and PROXY_KEY_OPEN_STREAMS: per-key limits of clients whose `proxy.limits` leave them out. */
+  proxyKeyLimits: ProxyKeyLimits
+  /** PROXY_CORS_ORIGINS: browser origins allowed on proxy listeners without `proxy.corsOrigins` of their own. */
+  proxyCorsOrigins: readonly string[]
   /** STREAM_MAX_PER_CLIENT: open push streams per client on this instance (429 beyond). */
   streamMaxPerClient: number
   /** STREAM_MAX_TOTAL: open push streams on this instance (429 beyond). */

@@ -2,10 +2,11 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyReply } from 'fastify'
 
 /**
- * The mechanics of a response that stays open for minutes or hours (the push channel today;
- * proxied downloads and websockets later), apart from what it carries: taking the response over
- * from Fastify, bounding what a peer that does not read can make the broker hold, and ending
- * every such response before the server closes.
+ * The mechanics of a response that stays open for minutes or hours, apart from what it carries:
+ * taking the response over from Fastify and bounding what a peer that does not read can make the
+ * broker hold (`LongResponse`, the push channel's streams), and ending every such response before
+ * the server closes (`LongResponses`, the push channel's and the proxy's). Why the proxy's
+ * downloads and websockets bound slow peers their own way: docs/architecture.md.
  */
 
 export interface LongResponseOptions {
@@ -120,23 +121,26 @@ export class LongResponse {
 }
 
 /**
- * The long responses one route holds open. Once the server begins to close, no new one may open
- * (`closing`), and every open one is ended as `shutdown` in the `preClose` hook, before the
- * server stops accepting: app.close() then finishes within the grace period.
+ * The long responses one owner holds open: the push channel's streams (routes/stream.ts), the
+ * proxy's downloads and websockets (proxy/open-responses.ts). Once the server begins to close, no
+ * new one may open (`closing`), and `close` ends every open one as `shutdown`; given the app, that
+ * happens in its `preClose` hook, before the server stops accepting, so app.close() finishes
+ * within the grace period.
  */
-export class OpenResponses<T extends { end: (reason: 'shutdown') => void }> {
+export class LongResponses<T extends { end: (reason: 'shutdown') => void }> {
   readonly #open = new Set<T>()
   #closing = false
 
-  constructor (app: FastifyInstance) {
-    app.addHook('preClose', async () => {
-      this.#closing = true
-      for (const s of [...this.#open]) s.end('shutdown')
-    })
+  constructor (app?: FastifyInstance) {
+    app?.addHook('preClose', async () => { this.close() })
   }
 
   get closing (): boolean {
     return this.#closing
+  }
+
+  get size (): number {
+    return this.#open.size
   }
 
   add (s: T): void {
@@ -145,5 +149,11 @@ export class OpenResponses<T extends { end: (reason: 'shutdown') => void }> {
 
   delete (s: T): void {
     this.#open.delete(s)
+  }
+
+  /** Ends every open response as `shutdown` (each one's `end` may call `delete`). */
+  close (): void {
+    this.#closing = true
+    for (const s of [...this.#open]) s.end('shutdown')
   }
 }

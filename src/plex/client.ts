@@ -1,8 +1,10 @@
-import { Agent, errors as undiciErrors, request } from 'undici'
+import { errors as undiciErrors, request } from 'undici'
 import type { ServerConfig } from '../config/index.ts'
+import type { Histogram } from '@prometheus-io/client'
 import { MAX_BODY_BYTES, readCapped } from './body.ts'
 import { CircuitBreaker } from './breaker.ts'
 import { parsePlex } from './parse.ts'
+import { PmsUpstream } from './upstream.ts'
 
 /** PMS answered 401 or 403: the token used was rejected (docs/plex-api.md §4: decide on status only). */
 export class PlexRejectedError extends Error {
@@ -59,7 +61,17 @@ export interface PlexClientOptions {
   version?: string
   /** Opens after `failureThreshold` (5) consecutive failures for `openMs` (5 s); `/identity` probes bypass it and close it. */
   breaker?: { failureThreshold?: number, openMs?: number }
-  onCall?: (e: { server: string, endpoint: string, outcome: CallOutcome, durationMs: number }) => void
+  /**
+   * The connections to PMS (src/plex/upstream.ts), shared with the proxy; calls use each
+   * origin's `admin` pool. Without it the client opens (and closes) connections of its own.
+   */
+  upstream?: PmsUpstream
+  /**
+   * Where each call's duration and outcome are recorded: the instance's `Metrics`
+   * (`ptb_upstream_request_duration_seconds`). Typed by the histogram alone, so this layer does not
+   * import the metric registry (which imports the proxy's metrics, above this layer).
+   */
+  metrics?: { upstreamDuration: Histogram<'server' | 'endpoint' | 'outcome'> }
   /** Largest answer body, and largest event of the event stream, in bytes. Default {@link MAX_BODY_BYTES} (1 MiB). */
   maxBodyBytes?: number
 }
@@ -112,13 +124,25 @@ const RELAY_LAST = (c: SourceConnection): number => (c.relay ? 2 : c.local ? 0 :
  */
 export class PlexClient {
   readonly #o: PlexClientOptions
-  readonly #agent: Agent
+  readonly #upstream: PmsUpstream
+  /** Set when the connections are this client's own (no `upstream` given): closed by `close()`. */
+  readonly #ownUpstream: boolean
   readonly #gates = new Map<string, Gate>()
   readonly #breakers = new Map<string, CircuitBreaker>()
 
   constructor (opts: PlexClientOptions) {
     this.#o = opts
-    this.#agent = new Agent({ keepAliveTimeout: 10_000, connect: { timeout: opts.timeoutMs } })
+    this.#ownUpstream = opts.upstream === undefined
+    this.#upstream = opts.upstream ?? new PmsUpstream(PlexClient.upstreamOptions(opts))
+  }
+
+  /** The admin pool's size and timeout for these options: the concurrency cap plus the event stream, PLEX_TIMEOUT. */
+  static upstreamOptions (opts: Pick<PlexClientOptions, 'timeoutMs' | 'concurrency'>): { adminConnections: number, adminTimeoutMs: number } {
+    return { adminConnections: Math.max(1, opts.concurrency) + 1, adminTimeoutMs: opts.timeoutMs }
+  }
+
+  #record (server: string, endpoint: string, outcome: CallOutcome, durationMs: number): void {
+    this.#o.metrics?.upstreamDuration.observe({ server, endpoint, outcome }, durationMs / 1000)
   }
 
   #headers (token?: string): Record<string, string> {
@@ -162,7 +186,7 @@ export class PlexClient {
     const wait = probe ? 0 : breaker.admit()
     if (wait > 0) {
       // Fail fast without touching PMS; a refused call is not a new failure.
-      this.#o.onCall?.({ server: server.name, endpoint, outcome, durationMs: 0 })
+      this.#record(server.name, endpoint, outcome, 0)
       throw new PlexUnavailableError(`PMS "${server.name}" failed repeatedly; not calling it for ${Math.ceil(wait / 1000)} s`, wait / 1000)
     }
     try {
@@ -175,7 +199,7 @@ export class PlexClient {
     } finally {
       if (outcome === 'unavailable') breaker.failure()
       else breaker.success()
-      this.#o.onCall?.({ server: server.name, endpoint, outcome, durationMs: performance.now() - started })
+      this.#record(server.name, endpoint, outcome, performance.now() - started)
     }
   }
 
@@ -185,7 +209,8 @@ export class PlexClient {
     try {
       res = await request(url, {
         method,
-        dispatcher: this.#agent,
+        // Never behind proxied traffic (upstream.ts, the admin pool).
+        dispatcher: this.#upstream.pools(url).pool('admin'),
         headers: this.#headers(token),
         signal: AbortSignal.timeout(this.#o.timeoutMs),
         headersTimeout: this.#o.timeoutMs,
@@ -280,13 +305,14 @@ export class PlexClient {
       closed = true
       h.onClose(reason)
     }
-    request(url, {
-      dispatcher: this.#agent,
+    // The stream holds one admin connection for as long as it is open (the pool has room for it).
+    Promise.resolve().then(async () => await request(url, {
+      dispatcher: this.#upstream.pools(url).pool('admin'),
       headers: { ...this.#headers(server.adminToken), accept: 'text/event-stream' },
       signal: h.signal,
       headersTimeout: this.#o.timeoutMs,
       bodyTimeout: 0,
-    }).then(async (res) => {
+    })).then(async (res) => {
       if (res.statusCode !== 200) {
         await res.body.dump().catch(() => {})
         close(`status ${res.statusCode}`)
@@ -316,8 +342,9 @@ export class PlexClient {
     }).catch((err: unknown) => close(describe(err)))
   }
 
+  /** Closes the connections if they are the client's own; shared ones close with the services. */
   async close (): Promise<void> {
-    await this.#agent.close().catch(() => {})
+    if (this.#ownUpstream) await this.#upstream.close().catch(() => {})
   }
 }
 

@@ -1,15 +1,18 @@
 import { normalizeIP } from '@fastify/rate-limit'
 import type { Logger } from 'pino'
-import type { RateLimiter } from '../broker/rate-limiter.ts'
+import type { IssueResult } from '../broker/issuer.ts'
+import type { LimitName, Meter, RateLimiter } from '../broker/rate-limiter.ts'
 import type { ClientConfig, ServerConfig } from '../config/index.ts'
 import { canUseServer } from '../broker/policy.ts'
 import type { AuditSampler } from './audit-sampler.ts'
 import { canonicalPath, splitTarget } from './canonical-path.ts'
+import { urlHostAllowed } from './presets.ts'
 import { SESSION_CREDENTIAL_PREFIX, type SessionCredentials } from './media-urls.ts'
 import type { ProxyMetrics } from './proxy-metrics.ts'
 import { PROXY_KEY_PREFIX, type ProxyKeyCheck, type ProxyKeys } from './proxy-keys.ts'
 import { extractCredential, queryKeys } from './request-rewrite.ts'
 import { type Decision, evaluate, type ProxyPolicy, stripLogFilter } from './rules.ts'
+import { poolFor } from '../plex/upstream.ts'
 
 /**
  * The proxy's decision for one request, HTTP or websocket upgrade alike (docs/proxy.md, *How a
@@ -54,7 +57,10 @@ export interface GateOptions {
   clients: readonly ClientConfig[]
   keys: ProxyKeys
   sessions: SessionCredentials
-  /** The broker's limiter: failed keys count against `proxy_key_failures` per address. */
+  /**
+   * The broker's limiter: failed keys count against `proxy_key_failures` per address, admitted
+   * requests against their key's `proxy_key_requests` and `proxy_key_streams`.
+   */
   limiter: RateLimiter
   metrics: ProxyMetrics
   sampler: AuditSampler
@@ -73,6 +79,26 @@ export interface RequestInfo {
 }
 
 const PMS_PREFIX = /^\/pms\/([^/?#]+)(?=\/|$)/
+
+/**
+ * Whether an answer counts against the key's open streams (`proxy.limits.openStreams`): what the
+ * media pool serves (parts, transcodes, downloads, the event feed) but the photo transcoder,
+ * whose images are short answers fetched dozens at a time by dashboards. Websockets count too.
+ */
+export function isLongAnswer (path: string): boolean {
+  return poolFor(path) === 'media' && path !== '/photo/:/transcode'
+}
+
+/** What `ProxyGate.issue` gives an admitted request: its token, and what to call when its answer ends. */
+export interface Issued {
+  ok: true
+  issued: IssueResult
+  /** Gives back the request's open-stream lease, if it took one (idempotent). */
+  release: () => void
+}
+
+/** A 429 at a per-key limit asks the caller to wait this long when the limit has no window (open streams). */
+const STREAMS_RETRY_AFTER_S = 5
 
 export class ProxyGate {
   readonly #o: GateOptions
@@ -103,7 +129,7 @@ export class ProxyGate {
         return false
       }
     }
-    const cred = extractCredential(req.header, rawQuery, isPms)
+    let cred = extractCredential(req.header, rawQuery, isPms)
     if (!cred.ok && cred.reason === 'conflicting-credentials') return await this.#refuseCredential(req, 'conflicting', server)
     if (!cred.ok && cred.reason === 'bad-encoding') return { ok: false, status: 400, code: 'BAD_REQUEST', message: cred.message, decision: 'bad_request' }
     const credential = cred.ok ? cred.credential : extractCredentialOnly(req.header, rawQuery)
@@ -135,6 +161,12 @@ export class ProxyGate {
     }
     const path = canonical.path
     const policy = client.proxy
+    if (!cred.ok && cred.reason === 'foreign-url' && policy.allowUrlHosts.length > 0) {
+      // The client may name some hosts (`allowUrlHosts`): read the query again with its list.
+      cred = extractCredential(req.header, rawQuery, isPms, (u) => urlHostAllowed(policy.allowUrlHosts, u.hostname))
+      if (!cred.ok && cred.reason === 'conflicting-credentials') return await this.#refuseCredential(req, 'conflicting', server, client.id)
+      if (!cred.ok && cred.reason === 'bad-encoding') return { ok: false, status: 400, code: 'BAD_REQUEST', message: cred.message, decision: 'bad_request', client: client.id, server: server.name }
+    }
     if (!cred.ok) {
       // A nested url= on another host: refused whatever the rules and the mode (PMS would fetch it).
       this.#sample('proxy.denied', record.id, client.id, server.name, req.method, path, 'foreign-url')
@@ -142,8 +174,10 @@ export class ProxyGate {
     }
     let decision = evaluate(policy, { method: req.method, path, queryKeys: queryKeys(cred.query) })
     // A nested URL is a path PMS fetches for the caller: the rules must allow a GET of it too.
+    // (An absolute one is on a host of the client's `allowUrlHosts`: not a PMS path.)
     for (const nested of cred.nestedUrls) {
       if (!decision.allow) break
+      if (!nested.startsWith('/')) continue
       const n = canonicalPath(splitTarget(nested).path)
       const d = n.ok ? evaluate(policy, { method: 'GET', path: n.path }) : { allow: false, reason: 'default-deny' as const }
       if (!d.allow) decision = { ...d, rule: `nested url: ${d.rule ?? d.reason}` }
@@ -183,6 +217,47 @@ export class ProxyGate {
       }
     }
     return { ok: true, server, prefix, client, policy, keyId: record.id, path, query: filtered.query, decision, shadowed }
+  }
+
+  /**
+   * The token for an admitted request, counted against its key's limits (docs/proxy.md, *Per-key
+   * limits*): the request against `proxy_key_requests` inside the token's serve script (no round
+   * trip of its own), and a long answer (`long`) against `proxy_key_streams` by a lease taken at
+   * the same time (one more command, no added wait). Over either limit: 429 with Retry-After,
+   * audited once per key and limit per window. Another key's traffic never counts here.
+   */
+  async issue (a: Admitted, long: boolean, issue: (meter: Meter) => Promise<IssueResult>): Promise<Issued | Refused> {
+    const { limiter } = this.#o
+    const meter = limiter.meterOf(limiter.proxyKey(a.keyId, a.policy.limits.requestsPerMinute))
+    const leasing = long && a.policy.limits.openStreams > 0 ? limiter.lease(limiter.proxyKeyStreams(a.keyId, a.policy.limits.openStreams)) : undefined
+    let issued: IssueResult
+    try {
+      issued = await issue(meter)
+    } catch (err) {
+      ;(await leasing)?.release()
+      const counted = meter.last
+      if (counted?.limited === true) {
+        return this.#throttled(a, 'proxy_key_requests', counted.max, Math.max(1, Math.ceil(counted.ttlMs / 1000)),
+          `Rate limit exceeded: ${counted.max} requests per minute for this proxy key; retry later.`)
+      }
+      throw err
+    }
+    const lease = await leasing
+    if (lease?.limited === true) {
+      return this.#throttled(a, 'proxy_key_streams', lease.max, STREAMS_RETRY_AFTER_S,
+        `Too many open streams: ${lease.max} at once for this proxy key; retry when one has ended.`)
+    }
+    return { ok: true, issued, release: lease?.release ?? (() => {}) }
+  }
+
+  #throttled (a: Admitted, limit: LimitName, max: number, retryAfter: number, message: string): Refused {
+    this.#o.sampler.record(`proxy.throttled\u0000${a.keyId}\u0000${limit}`, {
+      action: 'proxy.throttled',
+      client: a.client.id,
+      server: a.server.name,
+      detail: { keyId: a.keyId, limit, max },
+    })
+    return { ok: false, status: 429, code: 'RATE_LIMITED', message, decision: 'throttled', retryAfter, client: a.client.id, server: a.server.name }
   }
 
   #sample (action: string, keyId: string, client: string, server: string, method: string, path: string, reason: string, rule?: string): void {

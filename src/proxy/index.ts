@@ -5,45 +5,36 @@ import { HTTP_TIMEOUTS, type HttpTimeouts } from '../http-server.ts'
 import { describe } from '../errors.ts'
 import type { Services } from '../services.ts'
 import { AuditSampler } from './audit-sampler.ts'
-import { createRedis, type RedisClient } from '../redis.ts'
 import { ProxyGate } from './gate.ts'
-import { ProxyKeyCache } from './key-cache.ts'
 import { buildProxyListener } from './listener.ts'
 import { SessionCredentials } from './media-urls.ts'
 import { OpenResponses } from './open-responses.ts'
 import type { ProxyMetrics } from './proxy-metrics.ts'
-import { ProxyKeys } from './proxy-keys.ts'
-import { UpstreamPools, type UpstreamOptions } from './upstream.ts'
+import type { ProxyKeys } from './proxy-keys.ts'
+import type { UpstreamPools } from '../plex/upstream.ts'
 
 export interface ProxyOptions {
   /** Timeouts of the listeners (tests shorten them); defaults as the API's. */
   timeouts?: Partial<HttpTimeouts>
-  upstream?: UpstreamOptions
   /** How often open answers' keys are checked (default 500 ms). */
   recheckIntervalMs?: number
   /** The audit sampler's window (default 60 s). */
   auditWindowMs?: number
   authFailures?: { max: number, timeWindowMs: number }
-  /**
-   * The local view of proxy keys (key-cache.ts): on by default; `false` reads every key from
-   * Redis. `connect` opens the reader's connection (tests), `freshMs` and `blockMs` as there.
-   */
-  keyCache?: false | { connect?: () => RedisClient, freshMs?: number, blockMs?: number }
 }
 
 /**
  * The PMS proxy of one broker instance: a listener per server with a proxy port (docs/proxy.md),
- * the upstream pools, the revocation watcher of open answers, the audit sampler and the metrics.
+ * the upstream pools by server, the revocation watcher of open answers, the audit sampler and the metrics.
  * Built with the app (app.ts), listening when the API does (server.ts), closed before the services.
  */
 export class PmsProxy {
   readonly listeners = new Map<string, FastifyInstance>()
+  /** The service graph's proxy keys (services.ts), shared with the key routes. */
   readonly keys: ProxyKeys
   readonly open: OpenResponses
   readonly metrics: ProxyMetrics
   readonly sessions: SessionCredentials
-  /** The local view of proxy keys; undefined when turned off. */
-  readonly keyCache: ProxyKeyCache | undefined
   readonly #pools = new Map<string, UpstreamPools>()
   readonly #sampler: AuditSampler
   readonly #services: Services
@@ -51,20 +42,7 @@ export class PmsProxy {
   private constructor (services: Services, opts: ProxyOptions) {
     this.#services = services
     const { logger, auditWriter } = services
-    const hasListener = [...services.servers.values()].some((s) => s.proxy !== undefined)
-    const cacheOpts = opts.keyCache
-    this.keyCache = cacheOpts === false || !hasListener
-      ? undefined
-      : new ProxyKeyCache({
-        rc: services.rc,
-        // The reader's XREAD blocks: a connection of its own, like the push channel's reader.
-        connect: cacheOpts?.connect ?? (() => createRedis(services.config, 'push', logger)),
-        logger,
-        freshMs: cacheOpts?.freshMs,
-        blockMs: cacheOpts?.blockMs,
-      })
-    this.keyCache?.start()
-    this.keys = new ProxyKeys(services.rc, services.config, this.keyCache)
+    this.keys = services.proxyKeys
     this.metrics = services.metrics.proxy
     this.sessions = new SessionCredentials(services.config.brokerSecret, services.rc.now)
     this.open = new OpenResponses({
@@ -80,7 +58,8 @@ export class PmsProxy {
           .catch((err: unknown) => logger.warn({ err: describe(err) }, 'proxy audit write failed'))
       },
     })
-    for (const s of services.servers.values()) this.#pools.set(s.name, new UpstreamPools(s.url, opts.upstream))
+    // The connections are the services' (shared with the PMS client, closed with the services).
+    for (const s of services.servers.values()) this.#pools.set(s.name, services.upstream.pools(s.url))
   }
 
   static async create (services: Services, opts: ProxyOptions = {}): Promise<PmsProxy> {
@@ -122,12 +101,10 @@ export class PmsProxy {
     return typeof address === 'object' && address !== null ? (address as AddressInfo).port : 0
   }
 
-  /** Stops the listeners (open answers end), the watcher and the pools; flushes the audit sampler. */
+  /** Stops the listeners (open answers end) and the watcher; flushes the audit sampler. The pools close with the services. */
   async close (): Promise<void> {
     this.open.close()
     await Promise.all([...this.listeners.values()].map(async (app) => { await app.close() }))
-    await this.keyCache?.close()
     this.#sampler.flush()
-    await Promise.all([...this.#pools.values()].map(async (p) => { await p.close() }))
   }
 }

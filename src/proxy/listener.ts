@@ -3,6 +3,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from 'fastify'
 import replyFrom from '@fastify/reply-from'
 import type { Logger } from 'pino'
+import { afterRejection, answer401 } from '../broker/fresh-token-retry.ts'
 import type { IssueResult } from '../broker/issuer.ts'
 import type { ServerConfig } from '../config/index.ts'
 import type { HttpTimeouts } from '../http-server.ts'
@@ -10,13 +11,15 @@ import { describe } from '../errors.ts'
 import errorHandler, { sendError } from '../plugins/error-handler.ts'
 import requestIdentity, { requestContext } from '../plugins/request-identity.ts'
 import { encodeCanonicalPath } from './canonical-path.ts'
-import type { Admitted, Refused } from './gate.ts'
+import { attachCors, isPreflight } from './cors.ts'
+import { type Admitted, isLongAnswer, type Refused } from './gate.ts'
 import { manifestKind, signM3u8, signMpd } from './media-urls.ts'
 import { statusClass } from './proxy-metrics.ts'
 import { DROPPED_REQUEST_HEADERS } from './request-rewrite.ts'
 import { isScannableType, LeakScrubber, MAX_FILTERED_BODY, removeAttributes, rewriteLocation, scrubBuffer, scrubPlan, secretBuffers } from './response-rewrite.ts'
 import { responseAttributesToRemove } from './rules.ts'
-import { forwardContext, poolFor, type UpstreamPools, upstreamRouter } from './upstream.ts'
+import { poolFor, type UpstreamPools } from '../plex/upstream.ts'
+import { forwardContext, upstreamRouter } from './upstream-router.ts'
 import type { ProxyListenerDeps } from './listener-deps.ts'
 import { attachWebsockets } from './websocket.ts'
 
@@ -91,8 +94,9 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
   await app.register(requestIdentity)
   await app.register(errorHandler, {})
+  attachCors(app, server.proxy?.corsOrigins ?? config.proxyCorsOrigins)
   await app.register(replyFrom, {
-    // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream.ts).
+    // The router picks the server's pool (api or media) and adds the caller's abort signal (upstream-router.ts).
     undici: upstreamRouter as never,
     // PMS GETs have side effects: nothing is retried, neither on a socket error nor on a 503.
     retryMethods: [],
@@ -113,7 +117,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   const log = (request: FastifyRequest, reply: FastifyReply): void => {
     const a = request.proxied
     const r = request.proxyRefusal
-    const decision = r !== undefined ? r.decision : a === undefined ? 'error' : a.shadowed ? 'shadow' : 'allow'
+    const decision = r !== undefined ? r.decision : a === undefined ? (isPreflight(request) ? 'preflight' : 'error') : a.shadowed ? 'shadow' : 'allow'
     const client = a?.client.id ?? r?.client ?? ''
     const srv = a?.server.name ?? r?.server ?? server.name
     metrics.requests.inc({ client, server: srv, decision, status_class: statusClass(reply.statusCode) })
@@ -146,8 +150,15 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
     }
     request.proxied = admitted
     const ctx = { ...requestContext(request), via: 'proxy' as const }
-    const issued = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
-    return forward(request, reply, admitted, issued, false)
+    // The key's limits are counted with the token's serve (gate.ts `issue`).
+    const got = await gate.issue(admitted, isLongAnswer(admitted.path), async (meter) => await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter }))
+    if (!got.ok) {
+      request.proxyRefusal = got
+      if (hasBody(request.headers)) reply.header('connection', 'close')
+      return sendError(reply, request, got.status, got.code, got.message, got.retryAfter)
+    }
+    reply.raw.once('close', got.release)
+    return forward(request, reply, admitted, got.issued, false)
   }
 
   function forward (request: FastifyRequest, reply: FastifyReply, a: Admitted, issued: IssueResult, retried: boolean): FastifyReply {
@@ -218,16 +229,16 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
         if (res.statusCode === 401) {
           stream.resume()
           for (const name of Object.keys(res.headers)) rep.removeHeader(name)
-          // PMS refused the broker's token: the same check as a client's report (rejection-check.ts).
-          const mayRetry = !retried && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers)
+          // PMS refused the broker's token: report it, and one retry with a fresh token
+          // (broker/fresh-token-retry.ts). The body streamed to PMS is gone: only a GET or HEAD
+          // without one is replayable, and a write is never sent twice on the caller's behalf.
+          const replayable = (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers)
           reply.raw.off('close', onClose)
           unregister()
-          void services.rejection.report(a.client.id, a.server, issued.tokenId, { ...requestContext(req), via: 'proxy' }).then((fresh) => {
-            if (mayRetry) {
-              forward(req, rep, a, fresh, true)
-            } else {
-              sendError(rep, req, 401, 'UNAUTHENTICATED', `PMS "${a.server.name}" rejected the broker's token for this request; it has been checked and replaced: retry.`)
-            }
+          const ctx = { ...requestContext(req), via: 'proxy' as const }
+          void afterRejection(services.rejection, { client: a.client.id, server: a.server, ctx, used: issued, replayable, retried }).then((after) => {
+            if (after.retry) forward(req, rep, a, after.token, true)
+            else sendError(rep, req, 401, 'UNAUTHENTICATED', answer401(a.server.name, after))
           }, (err: unknown) => {
             const e = err as { statusCode?: number, code?: string, message?: string }
             sendError(rep, req, e.statusCode ?? 502, e.code ?? 'UPSTREAM_UNAVAILABLE', e.statusCode !== undefined ? e.message ?? '' : `PMS "${a.server.name}" is unavailable.`)
@@ -274,6 +285,21 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
           return
         }
         if (scannable) {
+          // A small answer of known length (most API answers) is scanned in one piece: cheaper than
+          // a scanning stream per request. Anything else (feeds, big or unknown lengths) streams.
+          const length = Number(res.headers['content-length'])
+          if (req.method !== 'HEAD' && Number.isInteger(length) && length > 0 && length <= SMALL_ANSWER) {
+            collect(stream, SMALL_ANSWER, (body) => {
+              if (body === undefined) {
+                rep.raw.destroy()
+                return
+              }
+              const found = scrubBuffer(body, secretBuffers(secrets))
+              if (found > 0) leak(a, found)
+              rep.send(body)
+            })
+            return
+          }
           const scrubber = new LeakScrubber(scrubPlan(secrets), (n) => leak(a, n))
           stream.pipe(scrubber)
           scrubber.on('error', () => stream.destroy())
@@ -303,6 +329,33 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
   app.all('/*', handler)
   attachWebsockets(app, { ...deps, logger, server })
   return app
+}
+
+/** Answers this small (with a known length) are scanned in one piece rather than streamed. */
+const SMALL_ANSWER = 64 * 1024
+
+/** Collects a stream's chunks (at most `max` bytes, else undefined) and calls back once. */
+function collect (stream: NodeJS.ReadableStream & { destroy: () => void }, max: number, done: (body: Buffer | undefined) => void): void {
+  const chunks: Buffer[] = []
+  let size = 0
+  let finished = false
+  const finish = (body: Buffer | undefined): void => {
+    if (finished) return
+    finished = true
+    done(body)
+  }
+  stream.on('data', (chunk: Buffer) => {
+    size += chunk.length
+    if (size > max) {
+      stream.destroy()
+      finish(undefined)
+      return
+    }
+    chunks.push(chunk)
+  })
+  stream.once('end', () => { finish(chunks.length === 1 ? Buffer.from(chunks[0]!) : Buffer.concat(chunks)) })
+  stream.once('error', () => { finish(undefined) })
+  stream.once('close', () => { finish(undefined) })
 }
 
 /** Reads a stream to its end into memory, at most `max` bytes; undefined beyond. */

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import { LongResponses } from '../http/long-response.ts'
 
 /** Why an open answer is ended: its key is gone, its key cannot be checked, or the broker is stopping. */
 export type EndReason = 'revoked' | 'unchecked' | 'shutdown'
@@ -29,10 +30,15 @@ export interface OpenResponsesOptions {
  * deleted key are ended. No change-log subscription is needed: the check reads the records
  * themselves, so nothing can be missed, and it costs one round trip per tick only while something
  * is open. When Redis cannot answer for `failClosedAfterMs`, open answers are ended too: a key
- * whose state cannot be read is not kept serving.
+ * whose state cannot be read is not kept serving. The answers themselves are held, and ended at
+ * shutdown, by the long-response registry the push channel uses too (http/long-response.ts); what
+ * is the proxy's own is the index by key and its recheck.
  */
 export class OpenResponses {
   readonly #o: OpenResponsesOptions
+  /** Every open answer (what shutdown ends). */
+  readonly #all = new LongResponses<OpenResponse>()
+  /** The same answers by key id (what the recheck reads and a revocation ends). */
   readonly #byKey = new Map<string, Set<OpenResponse>>()
   #timer: NodeJS.Timeout | undefined
   #checking = false
@@ -43,9 +49,7 @@ export class OpenResponses {
   }
 
   get size (): number {
-    let n = 0
-    for (const s of this.#byKey.values()) n += s.size
-    return n
+    return this.#all.size
   }
 
   /** Registers an open answer; returns the function that unregisters it (call it when it ends). */
@@ -53,8 +57,10 @@ export class OpenResponses {
     let set = this.#byKey.get(r.keyId)
     if (set === undefined) this.#byKey.set(r.keyId, set = new Set())
     set.add(r)
+    this.#all.add(r)
     this.#start()
     return () => {
+      this.#all.delete(r)
       const s = this.#byKey.get(r.keyId)
       if (s === undefined) return
       s.delete(r)
@@ -68,7 +74,10 @@ export class OpenResponses {
     const set = this.#byKey.get(keyId)
     if (set === undefined) return 0
     this.#byKey.delete(keyId)
-    for (const r of set) r.end(why)
+    for (const r of set) {
+      this.#all.delete(r)
+      r.end(why)
+    }
     if (this.#byKey.size === 0) this.#stop()
     this.#o.onEnded?.(why, set.size)
     return set.size
@@ -114,6 +123,9 @@ export class OpenResponses {
   /** Shutdown: every open answer ends (websockets are told to reconnect elsewhere). */
   close (): void {
     this.#stop()
-    this.endAll('shutdown')
+    const n = this.#all.size
+    this.#byKey.clear()
+    this.#all.close()
+    if (n > 0) this.#o.onEnded?.('shutdown', n)
   }
 }

@@ -1,5 +1,6 @@
 import {
-  builtInRule, type CompiledRule, compileRule, describeRule, HARD_DENY, type ProxyMode, type ProxyPolicy, type ResponseFilter, type RuleSpec,
+  builtInRule, type CompiledRule, compileRule, DEFAULT_KEY_LIMITS, describeRule, HARD_DENY, type ProxyKeyLimits, type ProxyMode, type ProxyPolicy,
+  type ResponseFilter, type RuleSpec,
 } from './rules.ts'
 
 /**
@@ -113,7 +114,7 @@ export const PRESETS = {
     ],
   },
   'metadata-editor': {
-    summary: 'Kometa: read, plus metadata edits, collections, playlists, poster/art/theme uploads and its two server settings.',
+    summary: 'Kometa: read, plus metadata edits, collections, playlists, poster/art/theme uploads and its two server settings. Uploads by URL (`?url=https://image.tmdb.org/…`) also need the image hosts in the client\'s `allowUrlHosts`.',
     includes: ['read'],
     allow: [
       r('PUT /library/sections/*/all'),
@@ -182,6 +183,34 @@ export interface ProxySpec {
   allow?: readonly unknown[]
   deny?: readonly unknown[]
   mode?: ProxyMode
+  /** Hosts a nested `url=` may name besides PMS: `image.tmdb.org`, `*.example.com`. */
+  allowUrlHosts?: readonly unknown[]
+  limits?: Partial<ProxyKeyLimits>
+}
+
+const LABEL = '[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?'
+const HOST_NAME = new RegExp(`^${LABEL}(?:\\.${LABEL})+$`)
+
+/** What is wrong with an `allowUrlHosts` entry, or undefined; entries are compared lowercased. */
+function urlHostProblem (entry: unknown): string | undefined {
+  if (typeof entry !== 'string') return 'must be a host name'
+  const host = entry.toLowerCase()
+  const wildcard = host.startsWith('*.')
+  const name = wildcard ? host.slice(2) : host
+  if (!HOST_NAME.test(name)) {
+    return `"${entry}" is not a host name with a domain (e.g. image.tmdb.org or *.example.com; no scheme, port, path or bare *)`
+  }
+  if (wildcard && /^[\d.]+$/.test(name)) return `"${entry}": a wildcard needs a domain name, not an address`
+  return undefined
+}
+
+/** Whether a host (as `URL.hostname` gives it) is on an `allowUrlHosts` list. */
+export function urlHostAllowed (allowed: readonly string[], hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/\.$/, '')
+  for (const a of allowed) {
+    if (a.startsWith('*.') ? h.endsWith(a.slice(1)) && h.length > a.length - 1 : h === a) return true
+  }
+  return false
 }
 
 /**
@@ -189,7 +218,7 @@ export interface ProxySpec {
  * collected (each names the field: `proxy.allow[2].path: …`), so the config loader can report
  * them all at once; with any problem there is no policy.
  */
-export function policyFrom (spec: ProxySpec): { policy: ProxyPolicy } | { problems: string[] } {
+export function policyFrom (spec: ProxySpec, defaults: ProxyKeyLimits = DEFAULT_KEY_LIMITS): { policy: ProxyPolicy } | { problems: string[] } {
   const problems: string[] = []
   let preset: { allow: CompiledRule[], responseFilters: ResponseFilter[] } | undefined
   if (spec.preset !== undefined) {
@@ -208,6 +237,12 @@ export function policyFrom (spec: ProxySpec): { policy: ProxyPolicy } | { proble
   const allow = compile('allow')
   const deny = compile('deny')
   if (spec.mode !== undefined && spec.mode !== 'enforce' && spec.mode !== 'shadow') problems.push('proxy.mode: must be enforce or shadow')
+  const allowUrlHosts: string[] = []
+  for (const [i, entry] of (spec.allowUrlHosts ?? []).entries()) {
+    const problem = urlHostProblem(entry)
+    if (problem !== undefined) problems.push(`proxy.allowUrlHosts[${i}]: ${problem}`)
+    else allowUrlHosts.push(String(entry).toLowerCase())
+  }
   if (problems.length > 0) return { problems }
   return {
     policy: {
@@ -216,6 +251,8 @@ export function policyFrom (spec: ProxySpec): { policy: ProxyPolicy } | { proble
       deny,
       allow: [...allow, ...(preset?.allow ?? [])],
       responseFilters: preset?.responseFilters ?? [],
+      allowUrlHosts,
+      limits: { ...defaults, ...spec.limits },
     },
   }
 }

@@ -28,12 +28,14 @@ export type CredentialResult =
  * forward, byte for byte apart from the removed parameters and the rewritten nested URLs.
  *
  * `isPmsOrigin(url)` says whether an absolute nested URL points at PMS itself (its configured
- * origin or a loopback address); such a URL is made relative. Any other host is refused: PMS
- * fetches whatever URL it is given, so a foreign one would make the proxy a way to have PMS
- * fetch arbitrary addresses (docs/proxy.md, *Nested URLs*).
+ * origin or a loopback address); such a URL is made relative. Any other host is refused unless
+ * `allowForeign(url)` (the client's `allowUrlHosts`) lets it through: PMS fetches whatever URL it
+ * is given, so a foreign one would make the proxy a way to have PMS fetch arbitrary addresses
+ * (docs/proxy.md, *Nested URLs*). `nestedUrls` lists the relative ones (PMS paths) and the
+ * allowed foreign ones (absolute).
  */
 export function extractCredential (header: string | string[] | undefined, rawQuery: string,
-  isPmsOrigin: (url: URL) => boolean): CredentialResult {
+  isPmsOrigin: (url: URL) => boolean, allowForeign: (url: URL) => boolean = () => false): CredentialResult {
   const values: string[] = []
   if (Array.isArray(header)) values.push(...header)
   else if (typeof header === 'string') values.push(header)
@@ -55,7 +57,7 @@ export function extractCredential (header: string | string[] | undefined, rawQue
       if (lower === 'url' && eq >= 0) {
         const value = decodeComponent(part.slice(eq + 1))
         if (value === undefined) return { ok: false, reason: 'bad-encoding', message: 'The url parameter is not valid percent-encoding.' }
-        const nested = nestedUrl(value, isPmsOrigin)
+        const nested = nestedUrl(value, isPmsOrigin, allowForeign)
         if (nested === undefined) {
           return { ok: false, reason: 'foreign-url', message: 'The url parameter points at a host other than this PMS; the proxy does not let PMS fetch other hosts.' }
         }
@@ -85,10 +87,11 @@ export function isLoopbackHost (hostname: string): boolean {
 /**
  * A nested URL as PMS should get it: a relative path (`/library/metadata/1/thumb/2`) without
  * `X-Plex-*` arguments (PMS fetches a local path with the outer request's rights, so the nested
- * token is never needed, and the caller's would be a proxy key PMS cannot read). Undefined for a
- * URL whose host is not PMS.
+ * token is never needed, and the caller's would be a proxy key PMS cannot read). An absolute URL
+ * on a host `allowForeign` accepts stays absolute (as the URL parser writes it, so PMS reads the
+ * host that was checked), minus its `X-Plex-*` arguments. Undefined for any other host.
  */
-export function nestedUrl (value: string, isPmsOrigin: (url: URL) => boolean): string | undefined {
+export function nestedUrl (value: string, isPmsOrigin: (url: URL) => boolean, allowForeign: (url: URL) => boolean = () => false): string | undefined {
   let u: URL
   let relative = false
   try {
@@ -104,10 +107,24 @@ export function nestedUrl (value: string, isPmsOrigin: (url: URL) => boolean): s
   if (!relative) {
     if (u.protocol !== 'http:' && u.protocol !== 'https:') return undefined
     if (u.username !== '' || u.password !== '') return undefined
-    if (!isPmsOrigin(u) && !isLoopbackHost(u.hostname)) return undefined
+    if (!isPmsOrigin(u) && !isLoopbackHost(u.hostname)) {
+      if (!allowForeign(u)) return undefined
+      return `${u.origin}${u.pathname}${withoutPlexParams(u.search)}${u.hash}`
+    }
   }
   for (const name of [...u.searchParams.keys()]) if (name.toLowerCase().startsWith('x-plex-')) u.searchParams.delete(name)
   return `${u.pathname}${u.search}`
+}
+
+/** A URL's `?query` without its `X-Plex-*` parameters, the others byte for byte. */
+function withoutPlexParams (search: string): string {
+  if (search === '') return ''
+  const kept = search.slice(1).split('&').filter((part) => {
+    const eq = part.indexOf('=')
+    const name = decodeComponent(eq < 0 ? part : part.slice(0, eq)) ?? part
+    return !name.trim().toLowerCase().startsWith('x-plex-')
+  })
+  return kept.length === 0 ? '' : `?${kept.join('&')}`
 }
 
 /** The names of the query parameters (decoded), for rules with `query.keys`. */

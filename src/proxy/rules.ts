@@ -92,7 +92,30 @@ export interface ProxyPolicy {
   deny: readonly CompiledRule[]
   allow: readonly CompiledRule[]
   responseFilters: readonly ResponseFilter[]
+  /**
+   * Hosts a nested `url=` may name besides PMS itself (`allowUrlHosts`, docs/proxy.md *Nested
+   * URLs*): exact host names, lowercased, or `*.` and a domain for its subdomains.
+   */
+  allowUrlHosts: readonly string[]
+  /** Each proxy key's limits (`proxy.limits`, else PROXY_KEY_REQUESTS_PER_MINUTE and PROXY_KEY_OPEN_STREAMS). */
+  limits: ProxyKeyLimits
 }
+
+export interface ProxyKeyLimits {
+  /** Requests per key and minute; beyond: 429. 0: not limited. */
+  requestsPerMinute: number
+  /** Long answers (media, event feeds, websockets) open at once per key, across instances; beyond: 429. 0: not limited. */
+  openStreams: number
+}
+
+/**
+ * The defaults of the per-key limits (docs/proxy.md, *Per-key limits*): none. Tools differ by
+ * orders of magnitude (Tautulli polls every few seconds; Kometa, one call after another, makes
+ * thousands a minute; a download manager or a family's players hold dozens of media answers at
+ * once through one key), so any one default would either lock out a legitimate tool or limit
+ * nothing. Ops set them per client from what the tool does.
+ */
+export const DEFAULT_KEY_LIMITS: ProxyKeyLimits = { requestsPerMinute: 0, openStreams: 0 }
 
 export const MAX_PATTERN_LENGTH = 512
 const MAX_WILDCARDS = 8

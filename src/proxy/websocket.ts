@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { randomUUID } from 'node:crypto'
 import { WebSocket, WebSocketServer, type RawData } from 'ws'
+import { answer401, sendWithFreshToken } from '../broker/fresh-token-retry.ts'
 import type { IssueResult } from '../broker/issuer.ts'
 import type { ServerConfig } from '../config/index.ts'
 import { clientAddress } from '../plugins/request-identity.ts'
@@ -19,7 +20,7 @@ import { scrubBuffer } from './response-rewrite.ts'
  * checked at the upgrade (a refusal is a plain HTTP answer, never a socket that opens and
  * closes); the `log` filter is removed by the gate; the upstream socket is opened with the
  * client's transient token before the caller's is accepted, so a PMS 401 is answered as one (after
- * one re-mint, as for HTTP). Frames pass both ways; text frames are checked for credentials.
+ * the report and one retry with a fresh token, as for HTTP: broker/fresh-token-retry.ts). Frames pass both ways; text frames are checked for credentials.
  *
  * When PMS goes away (a restart drops every socket without a close frame), the caller's socket is
  * closed with 1012 ("service restart"), which clients treat as "reconnect": their next upgrade
@@ -52,7 +53,6 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
   const { services, gate, metrics, open, logger } = deps
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, maxPayload: 1024 * 1024 })
   const trust = services.config.trustProxy.length === 0 ? () => false : proxyAddr.compile([...services.config.trustProxy])
-  const sockets = new Set<WebSocket>()
 
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => {})
@@ -62,10 +62,8 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       if (!socket.destroyed) rawError(socket, e.statusCode ?? 502, e.code ?? 'UPSTREAM_UNAVAILABLE', e.statusCode !== undefined ? e.message ?? '' : 'PMS did not accept the websocket.', e.retryAfter)
     })
   })
-  // Shutdown: open sockets are told to reconnect (to another instance).
-  app.addHook('preClose', async () => {
-    for (const ws of sockets) ws.close(1012, 'broker restarting')
-  })
+  // Shutdown: open sockets are told to reconnect (to another instance) when the proxy ends every
+  // open answer (`open.close()`, proxy/index.ts), before this listener closes.
 
   async function handle (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const ip = clientAddress(proxyAddr(req, trust), req.socket.remoteAddress)
@@ -80,16 +78,22 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
       return
     }
     const ctx = { requestId: randomUUID(), ip, via: 'proxy' as const }
-    let issued = await services.issuer.issue(admitted.client.id, admitted.server, ctx)
-    let upstream = await connect(req, admitted, issued, ip)
-    if (upstream === 401) {
-      // PMS refused the token (it restarted): the same check as any report, then one more try.
-      issued = await services.rejection.report(admitted.client.id, admitted.server, issued.tokenId, ctx)
-      upstream = await connect(req, admitted, issued, ip)
+    // A websocket is a long answer: it holds one of the key's open streams while it lives.
+    const got = await gate.issue(admitted, true, async (meter) => await services.issuer.issue(admitted.client.id, admitted.server, ctx, { meter }))
+    if (!got.ok) {
+      metrics.requests.inc({ client: got.client ?? '', server: got.server ?? deps.server.name, decision: got.decision, status_class: '4xx' })
+      rawError(socket, got.status, got.code, got.message, got.retryAfter)
+      return
     }
+    socket.once('close', got.release)
+    // PMS refused the token (it restarted): report it, and one more try with a fresh one
+    // (broker/fresh-token-retry.ts); an upgrade has no body, so it is always replayable.
+    const { answer: upstream, token: issued, after } = await sendWithFreshToken(services.rejection,
+      { client: admitted.client.id, server: admitted.server, ctx, replayable: true }, got.issued,
+      async (token) => await connect(req, admitted, token, ip), (answer) => typeof answer === 'number' ? answer : 101)
     if (typeof upstream === 'number') {
-      rawError(socket, upstream === 401 ? 401 : 502, upstream === 401 ? 'UNAUTHENTICATED' : 'UPSTREAM_UNAVAILABLE',
-        upstream === 401 ? `PMS "${admitted.server.name}" rejected the broker's token; retry.` : `PMS "${admitted.server.name}" did not accept the websocket.`)
+      if (upstream === 401) rawError(socket, 401, 'UNAUTHENTICATED', answer401(admitted.server.name, after))
+      else rawError(socket, 502, 'UPSTREAM_UNAVAILABLE', `PMS "${admitted.server.name}" did not accept the websocket.`)
       return
     }
     const up = upstream
@@ -119,14 +123,12 @@ export function attachWebsockets (app: FastifyInstance, deps: ProxyListenerDeps 
   }
 
   function pipe (client: WebSocket, up: WebSocket, a: Admitted, issued: IssueResult): void {
-    sockets.add(client)
     metrics.websockets.inc({ server: a.server.name })
     const secrets = [Buffer.from(issued.token), Buffer.from(a.server.adminToken)]
     let done = false
     const finish = (): void => {
       if (done) return
       done = true
-      sockets.delete(client)
       unregister()
       metrics.websockets.dec({ server: a.server.name })
     }

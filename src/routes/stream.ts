@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { RequestContext } from '../broker/audit-writer.ts'
 import { BrokerError } from '../errors.ts'
-import { LongResponse, type LongResponseOptions, OpenResponses } from '../http/long-response.ts'
+import { LongResponse, type LongResponseOptions, LongResponses } from '../http/long-response.ts'
 import { requestContext } from '../plugins/request-identity.ts'
 import { authErrors, errorResponse } from '../schemas/common.ts'
 import { StreamEventDataSchemas, StreamEventsSchema, StreamHeadersSchema, StreamQuerySchema } from '../schemas/tokens.ts'
@@ -23,7 +23,7 @@ export default async function streamRoutes (fastify: FastifyInstance, opts: Stre
   const broker: Services = app.broker
   const settings: LongResponseOptions = { maxBufferedBytes: opts.maxBufferedBytes ?? 256 * 1024, drainTimeoutMs: opts.drainTimeoutMs ?? 30_000 }
   // Streams end before the server stops accepting: app.close() then finishes within the grace period.
-  const open = new OpenResponses<PushStream>(app)
+  const open = new LongResponses<PushStream>(app)
 
   app.get('/v1/tokens/stream', {
     // The client's rate limit is counted by the opening read (one request, like POST /v1/tokens).

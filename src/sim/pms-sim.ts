@@ -50,6 +50,8 @@ export interface SimFault {
   xmlOnly?: boolean
   /** Every request answers this status. */
   status?: number
+  /** These paths answer 401 whatever the token (a 401 that is not about the token: the broker's check finds it valid). */
+  unauthorizedPaths?: string[]
 }
 
 export interface SimCounters {
@@ -561,6 +563,10 @@ export class PmsSimulator {
 
     try {
       if (fault.status !== undefined) return this.#html(res, fault.status)
+      if (fault.unauthorizedPaths?.includes(url.pathname) === true) {
+        this.counters.unauthorized++
+        return this.#html(res, 401)
+      }
       if (fault.failEvery !== undefined && fault.failEvery > 0 && ++this.#faultRequests % fault.failEvery === 0) {
         return this.#html(res, 500)
       }

@@ -74,8 +74,8 @@ let thumbnailerSecret = ''
 const env: Record<string, string> = {}
 
 /** docker compose for this test's project, every profile in view, on this test's variables. */
-const compose = async (args: string[], opts: { timeoutMs?: number, check?: boolean } = {}): Promise<Run> => {
-  const r = await run('docker', ['compose', '-p', project!, '--profile', 'ha', ...args], { env, timeoutMs: opts.timeoutMs })
+const compose = async (args: string[], opts: { timeoutMs?: number, check?: boolean, env?: Record<string, string> } = {}): Promise<Run> => {
+  const r = await run('docker', ['compose', '-p', project!, '--profile', 'ha', ...args], { env: { ...env, ...opts.env }, timeoutMs: opts.timeoutMs })
   if (opts.check !== false && r.code !== 0) throw new Error(`docker compose ${args.join(' ')} exited ${r.code}:\n${r.stderr.slice(-4000)}`)
   return r
 }
@@ -133,7 +133,7 @@ t.test('the image: builds, runs as a non-root user, cannot write its own code, c
 
 t.test('the default profile: a token with the README\'s curl, /metrics with its token, the same token after a restart', async (t) => {
   const secretsDir = join(work, 'secrets')
-  const ports = { PTB_BROKER_PORT: await freePort(), PTB_BROKER_HA_PORT: await freePort(), PTB_PROMETHEUS_PORT: await freePort(), PTB_SIM_CONTROL_PORT: await freePort(), PTB_GRAFANA_PORT: await freePort() }
+  const ports = { PTB_BROKER_PORT: await freePort(), PTB_BROKER_HA_PORT: await freePort(), PTB_PROMETHEUS_PORT: await freePort(), PTB_SIM_CONTROL_PORT: await freePort(), PTB_GRAFANA_PORT: await freePort(), PTB_PROXY_PORT: await freePort(), PTB_PROXY_HA_PORT: await freePort() }
   Object.assign(env, images, { PTB_IMAGE: broker, PTB_SIM_IMAGE: sim, PTB_SECRETS_DIR: secretsDir },
     Object.fromEntries(Object.entries(ports).map(([k, v]) => [k, String(v)])))
   const printed = await must('sh', ['docker/init-secrets.sh'], { env })
@@ -181,6 +181,23 @@ t.test('the default profile: a token with the README\'s curl, /metrics with its 
   // The ops CLI inside the container finds the broker on its default URL.
   const servers = await compose(['exec', '-T', '-e', `PTB_SECRET=${ops}`, 'broker', 'ptb', 'servers', '--json'])
   t.match(JSON.parse(servers.stdout), [{ name: 'default' }], '`ptb servers` in the container')
+
+  // The PMS proxy, with the README's two lines: a key for homepage from the CLI in the
+  // container, then PMS through the published proxy port.
+  const keyLine = /^KEY=\$\((docker compose exec [^\n]*proxy-key create[^\n]*)\)$/m.exec(section)![1]!
+  const created = await compose(keyLine.replace(/^docker compose /, '').split(' '), { env: { PTB_SECRET: ops } })
+  const key = created.stdout.trim()
+  t.match(key, /^pbk_[^.\s]+\.\S+$/, 'a proxy key, alone on stdout')
+  const proxyCurl = /^curl -s http:\/\/127\.0\.0\.1:32402\/library\/sections[^\n]*?(?=\s+#|$)/m.exec(section)![0]
+    .replace('127.0.0.1:32402', `127.0.0.1:${ports.PTB_PROXY_PORT}`)
+  const sections = await must('sh', ['-c', `${proxyCurl} -w '\\n%{http_code}'`], { env: { KEY: key } })
+  t.match(sections, /<MediaContainer[\s\S]*\n200$/, 'the README\'s curl reads PMS through the proxy')
+  const plexToken = readFileSync(join(secretsDir, 'plex-token'), 'utf8').trim()
+  t.notOk(sections.includes(plexToken), 'the admin token is not in the answer')
+  const denied = await fetch(`http://127.0.0.1:${ports.PTB_PROXY_PORT}/security/token?type=delegation&scope=all`, { headers: { 'x-plex-token': key } })
+  t.equal(denied.status, 403, 'the hard deny: no PMS token minted through the proxy')
+  const asAdmin = await fetch(`http://127.0.0.1:${ports.PTB_PROXY_PORT}/library/sections`, { headers: { 'x-plex-token': plexToken } })
+  t.equal(asAdmin.status, 401, 'a PMS token is not a proxy key')
 
   await timed('broker restart', async () => {
     await compose(['restart', 'broker'])
