@@ -1,7 +1,7 @@
 /**
  * `npm run bench proxy`: the PMS proxy against direct-to-simulator and a bare @fastify/reply-from
  * proxy, in the same run (docs/benchmarks.md). Small answers with wrk (latency, throughput, Redis
- * round trips per request), a large body's MB/s, and the broker's RSS with 100 downloads open.
+ * round trips per request), a large body's MB/s, and the broker's memory with 1 and 100 downloads open.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -125,6 +125,8 @@ export async function proxyBench (log: Log): Promise<void> {
     HOST: '127.0.0.1',
     PORT: String(apiPort),
     PROXY_PORT: String(proxyPort),
+    // Node flags for the broker alone (an A/B of V8 settings such as --max-semi-space-size).
+    ...(process.env.BROKER_NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.BROKER_NODE_OPTIONS }),
   })
   const brokerUrl = `http://127.0.0.1:${proxyPort}`
   const redis = new Redis(REDIS_URL)
@@ -179,30 +181,52 @@ export async function proxyBench (log: Log): Promise<void> {
     log(`Broker: ${fmt((mbs['broker PMS proxy']! / mbs['direct to the simulator']!) * 100)} % of direct MB/s (the simulator generates the bytes, so direct is bounded by it too).`)
     log()
 
-    log('### Memory: 100 concurrent downloads through the broker for 10 s')
+    log('### Memory: 1, then 100 concurrent downloads through the broker, 10 s each')
     log()
+    log('Peaks over the run against the value before it: RSS from /proc, V8 heap used and external memory (ArrayBuffers, which hold the bytes in flight) from the broker\'s own `/metrics`. Nothing forces a GC.')
+    log()
+    log('| downloads | RSS MB: before → peak (growth) | heap used MB: growth | external MB: growth | MB/s in total |')
+    log('|---:|---:|---:|---:|---:|')
     const pid = broker.pid!
-    await sleep(500)
-    const rssBefore = rssMb(pid)
-    const agent = new Agent({ connections: 200 })
-    const ac = new AbortController()
-    let bytes = 0
-    const downloads = Array.from({ length: 100 }, async () => {
-      try {
-        const r = await request(`${brokerUrl}${part}`, { headers: { 'x-plex-token': key }, dispatcher: agent, signal: ac.signal })
-        for await (const chunk of r.body) bytes += (chunk as Buffer).length
-      } catch {}
-    })
-    let rssMax = rssBefore
-    const end = Date.now() + 10_000
-    while (Date.now() < end) {
-      await sleep(250)
-      rssMax = Math.max(rssMax, rssMb(pid))
+    const metricsUrl = `http://127.0.0.1:${apiPort}/metrics`
+    const runtime = async (): Promise<{ heap: number, external: number }> => {
+      const text = await (await fetch(metricsUrl)).text()
+      const value = (name: string): number => Number(new RegExp(`^${name} ([\\d.e+]+)$`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20
+      return { heap: value('nodejs_heap_size_used_bytes'), external: value('nodejs_external_memory_bytes') }
     }
-    ac.abort()
-    await Promise.all(downloads)
-    await agent.close()
-    log(`Broker RSS ${fmt(rssBefore, 1)} MB before → at most ${fmt(rssMax, 1)} MB with 100 downloads open (growth ${fmt(rssMax - rssBefore, 1)} MB); ${fmt(bytes / 2 ** 20)} MiB delivered in 10 s (${fmt(bytes / 2 ** 20 / 10)} MB/s in total).`)
+    const growth: Record<number, number> = {}
+    for (const n of [1, 100]) {
+      await sleep(1000)
+      const rssBefore = rssMb(pid)
+      const before = await runtime()
+      const agent = new Agent({ connections: 200 })
+      const ac = new AbortController()
+      let bytes = 0
+      const downloads = Array.from({ length: n }, async () => {
+        try {
+          const r = await request(`${brokerUrl}${part}`, { headers: { 'x-plex-token': key }, dispatcher: agent, signal: ac.signal })
+          for await (const chunk of r.body) bytes += (chunk as Buffer).length
+        } catch {}
+      })
+      let rssMax = rssBefore
+      let peak = { ...before }
+      const end = Date.now() + 10_000
+      for (let i = 1; Date.now() < end; i++) {
+        await sleep(250)
+        rssMax = Math.max(rssMax, rssMb(pid))
+        if (i % 4 === 0) {
+          const now = await runtime()
+          peak = { heap: Math.max(peak.heap, now.heap), external: Math.max(peak.external, now.external) }
+        }
+      }
+      ac.abort()
+      await Promise.all(downloads)
+      await agent.close()
+      growth[n] = rssMax - rssBefore
+      log(`| ${n} | ${fmt(rssBefore, 1)} → ${fmt(rssMax, 1)} (${fmt(rssMax - rssBefore, 1)}) | ${fmt(peak.heap - before.heap, 1)} | ${fmt(peak.external - before.external, 1)} | ${fmt(bytes / 2 ** 20 / 10)} |`)
+    }
+    log()
+    log(`RSS growth with 100 downloads ${fmt(growth[100]!, 1)} MB, with 1 ${fmt(growth[1]!, 1)} MB: external memory is mostly socket read buffers awaiting V8's next GC, and follows MB/s rather than the number of downloads (docs/benchmarks.md §9; \`node bench/proxy-memory.ts\` breaks it down).`)
   } finally {
     for (const c of [broker, bare, sim]) c.kill('SIGTERM')
     redis.disconnect()

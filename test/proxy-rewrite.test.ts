@@ -2,7 +2,8 @@ import t from 'tap'
 import { Readable } from 'node:stream'
 import pino from 'pino'
 import { AuditSampler, type SampledEvent } from '../src/proxy/audit-sampler.ts'
-import { SessionCredentials, signM3u8 } from '../src/proxy/media-urls.ts'
+import { SessionCredentials, signM3u8, signMpd } from '../src/proxy/media-urls.ts'
+import { dashPlayer } from './dash-player.ts'
 import { OpenResponses } from '../src/proxy/open-responses.ts'
 import { extractCredential, nestedUrl } from '../src/proxy/request-rewrite.ts'
 import { LeakScrubber, removeAttributes, rewriteLocation } from '../src/proxy/response-rewrite.ts'
@@ -84,6 +85,53 @@ t.test('session credentials open one session directory of one server, until they
   t.equal(c.verify(cred, 'default', `${prefix}x`), undefined, 'expired')
   const m = signM3u8('#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI="session/s1/key?X-Plex-Token=pmstoken"\nsession/s1/base/index.m3u8\n/elsewhere.m3u8\n', '/video/:/transcode/universal/start.m3u8', () => 'SIG')
   t.equal(m, '#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI="session/s1/key?X-Plex-Token=SIG"\nsession/s1/base/index.m3u8?X-Plex-Token=SIG\n/elsewhere.m3u8\n')
+})
+
+t.test('DASH: every URL a player derives from the MPD\'s BaseURLs and templates carries the session credential', async (t) => {
+  const manifest = '/video/:/transcode/universal/start.mpd'
+  const sign = (prefix: string): string => `SIG${prefix.split('/')[6]}`
+  const player = (mpd: string): ReturnType<typeof dashPlayer> => dashPlayer(signMpd(mpd, manifest, sign), `http://proxy${manifest}?session=s1`, 2)
+  const session = 'http://proxy/video/:/transcode/universal/session/s1/'
+
+  // Relative templates under BaseURLs at three levels, the last one per Representation, with attributes around it.
+  const nested = `<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011"><BaseURL>session/</BaseURL>
+<Period><BaseURL serviceLocation="a">s1/</BaseURL><AdaptationSet>
+<SegmentTemplate startNumber='0' media='$Number%05d$.m4s' initialization = "header?a=1&amp;X-Plex-Token=pmstoken" />
+<Representation id="0" bandwidth="1"><BaseURL>0/</BaseURL></Representation>
+<Representation id="1" bandwidth="1"><BaseURL>1/</BaseURL></Representation>
+</AdaptationSet></Period></MPD>`
+  t.same(player(nested), [
+    { id: '0', init: `${session}0/header?a=1&X-Plex-Token=SIGs1`, media: [`${session}0/00000.m4s?X-Plex-Token=SIGs1`, `${session}0/00001.m4s?X-Plex-Token=SIGs1`] },
+    { id: '1', init: `${session}1/header?a=1&X-Plex-Token=SIGs1`, media: [`${session}1/00000.m4s?X-Plex-Token=SIGs1`, `${session}1/00001.m4s?X-Plex-Token=SIGs1`] },
+  ], 'BaseURL chains, single quotes, spaces around =, entities, a PMS token removed')
+
+  // A template written once for Representations whose BaseURLs (coming after it) lead into the session.
+  const perRepresentation = (second: string): string => '<MPD><Period><AdaptationSet><SegmentTemplate media="$Number$.m4s" startNumber="0"/>' +
+    `<Representation id="0"><BaseURL>session/s1/0/</BaseURL></Representation><Representation id="1"><BaseURL>${second}</BaseURL></Representation></AdaptationSet></Period></MPD>`
+  t.same(player(perRepresentation('session/s1/1/')).map((r) => r.media[1]), [`${session}0/1.m4s?X-Plex-Token=SIGs1`, `${session}1/1.m4s?X-Plex-Token=SIGs1`])
+  t.same(player(perRepresentation('session/s2/1/')).map((r) => r.media[1]), [`${session}0/1.m4s`, 'http://proxy/video/:/transcode/universal/session/s2/1/1.m4s'],
+    'Representations in two sessions: nothing signed (no credential can open both)')
+
+  // SegmentList and SegmentBase (the BaseURL is the media itself); a namespace prefix; character references.
+  const lists = `<mpd:MPD xmlns:mpd="urn:mpeg:dash:schema:mpd:2011"><mpd:Period><mpd:AdaptationSet>
+<mpd:Representation id="a"><mpd:BaseURL>session/s1/a/</mpd:BaseURL><mpd:SegmentList><mpd:Initialization sourceURL="init.mp4"/>
+<mpd:SegmentURL media="0.m4s?a=1&#38;b=2"/><mpd:SegmentURL media="1.m4s"/></mpd:SegmentList></mpd:Representation>
+<mpd:Representation id="b"><mpd:BaseURL>session/s1/b/file.mp4?X-Plex-Token=pmstoken</mpd:BaseURL><mpd:SegmentBase indexRange="0-99"/></mpd:Representation>
+</mpd:AdaptationSet></mpd:Period></mpd:MPD>`
+  const signed = signMpd(lists, manifest, sign)
+  t.notOk(signed.includes('pmstoken'))
+  const parsed = dashPlayer(signed, `http://proxy${manifest}`, 2)
+  t.same(parsed, [
+    { id: 'a', init: `${session}a/init.mp4?X-Plex-Token=SIGs1`, media: [`${session}a/0.m4s?a=1&b=2&X-Plex-Token=SIGs1`, `${session}a/1.m4s?X-Plex-Token=SIGs1`] },
+    { id: 'b', media: [`${session}b/file.mp4?X-Plex-Token=SIGs1`] },
+  ])
+
+  // What leads elsewhere is left alone: another host, a path outside any session, a URL in a comment or text.
+  const elsewhere = '<MPD><BaseURL>http://cdn.example/v/</BaseURL><Period><AdaptationSet><SegmentTemplate media="session/s1/$Number$.m4s"/>' +
+    '<Representation id="0"/></AdaptationSet></Period><!-- media="session/s1/x" --></MPD>'
+  t.equal(signMpd(elsewhere, manifest, sign), elsewhere)
+  const outside = '<MPD><Period><AdaptationSet><SegmentTemplate media="/library/parts/1/$Number$.m4s"/></AdaptationSet></Period></MPD>'
+  t.equal(signMpd(outside, manifest, sign), outside)
 })
 
 t.test('the audit sampler writes one event per key and path per window, then a count', async (t) => {

@@ -2,10 +2,12 @@ import t from 'tap'
 import { WebSocket } from 'ws'
 import { request } from 'undici'
 import { buildTestApp, testConfig } from './helper.ts'
+import { DASH_SEGMENTS } from '../src/sim/pms-sim.ts'
+import { dashPlayer } from './dash-player.ts'
 import { get, proxyClient, proxySetup } from './proxy-helper.ts'
 
 /**
- * The proxy's long answers: HLS sessions a plain player follows, notification websockets, the
+ * The proxy's long answers: HLS and DASH sessions a plain player follows, notification websockets, the
  * event feed, downloads; and revocation reaching them on another broker instance.
  */
 
@@ -40,6 +42,59 @@ t.test('HLS: a plain player follows the manifest without its key; the URIs open 
   t.equal(s.sim.counters.requests, before)
   await s.app.proxy.keys.revoke(id)
   t.equal((await get(new URL(segments[0]!, indexUrl).href)).status, 401, 'revoking the key ends the session')
+})
+
+t.test('DASH: a plain player resolves the MPD\'s templates to signed URIs of one session; revocation ends them', async (t) => {
+  const s = await proxySetup(t, [player()])
+  const { key, id } = await s.key('player')
+  const mpdUrl = `${s.base}/video/:/transcode/universal/start.mpd?session=dash-1&protocol=dash&X-Plex-Token=${key}`
+  const start = await get(mpdUrl)
+  t.equal(start.status, 200)
+  t.match(start.headers['content-type'], /^application\/dash\+xml/)
+  const mpd = start.body.toString()
+  t.equal(Number(start.headers['content-length']), start.body.length, 'Content-Length fits the rewritten manifest')
+  const pmsToken = s.sim.requestLog.find((r) => r.path === '/video/:/transcode/universal/start.mpd')!.token!
+  t.match(pmsToken, /^transient-/)
+  t.notOk(mpd.includes(key), 'the proxy key is not copied into the manifest')
+  t.notOk(mpd.includes(pmsToken) || mpd.includes(s.sim.adminToken), 'no PMS token in the manifest')
+  // What PMS wrote is still there: the templates, now with a session credential.
+  t.match(mpd, /media="session\/dash-1\/\$RepresentationID\$\/\$Number\$\.m4s\?X-Plex-Token=pbs_[^"]+"/)
+
+  // A player resolves the templates against the manifest's URL (no BaseURL here), with no credential of its own.
+  const reps = dashPlayer(mpd, mpdUrl, DASH_SEGMENTS)
+  t.same(reps.map((r) => r.id), ['0', '1'], 'a video and an audio Representation')
+  let credential = ''
+  for (const rep of reps) {
+    for (const [i, url] of [rep.init!, ...rep.media].entries()) {
+      const u = new URL(url)
+      const file = i === 0 ? 'header' : `${i - 1}.m4s`
+      t.equal(u.pathname, `/video/:/transcode/universal/session/dash-1/${rep.id}/${file}`)
+      credential = u.searchParams.get('X-Plex-Token') ?? ''
+      t.match(credential, /^pbs_/)
+      const proxied = await get(url)
+      const direct = await get(`${s.sim.url}${u.pathname}`, { 'x-plex-token': s.sim.adminToken })
+      t.equal(proxied.status, 200)
+      t.ok(proxied.body.length > 0 && proxied.body.equals(direct.body), `${rep.id}/${file}: the same bytes as direct`)
+    }
+  }
+  // The same manifest through /pms/<server>/: the URIs stay under the prefix and still open.
+  const prefixedUrl = `${s.base}/pms/default/video/:/transcode/universal/start.mpd?session=dash-1&protocol=dash&X-Plex-Token=${key}`
+  const prefixed = dashPlayer((await get(prefixedUrl)).body.toString(), prefixedUrl, 1)[0]!
+  t.equal((await get(prefixed.media[0]!)).status, 200, 'through the /pms/<server> prefix')
+
+  // Another session that exists at PMS: the credential does not open it, and PMS never sees the request.
+  t.equal((await get(`${s.sim.url}/video/:/transcode/universal/start.mpd?session=dash-2&protocol=dash`, { 'x-plex-token': s.sim.adminToken })).status, 200)
+  const before = s.sim.counters.requests
+  t.equal((await get(`${s.base}/video/:/transcode/universal/session/dash-2/0/header?X-Plex-Token=${credential}`)).status, 401, 'not another session\'s directory')
+  t.equal((await s.raw('GET', `/video/:/transcode/universal/session/dash-1/../dash-2/0/0.m4s?X-Plex-Token=${credential}`)).status, 401, 'not by climbing out of it')
+  t.equal((await get(`${s.base}/video/:/transcode/universal/start.mpd?session=dash-3&protocol=dash&X-Plex-Token=${credential}`)).status, 401, 'not a new session')
+  t.equal(s.sim.counters.requests, before)
+
+  await s.app.proxy.keys.revoke(id)
+  for (const url of [reps[0]!.init!, reps[0]!.media[1]!, reps[1]!.media[0]!]) {
+    t.equal((await get(url)).status, 401, 'revoking the key ends the session\'s URIs')
+  }
+  t.equal(s.sim.counters.requests, before)
 })
 
 t.test('notification websocket: key checked at the upgrade, frames pass, log filter removed, restart closes with 1012', async (t) => {

@@ -172,6 +172,59 @@ const JSON_TYPE = 'application/json'
 /** Headers of every PMS answer seen in the 401 capture (§4). */
 const PMS_HEADERS = { 'X-Plex-Protocol': '1.0', 'Cache-Control': 'no-cache' }
 
+/** Segments per stream of the simulator's DASH session (10 s each). */
+export const DASH_SEGMENTS = 3
+
+/**
+ * The MPD of a DASH transcode session, shaped as PMS writes it (its transcoder is FFmpeg's DASH
+ * muxer): one Period, a video and an audio AdaptationSet with Representations `0` and `1`, and
+ * per AdaptationSet a SegmentTemplate with attributes on lines of their own, whose URIs are
+ * relative to the manifest and name the stream with `$RepresentationID$`.
+ */
+export function dashManifest (session: string): string {
+  const template = (indent: string): string => `${indent}<SegmentTemplate timescale="1" duration="10"\n` +
+    `${indent}    initialization="session/${session}/$RepresentationID$/header"\n` +
+    `${indent}    media="session/${session}/$RepresentationID$/$Number$.m4s"\n` +
+    `${indent}    startNumber="0">\n` +
+    `${indent}</SegmentTemplate>\n`
+  return '<?xml version="1.0" encoding="UTF-8"?>\n' +
+    '<MPD xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"\n' +
+    '    xmlns="urn:mpeg:dash:schema:mpd:2011"\n' +
+    '    xsi:schemaLocation="urn:mpeg:DASH:schema:MPD:2011 http://standards.iso.org/ittf/PubliclyAvailableStandards/MPEG-DASH_schema_files/DASH-MPD.xsd"\n' +
+    '    profiles="urn:mpeg:dash:profile:isoff-live:2011"\n' +
+    '    type="static"\n' +
+    `    mediaPresentationDuration="PT${DASH_SEGMENTS * 10}S"\n` +
+    '    maxSegmentDuration="PT10S"\n' +
+    '    minBufferTime="PT10S">\n' +
+    '  <Period start="PT0S" id="0">\n' +
+    '    <AdaptationSet segmentAlignment="true">\n' +
+    template('      ') +
+    '      <Representation id="0" mimeType="video/mp4" codecs="avc1.640028" bandwidth="2000000" width="1280" height="720">\n' +
+    '      </Representation>\n' +
+    '    </AdaptationSet>\n' +
+    '    <AdaptationSet segmentAlignment="true">\n' +
+    template('      ') +
+    '      <Representation id="1" mimeType="audio/mp4" codecs="mp4a.40.2" bandwidth="128000" audioSamplingRate="48000">\n' +
+    '        <AudioChannelConfiguration schemeIdUri="urn:mpeg:dash:23003:3:audio_channel_configuration:2011" value="2"/>\n' +
+    '      </Representation>\n' +
+    '    </AdaptationSet>\n' +
+    '  </Period>\n' +
+    '</MPD>\n'
+}
+
+/**
+ * The bytes of a DASH session's init segment (`number` undefined) or media segment: deterministic
+ * (media-bytes.ts), different per session, stream and segment; undefined past the last segment.
+ */
+export function dashSegment (session: string, stream: number, number: number | undefined): { seed: number, start: number, end: number } | undefined {
+  if (number !== undefined && number >= DASH_SEGMENTS) return undefined
+  let h = 0
+  for (const c of session) h = (Math.imul(h, 31) + c.charCodeAt(0)) >>> 0
+  const seed = (h % 100_000) * 100 + stream * 50 + (number === undefined ? 49 : number)
+  const size = number === undefined ? 1200 : stream === 0 ? 96 * 1024 + 17 : 16 * 1024 + 5
+  return { seed: 2000 + seed, start: 0, end: size - 1 }
+}
+
 /**
  * PMS's HTML error page. For 401 this is byte for byte the §4 capture (91 bytes); the other
  * statuses follow the same pattern, as §2 and §3 only say "text/html".
@@ -221,6 +274,8 @@ export class PmsSimulator {
   readonly #webSockets: NotificationSockets
   #playback: library.Playback | undefined
   #sessions = 0
+  /** DASH transcode sessions started with `start.mpd`: their segments answer, others' are 404. */
+  readonly #dashSessions = new Set<string>()
   /** Bumped when the listener goes away, so a request delayed across a restart never answers. */
   #generation = 0
   #stopped = false
@@ -392,6 +447,8 @@ export class PmsSimulator {
     await this.#close()
     this.#transient.clear()
     this.#playback = undefined
+    // The transcoder's sessions die with the server.
+    this.#dashSessions.clear()
     if (opts.version !== undefined) this.#version = opts.version
     if (opts.machineIdentifier !== undefined) this.#machineIdentifier = opts.machineIdentifier
     // A real PMS is down for seconds, so its clients have long seen their kept-alive connections
@@ -655,13 +712,36 @@ export class PmsSimulator {
   }
 
   /**
-   * The universal transcoder's HLS session as a player sees it: `start.m3u8?session=<id>` answers a
-   * master playlist pointing (relatively) at `session/<id>/base/index.m3u8`, which lists three
-   * segments. Every request needs a token, as every other one does here.
+   * The universal transcoder's sessions as a player sees them (docs/simulator.md, *Transcode
+   * sessions*). HLS: `start.m3u8?session=<id>` answers a master playlist pointing (relatively) at
+   * `session/<id>/base/index.m3u8`, which lists three segments. DASH: `start.mpd?session=<id>&
+   * protocol=dash` answers an MPD (dashManifest) whose SegmentTemplates lead, relatively, to
+   * `session/<id>/<stream>/header` and `session/<id>/<stream>/<n>.m4s`; those answer only for a
+   * session that was started. Every request needs a token, as every other one does here.
    */
   #transcode (req: IncomingMessage, res: ServerResponse, url: URL): void {
     const path = url.pathname
     if ((req.method ?? 'GET') !== 'GET') return this.#html(res, 405)
+    if (path === '/video/:/transcode/universal/start.mpd') {
+      const session = url.searchParams.get('session')
+      // The web app always sends protocol=dash with start.mpd; anything else is refused here.
+      if (session === null || !/^[\w-]{1,64}$/.test(session) || url.searchParams.get('protocol') !== 'dash') return this.#html(res, 400)
+      this.#dashSessions.add(session)
+      const body = dashManifest(session)
+      res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': 'application/dash+xml', 'Content-Length': Buffer.byteLength(body) })
+      res.end(body)
+      return
+    }
+    const dash = /^\/video\/:\/transcode\/universal\/session\/([\w-]{1,64})\/([01])\/(header|(\d{1,6})\.m4s)$/.exec(path)
+    if (dash !== null) {
+      const [, session = '', stream = '', , number] = dash
+      if (!this.#dashSessions.has(session)) return this.#html(res, 404)
+      const segment = dashSegment(session, Number(stream), number === undefined ? undefined : Number(number))
+      if (segment === undefined) return this.#html(res, 404)
+      res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': stream === '0' ? 'video/mp4' : 'audio/mp4', 'Content-Length': segment.end - segment.start + 1 })
+      mediaBytes(segment.seed, segment.start, segment.end).pipe(res)
+      return
+    }
     const m3u8 = (body: string): void => {
       res.writeHead(200, { ...PMS_HEADERS, 'Content-Type': 'application/vnd.apple.mpegurl', 'Content-Length': Buffer.byteLength(body) })
       res.end(body)

@@ -202,6 +202,30 @@ t.test('an unknown path is a 404 once authenticated', async (t) => {
   t.equal(sim.counters.byPath['/library/nothing'], 1)
 })
 
+t.test('a DASH transcode session: the MPD, then its streams\' headers and segments; a token for each', async (t) => {
+  const sim = await start(t)
+  const session = 'ws8ajlwv-1'
+  const startPath = `/video/:/transcode/universal/start.mpd?session=${session}&protocol=dash&path=%2Flibrary%2Fmetadata%2F1001`
+  t.equal((await call(sim, `/video/:/transcode/universal/session/${session}/0/header`, { token: sim.adminToken })).status, 404, 'no session before start.mpd')
+  t.equal((await call(sim, startPath)).status, 401)
+  t.equal((await call(sim, startPath.replace('protocol=dash', 'protocol=hls'), { token: sim.adminToken })).status, 400)
+  const mpd = await call(sim, startPath, { token: sim.adminToken })
+  t.equal(mpd.status, 200)
+  t.equal(mpd.type, 'application/dash+xml')
+  const parsed = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '' }).parse(mpd.text)
+  const sets = parsed.MPD.Period.AdaptationSet as Array<{ SegmentTemplate: Record<string, string>, Representation: { id: string, mimeType: string } }>
+  t.same(sets.map((s) => [s.Representation.id, s.Representation.mimeType]), [['0', 'video/mp4'], ['1', 'audio/mp4']])
+  t.same(sets[0]!.SegmentTemplate, { timescale: '1', duration: '10', initialization: `session/${session}/$RepresentationID$/header`, media: `session/${session}/$RepresentationID$/$Number$.m4s`, startNumber: '0' })
+  const header = await call(sim, `/video/:/transcode/universal/session/${session}/0/header`, { token: sim.adminToken })
+  t.equal(header.status, 200)
+  t.equal(header.type, 'video/mp4')
+  t.equal((await call(sim, `/video/:/transcode/universal/session/${session}/1/2.m4s`, { token: sim.adminToken })).type, 'audio/mp4')
+  t.equal((await call(sim, `/video/:/transcode/universal/session/${session}/1/2.m4s`)).status, 401)
+  t.equal((await call(sim, `/video/:/transcode/universal/session/${session}/0/3.m4s`, { token: sim.adminToken })).status, 404, 'past the last segment')
+  await sim.restart()
+  t.equal((await call(sim, `/video/:/transcode/universal/session/${session}/0/header`, { token: sim.adminToken })).status, 404, 'a restart ends the session')
+})
+
 t.test('the event stream stays open and pings', async (t) => {
   const sim = await start(t, { pingIntervalMs: 30 })
   const stream = await openStream(sim)
