@@ -52,6 +52,13 @@ t.test('CORS: without a list, preflights are refused like any request without a 
   const pre = await s.raw('OPTIONS', '/library/sections', { origin: DASH, 'access-control-request-method': 'GET' })
   t.equal(pre.status, 401)
   t.notOk('access-control-allow-origin' in pre.headers)
+  // PMS itself allows every origin; its header must not open the proxy to pages on any origin.
+  const direct = await fetch(`${s.sim.url}/library/sections`, { headers: { origin: DASH, 'x-plex-token': s.sim.adminToken } })
+  t.equal(direct.headers.get('access-control-allow-origin'), '*', 'PMS (the simulator) answers every origin')
+  const { key } = await s.key('dash')
+  const proxied = await s.raw('GET', '/library/sections', { origin: DASH, 'x-plex-token': key })
+  t.equal(proxied.status, 200)
+  t.notOk(Object.keys(proxied.headers).some((h) => h.startsWith('access-control-')), 'PMS\'s CORS headers are dropped by the proxy')
 })
 
 t.test('allowUrlHosts: a listed host reaches PMS unchanged but for X-Plex-*; other hosts are still refused', async (t) => {

@@ -203,6 +203,12 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
         const out: Record<string, string | string[] | undefined> = { ...headers }
         for (const [name, value] of Object.entries(out)) {
           if (value === undefined) continue
+          // PMS's CORS headers (it allows every origin) never pass: the listener's own list
+          // decides which browser origins may read answers (cors.ts).
+          if (name.startsWith('access-control-')) {
+            delete out[name]
+            continue
+          }
           if (name === 'location' && typeof value === 'string') {
             out[name] = rewriteLocation(value, { pmsOrigin: originOf(a.server), proxyOrigin: `${request.protocol}://${request.host}`, prefix: a.prefix })
             continue

@@ -544,6 +544,9 @@ export class PmsSimulator {
     const url = new URL(req.url ?? '/', 'http://pms.invalid')
     const path = url.pathname
     this.#count(req, url)
+    // PMS answers browsers on any origin (the web app at app.plex.tv calls it directly): a request
+    // with an Origin gets CORS headers allowing it.
+    if (typeof req.headers.origin === 'string') res.setHeader('Access-Control-Allow-Origin', '*')
     if (path !== '/:/eventsource/notifications') {
       this.counters.inFlight++
       this.counters.inFlightByPath[path] = (this.counters.inFlightByPath[path] ?? 0) + 1
