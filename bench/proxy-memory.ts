@@ -11,73 +11,42 @@
  * `--expose-gc` and a full GC a second, and `live` is the ArrayBuffers still held after one (at
  * the end of the run).
  */
-import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { Agent, request } from 'undici'
-import { sha256 } from '../src/broker/crypto.ts'
-import { createKeys } from '../src/broker/keys.ts'
 import { freePort } from '../src/dev-support.ts'
-import { ProxyKeys } from '../src/proxy/proxy-keys.ts'
 import { deleteKeys } from '../test/helper.ts'
+import { benchKey, REDIS_URL, spawnBenchBroker, spawnNode, waitUp } from './proxy-setup.ts'
 
 const N = Number(process.env.N ?? 100)
 const SECONDS = Number(process.env.SECONDS ?? 10)
 const PAUSED = process.env.PAUSED === '1'
 const LIVE = process.env.LIVE === '1'
 const FLAGS = [...(process.env.NODE_FLAGS ?? '').split(' ').filter((x) => x !== ''), ...(LIVE ? ['--expose-gc'] : [])]
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 
 type Sample = Record<'rss' | 'heapUsed' | 'heapTotal' | 'newSpace' | 'external' | 'arrayBuffers' | 'live', number>
 const mb = (n: number): string => (n / 2 ** 20).toFixed(1)
-const spawnNode = (args: string[], env: Record<string, string>): ReturnType<typeof spawn> =>
-  spawn(process.execPath, args, { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env }, stdio: ['ignore', 'ignore', 'inherit'] })
-
-async function waitUp (url: string, headers: Record<string, string> = {}): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      const r = await fetch(url, { headers })
-      await r.arrayBuffer()
-      if (r.status < 500) return
-    } catch {}
-    await sleep(50)
-  }
-  throw new Error(`${url} never came up`)
-}
-
 const adminToken = randomBytes(15).toString('base64url')
 const simPort = await freePort()
-const sim = spawnNode([join(import.meta.dirname, 'proxy-procs.ts'), 'sim', String(simPort), adminToken], {})
+const sim = spawnNode([join(import.meta.dirname, 'proxy-procs.ts'), 'sim', String(simPort), adminToken])
 const simUrl = `http://127.0.0.1:${simPort}`
-const prefix = `ptbmem-${randomBytes(3).toString('hex')}`
 const dir = mkdtempSync(join(tmpdir(), 'ptb-mem-'))
-const configFile = join(dir, 'broker.yaml')
-writeFileSync(configFile, ['clients:', '  - id: tool', `    secretSha256: "${sha256(randomBytes(16).toString('hex')).toString('hex')}"`,
-  '    servers: ["*"]', '    scopes: [token:issue]', '    proxy: { preset: read, allow: [{ methods: [GET], path: "/library/parts/**" }] }'].join('\n') + '\n')
-const apiPort = await freePort()
-const proxyPort = await freePort()
 const report = join(dir, 'memory.json')
-const broker = spawnNode([...FLAGS, '--import', join(import.meta.dirname, 'memory-report.ts'), 'src/server.ts'], {
-  REDIS_URL,
-  REDIS_PREFIX: prefix,
-  BROKER_SECRET: randomBytes(32).toString('base64'),
-  BROKER_CONFIG: configFile,
-  PLEX_URL: simUrl,
-  PLEX_TOKEN: adminToken,
-  PLEX_TV_URL: 'off',
-  LOG_LEVEL: 'info',
-  BROKER_ROLE: 'api',
-  HOST: '127.0.0.1',
-  PORT: String(apiPort),
-  PROXY_PORT: String(proxyPort),
-  MEM_REPORT: report,
-  MEM_LIVE: LIVE ? '1' : '',
+const brokerProc = await spawnBenchBroker({
+  simUrl,
+  adminToken,
+  prefix: `ptbmem-${randomBytes(3).toString('hex')}`,
+  nodeArgs: [...FLAGS, '--import', join(import.meta.dirname, 'memory-report.ts')],
+  env: { MEM_REPORT: report, MEM_LIVE: LIVE ? '1' : '' },
+  stdio: ['ignore', 'ignore', 'inherit'],
 })
-const brokerUrl = `http://127.0.0.1:${proxyPort}`
+const broker = brokerProc.process
+const prefix = brokerProc.prefix
+const brokerUrl = brokerProc.url
 const redis = new Redis(REDIS_URL)
 const sample = (): Sample => {
   const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${broker.pid!}/status`, 'utf8'))?.[1] ?? 0) * 1024
@@ -85,10 +54,7 @@ const sample = (): Sample => {
 }
 try {
   await waitUp(`${simUrl}/identity`)
-  await waitUp(`http://127.0.0.1:${apiPort}/healthz`)
-  const keys = new ProxyKeys({ redis, keys: createKeys(prefix), call: async (fn) => await fn(), now: Date.now })
-  const { key } = await keys.create({ client: 'tool', label: 'bench' })
-  await waitUp(`${brokerUrl}/library/sections`, { 'x-plex-token': key })
+  const key = await benchKey(brokerProc, redis)
   await sleep(1000)
   const before = sample()
   const agent = new Agent({ connections: N + 10 })

@@ -3,7 +3,7 @@
  * proxy, in the same run (docs/benchmarks.md). Small answers with wrk (latency, throughput, Redis
  * round trips per request), a large body's MB/s, and the broker's memory with 1 and 100 downloads open.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -11,32 +11,13 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { request, Agent } from 'undici'
-import { sha256 } from '../src/broker/crypto.ts'
-import { createKeys } from '../src/broker/keys.ts'
 import { freePort } from '../src/dev-support.ts'
-import { ProxyKeys } from '../src/proxy/proxy-keys.ts'
 import { deleteKeys } from '../test/helper.ts'
+import { benchKey, REDIS_URL, spawnBenchBroker, spawnNode, waitUp } from './proxy-setup.ts'
 
 type Log = (s?: string) => void
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const DURATION = Number(process.env.BENCH_SECONDS ?? 10)
 const fmt = (n: number, d = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d })
-
-function spawnNode (args: string[], env: Record<string, string> = {}): ChildProcess {
-  return spawn(process.execPath, args, { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env }, stdio: 'ignore' })
-}
-
-async function waitUp (url: string, headers: Record<string, string> = {}): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      const r = await fetch(url, { headers })
-      await r.arrayBuffer()
-      if (r.status < 500) return
-    } catch {}
-    await sleep(50)
-  }
-  throw new Error(`${url} never came up`)
-}
 
 /** CPU time (user + system) a process has used, in ms. */
 function cpuMs (pid: number): number {
@@ -96,47 +77,24 @@ export async function proxyBench (log: Log): Promise<void> {
   const bare = spawnNode([join(import.meta.dirname, 'proxy-procs.ts'), 'bare', String(barePort), simUrl, adminToken])
   const bareUrl = `http://127.0.0.1:${barePort}`
 
-  const prefix = `ptbbench-${randomBytes(3).toString('hex')}`
-  const dir = mkdtempSync(join(tmpdir(), 'ptb-bench-'))
-  const configFile = join(dir, 'broker.yaml')
-  const apiSecret = randomBytes(16).toString('hex')
-  writeFileSync(configFile, [
-    'clients:',
-    '  - id: tool',
-    `    secretSha256: "${sha256(apiSecret).toString('hex')}"`,
-    '    servers: ["*"]',
-    '    scopes: [token:issue]',
-    '    proxy: { preset: read, allow: [{ methods: [GET], path: "/library/parts/**" }] }',
-  ].join('\n') + '\n')
-  const apiPort = await freePort()
-  const proxyPort = await freePort()
   // BENCH_PROFILE_DIR=dir writes a V8 CPU profile of the broker process there (node --cpu-prof).
   const profile = process.env.BENCH_PROFILE_DIR
-  const broker = spawnNode([...(profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`]), 'src/server.ts'], {
-    REDIS_URL,
-    REDIS_PREFIX: prefix,
-    BROKER_SECRET: randomBytes(32).toString('base64'),
-    BROKER_CONFIG: configFile,
-    PLEX_URL: simUrl,
-    PLEX_TOKEN: adminToken,
-    PLEX_TV_URL: 'off',
-    LOG_LEVEL: 'info',
-    BROKER_ROLE: 'api',
-    HOST: '127.0.0.1',
-    PORT: String(apiPort),
-    PROXY_PORT: String(proxyPort),
+  const brokerProc = await spawnBenchBroker({
+    simUrl,
+    adminToken,
+    prefix: `ptbbench-${randomBytes(3).toString('hex')}`,
+    nodeArgs: profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profile}`],
     // Node flags for the broker alone (an A/B of V8 settings such as --max-semi-space-size).
-    ...(process.env.BROKER_NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.BROKER_NODE_OPTIONS }),
+    env: process.env.BROKER_NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.BROKER_NODE_OPTIONS },
   })
-  const brokerUrl = `http://127.0.0.1:${proxyPort}`
+  const broker = brokerProc.process
+  const prefix = brokerProc.prefix
+  const brokerUrl = brokerProc.url
   const redis = new Redis(REDIS_URL)
   try {
     await waitUp(`${simUrl}/identity`)
     await waitUp(`${bareUrl}/healthz`)
-    await waitUp(`http://127.0.0.1:${apiPort}/healthz`)
-    const keys = new ProxyKeys({ redis, keys: createKeys(prefix), call: async (fn) => await fn(), now: Date.now })
-    const { key } = await keys.create({ client: 'tool', label: 'bench' })
-    await waitUp(`${brokerUrl}/library/sections`, { 'x-plex-token': key })
+    const key = await benchKey(brokerProc, redis)
 
     const small = '/library/sections'
     log(`## PMS proxy: \`npm run bench proxy\` (wrk -t1 -c50, ${DURATION} s per run; PMS simulator, bare reply-from proxy and broker each in its own process; LOG_LEVEL=info)`)
@@ -188,7 +146,7 @@ export async function proxyBench (log: Log): Promise<void> {
     log('| downloads | RSS MB: before → peak (growth) | heap used MB: growth | external MB: growth | MB/s in total |')
     log('|---:|---:|---:|---:|---:|')
     const pid = broker.pid!
-    const metricsUrl = `http://127.0.0.1:${apiPort}/metrics`
+    const metricsUrl = `http://127.0.0.1:${brokerProc.apiPort}/metrics`
     const runtime = async (): Promise<{ heap: number, external: number }> => {
       const text = await (await fetch(metricsUrl)).text()
       const value = (name: string): number => Number(new RegExp(`^${name} ([\\d.e+]+)$`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20
