@@ -273,16 +273,21 @@ clients:
   t.match(problems({ ...BASE, BROKER_CONFIG: join(dir, 'nope.yaml') }).join(), /^BROKER_CONFIG: cannot read/)
 })
 
-t.test('config file: proxy rules per client, compiled at load; every bad one named with its client', async (t) => {
-  const dir = t.testdir({})
+/** Writes config files of clients (`file`), each client an entry with a `proxy` section given as YAML text (`client`). */
+function clientFiles (dir: string): { file: (clients: string) => string, client: (id: string, n: number, proxy: string) => string } {
   const digest = (n: number): string => String(n).repeat(64).slice(0, 64)
-  const file = (clients: string): string => {
-    const path = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`)
-    writeFileSync(path, `clients:\n${clients}`)
-    return path
+  return {
+    file: (clients) => {
+      const path = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`)
+      writeFileSync(path, `clients:\n${clients}`)
+      return path
+    },
+    client: (id, n, proxy) => `  - id: ${id}\n    secretSha256: "${digest(n)}"\n    servers: [default]\n    scopes: [token:issue]\n${proxy}`,
   }
-  const client = (id: string, n: number, proxy: string): string =>
-    `  - id: ${id}\n    secretSha256: "${digest(n)}"\n    servers: [default]\n    scopes: [token:issue]\n${proxy}`
+}
+
+t.test('config file: proxy rules per client, compiled at load; every bad one named with its client', async (t) => {
+  const { file, client } = clientFiles(t.testdir({}))
   const good = file(client('tautulli', 1, '    proxy:\n      preset: monitor\n      mode: shadow\n      allow:\n        - { methods: [GET], path: /status/sessions/terminate }\n      deny:\n        - { methods: "*", path: /devices/** }\n') +
     client('plain', 2, ''))
   const c = loadConfig({ ...BASE, BROKER_CONFIG: good })
@@ -311,15 +316,7 @@ t.test('config file: proxy rules per client, compiled at load; every bad one nam
 })
 
 t.test('config file: per-key limits and allowUrlHosts per client; PROXY_KEY_* defaults; bad hosts named', async (t) => {
-  const dir = t.testdir({})
-  const digest = (n: number): string => String(n).repeat(64).slice(0, 64)
-  const file = (clients: string): string => {
-    const path = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`)
-    writeFileSync(path, `clients:\n${clients}`)
-    return path
-  }
-  const client = (id: string, n: number, proxy: string): string =>
-    `  - id: ${id}\n    secretSha256: "${digest(n)}"\n    servers: [default]\n    scopes: [token:issue]\n${proxy}`
+  const { file, client } = clientFiles(t.testdir({}))
   const path = file(client('kometa', 1, '    proxy:\n      preset: metadata-editor\n      allowUrlHosts: [Image.TMDB.org, "*.fanart.tv"]\n      limits: { openStreams: 4 }\n') +
     client('tautulli', 2, '    proxy: { preset: monitor }\n'))
   const c = loadConfig({ ...BASE, BROKER_CONFIG: path, PROXY_KEY_REQUESTS_PER_MINUTE: '900' })
