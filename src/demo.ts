@@ -179,6 +179,11 @@ if (import.meta.main) {
   main().catch((err: unknown) => {
     const msg = err instanceof ConfigError || err instanceof Error ? err.message : String(err)
     process.stderr.write(`demo: ${msg}\n`)
+    if ((err as { code?: string }).code === 'EADDRINUSE') {
+      // Most often a demo already running: it keeps working. A second one beside it needs its own
+      // port and its own Redis prefix (its simulator is another PMS under the same server name).
+      process.stderr.write('demo: is another demo (or broker) already running there? Stop it first (Ctrl-C in its shell), or give this one its own port and Redis prefix: PORT=8090 REDIS_PREFIX=ptb-demo2 bin/demo\n')
+    }
     // A failed start (say, the port is taken) stops what was already started before exiting.
     void stopAll().finally(() => process.exit(1))
   })

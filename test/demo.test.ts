@@ -93,6 +93,32 @@ t.test('the demo works when started twice in a row on the same Redis and directo
   await second.stop()
 })
 
+t.test('a second demo on a running one\'s port says what to do; the suggested command runs beside it', async (t) => {
+  const dir = t.testdir()
+  const prefix = uniquePrefix('demo')
+  const other = uniquePrefix('demo')
+  t.teardown(async () => { await deleteKeys(prefix); await deleteKeys(other) })
+  const port = String(await freePort())
+  const base = { REDIS_URL, DEMO_DIR: join(dir, '.demo'), LOG_LEVEL: 'warn' }
+  const first = await startDemo(t, { ...base, REDIS_PREFIX: prefix, PORT: port })
+  t.match(first.output(), /plex-token-broker demo is running/)
+
+  const clash = await startDemo(t, { ...base, REDIS_PREFIX: prefix, PORT: port })
+  t.equal(await clash.exited, 1, 'the second one exits 1')
+  t.match(clash.output(), /EADDRINUSE/)
+  t.match(clash.output(), /another demo \(or broker\) already running/)
+  const advice = line(clash.output(), /(PORT=\d+ REDIS_PREFIX=\S+) bin\/demo/)
+  t.same(await tokenWorks(first.output()), { status: 200, works: true }, 'the first demo is untouched')
+
+  // The advice, with a free port and this test's own prefix: both demos serve working tokens.
+  t.match(advice, /^PORT=\d+ REDIS_PREFIX=\S+$/)
+  const beside = await startDemo(t, { ...base, REDIS_PREFIX: other, PORT: String(await freePort()) })
+  t.same(await tokenWorks(beside.output()), { status: 200, works: true }, 'a demo beside it with its own port and prefix')
+  t.same(await tokenWorks(first.output()), { status: 200, works: true }, 'and the first one still')
+  await beside.stop()
+  await first.stop()
+})
+
 /** Whether something accepts connections on 127.0.0.1:port. */
 function listening (port: number): Promise<boolean> {
   return new Promise((resolve) => {
