@@ -148,12 +148,12 @@ export class ProxyKeyCache {
           for (const [id, fields] of entries) {
             position = id
             n++
-            const type = typeOf(fields)
+            const type = field(fields, 'type') ?? ''
             if (type === PROXY_KEY_ENTRY_TYPE) {
-              const key = proxyKeyOf(fields)
+              const key = field(fields, 'id')
               if (key !== undefined) this.forget(key)
             }
-            for (const fn of this.#subscribers) fn(type ?? '', fields)
+            for (const fn of this.#subscribers) fn(type, fields)
           }
         }
         // A full batch may have left entries written before `sent` unread: not a confirmed round.
@@ -178,19 +178,8 @@ export class ProxyKeyCache {
   }
 }
 
-/** The key id of a `proxy-key` entry, undefined for any other entry. */
-function proxyKeyOf (fields: string[]): string | undefined {
-  let type: string | undefined
-  let id: string | undefined
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    if (fields[i] === 'type') type = fields[i + 1]
-    else if (fields[i] === 'id') id = fields[i + 1]
-  }
-  return type === PROXY_KEY_ENTRY_TYPE ? id : undefined
-}
-
-/** The `type` field of a change-log entry. */
-function typeOf (fields: string[]): string | undefined {
-  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === 'type') return fields[i + 1]
+/** A field of a change-log entry (its flat name/value list), undefined when absent. */
+function field (fields: string[], name: string): string | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === name) return fields[i + 1]
   return undefined
 }

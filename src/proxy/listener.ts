@@ -300,7 +300,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
           // a scanning stream per request. Anything else (feeds, big or unknown lengths) streams.
           const length = Number(res.headers['content-length'])
           if (req.method !== 'HEAD' && Number.isInteger(length) && length > 0 && length <= SMALL_ANSWER) {
-            collect(stream, SMALL_ANSWER, (body) => {
+            bufferCapped(stream, SMALL_ANSWER).then((body) => {
               if (body === undefined) {
                 rep.raw.destroy()
                 return
@@ -308,7 +308,7 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
               const found = scrubBuffer(body, secretBuffers(secrets))
               if (found > 0) leak(a, found)
               rep.send(body)
-            })
+            }, () => { rep.raw.destroy() })
             return
           }
           const scrubber = new LeakScrubber(scrubPlan(secrets), (n) => leak(a, n))
@@ -344,30 +344,6 @@ export async function buildProxyListener (deps: ProxyListenerDeps, server: Serve
 
 /** Answers this small (with a known length) are scanned in one piece rather than streamed. */
 const SMALL_ANSWER = 64 * 1024
-
-/** Collects a stream's chunks (at most `max` bytes, else undefined) and calls back once. */
-function collect (stream: NodeJS.ReadableStream & { destroy: () => void }, max: number, done: (body: Buffer | undefined) => void): void {
-  const chunks: Buffer[] = []
-  let size = 0
-  let finished = false
-  const finish = (body: Buffer | undefined): void => {
-    if (finished) return
-    finished = true
-    done(body)
-  }
-  stream.on('data', (chunk: Buffer) => {
-    size += chunk.length
-    if (size > max) {
-      stream.destroy()
-      finish(undefined)
-      return
-    }
-    chunks.push(chunk)
-  })
-  stream.once('end', () => { finish(chunks.length === 1 ? Buffer.from(chunks[0]!) : Buffer.concat(chunks)) })
-  stream.once('error', () => { finish(undefined) })
-  stream.once('close', () => { finish(undefined) })
-}
 
 /** Reads a stream to its end into memory, at most `max` bytes; undefined beyond. */
 async function bufferCapped (stream: NodeJS.ReadableStream & { destroy: () => void }, max: number): Promise<Buffer | undefined> {
