@@ -1,4 +1,5 @@
 import t from 'tap'
+import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { buildTestApp, makeClient, REDIS_URL, type T, testConfig, until } from './helper.ts'
 import { get, proxyClient, proxySetup } from './proxy-helper.ts'
@@ -111,4 +112,23 @@ t.test('a stalled change-log reader turns the view off: every request runs the s
   for (let i = 0; i < 10; i++) t.equal(await ok(s, key), 200)
   t.ok(await until(2000, async () => serves() === 10), `one serve script run per request (${serves()})`)
   t.equal(s.app.proxy.tokens.size, 0, 'and nothing kept')
+})
+
+t.test('a broker restarted with another BROKER_SECRET on the same Redis: the proxy key still works, with a fresh token', async (t) => {
+  const s = await proxySetup(t, [reader()])
+  const { key } = await s.key('reader')
+  t.equal(await ok(s, key), 200)
+  const old = lastToken(s)!
+  await s.app.close()
+  // The new instance cannot open the tokens sealed under the old secret; the keys are digests, not sealed.
+  const rotated = await buildTestApp(t, { ...testConfig(s.config.redisPrefix, s.config.servers, [reader()]), brokerSecret: randomBytes(32) }, { defaultMetrics: false })
+  await rotated.ready()
+  await rotated.proxy.listen('127.0.0.1', { default: 0 })
+  const base = `http://127.0.0.1:${rotated.proxy.port('default')}`
+  const statuses = new Set<number>()
+  for (let i = 0; i < 5; i++) statuses.add((await get(`${base}/library/sections`, { 'x-plex-token': key })).status)
+  t.same([...statuses], [200], 'every request answered, no flush needed')
+  const now = lastToken(s)!
+  t.not(now, old, 'with a token minted under the new secret')
+  t.match(now, /^transient-/)
 })
